@@ -1,0 +1,49 @@
+"""Safe loading of model weights: safetensors, or `torch.load(weights_only=True)`.
+
+Arbitrary pickles can run code when loaded. They are refused unless the caller opts in with
+`allow_pickle=True` (`--allow-unsafe-pickle` on the command line), and the refusal itself executes nothing:
+PyTorch's weights-only unpickler rejects the unknown global before calling it.
+"""
+import argparse
+import os
+from typing import Any, Dict
+
+import torch
+from timm.models import load_state_dict as timm_load_state_dict
+
+from .errors import KDError
+
+# Types that timm's and our training checkpoints carry besides tensors ('args' is an argparse.Namespace).
+SAFE_GLOBALS = [argparse.Namespace]
+
+
+def safe_globals():
+    """Context manager that lets `torch.load(weights_only=True)` read timm-style training checkpoints."""
+    return torch.serialization.safe_globals(SAFE_GLOBALS)
+
+
+def load_state_dict(path: str, use_ema: bool = True, allow_pickle: bool = False) -> Dict[str, Any]:
+    """Load model weights from a timm/train_kd.py training checkpoint, a bare state_dict or `.safetensors`.
+
+    Training checkpoints give their EMA weights when `use_ema` and present (`state_dict_ema` / `model_ema`),
+    else `state_dict` / `model`. DDP `module.` prefixes are removed. Any failure is a one-line `KDError`.
+    """
+    if not path or not os.path.isfile(path):
+        raise KDError(f'checkpoint not found: {path!r}; pass the path of an existing .pth/.pth.tar/.safetensors file')
+    try:
+        with safe_globals():
+            state_dict = timm_load_state_dict(path, use_ema=use_ema, weights_only=not allow_pickle)
+    except Exception as e:  # torch, zipfile and safetensors raise many types for the same two causes
+        message = ' '.join(str(e).split())
+        if 'Unsupported global' in message:
+            unsafe = message.split('Unsupported globals:')[-1].split('.')[0:2] if 'Unsupported globals:' in message else []
+            what = '.'.join(unsafe).strip() or 'non-tensor objects'
+            raise KDError(
+                f'refusing to load {path!r}: it contains pickled code ({what}) that could run on load; '
+                f'convert it to .safetensors, or pass --allow-unsafe-pickle if you trust its source') from None
+        raise KDError(f'checkpoint {path!r} is corrupt or unreadable ({type(e).__name__}: {message[:120]}); '
+                      f're-download or re-export it') from None
+    if not isinstance(state_dict, dict) or not any(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise KDError(f'checkpoint {path!r} holds no model weights (no tensors found); '
+                      f'pass a training checkpoint, a state_dict or a .safetensors file')
+    return state_dict

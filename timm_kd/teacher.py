@@ -1,0 +1,206 @@
+"""The frozen teacher: the student's augmented batch in, teacher logits (and optionally features) out.
+
+`Teacher` is the one interface the distillation task talks to. Anything with the same `forward(images,
+return_features=False) -> TeacherOutput` (an ensemble, a cache of teacher outputs) can stand in its place.
+"""
+import logging
+from typing import List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import resolve_data_config
+from timm.models import create_model, get_pretrained_cfg, parse_model_name, split_model_name_tag
+
+from .checkpoint import load_state_dict
+from .errors import KDError
+
+_logger = logging.getLogger(__name__)
+
+DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+
+
+class TeacherOutput(NamedTuple):
+    logits: torch.Tensor
+    features: Optional[List[torch.Tensor]] = None
+
+
+class InputAdapter(nn.Module):
+    """Converts a batch normalized for the student into the teacher's input, in one affine op plus a resize.
+
+    x_teacher = (x * std_s + mean_s - mean_t) / std_t = x * (std_s / std_t) + (mean_s - mean_t) / std_t,
+    then a resize to the teacher's resolution. Each step is skipped when student and teacher agree.
+    """
+
+    def __init__(
+            self,
+            student_mean: Sequence[float],
+            student_std: Sequence[float],
+            teacher_mean: Sequence[float],
+            teacher_std: Sequence[float],
+            size: Optional[Tuple[int, int]] = None,
+            interpolation: str = 'bicubic',
+    ):
+        super().__init__()
+        s_mean, s_std, t_mean, t_std = (torch.tensor(v, dtype=torch.float64).view(1, -1, 1, 1)
+                                        for v in (student_mean, student_std, teacher_mean, teacher_std))
+        self.renormalize = not (torch.equal(s_mean, t_mean) and torch.equal(s_std, t_std))
+        self.register_buffer('scale', (s_std / t_std).float(), persistent=False)
+        self.register_buffer('shift', ((s_mean - t_mean) / t_std).float(), persistent=False)
+        self.size = tuple(size) if size is not None else None
+        self.interpolation = interpolation if interpolation in ('bilinear', 'bicubic', 'nearest') else 'bicubic'
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.renormalize:
+            x = torch.addcmul(self.shift.to(x.dtype), x, self.scale.to(x.dtype))
+        if self.size is not None and tuple(x.shape[-2:]) != self.size:
+            down = x.shape[-2] > self.size[0] or x.shape[-1] > self.size[1]
+            x = F.interpolate(x, size=self.size, mode=self.interpolation, align_corners=False,
+                              antialias=down and self.interpolation != 'nearest')
+        return x
+
+    def extra_repr(self) -> str:
+        return f'renormalize={self.renormalize}, size={self.size}, interpolation={self.interpolation}'
+
+
+class Teacher(nn.Module):
+    """A frozen timm model in eval mode that never builds an autograd graph.
+
+    It is deliberately not a `TrainingTask` component that DDP wraps, and the task never saves it.
+    """
+
+    def __init__(
+            self,
+            model: nn.Module,
+            adapter: Optional[InputAdapter] = None,
+            dtype: torch.dtype = torch.float32,
+            channels_last: bool = False,
+    ):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False).to(dtype=dtype)
+        self.adapter = adapter if adapter is not None else nn.Identity()
+        self.dtype = dtype
+        self.channels_last = channels_last
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    def train(self, mode: bool = True) -> 'Teacher':
+        """The teacher stays in eval mode whatever its parent asks (no dropout, frozen BN statistics)."""
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, return_features: bool = False) -> TeacherOutput:
+        x = self.adapter(images).to(self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if return_features:
+            final, features = self.model.forward_intermediates(x)
+            return TeacherOutput(self.model.forward_head(final), features)
+        return TeacherOutput(self.model(x))
+
+
+def _checkpoint_num_classes(arch: str, state_dict: dict) -> Optional[int]:
+    """Class count of a checkpoint, read off the classifier weight named in the architecture's pretrained cfg."""
+    cfg = get_pretrained_cfg(arch, allow_unregistered=True)
+    classifier = cfg.classifier if cfg is not None else None
+    names = classifier if isinstance(classifier, (list, tuple)) else [classifier]
+    for name in names:
+        weight = state_dict.get(f'{name}.weight') if name else None
+        if weight is not None:
+            return weight.shape[0]
+    return None
+
+
+def _has_pretrained_source(name: str) -> bool:
+    _, model_name = parse_model_name(name)
+    if name.startswith('hf-hub:') or name.startswith('local-dir:'):
+        return True
+    cfg = get_pretrained_cfg(model_name, allow_unregistered=True)
+    return cfg is not None and bool(cfg.hf_hub_id or cfg.url or cfg.file or cfg.state_dict)
+
+
+def _create_teacher_model(name: str, checkpoint: Optional[str], in_chans: int, use_ema: bool,
+                          allow_pickle: bool, student_num_classes: int) -> nn.Module:
+    arch = split_model_name_tag(parse_model_name(name)[1])[0] if not name.startswith('hf-hub:') else name
+    try:
+        if checkpoint:
+            state_dict = load_state_dict(checkpoint, use_ema=use_ema, allow_pickle=allow_pickle)
+            num_classes = _checkpoint_num_classes(arch, state_dict) or student_num_classes
+            model = create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+            missing, unexpected = model.load_state_dict(state_dict, strict=False)
+            if missing or unexpected:
+                raise KDError(
+                    f'teacher checkpoint {checkpoint!r} does not fit architecture {name!r} '
+                    f'({len(missing)} missing keys e.g. {missing[:2]}, {len(unexpected)} unexpected e.g. '
+                    f'{unexpected[:2]}); pass the --teacher architecture the checkpoint was trained with')
+            return model
+        if not _has_pretrained_source(name):
+            raise KDError(f'teacher {name!r} has no pretrained weights in timm; pass --teacher-checkpoint PATH '
+                          f'or a name with a pretrained tag (timm.list_pretrained({arch + "*"!r}))')
+        return create_model(name, pretrained=True, in_chans=in_chans)
+    except KDError:
+        raise
+    except RuntimeError as e:
+        if 'Unknown model' in str(e):
+            raise KDError(f'unknown teacher model {name!r}; see timm.list_models() / timm.list_pretrained() '
+                          f'for valid names') from None
+        raise KDError(f'could not create teacher {name!r}: {" ".join(str(e).split())[:200]}') from None
+    except Exception as e:  # hub/network errors come in many types (LocalEntryNotFoundError, OSError, HTTPError)
+        offline = type(e).__name__ == 'LocalEntryNotFoundError' or 'offline' in str(e).lower()
+        reason = ('not in the local Hugging Face cache, and the Hub is unreachable or HF_HUB_OFFLINE=1' if offline
+                  else f'{type(e).__name__}: {" ".join(str(e).split())[:120]}')
+        raise KDError(f'no pretrained weights for teacher {name!r} ({reason}); download them once with network '
+                      f'access (cached under HF_HOME), or pass --teacher-checkpoint PATH') from None
+
+
+def create_teacher(
+        name: str,
+        *,
+        num_classes: int,
+        student_mean: Sequence[float],
+        student_std: Sequence[float],
+        student_input_size: Sequence[int],
+        in_chans: int = 3,
+        checkpoint: Optional[str] = None,
+        use_ema: bool = True,
+        mean: Optional[Sequence[float]] = None,
+        std: Optional[Sequence[float]] = None,
+        input_size: Optional[Sequence[int]] = None,
+        dtype: str = 'float32',
+        channels_last: bool = False,
+        device: Optional[torch.device] = None,
+        allow_pickle: bool = False,
+) -> Teacher:
+    """Build a frozen teacher from a timm name (pretrained weights) or a name plus `checkpoint`.
+
+    Preprocessing: a pretrained teacher uses its pretrained cfg's mean/std/input size. A teacher from a bare
+    architecture plus `checkpoint` is assumed to have been trained with the student's preprocessing (train_kd.py
+    checkpoints are). `mean`, `std` and `input_size` (H W, or C H W) override either.
+    """
+    if dtype not in DTYPES:
+        raise KDError(f'unknown --teacher-dtype {dtype!r}; choose one of: {", ".join(DTYPES)}')
+    model = _create_teacher_model(name, checkpoint, in_chans, use_ema, allow_pickle, num_classes)
+    if model.num_classes != num_classes:
+        raise KDError(f'teacher {name!r} predicts {model.num_classes} classes but the student has {num_classes}; '
+                      f'use a teacher trained on the same label set (or set --num-classes to match)')
+
+    tagged = bool(split_model_name_tag(parse_model_name(name)[1])[1]) or name.startswith('hf-hub:')
+    if checkpoint and not tagged:
+        data_config = dict(mean=tuple(student_mean), std=tuple(student_std), input_size=tuple(student_input_size),
+                           interpolation='bicubic')
+    else:
+        data_config = resolve_data_config({}, model=model)
+    t_mean = tuple(mean) if mean else data_config['mean']
+    t_std = tuple(std) if std else data_config['std']
+    size = tuple(input_size)[-2:] if input_size else tuple(data_config['input_size'])[-2:]
+    adapter = InputAdapter(student_mean, student_std, t_mean, t_std, size=size,
+                           interpolation=data_config.get('interpolation', 'bicubic'))
+    _logger.info(f'Teacher {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, '
+                 f'{num_classes} classes, dtype {dtype}): input mean={t_mean} std={t_std} size={size}, '
+                 f'{adapter.extra_repr()}')
+    teacher = Teacher(model, adapter, dtype=DTYPES[dtype], channels_last=channels_last)
+    return teacher.to(device) if device is not None else teacher

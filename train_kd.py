@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Knowledge distillation for timm image classifiers: `python train_kd.py DATA --model M --teacher T`.
+
+Accepts timm train.py's flag names; without --teacher it trains the student plainly. This file only wires
+library pieces together; the logic lives in `timm_kd` (see `timm_kd.engine` for the training step).
+"""
+import logging
+import os
+import sys
+
+import torch
+from timm.data import resolve_data_config
+from timm.loss import create_classification_loss
+from timm.models import create_model
+from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+from timm.task import load_task_ema_checkpoint, resume_task_checkpoint
+from timm.utils import CheckpointSaver, distribute_bn, random_seed, setup_default_logging, update_summary
+
+from timm_kd import DistillationTask, KDError, create_kd_loss, create_teacher
+from timm_kd.checkpoint import safe_globals
+from timm_kd.cli import parse_args
+from timm_kd.data import create_datasets, create_loaders, dataset_num_classes, mixup_args
+from timm_kd.engine import train_one_epoch, validate
+from timm_kd.runtime import amp_setup, init_device, output_dir, resolve_lr
+
+_logger = logging.getLogger('train_kd')
+
+
+def main(argv=None):
+    setup_default_logging()
+    args, args_text = parse_args(argv)
+    device = init_device(args)
+    primary = args.rank == 0
+    random_seed(args.seed, args.rank)
+
+    train_set, eval_set = create_datasets(args)
+    args.num_classes = args.num_classes or dataset_num_classes(train_set)
+    in_chans = args.in_chans or (args.input_size[0] if args.input_size else 3)
+    student = create_model(
+        args.model, pretrained=args.pretrained, in_chans=in_chans, num_classes=args.num_classes,
+        drop_rate=args.drop, drop_path_rate=args.drop_path, drop_block_rate=args.drop_block, global_pool=args.gp,
+        checkpoint_path=args.initial_checkpoint or None, **args.model_kwargs)
+    args.num_classes = student.num_classes
+    if args.grad_checkpointing:
+        student.set_grad_checkpointing(True)
+    data_config = resolve_data_config(vars(args), model=student, verbose=primary)
+    student.to(device)
+    if args.channels_last:
+        student.to(memory_format=torch.channels_last)
+    if args.distributed and args.sync_bn:
+        student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
+    train_loader, eval_loader, mixup_fn = create_loaders(
+        args, train_set, eval_set, data_config, args.num_classes, device)
+
+    teacher, kd_loss = None, None
+    if args.teacher:
+        teacher = create_teacher(
+            args.teacher, num_classes=args.num_classes, in_chans=in_chans, checkpoint=args.teacher_checkpoint,
+            use_ema=not args.teacher_no_ema, student_mean=data_config['mean'], student_std=data_config['std'],
+            student_input_size=data_config['input_size'], mean=args.teacher_mean, std=args.teacher_std,
+            input_size=args.teacher_input_size, dtype=args.teacher_dtype, channels_last=args.channels_last,
+            device=device, allow_pickle=args.allow_unsafe_pickle)
+        kd_loss = create_kd_loss(args.kd_loss, temperature=args.kd_temperature, **args.kd_loss_kwargs)
+    criterion = create_classification_loss(
+        loss_type='bce' if args.bce_loss else 'ce', smoothing=args.smoothing,
+        soft_targets=mixup_args(args, args.num_classes) is not None, bce_target_thresh=args.bce_target_thresh,
+        bce_sum=args.bce_sum, pos_weight=args.bce_pos_weight)
+    task = DistillationTask(student, criterion, teacher=teacher, kd_loss=kd_loss, kd_loss_weight=args.kd_loss_weight,
+                            ori_loss_weight=args.ori_loss_weight, device=device, verbose=primary).to(device)
+
+    resolve_lr(args)
+    optimizer = create_optimizer_v2(student, **optimizer_kwargs(cfg=args))
+    amp_autocast, loss_scaler = amp_setup(args, device)
+    start_epoch = 0
+    if args.resume:
+        if not os.path.isfile(args.resume):
+            raise KDError(f'--resume checkpoint not found: {args.resume!r}; pass OUTPUT/EXPERIMENT/last.pth.tar')
+        start_epoch = resume_task_checkpoint(task, args.resume, optimizer=None if args.no_resume_opt else optimizer,
+                                             loss_scaler=loss_scaler, log_info=primary) or 0
+    if args.model_ema:
+        task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup, device=device)
+        if args.resume:
+            load_task_ema_checkpoint(task, args.resume)
+    if args.torchcompile:
+        task.compile(backend=args.torchcompile)
+    if args.distributed:
+        task.prepare_distributed(device_ids=[device.index] if device.type == 'cuda' else None)
+
+    updates_per_epoch = (len(train_loader) + args.grad_accum_steps - 1) // args.grad_accum_steps
+    lr_scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args),
+                                                   updates_per_epoch=updates_per_epoch)
+    start_epoch = args.start_epoch if args.start_epoch is not None else start_epoch
+    if lr_scheduler is not None and start_epoch > 0:
+        lr_scheduler.step(start_epoch) if not args.sched_on_updates else lr_scheduler.step_update(
+            start_epoch * updates_per_epoch)
+
+    saver, out_dir = None, None
+    if primary:
+        out_dir = output_dir(args, data_config['input_size'])
+        saver = CheckpointSaver(model=student, optimizer=optimizer, args=args, amp_scaler=loss_scaler,
+                                checkpoint_dir=out_dir, recovery_dir=out_dir, decreasing=args.eval_metric == 'loss',
+                                max_history=args.checkpoint_hist, task=task)
+        if args.resume:
+            with safe_globals():
+                saver.load_state_dict_from_checkpoint(args.resume)
+        with open(os.path.join(out_dir, 'args.yaml'), 'w') as f:
+            f.write(args_text)
+        _logger.info(f'Output: {out_dir}; training epochs {start_epoch}..{num_epochs - 1}')
+
+    best = None
+    for epoch in range(start_epoch, num_epochs):
+        if args.distributed and hasattr(train_loader.sampler, 'set_epoch'):
+            train_loader.sampler.set_epoch(epoch)
+        if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+            mixer = train_loader if args.prefetcher else mixup_fn
+            if mixer is not None:
+                mixer.mixup_enabled = False
+        train_metrics = train_one_epoch(
+            epoch, task, train_loader, optimizer, device=device, num_epochs=num_epochs, lr_scheduler=lr_scheduler,
+            loss_scaler=loss_scaler, amp_autocast=amp_autocast, mixup_fn=mixup_fn, clip_grad=args.clip_grad,
+            clip_mode=args.clip_mode, grad_accum_steps=args.grad_accum_steps, channels_last=args.channels_last,
+            distributed=args.distributed, log_interval=args.log_interval, is_primary=primary)
+        if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
+            distribute_bn(student, args.world_size, args.dist_bn == 'reduce')
+        eval_kwargs = dict(device=device, amp_autocast=amp_autocast, channels_last=args.channels_last,
+                           distributed=args.distributed, is_primary=primary)
+        eval_metrics = validate(task, eval_loader, **eval_kwargs)
+        if task.has_ema():
+            eval_metrics = validate(task, eval_loader, ema=True, log_suffix=' (EMA)', **eval_kwargs)
+        if lr_scheduler is not None:
+            lr_scheduler.step(epoch + 1, eval_metrics[args.eval_metric])
+        if primary:
+            update_summary(epoch, train_metrics, eval_metrics, os.path.join(out_dir, 'summary.csv'),
+                           lr=optimizer.param_groups[0]['lr'])
+            best = saver.save_checkpoint(epoch, metric=eval_metrics[args.eval_metric])
+    if primary and best and best[0] is not None:
+        _logger.info(f'*** Best {args.eval_metric}: {best[0]:.4f} (epoch {best[1]}) in {out_dir}')
+    if args.distributed:
+        torch.distributed.destroy_process_group()
+    return best
+
+
+if __name__ == '__main__':
+    try:
+        main()
+    except KDError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
