@@ -60,7 +60,7 @@ def main(argv=None):
             use_ema=not args.teacher_no_ema, student_mean=data_config['mean'], student_std=data_config['std'],
             student_input_size=data_config['input_size'], mean=args.teacher_mean, std=args.teacher_std,
             input_size=args.teacher_input_size, dtype=args.teacher_dtype, channels_last=args.channels_last,
-            device=device, allow_pickle=args.allow_unsafe_pickle)
+            device=device, allow_pickle=args.allow_unsafe_pickle, model_kwargs=args.teacher_kwargs)
         kd_loss = create_kd_loss(args.kd_loss, temperature=args.kd_temperature, **args.kd_loss_kwargs)
     criterion = create_classification_loss(
         loss_type='bce' if args.bce_loss else 'ce', smoothing=args.smoothing,

@@ -161,6 +161,8 @@ def _add_kd_args(p: argparse.ArgumentParser) -> None:
                    help='teacher: timm name with tag, or hf-hub:org/name; no teacher = plain training')
     g.add_argument('--teacher-checkpoint', default=None, metavar='PATH',
                    help='teacher weights: timm/train_kd.py checkpoint (EMA preferred), state_dict or .safetensors')
+    g.add_argument('--teacher-kwargs', nargs='*', default={}, action=ParseKwargs,
+                   help='teacher timm.create_model kwargs, key=value (as --model-kwargs)')
     g.add_argument('--teacher-no-ema', action='store_true', default=False,
                    help='load the raw, not the EMA, weights from --teacher-checkpoint')
     g.add_argument('--teacher-mean', type=float, nargs='+', default=None, metavar='MEAN')

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import resolve_data_config
-from timm.models import create_model, get_pretrained_cfg, parse_model_name, split_model_name_tag
+from timm.models import create_model, get_pretrained_cfg, is_model, parse_model_name, split_model_name_tag
 
 from .checkpoint import load_state_dict
 from .errors import KDError
@@ -124,30 +124,34 @@ def _has_pretrained_source(name: str) -> bool:
 
 
 def _create_teacher_model(name: str, checkpoint: Optional[str], in_chans: int, use_ema: bool,
-                          allow_pickle: bool, student_num_classes: int) -> nn.Module:
+                          allow_pickle: bool, student_num_classes: int, model_kwargs: dict) -> nn.Module:
     arch = split_model_name_tag(parse_model_name(name)[1])[0] if not name.startswith('hf-hub:') else name
+    if not name.startswith('hf-hub:') and not is_model(arch):
+        raise KDError(f'unknown teacher model {name!r}; see timm.list_models() / timm.list_pretrained() '
+                      f'for valid names')
     try:
         if checkpoint:
             state_dict = load_state_dict(checkpoint, use_ema=use_ema, allow_pickle=allow_pickle)
             num_classes = _checkpoint_num_classes(arch, state_dict) or student_num_classes
-            model = create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
-            missing, unexpected = model.load_state_dict(state_dict, strict=False)
-            if missing or unexpected:
+            model = create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **model_kwargs)
+            try:
+                missing, unexpected = model.load_state_dict(state_dict, strict=False)
+                problem = f'{len(missing)} missing keys e.g. {missing[:2]}, {len(unexpected)} unexpected e.g. ' \
+                          f'{unexpected[:2]}' if missing or unexpected else ''
+            except RuntimeError as e:  # shape mismatches
+                problem = next((line.strip() for line in str(e).splitlines() if 'size mismatch' in line), str(e))
+            if problem:
                 raise KDError(
-                    f'teacher checkpoint {checkpoint!r} does not fit architecture {name!r} '
-                    f'({len(missing)} missing keys e.g. {missing[:2]}, {len(unexpected)} unexpected e.g. '
-                    f'{unexpected[:2]}); pass the --teacher architecture the checkpoint was trained with')
+                    f'teacher checkpoint {checkpoint!r} does not fit architecture {name!r} ({problem[:200]}); pass the '
+                    f'--teacher architecture (and --teacher-kwargs) the checkpoint was trained with')
             return model
         if not _has_pretrained_source(name):
             raise KDError(f'teacher {name!r} has no pretrained weights in timm; pass --teacher-checkpoint PATH '
                           f'or a name with a pretrained tag (timm.list_pretrained({arch + "*"!r}))')
-        return create_model(name, pretrained=True, in_chans=in_chans)
+        return create_model(name, pretrained=True, in_chans=in_chans, **model_kwargs)
     except KDError:
         raise
     except RuntimeError as e:
-        if 'Unknown model' in str(e):
-            raise KDError(f'unknown teacher model {name!r}; see timm.list_models() / timm.list_pretrained() '
-                          f'for valid names') from None
         raise KDError(f'could not create teacher {name!r}: {" ".join(str(e).split())[:200]}') from None
     except Exception as e:  # hub/network errors come in many types (LocalEntryNotFoundError, OSError, HTTPError)
         offline = type(e).__name__ == 'LocalEntryNotFoundError' or 'offline' in str(e).lower()
@@ -174,6 +178,7 @@ def create_teacher(
         channels_last: bool = False,
         device: Optional[torch.device] = None,
         allow_pickle: bool = False,
+        model_kwargs: Optional[dict] = None,
 ) -> Teacher:
     """Build a frozen teacher from a timm name (pretrained weights) or a name plus `checkpoint`.
 
@@ -183,7 +188,7 @@ def create_teacher(
     """
     if dtype not in DTYPES:
         raise KDError(f'unknown --teacher-dtype {dtype!r}; choose one of: {", ".join(DTYPES)}')
-    model = _create_teacher_model(name, checkpoint, in_chans, use_ema, allow_pickle, num_classes)
+    model = _create_teacher_model(name, checkpoint, in_chans, use_ema, allow_pickle, num_classes, model_kwargs or {})
     if model.num_classes != num_classes:
         raise KDError(f'teacher {name!r} predicts {model.num_classes} classes but the student has {num_classes}; '
                       f'use a teacher trained on the same label set (or set --num-classes to match)')
@@ -200,7 +205,7 @@ def create_teacher(
     adapter = InputAdapter(student_mean, student_std, t_mean, t_std, size=size,
                            interpolation=data_config.get('interpolation', 'bicubic'))
     _logger.info(f'Teacher {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, '
-                 f'{num_classes} classes, dtype {dtype}): input mean={t_mean} std={t_std} size={size}, '
+                 f'{num_classes} classes, dtype {dtype}): input mean={t_mean} std={t_std}, '
                  f'{adapter.extra_repr()}')
     teacher = Teacher(model, adapter, dtype=DTYPES[dtype], channels_last=channels_last)
     return teacher.to(device) if device is not None else teacher

@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` (the main job on Fashion-MNIST) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch and torchvision are pinned as a pair (torchvision must match torch); timm comes from setup.cfg.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: test demo env fashion-mnist clean
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH_SPEC) -e '.[test]'
+	touch $@
+
+test: env
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+
+demo: env fashion-mnist
+	HF_HUB_OFFLINE=1 $(PY) -m timm_kd.demo --output demo_output
+
+# Debian ships the full Fashion-MNIST as a package; where it can't be installed the demo downloads it.
+fashion-mnist:
+	@test -d /usr/share/datasets/fashion-mnist \
+	  || ( [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	       && (apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) ) \
+	  || echo "dataset-fashion-mnist is not installable here: the demo will download Fashion-MNIST with torchvision"
+
+clean:
+	rm -rf $(VENV) demo_output output

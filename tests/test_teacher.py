@@ -1,0 +1,114 @@
+"""The teacher: input conversion, freezing, weights from checkpoints, and the errors for bad teachers."""
+import pytest
+import timm
+import torch
+
+from timm_kd import InputAdapter, KDError, Teacher, create_teacher
+
+STUDENT = dict(student_mean=(0.5, 0.5, 0.5), student_std=(0.5, 0.5, 0.5), student_input_size=(3, 32, 32))
+
+
+def test_adapter_renormalizes_from_student_to_teacher_statistics():
+    raw = torch.rand(2, 3, 8, 8)
+    s_mean, s_std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
+    t_mean, t_std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    view = lambda v: v.view(1, 3, 1, 1)
+    adapter = InputAdapter(s_mean.tolist(), s_std.tolist(), t_mean.tolist(), t_std.tolist())
+    out = adapter((raw - view(s_mean)) / view(s_std))
+    assert adapter.renormalize
+    assert torch.allclose(out, (raw - view(t_mean)) / view(t_std), atol=1e-5)
+
+
+def test_adapter_is_identity_when_preprocessing_matches():
+    adapter = InputAdapter((0.5,) * 3, (0.5,) * 3, (0.5,) * 3, (0.5,) * 3, size=(8, 8))
+    x = torch.randn(2, 3, 8, 8)
+    assert not adapter.renormalize
+    assert adapter(x) is x
+
+
+@pytest.mark.parametrize('size', [(16, 16), (4, 6)])
+def test_adapter_resizes_to_teacher_resolution(size):
+    adapter = InputAdapter((0.5,) * 3, (0.5,) * 3, (0.5,) * 3, (0.5,) * 3, size=size, interpolation='bilinear')
+    x = torch.full((2, 3, 8, 8), 0.25)
+    out = adapter(x)
+    assert out.shape == (2, 3, *size)
+    assert torch.allclose(out, torch.full_like(out, 0.25), atol=1e-6)  # a constant image stays constant
+
+
+def test_teacher_stays_frozen_in_eval_mode_without_autograd():
+    teacher = Teacher(timm.create_model('test_resnet', num_classes=5, drop_rate=0.5))
+    teacher.train()
+    assert not teacher.model.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+    x = torch.randn(2, 3, 32, 32, requires_grad=True)
+    out = teacher(x)
+    assert out.logits.shape == (2, 5) and not out.logits.requires_grad
+    assert torch.equal(out.logits, teacher(x).logits)  # eval mode: dropout off, deterministic
+
+
+def test_teacher_returns_intermediate_features_on_request():
+    teacher = Teacher(timm.create_model('test_resnet', num_classes=5))
+    out = teacher(torch.randn(2, 3, 32, 32), return_features=True)
+    assert out.logits.shape == (2, 5)
+    assert len(out.features) >= 3 and all(f.ndim == 4 for f in out.features)
+
+
+@pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
+def test_teacher_dtype_and_channels_last(dtype, tmp_path):
+    model = timm.create_model('test_resnet', num_classes=4)
+    path = tmp_path / 't.pth'
+    torch.save(model.state_dict(), path)
+    teacher = create_teacher('test_resnet', num_classes=4, checkpoint=str(path), dtype=dtype, channels_last=True,
+                             **STUDENT)
+    assert next(teacher.model.parameters()).dtype == getattr(torch, dtype)
+    reference = model.eval()(torch.ones(2, 3, 32, 32))
+    assert torch.allclose(teacher(torch.ones(2, 3, 32, 32)).logits.float(), reference, atol=0.1)
+
+
+def test_checkpoint_teacher_loads_ema_weights_and_uses_student_preprocessing(tmp_path):
+    raw, ema = timm.create_model('test_resnet', num_classes=4), timm.create_model('test_resnet', num_classes=4)
+    path = tmp_path / 'last.pth.tar'
+    torch.save({'state_dict': raw.state_dict(), 'state_dict_ema': ema.state_dict()}, path)
+    teacher = create_teacher('test_resnet', num_classes=4, checkpoint=str(path), **STUDENT)
+    assert torch.equal(teacher.model.fc.weight, ema.fc.weight)
+    assert not teacher.adapter.renormalize and teacher.adapter.size == (32, 32)
+    teacher = create_teacher('test_resnet', num_classes=4, checkpoint=str(path), use_ema=False, **STUDENT)
+    assert torch.equal(teacher.model.fc.weight, raw.fc.weight)
+
+
+def test_tagged_teacher_uses_its_pretrained_cfg_and_flags_override(tmp_path):
+    path = tmp_path / 't.pth'
+    torch.save(timm.create_model('test_resnet', num_classes=3).state_dict(), path)
+    kwargs = dict(num_classes=3, checkpoint=str(path), student_mean=(0.1, 0.2, 0.3), student_std=(0.2,) * 3,
+                  student_input_size=(3, 32, 32))
+    teacher = create_teacher('test_resnet.r160_in1k', **kwargs)
+    assert teacher.adapter.size == (160, 160) and teacher.adapter.renormalize  # cfg: 160px, mean/std 0.5
+    teacher = create_teacher('test_resnet.r160_in1k', input_size=[48, 48], mean=[0.1, 0.2, 0.3], std=[0.2] * 3,
+                             **kwargs)
+    assert teacher.adapter.size == (48, 48) and not teacher.adapter.renormalize
+
+
+def test_class_count_mismatch_names_both_counts(tmp_path):
+    path = tmp_path / 't.pth'
+    torch.save(timm.create_model('test_resnet', num_classes=7).state_dict(), path)
+    with pytest.raises(KDError, match='predicts 7 classes but the student has 3'):
+        create_teacher('test_resnet', num_classes=3, checkpoint=str(path), **STUDENT)
+
+
+def test_checkpoint_of_another_architecture_is_an_error(tmp_path):
+    path = tmp_path / 't.pth'
+    torch.save(timm.create_model('test_vit', num_classes=3).state_dict(), path)
+    with pytest.raises(KDError, match="does not fit architecture 'test_resnet'"):
+        create_teacher('test_resnet', num_classes=3, checkpoint=str(path), **STUDENT)
+
+
+def test_teacher_without_weights_offline_is_an_error_never_a_random_teacher():
+    with pytest.raises(KDError, match="no pretrained weights for teacher 'test_resnet'.*--teacher-checkpoint"):
+        create_teacher('test_resnet', num_classes=1000, **STUDENT)
+
+
+def test_unknown_teacher_and_dtype():
+    with pytest.raises(KDError, match="unknown teacher model 'no_such_net'"):
+        create_teacher('no_such_net', num_classes=10, **STUDENT)
+    with pytest.raises(KDError, match='unknown --teacher-dtype'):
+        create_teacher('test_resnet', num_classes=10, dtype='int8', **STUDENT)
