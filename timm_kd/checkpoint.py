@@ -6,6 +6,7 @@ PyTorch's weights-only unpickler rejects the unknown global before calling it.
 """
 import argparse
 import os
+import re
 from typing import Any, Dict
 
 import torch
@@ -35,9 +36,9 @@ def load_state_dict(path: str, use_ema: bool = True, allow_pickle: bool = False)
             state_dict = timm_load_state_dict(path, use_ema=use_ema, weights_only=not allow_pickle)
     except Exception as e:  # torch, zipfile and safetensors raise many types for the same two causes
         message = ' '.join(str(e).split())
-        if 'Unsupported global' in message:
-            unsafe = message.split('Unsupported globals:')[-1].split('.')[0:2] if 'Unsupported globals:' in message else []
-            what = '.'.join(unsafe).strip() or 'non-tensor objects'
+        unsafe = re.search(r'Unsupported globals?:? ([\w.]+)', message)
+        if unsafe:
+            what = unsafe.group(1).rstrip('.')
             raise KDError(
                 f'refusing to load {path!r}: it contains pickled code ({what}) that could run on load; '
                 f'convert it to .safetensors, or pass --allow-unsafe-pickle if you trust its source') from None
