@@ -92,8 +92,10 @@ def main(argv=None):
                                                    updates_per_epoch=updates_per_epoch)
     start_epoch = args.start_epoch if args.start_epoch is not None else start_epoch
     if lr_scheduler is not None and start_epoch > 0:
-        lr_scheduler.step(start_epoch) if not args.sched_on_updates else lr_scheduler.step_update(
-            start_epoch * updates_per_epoch)
+        if args.sched_on_updates:
+            lr_scheduler.step_update(start_epoch * updates_per_epoch)
+        else:
+            lr_scheduler.step(start_epoch)
 
     saver, out_dir = None, None
     if primary:

@@ -115,18 +115,27 @@ def _checkpoint_num_classes(arch: str, state_dict: dict) -> Optional[int]:
     return None
 
 
+def _parse_teacher_name(name: str) -> Tuple[Optional[str], str, str]:
+    """(source, architecture, tag): source is 'hf-hub'/'local-dir' or None for a timm registry name."""
+    source, model_name = parse_model_name(name)
+    if source:
+        return source, name, ''
+    arch, tag = split_model_name_tag(model_name)
+    return None, arch, tag
+
+
 def _has_pretrained_source(name: str) -> bool:
-    _, model_name = parse_model_name(name)
-    if name.startswith('hf-hub:') or name.startswith('local-dir:'):
+    source, _, _ = _parse_teacher_name(name)
+    if source:
         return True
-    cfg = get_pretrained_cfg(model_name, allow_unregistered=True)
+    cfg = get_pretrained_cfg(name, allow_unregistered=True)
     return cfg is not None and bool(cfg.hf_hub_id or cfg.url or cfg.file or cfg.state_dict)
 
 
 def _create_teacher_model(name: str, checkpoint: Optional[str], in_chans: int, use_ema: bool,
                           allow_pickle: bool, student_num_classes: int, model_kwargs: dict) -> nn.Module:
-    arch = split_model_name_tag(parse_model_name(name)[1])[0] if not name.startswith('hf-hub:') else name
-    if not name.startswith('hf-hub:') and not is_model(arch):
+    source, arch, _ = _parse_teacher_name(name)
+    if not source and not is_model(arch):
         raise KDError(f'unknown teacher model {name!r}; see timm.list_models() / timm.list_pretrained() '
                       f'for valid names')
     try:
@@ -193,8 +202,8 @@ def create_teacher(
         raise KDError(f'teacher {name!r} predicts {model.num_classes} classes but the student has {num_classes}; '
                       f'use a teacher trained on the same label set (or set --num-classes to match)')
 
-    tagged = bool(split_model_name_tag(parse_model_name(name)[1])[1]) or name.startswith('hf-hub:')
-    if checkpoint and not tagged:
+    source, _, tag = _parse_teacher_name(name)
+    if checkpoint and not (source or tag):
         data_config = dict(mean=tuple(student_mean), std=tuple(student_std), input_size=tuple(student_input_size),
                            interpolation='bicubic')
     else:
