@@ -17,10 +17,10 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.task import load_task_ema_checkpoint, resume_task_checkpoint
 from timm.utils import CheckpointSaver, distribute_bn, random_seed, setup_default_logging, update_summary
 
-from timm_kd import DistillationTask, KDError, create_kd_loss, create_teacher
+from timm_kd import DistillationTask, KDError, create_kd_student, create_teacher
 from timm_kd.checkpoint import safe_globals
-from timm_kd.cli import parse_args
-from timm_kd.data import create_datasets, create_loaders, dataset_num_classes, mixup_args
+from timm_kd.cli import kd_loss_config, parse_args
+from timm_kd.data import IndexedTargets, create_datasets, create_loaders, dataset_num_classes, mixup_args
 from timm_kd.engine import train_one_epoch, validate
 from timm_kd.runtime import amp_setup, init_device, output_dir, resolve_lr
 
@@ -50,10 +50,8 @@ def main(argv=None):
         student.to(memory_format=torch.channels_last)
     if args.distributed and args.sync_bn:
         student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
-    train_loader, eval_loader, mixup_fn = create_loaders(
-        args, train_set, eval_set, data_config, args.num_classes, device)
 
-    teacher, kd_loss = None, None
+    teacher, loss_weights, loss_kwargs = None, {}, {}
     if args.teacher:
         teacher = create_teacher(
             args.teacher, num_classes=args.num_classes, in_chans=in_chans, checkpoint=args.teacher_checkpoint,
@@ -61,16 +59,26 @@ def main(argv=None):
             student_input_size=data_config['input_size'], mean=args.teacher_mean, std=args.teacher_std,
             input_size=args.teacher_input_size, dtype=args.teacher_dtype, channels_last=args.channels_last,
             device=device, allow_pickle=args.allow_unsafe_pickle, model_kwargs=args.teacher_kwargs)
-        kd_loss = create_kd_loss(args.kd_loss, temperature=args.kd_temperature, **args.kd_loss_kwargs)
+        loss_weights, loss_kwargs = kd_loss_config(args)
+    kd_student = create_kd_student(
+        student, teacher, list(loss_weights), loss_kwargs, input_size=data_config['input_size'],
+        student_stages=args.kd_student_stages, teacher_stages=args.kd_teacher_stages,
+        aux_stages=args.kd_deep_supervision, num_classes=args.num_classes, num_samples=len(train_set))
+    if kd_student.needs_index:
+        train_set = IndexedTargets(train_set)
+    train_loader, eval_loader, mixup_fn = create_loaders(
+        args, train_set, eval_set, data_config, args.num_classes, device)
+    labels = train_set.targets.to(device) if kd_student.needs_index else None
     criterion = create_classification_loss(
         loss_type='bce' if args.bce_loss else 'ce', smoothing=args.smoothing,
         soft_targets=mixup_args(args, args.num_classes) is not None, bce_target_thresh=args.bce_target_thresh,
         bce_sum=args.bce_sum, pos_weight=args.bce_pos_weight)
-    task = DistillationTask(student, criterion, teacher=teacher, kd_loss=kd_loss, kd_loss_weight=args.kd_loss_weight,
-                            ori_loss_weight=args.ori_loss_weight, device=device, verbose=primary).to(device)
+    task = DistillationTask(kd_student, criterion, teacher=teacher, kd_loss_weights=loss_weights,
+                            ori_loss_weight=args.ori_loss_weight, aux_loss_weight=args.kd_deep_supervision_weight,
+                            device=device, verbose=primary).to(device)
 
     resolve_lr(args)
-    optimizer = create_optimizer_v2(student, **optimizer_kwargs(cfg=args))
+    optimizer = create_optimizer_v2(kd_student, **optimizer_kwargs(cfg=args))
     amp_autocast, loss_scaler = amp_setup(args, device)
     start_epoch = 0
     if args.resume:
@@ -122,7 +130,7 @@ def main(argv=None):
             epoch, task, train_loader, optimizer, device=device, num_epochs=num_epochs, lr_scheduler=lr_scheduler,
             loss_scaler=loss_scaler, amp_autocast=amp_autocast, mixup_fn=mixup_fn, clip_grad=args.clip_grad,
             clip_mode=args.clip_mode, grad_accum_steps=args.grad_accum_steps, channels_last=args.channels_last,
-            distributed=args.distributed, log_interval=args.log_interval, is_primary=primary)
+            distributed=args.distributed, log_interval=args.log_interval, is_primary=primary, labels=labels)
         if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
             distribute_bn(student, args.world_size, args.dist_bn == 'reduce')
         eval_kwargs = dict(device=device, amp_autocast=amp_autocast, channels_last=args.channels_last,

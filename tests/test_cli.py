@@ -2,34 +2,59 @@
 import pytest
 
 from timm_kd import KDError
-from timm_kd.cli import parse_args
+from timm_kd.cli import kd_loss_config, parse_args
 
 
 def test_defaults_follow_the_paper():
     args, text = parse_args(['/data', '--teacher', 'resnet50.a1_in1k'])
-    assert (args.kd_loss, args.kd_temperature, args.kd_loss_weight, args.ori_loss_weight) == ('kd', 1.0, 1.0, 1.0)
+    assert (args.kd_loss, args.kd_loss_weight, args.ori_loss_weight) == (['kd'], [1.0], 1.0)
+    assert kd_loss_config(args) == ({'kd': 1.0}, {'kd': {}})  # the loss's own default: T = 1
     assert args.data_dir == '/data' and 'teacher: resnet50.a1_in1k' in text
 
 
 def test_timm_kd_flag_names_are_aliases():
     args, _ = parse_args(['/d', '--kd-model-name', 'vit_base', '--distill-loss-weight', '3', '--task-loss-weight', '0'])
-    assert (args.teacher, args.kd_loss_weight, args.ori_loss_weight) == ('vit_base', 3.0, 0.0)
+    assert (args.teacher, args.kd_loss_weight, args.ori_loss_weight) == ('vit_base', [3.0], 0.0)
 
 
 def test_yaml_config_sets_defaults_and_command_line_wins(tmp_path):
     cfg = tmp_path / 'c.yaml'
     cfg.write_text('opt: lamb\nlr_base: 5.0e-3\nlr_base_size: 2048\nbce_loss: true\nmixup: 0.1\n'
                    'kd_model_name: beitv2_base_patch16_224.in1k_ft_in22k_in1k\ndistill_loss_weight: 2\n'
-                   'kd_loss_kwargs: {}\nscale: [0.08, 1.0]\n')
+                   'kd_loss_kwargs: {}\nscale: [0.08, 1.0]\nkd_loss: dkd\ndkd_beta: 8\n')
     args, _ = parse_args(['/d', '--config', str(cfg), '--mixup', '0.2'])
     assert (args.opt, args.lr_base, args.lr_base_size, args.bce_loss) == ('lamb', 5e-3, 2048, True)
-    assert args.teacher == 'beitv2_base_patch16_224.in1k_ft_in22k_in1k' and args.kd_loss_weight == 2
+    assert args.teacher == 'beitv2_base_patch16_224.in1k_ft_in22k_in1k' and args.kd_loss_weight == [2]
     assert args.mixup == 0.2
+    assert kd_loss_config(args) == ({'dkd': 2}, {'dkd': {'beta': 8}})
 
 
 def test_kwargs_flags_parse_python_literals():
-    args, _ = parse_args(['/d', '--model-kwargs', 'channels=(32,64)', 'stem_width=32', '--kd-loss-kwargs', 'a=1'])
-    assert args.model_kwargs == {'channels': (32, 64), 'stem_width': 32} and args.kd_loss_kwargs == {'a': 1}
+    args, _ = parse_args(['/d', '--model-kwargs', 'channels=(32,64)', 'stem_width=32', '--kd-loss', 'dkd',
+                          '--kd-loss-kwargs', 'alpha=0.5'])
+    assert args.model_kwargs == {'channels': (32, 64), 'stem_width': 32} and args.kd_loss_kwargs == {'alpha': 0.5}
+
+
+def test_several_losses_with_weights_flags_and_kwargs():
+    args, _ = parse_args(['/d', '--kd-loss', 'kd', 'dkd', 'rkd', '--kd-loss-weight', '1', '0.5', '2',
+                          '--kd-temperature', '4', '--dkd-beta', '8', '--rkd-angle-weight', '0',
+                          '--kd-loss-kwargs', 'alpha=2', 'rkd.distance_weight=10', 'dkd.temperature=1'])
+    weights, kwargs = kd_loss_config(args)
+    assert weights == {'kd': 1.0, 'dkd': 0.5, 'rkd': 2.0}
+    # --kd-temperature goes to every loss with a temperature; name.key=value wins over every other source
+    assert kwargs == {'kd': {'temperature': 4.0}, 'dkd': {'temperature': 1, 'alpha': 2, 'beta': 8.0},
+                      'rkd': {'angle_weight': 0.0, 'distance_weight': 10}}
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--kd-loss', 'kd', 'dkd', '--kd-loss-weight', '1', '2', '3'], '3 values for 2 losses'),
+    (['--kd-loss', 'kd', 'kd'], 'lists a loss twice'),
+    (['--kd-loss', 'kd', '--kd-loss-kwargs', 'beta=1'], "none of \\['kd'\\] takes 'beta'"),
+    (['--kd-loss', 'kd', '--kd-loss-kwargs', 'dkd.beta=1'], "'dkd' is not in --kd-loss"),
+])
+def test_bad_loss_combinations(argv, message):
+    with pytest.raises(KDError, match=message):
+        parse_args(['/d', *argv])
 
 
 @pytest.mark.parametrize('content, message', [

@@ -4,22 +4,23 @@ import timm
 import torch
 import torch.nn as nn
 
-from timm_kd import DistillationTask, Teacher, create_kd_loss
+from timm_kd import DistillationTask, KDStudent, Teacher, create_kd_loss
 
 
 def _task(**kwargs):
     torch.manual_seed(0)
     student = timm.create_model('test_resnet', num_classes=4)
     teacher = Teacher(timm.create_model('test_vit', num_classes=4, img_size=32))
-    return DistillationTask(student, nn.CrossEntropyLoss(), teacher=teacher, kd_loss=create_kd_loss('kd'), **kwargs)
+    return DistillationTask(KDStudent(student, {'kd': create_kd_loss('kd')}), nn.CrossEntropyLoss(), teacher=teacher,
+                            **kwargs)
 
 
 def test_loss_is_weighted_sum_of_components():
-    task = _task(kd_loss_weight=2.0, ori_loss_weight=0.5)
+    task = _task(kd_loss_weights={'kd': 2.0}, ori_loss_weight=0.5)
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     out = task(x, y)
     assert torch.allclose(out['loss'], 0.5 * out['task_loss'] + 2.0 * out['kd_loss'])
-    student_logits = task.trainable_module(x)
+    student_logits = task.trainable_module.student(x)
     teacher_logits = task.teacher(x).logits
     assert torch.allclose(out['kd_loss'], create_kd_loss('kd')(student_logits, teacher_logits, y), atol=1e-5)
 

@@ -48,9 +48,11 @@ def test_teacher_stays_frozen_in_eval_mode_without_autograd():
 
 def test_teacher_returns_intermediate_features_on_request():
     teacher = Teacher(timm.create_model('test_resnet', num_classes=5))
-    out = teacher(torch.randn(2, 3, 32, 32), return_features=True)
-    assert out.logits.shape == (2, 5)
-    assert len(out.features) >= 3 and all(f.ndim == 4 for f in out.features)
+    x = torch.randn(2, 3, 32, 32)
+    out = teacher(x, stages=[3, 1])
+    assert torch.allclose(out.logits, teacher(x).logits, atol=1e-5)
+    assert [tuple(f.shape[1:]) for f in out.features.maps] == [(192, 2, 2), (32, 8, 8)]  # in the order asked
+    assert out.features.pre_logits.shape == (2, 96)
 
 
 @pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])

@@ -93,6 +93,7 @@ def _cli(*args, env=None):
 
 @pytest.mark.parametrize('extra, message', [
     (['--kd-loss', 'nope'], "error: unknown --kd-loss 'nope'"),
+    (['--kd-loss', 'kd', 'dkd', '--kd-loss-weight', '1', '2', '3'], 'error: --kd-loss-weight has 3 values'),
     (['--teacher', 'test_resnet'], "error: no pretrained weights for teacher 'test_resnet'"),
     (['--teacher', 'test_resnet', '--teacher-checkpoint', '/nonexistent.pth'], 'error: checkpoint not found'),
     (['--resume', '/nonexistent.pth'], 'error: --resume checkpoint not found'),
@@ -121,3 +122,67 @@ def test_torchrun_two_processes_gloo(teacher_run, image_folder, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = _summary(tmp_path / 'ddp' / 'summary.csv')
     assert len(rows) == 1 and float(rows[0]['train_kd_loss']) > 0
+
+
+@pytest.fixture(scope='module')
+def vit_teacher(tmp_path_factory):
+    import timm
+    path = tmp_path_factory.mktemp('vit') / 'vit.pth'
+    torch.save(timm.create_model('test_vit', num_classes=3, img_size=32).state_dict(), path)
+    return ['--teacher', 'test_vit', '--teacher-kwargs', 'img_size=32', '--teacher-checkpoint', str(path)]
+
+
+STAGES = ['--kd-student-stages', '2', '3', '--kd-teacher-stages', '1', '3']
+
+
+@pytest.mark.parametrize('method', ['kd', 'bkd', 'bkl', 'dkd', 'dist', 'ls', 'fitnet', 'at', 'cc', 'rkd', 'crd', 'review'])
+def test_every_method_trains_a_resnet_student_from_a_vit_teacher(method, vit_teacher, image_folder, tmp_path):
+    extra = {'crd': ['--crd-num-negatives', '8'], 'review': ['--review-warmup-epochs', '0']}.get(method, [])
+    _run(image_folder, tmp_path, method, '--epochs', '1', '--mixup', '0.2', *vit_teacher, '--kd-loss', method,
+         *STAGES, *extra)
+    row = _summary(tmp_path / method / 'summary.csv')[0]
+    assert float(row[f'train_{method}_loss']) > 0
+    assert abs(float(row['train_loss']) - float(row['train_task_loss']) - float(row[f'train_{method}_loss'])) < 1e-4
+
+
+def test_feature_losses_and_deep_supervision_save_parts_apart_and_resume(vit_teacher, image_folder, tmp_path):
+    import timm
+    args = ['--kd-loss', 'kd', 'fitnet', 'crd', '--kd-loss-weight', '1', '0.5', '0.1', *STAGES,
+            '--kd-deep-supervision', '2', '3', '--crd-num-negatives', '8', *vit_teacher]
+    _run(image_folder, tmp_path, 'fd', '--epochs', '1', *args)
+    ckpt = _load(tmp_path / 'fd' / 'last.pth.tar')
+    assert set(ckpt['state_dict']) == set(timm.create_model('test_resnet', num_classes=3).state_dict())
+    kd_state = ckpt['task_state']['kd_losses']
+    assert any(k.startswith('fitnet.regressors') for k in kd_state) and 'crd._extra_state' in kd_state
+    assert set(ckpt['task_state']['aux_heads']) == {f'{i}.{p}.{w}' for i in (0, 1) for p in ('norm', 'fc')
+                                                    for w in ('weight', 'bias')}
+    row = _summary(tmp_path / 'fd' / 'summary.csv')[0]
+    weighted = (float(row['train_task_loss']) + float(row['train_kd_loss']) + 0.5 * float(row['train_fitnet_loss'])
+                + 0.1 * float(row['train_crd_loss']) + float(row['train_aux_loss']))
+    assert abs(float(row['train_loss']) - weighted) < 1e-3
+
+    import train_kd as tk
+    loaded = {}
+    original = tk.DistillationTask.load_task_state
+
+    def spy(self, state, *a, **k):
+        loaded.update(state or {})
+        return original(self, state, *a, **k)
+    tk.DistillationTask.load_task_state = spy
+    try:
+        _run(image_folder, tmp_path, 'fd', '--epochs', '2', *args, '--resume', str(tmp_path / 'fd' / 'last.pth.tar'))
+    finally:
+        tk.DistillationTask.load_task_state = original
+    assert torch.equal(loaded['kd_losses']['crd._extra_state']['memory_s'], kd_state['crd._extra_state']['memory_s'])
+    assert [r['epoch'] for r in _summary(tmp_path / 'fd' / 'summary.csv')] == ['0', '1']
+    resumed = _load(tmp_path / 'fd' / 'last.pth.tar')['task_state']['kd_losses']
+    assert not torch.equal(resumed['crd._extra_state']['memory_s'], kd_state['crd._extra_state']['memory_s'])
+
+
+def test_feature_stage_errors_are_one_line(vit_teacher, image_folder, tmp_path):
+    result = _cli(image_folder, '--model', 'test_resnet', *FAST, '--output', str(tmp_path), *vit_teacher,
+                  '--kd-loss', 'fitnet', '--kd-student-stages', '9')
+    assert result.returncode == 2 and 'error: student stage 9 is out of range' in result.stderr
+    result = _cli(image_folder, '--model', 'test_resnet', *FAST, '--output', str(tmp_path), *vit_teacher,
+                  '--kd-loss', 'fitnet', '--kd-student-stages', '1', '2')
+    assert result.returncode == 2 and 'give --kd-student-stages and --kd-teacher-stages the same length' in result.stderr

@@ -1,10 +1,12 @@
 """timm-kd: knowledge distillation for timm image classifiers, with VanillaKD's recipes (Hao et al., 2023)."""
 from .errors import KDError
 from .losses import create_kd_loss, list_kd_losses, register_kd_loss
+from .features import Features, FeatureSpec
+from .student import KDStudent, create_kd_student
 from .task import DistillationTask
 from .teacher import InputAdapter, Teacher, TeacherOutput, create_teacher
 
 __version__ = '0.1.0'
 
-__all__ = ['KDError', 'create_kd_loss', 'list_kd_losses', 'register_kd_loss', 'DistillationTask',
+__all__ = ['KDError', 'create_kd_loss', 'list_kd_losses', 'register_kd_loss', 'DistillationTask', 'Features', 'FeatureSpec', 'KDStudent', 'create_kd_student',
            'InputAdapter', 'Teacher', 'TeacherOutput', 'create_teacher', '__version__']

@@ -1,18 +1,19 @@
 """Command-line arguments of train_kd.py: timm train.py's flag names plus the distillation flags.
 
 Parsing is two-stage as in timm: `--config file.yaml` sets defaults, the command line overrides them. YAML keys
-are the flag names with underscores (`kd_loss: kd`, `lr_base: 5.0e-3`). timm's KD flag names are aliases:
+are the flag names with underscores (`kd_loss: [kd, dkd]`, `dkd_beta: 8`, `lr_base: 5.0e-3`). timm's KD flag names are aliases:
 `--kd-model-name` = `--teacher`, `--distill-loss-weight` = `--kd-loss-weight`,
 `--task-loss-weight` = `--ori-loss-weight`.
 """
 import argparse
-from typing import List, Optional, Tuple
+import inspect
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 from timm.utils import ParseKwargs
 
 from .errors import KDError
-from .losses import list_kd_losses
+from .losses import get_kd_loss_class, list_kd_losses, loss_accepts
 
 # YAML keys that users of timm's train.py or the VanillaKD reference write, mapped to our destination names.
 CONFIG_ALIASES = {'kd_model_name': 'teacher', 'distill_loss_weight': 'kd_loss_weight',
@@ -170,16 +171,95 @@ def _add_kd_args(p: argparse.ArgumentParser) -> None:
     g.add_argument('--teacher-input-size', type=int, nargs='+', default=None, metavar='N',
                    help='teacher input H W (or C H W); default from its pretrained cfg')
     g.add_argument('--teacher-dtype', default='float32', choices=['float32', 'bfloat16', 'float16'])
-    g.add_argument('--kd-loss', default='kd', type=str, metavar='NAME',
-                   help=f'distillation loss: {", ".join(list_kd_losses())}')
-    g.add_argument('--kd-temperature', type=float, default=1.0, help='softmax temperature T (paper: 1)')
-    g.add_argument('--kd-loss-weight', '--distill-loss-weight', dest='kd_loss_weight', type=float, default=1.0)
+    g.add_argument('--kd-loss', nargs='+', default=['kd'], metavar='NAME',
+                   help=f'one or more distillation losses: {", ".join(list_kd_losses())}')
+    g.add_argument('--kd-loss-weight', '--distill-loss-weight', dest='kd_loss_weight', type=float, nargs='+',
+                   default=[1.0], metavar='W', help='one weight per --kd-loss (one value: the same for all)')
+    g.add_argument('--kd-temperature', type=float, default=None,
+                   help='softmax temperature T of every loss that has one (default: each loss own, kd: 1)')
     g.add_argument('--ori-loss-weight', '--task-loss-weight', dest='ori_loss_weight', type=float, default=1.0,
                    help='weight of the hard-label loss; 0 drops it')
     g.add_argument('--kd-loss-kwargs', nargs='*', default={}, action=ParseKwargs,
-                   help='extra loss hyperparameters, key=value')
+                   help='loss hyperparameters: key=value (every loss that takes key) or name.key=value')
+    g.add_argument('--kd-student-stages', type=int, nargs='+', default=[-1], metavar='I',
+                   help='student stages (feature_info indices, -1 = last) for feature losses')
+    g.add_argument('--kd-teacher-stages', type=int, nargs='+', default=[-1], metavar='I',
+                   help='teacher stages, paired one to one with --kd-student-stages')
+    g.add_argument('--kd-deep-supervision', type=int, nargs='*', default=[], metavar='I',
+                   help='student stages that get an auxiliary head distilled by the first logit loss')
+    g.add_argument('--kd-deep-supervision-weight', type=float, default=1.0, help='weight of the auxiliary heads')
+    _add_loss_hyperparameter_args(p)
     g.add_argument('--allow-unsafe-pickle', action='store_true', default=False,
                    help='allow checkpoints that need arbitrary pickle (runs code from the file: trusted files only)')
+
+
+_NOT_FLAGS = {'student', 'teacher', 'num_samples', 'base_kwargs'}
+
+
+def _loss_hyperparameters(name: str) -> Dict[str, Any]:
+    """Constructor arguments of a registered loss that become `--NAME-ARG` flags, with their defaults."""
+    params = inspect.signature(get_kd_loss_class(name)).parameters.values()
+    return {q.name: q.default for q in params if q.name not in _NOT_FLAGS and q.default is not q.empty
+            and q.kind is q.POSITIONAL_OR_KEYWORD}
+
+
+def _flag_bool(value: str) -> bool:
+    if str(value).lower() not in ('true', 'false', '1', '0', 'yes', 'no'):
+        raise argparse.ArgumentTypeError(f'expected true or false, got {value!r}')
+    return str(value).lower() in ('true', '1', 'yes')
+
+
+def _add_loss_hyperparameter_args(p: argparse.ArgumentParser) -> None:
+    """One flag per loss hyperparameter, generated from the registry: --dkd-beta, --rkd-angle-weight, ..."""
+    g = p.add_argument_group('Loss hyperparameters (used when the loss is in --kd-loss; default: the loss own)')
+    for name in list_kd_losses():
+        for arg, default in _loss_hyperparameters(name).items():
+            if f'--{name}-{arg.replace("_", "-")}' in p._option_string_actions:  # --kd-temperature: all losses
+                continue
+            kind = _flag_bool if isinstance(default, bool) else float if isinstance(default, (int, float)) else str
+            g.add_argument(f'--{name}-{arg.replace("_", "-")}', dest=f'{name}_{arg}', default=None, metavar='V',
+                           type=kind, help=f'(default {default})')
+
+
+def kd_loss_config(args: argparse.Namespace) -> Tuple[Dict[str, float], Dict[str, Dict[str, Any]]]:
+    """Per-loss weights and keyword arguments from the KD flags.
+
+    Precedence, lowest first: the loss's own defaults, --kd-temperature, `key=value` in --kd-loss-kwargs (to
+    every chosen loss that takes `key`), the generated `--NAME-ARG` flags, `NAME.key=value`.
+    """
+    names = args.kd_loss
+    for name in names:
+        if name not in list_kd_losses():
+            raise KDError(f'unknown --kd-loss {name!r}; choose one of: {", ".join(list_kd_losses())}')
+    if len(set(names)) != len(names):
+        raise KDError(f'--kd-loss lists a loss twice: {names}')
+    weights = args.kd_loss_weight
+    if len(weights) not in (1, len(names)):
+        raise KDError(f'--kd-loss-weight has {len(weights)} values for {len(names)} losses; give one per loss or one')
+    kwargs: Dict[str, Dict[str, Any]] = {n: {} for n in names}
+    for name in names:
+        if args.kd_temperature is not None and loss_accepts(name, 'temperature'):
+            kwargs[name]['temperature'] = args.kd_temperature
+    for key, value in args.kd_loss_kwargs.items():
+        if '.' in key:
+            continue
+        takers = [n for n in names if loss_accepts(n, key)]
+        if not takers:
+            raise KDError(f'--kd-loss-kwargs {key}={value}: none of {names} takes {key!r}')
+        for n in takers:
+            kwargs[n][key] = value
+    for name in names:
+        for arg, default in _loss_hyperparameters(name).items():
+            value = getattr(args, f'{name}_{arg}', None)
+            if value is not None and not (name == 'kd' and arg == 'temperature'):
+                kwargs[name][arg] = int(value) if type(default) is int else value
+    for key, value in args.kd_loss_kwargs.items():
+        if '.' in key:
+            name, arg = key.split('.', 1)
+            if name not in names:
+                raise KDError(f'--kd-loss-kwargs {key}={value}: {name!r} is not in --kd-loss {names}')
+            kwargs[name][arg] = value
+    return dict(zip(names, weights * len(names) if len(weights) == 1 else weights)), kwargs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,8 +299,10 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, st
         parser.set_defaults(**load_config(known.config, parser))
     args = parser.parse_args(argv)
     args.data_dir = args.data_dir or args.data
-    if args.kd_loss not in list_kd_losses():
-        raise KDError(f'unknown --kd-loss {args.kd_loss!r}; choose one of: {", ".join(list_kd_losses())}')
+    for key in ('kd_loss', 'kd_loss_weight', 'kd_student_stages', 'kd_teacher_stages', 'kd_deep_supervision'):
+        if not isinstance(getattr(args, key), (list, tuple)):  # a scalar from YAML
+            setattr(args, key, [getattr(args, key)])
+    kd_loss_config(args)  # fail early on bad loss names, weights or kwargs
     if args.teacher_checkpoint and not args.teacher:
         raise KDError('--teacher-checkpoint needs --teacher ARCH, the architecture the checkpoint was trained with')
     return args, yaml.safe_dump(vars(args), default_flow_style=False)

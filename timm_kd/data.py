@@ -58,11 +58,14 @@ def create_loaders(
         num_classes: int,
         device: torch.device,
 ) -> Tuple[Any, Any, Optional[Callable]]:
-    """Train loader, eval loader, and the mixup function to apply per batch (None when the collate mixes)."""
+    """Train loader, eval loader, and the mixup function to apply per batch (None when the collate mixes).
+
+    Mixing happens in the training loop, not in the collate, when the train set yields sample indices.
+    """
     mix = mixup_args(args, num_classes)
     collate_fn, mixup_fn = None, None
     if mix is not None:
-        if args.prefetcher:
+        if args.prefetcher and not isinstance(train_set, IndexedTargets):
             collate_fn = FastCollateMixup(**mix)
         else:
             mixup_fn = Mixup(**mix)
@@ -83,3 +86,43 @@ def create_loaders(
         eval_set, batch_size=args.validation_batch_size or args.batch_size, is_training=False,
         interpolation=data_config['interpolation'], crop_pct=data_config['crop_pct'], **common)
     return train_loader, eval_loader, mixup_fn
+
+
+def dataset_targets(dataset: Any) -> torch.Tensor:
+    """The class index of every sample, read from the dataset's metadata (no image is decoded).
+
+    Knows timm's ImageDataset (reader.samples / reader.targets) and torchvision datasets (.targets).
+    """
+    reader = getattr(dataset, 'reader', None)
+    for source in (getattr(dataset, 'targets', None), getattr(reader, 'targets', None)):
+        if source is not None:
+            return torch.as_tensor(list(source), dtype=torch.long)
+    samples = getattr(reader, 'samples', None) or getattr(dataset, 'samples', None)
+    if samples is not None:
+        return torch.as_tensor([s[1] for s in samples], dtype=torch.long)
+    raise KDError(f'cannot read the labels of {type(dataset).__name__} without loading it; this needs an '
+                  f'ImageFolder or a torchvision dataset')
+
+
+class IndexedTargets(torch.utils.data.Dataset):
+    """Yields (image, sample index) instead of (image, label), so losses that keep per-sample state (CRD's
+    memory bank) know which images are in the batch; the training loop maps the index back to its label with
+    `targets` before mixup. The transform timm's loader assigns goes to the wrapped dataset."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+        self.targets = dataset_targets(dataset)
+
+    @property
+    def transform(self):
+        return self.dataset.transform
+
+    @transform.setter
+    def transform(self, value) -> None:
+        self.dataset.transform = value
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset[index][0], index

@@ -43,13 +43,18 @@ def train_one_epoch(
         distributed: bool = False,
         log_interval: int = 50,
         is_primary: bool = True,
+        labels: Optional[torch.Tensor] = None,
 ) -> Dict[str, float]:
     """Train `task` for one epoch; returns the epoch's mean of every loss component the task reports.
+
+    With `labels` (a device tensor of every sample's class) the loader yields sample indices as targets
+    (`timm_kd.data.IndexedTargets`, for CRD): they are passed to the task as `index` and mapped to labels.
 
     Loss components are summed on the device and read back only at log intervals and at the end of the epoch,
     so the step itself has no host-device synchronisation.
     """
     task.train()
+    task.set_epoch(epoch)
     num_batches = len(loader)
     updates_per_epoch = (num_batches + grad_accum_steps - 1) // grad_accum_steps
     num_updates = epoch * updates_per_epoch
@@ -59,6 +64,9 @@ def train_one_epoch(
     optimizer.zero_grad()
     for batch_idx, (input, target) in enumerate(loader):
         input, target = _to_device(input, target, device, channels_last)
+        index = None
+        if labels is not None:
+            index, target = target, labels[target]
         if mixup_fn is not None:
             input, target = mixup_fn(input, target)
         last_batch = batch_idx == num_batches - 1
@@ -67,7 +75,7 @@ def train_one_epoch(
         # --- the training step ---
         with nullcontext() if need_update else task.no_sync():
             with amp_autocast():
-                result = task(input, target)
+                result = task(input, target, index=index)
             loss = result['loss'] / grad_accum_steps
             if loss_scaler is not None:
                 loss_scaler(loss, optimizer, clip_grad=clip_grad, clip_mode=clip_mode,

@@ -1,29 +1,32 @@
-"""The distillation training task: hard-label loss plus KD loss, as one `timm.task.TrainingTask`."""
+"""The distillation training task: hard-label loss plus weighted KD losses, as one `timm.task.TrainingTask`."""
 import logging
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Mapping, Optional
 
 import torch
 import torch.nn as nn
 from timm.task import TrainingTask
+from timm.utils import ModelEmaV3, unwrap_model
 
+from .student import KDStudent
 from .teacher import Teacher
 
 _logger = logging.getLogger(__name__)
 
 
 class DistillationTask(TrainingTask):
-    """loss = ori_loss_weight * hard_label_loss(s, y) + kd_loss_weight * kd_loss(s, t, y)
+    """loss = ori_loss_weight * hard_label_loss(s, y) + sum_i w_i * kd_loss_i + aux_weight * aux_loss
 
-    VanillaKD (Hao et al., 2023, Sec. 2.1 and 3.4) keeps both terms with weight 1. The teacher sees exactly the
-    batch the student sees (after augmentation and mixup/cutmix), through its own `InputAdapter`, in eval mode
-    and without autograd. Only the student is wrapped by DDP, compiled as the trainable module, averaged by EMA
-    and written to checkpoints; the teacher is never saved.
+    VanillaKD (Hao et al., 2023, Sec. 2.1 and 3.4) uses one loss, `kd`, next to the hard-label loss, both with
+    weight 1. The teacher sees exactly the batch the student sees (after augmentation and mixup/cutmix),
+    through its own `InputAdapter`, in eval mode and without autograd. `student` is the plain timm model or a
+    `KDStudent` (the student plus the learnable parts of feature losses and deep-supervision heads, built by
+    `timm_kd.create_kd_student`). That module is what DDP wraps and the optimizer trains; only the student
+    itself is evaluated, averaged by EMA and saved as the model weights; the KD parts go to the checkpoint's
+    task state (resume) and never to exported weights. The teacher is never saved.
 
     Without a teacher the task is plain supervised training (the scratch baseline). With `ori_loss_weight=0`
-    the hard-label loss is not computed at all.
-
-    Returns a dict with 'loss' (to backward), 'output' (student logits) and each weighted-in component
-    ('task_loss', 'kd_loss') as tensors, so logging needs no host sync per step.
+    the hard-label loss is not computed at all. Returns a dict with 'loss' (to backward), 'output' (student
+    logits) and each component ('task_loss', '<name>_loss', 'aux_loss') as tensors: no host sync per step.
     """
 
     def __init__(
@@ -31,27 +34,34 @@ class DistillationTask(TrainingTask):
             student: nn.Module,
             criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
             teacher: Optional[Teacher] = None,
-            kd_loss: Optional[nn.Module] = None,
-            kd_loss_weight: float = 1.0,
+            kd_loss_weights: Optional[Mapping[str, float]] = None,
             ori_loss_weight: float = 1.0,
+            aux_loss_weight: float = 1.0,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
             verbose: bool = True,
     ):
         super().__init__(device=device, dtype=dtype, verbose=verbose)
-        if (teacher is None) != (kd_loss is None):
-            raise ValueError('teacher and kd_loss must be given together')
+        kd_student = student if isinstance(student, KDStudent) else KDStudent(student)
+        if (teacher is None) != (len(kd_student.kd_losses) == 0):
+            raise ValueError('a teacher needs at least one KD loss, and KD losses need a teacher')
         if teacher is None and ori_loss_weight == 0:
             raise ValueError('with no teacher and ori_loss_weight=0 there is nothing to train on')
-        self.trainable_module = student
+        self.trainable_module = kd_student
         self.criterion = criterion
         self.teacher = teacher
-        self.kd_loss = kd_loss
-        self.kd_loss_weight = kd_loss_weight
+        self.teacher_stages = kd_student.teacher_stages
+        self.weights = {f'{n}_loss': (kd_loss_weights or {}).get(n, 1.0) for n in kd_student.kd_losses}
+        self.weights['aux_loss'] = aux_loss_weight
         self.ori_loss_weight = ori_loss_weight
         if verbose:
-            _logger.info(f'DistillationTask: {ori_loss_weight} * {type(criterion).__name__}'
-                         + (f' + {kd_loss_weight} * {kd_loss}' if teacher is not None else ' (no teacher)'))
+            terms = [f'{ori_loss_weight} * {type(criterion).__name__}'] + [
+                f'{w} * {k[:-5]}' for k, w in self.weights.items() if k != 'aux_loss' or kd_student.aux_heads]
+            _logger.info('DistillationTask: ' + ' + '.join(terms) + ('' if teacher else ' (no teacher)'))
+
+    @property
+    def kd_student(self) -> KDStudent:
+        return unwrap_model(self.trainable_module)
 
     def train(self, mode: bool = True) -> 'DistillationTask':
         super().train(mode)
@@ -59,30 +69,62 @@ class DistillationTask(TrainingTask):
             self.teacher.eval()
         return self
 
+    def set_epoch(self, epoch: int) -> None:
+        self.kd_student.set_epoch(epoch)
+
     def prepare_distributed(self, device_ids: Optional[list] = None, **ddp_kwargs) -> 'DistillationTask':
-        """Wrap the student alone in DDP; the frozen teacher runs locally on each rank."""
+        """Wrap the student and its KD parts in DDP; the frozen teacher runs locally on each rank."""
         from torch.nn.parallel import DistributedDataParallel as DDP
         self.trainable_module = DDP(self.trainable_module, device_ids=device_ids, **ddp_kwargs)
         return self
 
     def compile(self, backend: str = 'inductor', mode: Optional[str] = None, **compile_kwargs) -> nn.Module:
-        """Compile the student (train and eval share one forward) and the teacher's model."""
+        """Compile the training forward (student + KD losses), the student for eval, and the teacher's model."""
+        student = self.kd_student.student
         self.trainable_module = torch.compile(self.trainable_module, backend=backend, mode=mode, **compile_kwargs)
-        self.eval_model = self.trainable_module
+        self.eval_model = torch.compile(student, backend=backend, mode=mode, **compile_kwargs)
         if self.teacher is not None:
             self.teacher.model = torch.compile(self.teacher.model, backend=backend, mode=mode, **compile_kwargs)
-        return self.trainable_module
+        return self.eval_model
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
-        student_logits = self.trainable_module(input)
+    # --- the student alone is evaluated, EMA-averaged and saved; KD parts are task state ---
+    def get_eval_model(self, module: Optional[nn.Module] = None, ema: bool = False) -> Optional[nn.Module]:
+        if module is None and not ema and not hasattr(self, 'eval_model'):
+            return self.kd_student.student
+        return super().get_eval_model(module=module, ema=ema)
+
+    def setup_ema(self, decay: float = 0.9999, use_warmup: bool = False, device=None, **kwargs) -> nn.Module:
+        self.trainable_module_ema = ModelEmaV3(self.kd_student.student, decay=decay, use_warmup=use_warmup,
+                                               device=device, **kwargs)
+        return self.trainable_module_ema
+
+    def update_ema(self, step: Optional[int] = None) -> None:
+        if self.has_ema():
+            self.trainable_module_ema.update(unwrap_model(self.kd_student.student), step=step)
+
+    def get_clip_parameters(self, exclude_head: bool = False):
+        params = list(self.kd_student.student.parameters())
+        params = params[:-2] if exclude_head else params
+        return params + [p for n, p in self.kd_student.named_parameters() if not n.startswith('student.')]
+
+    def get_task_state(self, module: Optional[nn.Module] = None, ema: bool = False) -> Dict[str, dict]:
+        return {} if ema else self.kd_student.kd_state_dict()
+
+    def load_task_state(self, state, strict: bool = True, module: Optional[nn.Module] = None, ema: bool = False):
+        if state and not ema:
+            self.kd_student.load_kd_state_dict(state, strict=strict)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor,
+                index: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        teacher_out = self.teacher(input, stages=self.teacher_stages) if self.teacher is not None else None
+        student_logits, kd_losses = self.trainable_module(input, teacher_out, target, index)
         result = {'output': student_logits}
         loss = student_logits.new_zeros((), dtype=torch.float32)
         if self.ori_loss_weight:
             result['task_loss'] = self.criterion(student_logits, target)
             loss = loss + self.ori_loss_weight * result['task_loss']
-        if self.teacher is not None:
-            teacher_logits = self.teacher(input).logits
-            result['kd_loss'] = self.kd_loss(student_logits, teacher_logits, target)
-            loss = loss + self.kd_loss_weight * result['kd_loss']
+        for key, value in kd_losses.items():
+            result[key] = value
+            loss = loss + self.weights[key] * value
         result['loss'] = loss
         return result

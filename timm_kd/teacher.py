@@ -1,7 +1,7 @@
 """The frozen teacher: the student's augmented batch in, teacher logits (and optionally features) out.
 
 `Teacher` is the one interface the distillation task talks to. Anything with the same `forward(images,
-return_features=False) -> TeacherOutput` (an ensemble, a cache of teacher outputs) can stand in its place.
+stages=None) -> TeacherOutput` (an ensemble, a cache of teacher outputs) can stand in its place.
 """
 import logging
 from typing import List, NamedTuple, Optional, Sequence, Tuple
@@ -14,6 +14,7 @@ from timm.models import create_model, get_pretrained_cfg, is_model, parse_model_
 
 from .checkpoint import load_state_dict
 from .errors import KDError
+from .features import Features, forward_features
 
 _logger = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch
 
 class TeacherOutput(NamedTuple):
     logits: torch.Tensor
-    features: Optional[List[torch.Tensor]] = None
+    features: Optional[Features] = None
 
 
 class InputAdapter(nn.Module):
@@ -93,13 +94,13 @@ class Teacher(nn.Module):
         return super().train(False)
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor, return_features: bool = False) -> TeacherOutput:
+    def forward(self, images: torch.Tensor, stages: Optional[Sequence[int]] = None) -> TeacherOutput:
+        """Teacher logits for the student's batch; with `stages` also its `Features` at those stages."""
         x = self.adapter(images).to(self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if return_features:
-            final, features = self.model.forward_intermediates(x)
-            return TeacherOutput(self.model.forward_head(final), features)
+        if stages is not None:
+            return TeacherOutput(*forward_features(self.model, x, stages))
         return TeacherOutput(self.model(x))
 
 
