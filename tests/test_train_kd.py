@@ -111,17 +111,17 @@ def test_missing_dataset_is_one_line_error(tmp_path):
     assert result.returncode == 2 and "error: dataset folder" in result.stderr
 
 
-def test_torchrun_two_processes_gloo(teacher_run, image_folder, tmp_path):
-    teacher = str(teacher_run / 'teacher' / 'last.pth.tar')
+def test_torchrun_two_processes_gloo(vit_teacher, image_folder, tmp_path):
+    """DDP with learnable KD parts (fitnet regressors, CRD embeddings and all-gathered memory, an aux head)."""
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29517',
            os.path.join(ROOT, 'train_kd.py'), image_folder, '--model', 'test_resnet', *FAST, '--epochs', '1',
-           '--teacher', 'test_resnet', '--teacher-checkpoint', teacher, '--aug-repeats', '2',
-           '--output', str(tmp_path), '--experiment', 'ddp']
+           *vit_teacher, '--kd-loss', 'kd', 'fitnet', 'crd', *STAGES, '--kd-deep-supervision', '2',
+           '--crd-num-negatives', '8', '--aug-repeats', '2', '--output', str(tmp_path), '--experiment', 'ddp']
     env = dict(os.environ, OMP_NUM_THREADS='1')
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = _summary(tmp_path / 'ddp' / 'summary.csv')
-    assert len(rows) == 1 and float(rows[0]['train_kd_loss']) > 0
+    assert len(rows) == 1 and all(float(rows[0][f'train_{k}_loss']) > 0 for k in ('kd', 'fitnet', 'crd', 'aux'))
 
 
 @pytest.fixture(scope='module')

@@ -139,16 +139,13 @@ def create_kd_student(
     loss_kwargs = loss_kwargs or {}
     if teacher is None:
         if aux_stages:
-            raise KDError('--kd-aux-stages needs a teacher (--teacher): the auxiliary heads are distilled from it')
+            raise KDError('--kd-deep-supervision needs a teacher (--teacher): the auxiliary heads are distilled from it')
         return KDStudent(student)
     feature_names = [n for n in loss_names if get_kd_loss_class(n).kind == 'feature']
-    needs_features = bool(feature_names) or bool(aux_stages)
-    s_stages = resolve_stages(student, student_stages, 'student') if needs_features else []
+    s_stages = resolve_stages(student, student_stages, 'student') if feature_names else []
+    t_stages = resolve_stages(teacher.model, teacher_stages, 'teacher') if feature_names else None
     a_stages = resolve_stages(student, aux_stages, 'student') if aux_stages else []
-    specs, t_stages = None, None
-    if needs_features:
-        t_stages = resolve_stages(teacher.model, teacher_stages, 'teacher')
-        specs = _probe(student, teacher, input_size, s_stages + a_stages, t_stages)
+    specs = _probe(student, teacher, input_size, s_stages + a_stages, t_stages or [-1]) if s_stages + a_stages else None
     losses = {}
     for name in loss_names:
         kwargs = dict(loss_kwargs.get(name, {}))
@@ -161,4 +158,4 @@ def create_kd_student(
                 kwargs['num_samples'] = num_samples
         losses[name] = create_kd_loss(name, **kwargs)
     heads = [AuxHead(specs[0].map_shapes[len(s_stages) + i][0], num_classes) for i in range(len(a_stages))]
-    return KDStudent(student, losses, s_stages, a_stages, heads, t_stages if feature_names else None)
+    return KDStudent(student, losses, s_stages, a_stages, heads, t_stages)

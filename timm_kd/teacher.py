@@ -4,7 +4,7 @@
 stages=None) -> TeacherOutput` (an ensemble, a cache of teacher outputs) can stand in its place.
 """
 import logging
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
