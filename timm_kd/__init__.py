@@ -2,11 +2,14 @@
 from .errors import KDError
 from .losses import create_kd_loss, list_kd_losses, register_kd_loss
 from .features import Features, FeatureSpec
+from .pretrained import add_pretrained_tag, register_vkd_checkpoints
 from .student import KDStudent, create_kd_student
 from .task import DistillationTask
 from .teacher import InputAdapter, Teacher, TeacherOutput, create_teacher
 
 __version__ = '0.1.0'
 
-__all__ = ['KDError', 'create_kd_loss', 'list_kd_losses', 'register_kd_loss', 'DistillationTask', 'Features', 'FeatureSpec', 'KDStudent', 'create_kd_student',
+register_vkd_checkpoints()  # timm.create_model('resnet50.vkd', pretrained=True) and friends
+
+__all__ = ['KDError', 'create_kd_loss', 'list_kd_losses', 'register_kd_loss', 'DistillationTask', 'Features', 'FeatureSpec', 'KDStudent', 'create_kd_student', 'add_pretrained_tag', 'register_vkd_checkpoints',
            'InputAdapter', 'Teacher', 'TeacherOutput', 'create_teacher', '__version__']

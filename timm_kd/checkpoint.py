@@ -48,3 +48,22 @@ def load_state_dict(path: str, use_ema: bool = True, allow_pickle: bool = False)
         raise KDError(f'checkpoint {path!r} holds no model weights (no tensors found); '
                       f'pass a training checkpoint, a state_dict or a .safetensors file')
     return state_dict
+
+
+def load_training_metadata(path: str) -> Dict[str, Any]:
+    """What a timm/train_kd.py checkpoint records besides weights: its `args` (as a dict), `epoch` and `metric`.
+
+    Empty for safetensors files and bare state_dicts. Loaded as safely as the weights (weights_only=True).
+    """
+    if path.endswith('.safetensors'):
+        return {}
+    try:
+        with safe_globals():
+            checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception:  # unreadable or pickled code: load_state_dict reports it with the fix
+        return {}
+    if not isinstance(checkpoint, dict):
+        return {}
+    args = checkpoint.get('args')
+    return {'args': vars(args) if isinstance(args, argparse.Namespace) else (args if isinstance(args, dict) else {}),
+            'epoch': checkpoint.get('epoch'), 'metric': checkpoint.get('metric')}

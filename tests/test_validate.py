@@ -1,0 +1,61 @@
+"""`python -m timm_kd.validate`: accuracy with the model's own preprocessing, ImageNet-ReaL, teacher agreement."""
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from timm_kd.validate import main
+
+
+@pytest.fixture(scope='module')
+def val_folder(tmp_path_factory):
+    """3 classes x 4 images named as ImageNet's validation files (what ReaL labels are keyed by)."""
+    root = tmp_path_factory.mktemp('val')
+    rng = np.random.default_rng(0)
+    i = 0
+    for c in range(3):
+        (root / 'validation' / f'class{c}').mkdir(parents=True)
+        for _ in range(4):
+            i += 1
+            pixels = (rng.random((40, 40, 3)) * 80 + c * 60).astype('uint8')
+            Image.fromarray(pixels).save(root / 'validation' / f'class{c}' / f'ILSVRC2012_val_{i:08d}.JPEG')
+    return root
+
+
+def test_accuracy_real_labels_and_teacher_agreement(val_folder, tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model('test_resnet', num_classes=3)
+    torch.save(model.state_dict(), tmp_path / 'student.pth')
+    # ReaL: image i's reassessed labels; the first image gets no label (ReaL skips it), the rest get class 0
+    (tmp_path / 'real.json').write_text(json.dumps([[]] + [[0]] * 11))
+    out = tmp_path / 'results.json'
+    result = main([str(val_folder), '--model', 'test_resnet', '--checkpoint', str(tmp_path / 'student.pth'),
+                   '--real-labels', str(tmp_path / 'real.json'), '--teacher', 'test_resnet',
+                   '--teacher-checkpoint', str(tmp_path / 'student.pth'), '-b', '5', '-j', '0',
+                   '--results-file', str(out)])
+    assert json.loads(out.read_text()) == result and result['num_images'] == 12
+    assert result['data_config']['input_size'] == list(model.pretrained_cfg['input_size'])  # the model's own cfg
+
+    # the same numbers computed by hand with the same preprocessing
+    config = timm.data.resolve_data_config({}, model=model)
+    transform = timm.data.create_transform(**config)
+    dataset = timm.data.create_dataset('', root=str(val_folder), split='validation')
+    model.eval()
+    x = torch.stack([transform(Image.open(p).convert('RGB')) for p, _ in dataset.reader.samples])
+    y = torch.tensor([t for _, t in dataset.reader.samples])
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    assert result['top1'] == pytest.approx((pred == y).float().mean().item() * 100, abs=1e-3)
+    assert result['real_top1'] == pytest.approx((pred[1:] == 0).float().mean().item() * 100, abs=1e-3)
+    assert result['top5'] == 100.0  # 3 classes: top-5 covers them all
+    assert result['agreement'] == 100.0 and result['teacher_top1'] == result['top1']  # the teacher is the student
+
+
+def test_missing_weights_offline_is_one_line(val_folder, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([str(val_folder), '--model', 'resnet50.vkd'])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("error: no weights for 'resnet50.vkd'")

@@ -1,0 +1,196 @@
+"""Export distilled students as timm Hugging Face Hub folders, and publish them.
+
+    python -m timm_kd.hub export CHECKPOINT --model ARCH[.TAG] --out DIR
+    python -m timm_kd.hub push CHECKPOINT --model ARCH[.TAG] --repo-id ORG/NAME [--private] [--revision BRANCH]
+
+CHECKPOINT is a train_kd.py checkpoint (its EMA weights when present; --no-ema for the raw ones), a bare
+state_dict, a .safetensors file, or a VanillaKD release file (ConvNeXt-V2 in FAIR's key layout included: keys are
+converted by the architecture's own timm `checkpoint_filter_fn`). Loading never runs pickled code. The folder
+holds `model.safetensors` and `config.json` (written by timm's `save_for_hf`, loadable by plain timm as
+`hf-hub:ORG/NAME`) with our KD metadata under a top-level "kd" key, and a timm-style `README.md` model card.
+Only the student is exported: KD projectors, embeddings and auxiliary heads live in the checkpoint's task
+state and never reach the weights.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+from typing import Any, Dict, Optional
+
+import torch
+from timm.models import create_model, get_pretrained_cfg, split_model_name_tag
+from timm.models._hub import generate_readme, save_for_hf
+
+from .checkpoint import load_state_dict, load_training_metadata
+from .errors import KDError
+
+CITATION = """@article{hao2023vanillakd,
+  title={VanillaKD: Revisit the Power of Vanilla Knowledge Distillation from Small Scale to Large Scale},
+  author={Hao, Zhiwei and Guo, Jianyuan and Han, Kai and Hu, Han and Xu, Chang and Wang, Yunhe},
+  journal={arXiv preprint arXiv:2305.15781},
+  year={2023}
+}"""
+
+
+def _classifier_classes(model_name: str, state_dict: Dict[str, torch.Tensor]) -> Optional[int]:
+    cfg = get_pretrained_cfg(split_model_name_tag(model_name)[0], allow_unregistered=True)
+    names = cfg.classifier if cfg is not None and isinstance(cfg.classifier, (list, tuple)) else [getattr(cfg, 'classifier', None)]
+    for name in names:
+        if name and f'{name}.weight' in state_dict:
+            return state_dict[f'{name}.weight'].shape[0]
+    return None
+
+
+def load_student(model_name: str, checkpoint: str, use_ema: bool = True, allow_pickle: bool = False) -> torch.nn.Module:
+    """A timm model of `model_name` with the weights of `checkpoint`, keys converted by timm's filter if needed."""
+    state_dict = load_state_dict(checkpoint, use_ema=use_ema, allow_pickle=allow_pickle)
+    model = create_model(model_name, pretrained=False)
+    if set(state_dict) != set(model.state_dict()):
+        filter_fn = getattr(sys.modules[type(model).__module__], 'checkpoint_filter_fn', None)
+        if filter_fn is not None:
+            try:
+                state_dict = filter_fn(state_dict, model)
+            except Exception:  # the filter does not know this layout: report the key mismatch below
+                pass
+    num_classes = _classifier_classes(model_name, state_dict)
+    if num_classes is not None and num_classes != model.num_classes:
+        model = create_model(model_name, pretrained=False, num_classes=num_classes)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:
+        first = ' '.join(str(e).split())[:200]
+        raise KDError(f'checkpoint {checkpoint!r} does not fit {model_name!r} ({first}); pass the architecture it was '
+                      f'trained with as --model') from None
+    return model.eval()
+
+
+def _macs(model: torch.nn.Module, input_size) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *input_size))
+    return counter.get_total_flops() / 2  # one multiply-add = 2 flops
+
+
+def kd_metadata(model_name: str, checkpoint: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
+    """Teacher, loss, epochs, recipe and accuracy: from the model's `vkd`-style cfg, the training checkpoint's
+    args, then explicit overrides (later wins)."""
+    cfg = get_pretrained_cfg(model_name, allow_unregistered=True)
+    meta: Dict[str, Any] = dict(getattr(cfg, 'kd', None) or {})
+    if getattr(cfg, 'origin_url', None):
+        meta['origin_url'] = cfg.origin_url
+    training = load_training_metadata(checkpoint)
+    args = training.get('args') or {}
+    if args.get('teacher'):
+        losses = args.get('kd_loss')
+        meta.update(teacher=args['teacher'], kd_loss=', '.join(losses) if isinstance(losses, list) else losses,
+                    epochs=args.get('epochs'), recipe=os.path.basename(args['config']) if args.get('config') else None,
+                    dataset=args.get('dataset') or os.path.basename(os.path.normpath(args.get('data_dir') or '')) or None)
+    if training.get('metric') is not None and args.get('eval_metric', 'top1') == 'top1':
+        meta.setdefault('top1', round(float(training['metric']), 3))
+    meta.update({k: v for k, v in overrides.items() if v is not None})
+    return {k: v for k, v in meta.items() if v is not None}
+
+
+def model_card(name: str, model: torch.nn.Module, meta: Dict[str, Any], data_config: Dict[str, Any],
+               hub_id: str) -> str:
+    """A model card in timm's style (front matter, details, results, usage, citation) via timm's generator."""
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    input_size = tuple(data_config['input_size'])
+    details = {'Model Type': 'Image classification / feature backbone',
+               'Model Stats': {'Params (M)': f'{params:.1f}', 'GMACs': f'{_macs(model, input_size) / 1e9:.2f}',
+                               'Image size': f'{input_size[1]} x {input_size[2]}'},
+               'Papers': {'VanillaKD: Revisit the Power of Vanilla Knowledge Distillation from Small Scale to Large '
+                          'Scale': 'https://arxiv.org/abs/2305.15781'},
+               'Dataset': meta.get('dataset', 'unknown')}
+    for key, label in (('teacher', 'Teacher'), ('kd_loss', 'Distillation loss'), ('recipe', 'Recipe'),
+                       ('epochs', 'Epochs'), ('origin_url', 'Original')):
+        if meta.get(key) is not None:
+            details[label] = meta[key]
+    rows = '| model | top-1 | top-5 | params (M) | image size |\n|---|---|---|---|---|\n'
+    rows += f'| {name} | {meta.get("top1", "-")} | {meta.get("top5", "-")} | {params:.1f} | {input_size[1]} |\n'
+    usage = ('```python\nimport timm\n'
+             f"model = timm.create_model('hf-hub:{hub_id}', pretrained=True).eval()\n"
+             'config = timm.data.resolve_data_config({}, model=model)\n'
+             'transform = timm.data.create_transform(**config)\n'
+             '# top5 = model(transform(img).unsqueeze(0)).softmax(-1).topk(5)\n```\n')
+    card = {'tags': ['image-classification', 'timm', 'knowledge-distillation'], 'license': 'apache-2.0',
+            'description': f'A {model.__class__.__name__} image classifier distilled from {meta.get("teacher", "a teacher")} '
+                           f'with timm-kd ({meta.get("kd_loss", "kd")} loss).',
+            'details': details, 'comparison': rows, 'usage': usage, 'citation': CITATION}
+    return generate_readme(card, name)
+
+
+def export(checkpoint: str, model_name: str, out: str, use_ema: bool = True, allow_pickle: bool = False,
+           hub_id: Optional[str] = None, **overrides: Any) -> str:
+    """Write `model.safetensors`, `config.json` and `README.md` for `checkpoint` into `out`; returns `out`."""
+    model = load_student(model_name, checkpoint, use_ema=use_ema, allow_pickle=allow_pickle)
+    meta = kd_metadata(model_name, checkpoint, overrides)
+    args = load_training_metadata(checkpoint).get('args') or {}
+    data_config = {k: args[k] for k in ('input_size', 'img_size', 'mean', 'std', 'crop_pct', 'interpolation') if args.get(k)}
+    save_for_hf(model, out, model_config={'kd': meta}, safe_serialization=True, data_config=data_config or None)
+    with open(os.path.join(out, 'config.json')) as f:
+        resolved = json.load(f)['pretrained_cfg']
+    name = hub_id.split('/')[-1] if hub_id else split_model_name_tag(model_name)[0]
+    with open(os.path.join(out, 'README.md'), 'w', encoding='utf-8') as f:
+        f.write(model_card(name, model, meta, resolved, hub_id or f'ORG/{name}'))
+    return out
+
+
+def push(checkpoint: str, model_name: str, repo_id: str, private: bool = False, revision: Optional[str] = None,
+         commit_message: str = 'Add distilled model (timm-kd)', **export_kwargs: Any) -> str:
+    """Export, then create the Hub repo and upload the folder. The token comes from huggingface_hub's usual
+    places (HF_TOKEN, `hf auth login`); it is never printed or written to the folder."""
+    from huggingface_hub import HfApi
+    api = HfApi()
+    with tempfile.TemporaryDirectory() as tmp:
+        export(checkpoint, model_name, tmp, hub_id=repo_id, **export_kwargs)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision, commit_message=commit_message)
+    return f'https://huggingface.co/{repo_id}'
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest='command', required=True)
+    for command in ('export', 'push'):
+        p = sub.add_parser(command)
+        p.add_argument('checkpoint')
+        p.add_argument('--model', required=True, help='timm architecture, optionally with tag (resnet50.vkd)')
+        p.add_argument('--no-ema', action='store_true', help='export the raw weights, not the EMA ones')
+        p.add_argument('--allow-unsafe-pickle', action='store_true', help='trusted files only: may run code')
+        for key in ('teacher', 'kd-loss', 'recipe', 'dataset'):
+            p.add_argument(f'--{key}', default=None, help=f'KD metadata: {key} (default: from the checkpoint)')
+        p.add_argument('--epochs', type=int, default=None)
+        p.add_argument('--top1', type=float, default=None)
+        p.add_argument('--top5', type=float, default=None)
+        p.add_argument('--results', default=None, help='JSON written by `python -m timm_kd.validate` (top1, top5)')
+        if command == 'export':
+            p.add_argument('--out', required=True, help='output folder')
+        else:
+            p.add_argument('--repo-id', required=True, help='ORG/NAME on the Hugging Face Hub')
+            p.add_argument('--private', action='store_true')
+            p.add_argument('--revision', default=None, help='branch to upload to (created if needed)')
+    args = parser.parse_args(argv)
+    overrides = dict(teacher=args.teacher, kd_loss=args.kd_loss, recipe=args.recipe, dataset=args.dataset,
+                     epochs=args.epochs, top1=args.top1, top5=args.top5)
+    if args.results:
+        with open(args.results) as f:
+            results = json.load(f)
+        overrides.update({k: results[k] for k in ('top1', 'top5') if overrides.get(k) is None and k in results})
+    common = dict(use_ema=not args.no_ema, allow_pickle=args.allow_unsafe_pickle, **overrides)
+    try:
+        if args.command == 'export':
+            print(f'exported to {export(args.checkpoint, args.model, args.out, **common)}')
+        else:
+            url = push(args.checkpoint, args.model, args.repo_id, private=args.private, revision=args.revision, **common)
+            print(f'pushed to {url}')
+    except KDError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == '__main__':
+    main()
