@@ -49,8 +49,11 @@ def test_export_writes_a_timm_folder_of_the_student_only(kd_checkpoint, tmp_path
                  '| test_resnet |'):
         assert fact in card, fact
     raw = tmp_path / 'raw'
-    main(['export', str(kd_checkpoint), '--model', 'test_resnet', '--out', str(raw), '--no-ema'])
+    (tmp_path / 'results.json').write_text(json.dumps({'top1': 71.25, 'top5': 90.5}))  # as timm_kd.validate writes
+    main(['export', str(kd_checkpoint), '--model', 'test_resnet', '--out', str(raw), '--no-ema',
+          '--results', str(tmp_path / 'results.json')])
     assert torch.equal(load_file(raw / 'model.safetensors')['fc.weight'], ckpt['state_dict']['fc.weight'])
+    assert '| test_resnet | 71.25 | 90.5 |' in (raw / 'README.md').read_text()
 
 
 def _fair_layout(state_dict):
