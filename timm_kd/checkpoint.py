@@ -7,10 +7,10 @@ PyTorch's weights-only unpickler rejects the unknown global before calling it.
 import argparse
 import os
 import re
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
-from timm.models import load_state_dict as timm_load_state_dict
+from timm.models import get_pretrained_cfg, load_state_dict as timm_load_state_dict
 
 from .errors import KDError
 
@@ -67,3 +67,14 @@ def load_training_metadata(path: str) -> Dict[str, Any]:
     args = checkpoint.get('args')
     return {'args': vars(args) if isinstance(args, argparse.Namespace) else (args if isinstance(args, dict) else {}),
             'epoch': checkpoint.get('epoch'), 'metric': checkpoint.get('metric')}
+
+
+def checkpoint_num_classes(arch: str, state_dict: Dict[str, Any]) -> Optional[int]:
+    """Class count of a state_dict, read off the classifier weight named in the architecture's pretrained cfg."""
+    cfg = get_pretrained_cfg(arch, allow_unregistered=True)
+    classifier = cfg.classifier if cfg is not None else None
+    for name in classifier if isinstance(classifier, (list, tuple)) else [classifier]:
+        weight = state_dict.get(f'{name}.weight') if name else None
+        if weight is not None:
+            return weight.shape[0]
+    return None

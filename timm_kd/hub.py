@@ -22,7 +22,7 @@ import torch
 from timm.models import create_model, get_pretrained_cfg, split_model_name_tag
 from timm.models._hub import generate_readme, save_for_hf
 
-from .checkpoint import load_state_dict, load_training_metadata
+from .checkpoint import checkpoint_num_classes, load_state_dict, load_training_metadata
 from .errors import KDError
 
 CITATION = """@article{hao2023vanillakd,
@@ -31,15 +31,6 @@ CITATION = """@article{hao2023vanillakd,
   journal={arXiv preprint arXiv:2305.15781},
   year={2023}
 }"""
-
-
-def _classifier_classes(model_name: str, state_dict: Dict[str, torch.Tensor]) -> Optional[int]:
-    cfg = get_pretrained_cfg(split_model_name_tag(model_name)[0], allow_unregistered=True)
-    names = cfg.classifier if cfg is not None and isinstance(cfg.classifier, (list, tuple)) else [getattr(cfg, 'classifier', None)]
-    for name in names:
-        if name and f'{name}.weight' in state_dict:
-            return state_dict[f'{name}.weight'].shape[0]
-    return None
 
 
 def load_student(model_name: str, checkpoint: str, use_ema: bool = True, allow_pickle: bool = False) -> torch.nn.Module:
@@ -53,7 +44,7 @@ def load_student(model_name: str, checkpoint: str, use_ema: bool = True, allow_p
                 state_dict = filter_fn(state_dict, model)
             except Exception:  # the filter does not know this layout: report the key mismatch below
                 pass
-    num_classes = _classifier_classes(model_name, state_dict)
+    num_classes = checkpoint_num_classes(split_model_name_tag(model_name)[0], state_dict)
     if num_classes is not None and num_classes != model.num_classes:
         model = create_model(model_name, pretrained=False, num_classes=num_classes)
     try:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from timm.data import resolve_data_config
 from timm.models import create_model, get_pretrained_cfg, is_model, parse_model_name, split_model_name_tag
 
-from .checkpoint import load_state_dict
+from .checkpoint import checkpoint_num_classes, load_state_dict
 from .errors import KDError
 from .features import Features, forward_features
 
@@ -104,18 +104,6 @@ class Teacher(nn.Module):
         return TeacherOutput(self.model(x))
 
 
-def _checkpoint_num_classes(arch: str, state_dict: dict) -> Optional[int]:
-    """Class count of a checkpoint, read off the classifier weight named in the architecture's pretrained cfg."""
-    cfg = get_pretrained_cfg(arch, allow_unregistered=True)
-    classifier = cfg.classifier if cfg is not None else None
-    names = classifier if isinstance(classifier, (list, tuple)) else [classifier]
-    for name in names:
-        weight = state_dict.get(f'{name}.weight') if name else None
-        if weight is not None:
-            return weight.shape[0]
-    return None
-
-
 def _parse_teacher_name(name: str) -> Tuple[Optional[str], str, str]:
     """(source, architecture, tag): source is 'hf-hub'/'local-dir' or None for a timm registry name."""
     source, model_name = parse_model_name(name)
@@ -142,7 +130,7 @@ def _create_teacher_model(name: str, checkpoint: Optional[str], in_chans: int, u
     try:
         if checkpoint:
             state_dict = load_state_dict(checkpoint, use_ema=use_ema, allow_pickle=allow_pickle)
-            num_classes = _checkpoint_num_classes(arch, state_dict) or student_num_classes
+            num_classes = checkpoint_num_classes(arch, state_dict) or student_num_classes
             model = create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **model_kwargs)
             try:
                 missing, unexpected = model.load_state_dict(state_dict, strict=False)
