@@ -7,6 +7,7 @@ are the flag names with underscores (`kd_loss: [kd, dkd]`, `dkd_beta: 8`, `lr_ba
 """
 import argparse
 import inspect
+import os
 from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
@@ -270,8 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_config(path: str, parser: argparse.ArgumentParser) -> dict:
-    """Read a YAML config into parser defaults, resolving timm's KD key names and rejecting unknown keys."""
+def _read_yaml(path: str) -> dict:
     try:
         with open(path) as f:
             cfg = yaml.safe_load(f) or {}
@@ -281,12 +281,29 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> dict:
         raise KDError(f'--config {path!r} is not valid YAML ({" ".join(str(e).split())[:120]})') from None
     if not isinstance(cfg, dict):
         raise KDError(f'--config {path!r} must be a mapping of flag names to values')
+    return cfg
+
+
+def load_config(path: str, parser: argparse.ArgumentParser, _seen: Tuple[str, ...] = ()) -> dict:
+    """Read a YAML config into parser defaults, resolving timm's KD key names and rejecting unknown keys.
+
+    `inherit: other.yaml` (a path relative to this file, or a list of them) loads those first; this file's keys
+    win. The recipes in hparams/ use it: a checkpoint's file inherits its training strategy.
+    """
+    if os.path.abspath(path) in _seen:
+        raise KDError(f'--config {path!r} inherits itself')
+    cfg = _read_yaml(path)
+    bases = cfg.pop('inherit', None) or []
+    merged: dict = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        merged.update(load_config(os.path.join(os.path.dirname(path), base), parser, _seen + (os.path.abspath(path),)))
     cfg = {CONFIG_ALIASES.get(k.replace('-', '_'), k.replace('-', '_')): v for k, v in cfg.items()}
     known = {a.dest for a in parser._actions}
     unknown = sorted(set(cfg) - known)
     if unknown:
         raise KDError(f'--config {path!r} has unknown keys {unknown}; use train_kd.py flag names with underscores')
-    return cfg
+    merged.update(cfg)
+    return merged
 
 
 def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, str]:
