@@ -36,6 +36,15 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument('--val-num-samples', default=None, type=int, help='for iterable datasets')
 
 
+def _add_subset_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group('Data scale (the small-data pitfall, VanillaKD Table 13)')
+    g.add_argument('--train-fraction', type=float, default=1.0, metavar='F',
+                   help='train on a stratified, seeded fraction F of the training set')
+    g.add_argument('--train-fraction-keep-steps', action='store_true', default=False,
+                   help='divide --epochs by F so the number of optimizer steps stays that of the full set '
+                        '(the paper: 4000/2000/1200 epochs for 30%%/60%%/100%%)')
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group('Model')
     g.add_argument('--model', default='resnet50', type=str, metavar='MODEL', help='student model name')
@@ -266,7 +275,8 @@ def kd_loss_config(args: argparse.Namespace) -> Tuple[Dict[str, float], Dict[str
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description='timm-kd: knowledge distillation for timm image classifiers')
     parser.add_argument('-c', '--config', default='', type=str, metavar='FILE', help='YAML file of defaults')
-    for add in (_add_data_args, _add_model_args, _add_optim_args, _add_aug_args, _add_misc_args, _add_kd_args):
+    for add in (_add_data_args, _add_subset_args, _add_model_args, _add_optim_args, _add_aug_args, _add_misc_args,
+                _add_kd_args):
         add(parser)
     return parser
 
@@ -319,6 +329,10 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, st
     for key in ('kd_loss', 'kd_loss_weight', 'kd_student_stages', 'kd_teacher_stages', 'kd_deep_supervision'):
         if not isinstance(getattr(args, key), (list, tuple)):  # a scalar from YAML
             setattr(args, key, [getattr(args, key)])
+    if not 0 < args.train_fraction <= 1:
+        raise KDError(f'--train-fraction must be in (0, 1], got {args.train_fraction}')
+    if args.train_fraction_keep_steps:
+        args.epochs = round(args.epochs / args.train_fraction)
     kd_loss_config(args)  # fail early on bad loss names, weights or kwargs
     if args.teacher_checkpoint and not args.teacher:
         raise KDError('--teacher-checkpoint needs --teacher ARCH, the architecture the checkpoint was trained with')

@@ -28,6 +28,8 @@ def create_datasets(args: argparse.Namespace) -> Tuple[Any, Any]:
                       f'({" ".join(str(e).split())[:160]}); check the path, --dataset and the split names') from None
     if len(train) == 0:
         raise KDError(f'the {args.train_split!r} split at {args.data_dir!r} holds no images')
+    if args.train_fraction < 1:
+        train = StratifiedSubset(train, args.train_fraction, seed=args.seed)
     return train, evaluation
 
 
@@ -126,3 +128,40 @@ class IndexedTargets(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         return self.dataset[index][0], index
+
+
+class StratifiedSubset(torch.utils.data.Dataset):
+    """A seeded, class-stratified fraction of a dataset (VanillaKD's 30% / 60% ImageNet-1k subsets, Table 13).
+
+    Each class keeps round(fraction * its size) samples (at least one), drawn with `seed`, so the subset has the
+    full set's class balance and is the same on every rank and every run. The transform timm's loader assigns
+    goes to the wrapped dataset.
+    """
+
+    def __init__(self, dataset: Any, fraction: float, seed: int = 0):
+        if not 0 < fraction <= 1:
+            raise KDError(f'--train-fraction must be in (0, 1], got {fraction}')
+        self.dataset = dataset
+        targets = dataset_targets(dataset)
+        g = torch.Generator().manual_seed(seed)
+        keep = []
+        for c in targets.unique():
+            members = (targets == c).nonzero().flatten()
+            n = max(1, round(fraction * len(members)))
+            keep.append(members[torch.randperm(len(members), generator=g)[:n]])
+        self.indices = torch.cat(keep).sort().values
+        self.targets = targets[self.indices]
+
+    @property
+    def transform(self):
+        return self.dataset.transform
+
+    @transform.setter
+    def transform(self, value) -> None:
+        self.dataset.transform = value
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        return self.dataset[int(self.indices[index])]

@@ -1,0 +1,49 @@
+"""timm_kd.data: stratified training subsets (--train-fraction) and per-sample indices for CRD."""
+import pytest
+import torch
+
+from timm_kd import KDError
+from timm_kd.cli import parse_args
+from timm_kd.data import IndexedTargets, StratifiedSubset, create_datasets, dataset_targets
+
+
+class _Labels(torch.utils.data.Dataset):
+    def __init__(self, counts):
+        self.targets = [c for c, n in enumerate(counts) for _ in range(n)]
+        self.transform = None
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        return torch.tensor([float(i)]), self.targets[i]
+
+
+def test_subset_keeps_each_class_share_and_is_seeded():
+    data = _Labels([100, 40, 10])
+    subset = StratifiedSubset(data, 0.3, seed=0)
+    assert torch.bincount(subset.targets).tolist() == [30, 12, 3]
+    assert all(data[int(i)][1] == subset[k][1] for k, i in enumerate(subset.indices))
+    assert torch.equal(StratifiedSubset(data, 0.3, seed=0).indices, subset.indices)
+    assert not torch.equal(StratifiedSubset(data, 0.3, seed=1).indices, subset.indices)
+    assert len(StratifiedSubset(data, 0.01, seed=0)) == 3  # at least one image per class
+    subset.transform = 'T'
+    assert data.transform == 'T'  # timm's loader sets the transform on the subset
+
+
+def test_fraction_flag_builds_a_subset_and_can_keep_the_step_count(image_folder):
+    args, _ = parse_args([image_folder, '--train-fraction', '0.5', '--epochs', '1200', '--train-fraction-keep-steps'])
+    train, _ = create_datasets(args)
+    assert isinstance(train, StratifiedSubset) and len(train) == 24  # 16 per class x 3 classes x 0.5
+    assert torch.bincount(dataset_targets(train)).tolist() == [8, 8, 8]
+    assert args.epochs == 2400
+    assert parse_args(['/d', '--train-fraction', '0.3', '--epochs', '1200', '--train-fraction-keep-steps'])[0].epochs == 4000
+    with pytest.raises(KDError, match='--train-fraction must be in'):
+        parse_args(['/d', '--train-fraction', '1.5'])
+
+
+def test_indexed_targets_yield_indices_and_know_every_label(image_folder):
+    args, _ = parse_args([image_folder, '--train-fraction', '0.5'])
+    train, _ = create_datasets(args)
+    indexed = IndexedTargets(train)
+    assert indexed[5][1] == 5 and torch.equal(indexed.targets, train.targets)
