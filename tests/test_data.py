@@ -4,7 +4,7 @@ import torch
 
 from timm_kd import KDError
 from timm_kd.cli import parse_args
-from timm_kd.data import IndexedTargets, StratifiedSubset, create_datasets, dataset_targets
+from timm_kd.data import IndexedTargets, StratifiedSubset, create_datasets, dataset_num_classes, dataset_targets
 
 
 class _Labels(torch.utils.data.Dataset):
@@ -35,6 +35,7 @@ def test_fraction_flag_builds_a_subset_and_can_keep_the_step_count(image_folder)
     args, _ = parse_args([image_folder, '--train-fraction', '0.5', '--epochs', '1200', '--train-fraction-keep-steps'])
     train, _ = create_datasets(args)
     assert isinstance(train, StratifiedSubset) and len(train) == 24  # 16 per class x 3 classes x 0.5
+    assert dataset_num_classes(train) == 3 and dataset_num_classes(IndexedTargets(train)) == 3
     assert torch.bincount(dataset_targets(train)).tolist() == [8, 8, 8]
     assert args.epochs == 2400
     assert parse_args(['/d', '--train-fraction', '0.3', '--epochs', '1200', '--train-fraction-keep-steps'])[0].epochs == 4000

@@ -35,6 +35,8 @@ def create_datasets(args: argparse.Namespace) -> Tuple[Any, Any]:
 
 def dataset_num_classes(dataset: Any) -> Optional[int]:
     """Number of classes a dataset declares (ImageFolder readers and torchvision datasets), None if unknown."""
+    while isinstance(dataset, (StratifiedSubset, IndexedTargets)):
+        dataset = dataset.dataset
     reader = getattr(dataset, 'reader', None)
     class_to_idx = getattr(reader, 'class_to_idx', None) or getattr(dataset, 'class_to_idx', None)
     if class_to_idx:

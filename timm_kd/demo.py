@@ -59,9 +59,14 @@ def prepare_fashion_mnist(root: str) -> None:
 
 
 def run(name: str, args: List[str], data: str, output: str, workers: int) -> Dict[str, float]:
-    """Run train_kd.py and return the last epoch's test top-1 and the wall time."""
+    """Run train_kd.py and return the last epoch's test top-1 and the wall time.
+
+    A run folder that holds a `last.pth.tar` (an interrupted run) is resumed, not restarted.
+    """
+    last = os.path.join(output, name, 'last.pth.tar')
+    resume = ['--resume', last] if os.path.isfile(last) else []
     cmd = [sys.executable, TRAIN_KD, data, *COMMON, *args, '-j', str(workers), '--output', output,
-           '--experiment', name, '--checkpoint-hist', '1']
+           '--experiment', name, '--checkpoint-hist', '1', *resume]
     print(f'\n== {name}: {" ".join(cmd[1:])}', flush=True)
     start = time.time()
     subprocess.run(cmd, check=True)
