@@ -35,7 +35,7 @@ def create_datasets(args: argparse.Namespace) -> Tuple[Any, Any]:
 
 def dataset_num_classes(dataset: Any) -> Optional[int]:
     """Number of classes a dataset declares (ImageFolder readers and torchvision datasets), None if unknown."""
-    while isinstance(dataset, (StratifiedSubset, IndexedTargets)):
+    while isinstance(dataset, _DatasetView):
         dataset = dataset.dataset
     reader = getattr(dataset, 'reader', None)
     class_to_idx = getattr(reader, 'class_to_idx', None) or getattr(dataset, 'class_to_idx', None)
@@ -108,14 +108,9 @@ def dataset_targets(dataset: Any) -> torch.Tensor:
                   f'ImageFolder or a torchvision dataset')
 
 
-class IndexedTargets(torch.utils.data.Dataset):
-    """Yields (image, sample index) instead of (image, label), so losses that keep per-sample state (CRD's
-    memory bank) know which images are in the batch; the training loop maps the index back to its label with
-    `targets` before mixup. The transform timm's loader assigns goes to the wrapped dataset."""
-
-    def __init__(self, dataset: Any):
-        self.dataset = dataset
-        self.targets = dataset_targets(dataset)
+class _DatasetView(torch.utils.data.Dataset):
+    """A wrapper over a dataset; the transform timm's loader assigns to it goes to the wrapped dataset."""
+    dataset: Any
 
     @property
     def transform(self):
@@ -125,6 +120,16 @@ class IndexedTargets(torch.utils.data.Dataset):
     def transform(self, value) -> None:
         self.dataset.transform = value
 
+
+class IndexedTargets(_DatasetView):
+    """Yields (image, sample index) instead of (image, label), so losses that keep per-sample state (CRD's
+    memory bank) know which images are in the batch; the training loop maps the index back to its label with
+    `targets` before mixup."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+        self.targets = dataset_targets(dataset)
+
     def __len__(self) -> int:
         return len(self.dataset)
 
@@ -132,12 +137,11 @@ class IndexedTargets(torch.utils.data.Dataset):
         return self.dataset[index][0], index
 
 
-class StratifiedSubset(torch.utils.data.Dataset):
+class StratifiedSubset(_DatasetView):
     """A seeded, class-stratified fraction of a dataset (VanillaKD's 30% / 60% ImageNet-1k subsets, Table 13).
 
     Each class keeps round(fraction * its size) samples (at least one), drawn with `seed`, so the subset has the
-    full set's class balance and is the same on every rank and every run. The transform timm's loader assigns
-    goes to the wrapped dataset.
+    full set's class balance and is the same on every rank and every run.
     """
 
     def __init__(self, dataset: Any, fraction: float, seed: int = 0):
@@ -153,14 +157,6 @@ class StratifiedSubset(torch.utils.data.Dataset):
             keep.append(members[torch.randperm(len(members), generator=g)[:n]])
         self.indices = torch.cat(keep).sort().values
         self.targets = targets[self.indices]
-
-    @property
-    def transform(self):
-        return self.dataset.transform
-
-    @transform.setter
-    def transform(self, value) -> None:
-        self.dataset.transform = value
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -133,6 +133,7 @@ def pitfall(argv=None) -> str:
         kd_args += ['--teacher-kwargs', *TEACHER[TEACHER.index('--model-kwargs') + 1:TEACHER.index('--epochs')]]
 
     cells = [(f, m, s) for f in args.fractions for s in args.seeds for m in ['scratch'] + args.methods]
+    train_sizes = {f: _train_size(data, dataset_args, f) for f in args.fractions}
     rows, start = [], time.time()
     for i, (fraction, method, seed) in enumerate(cells):
         name = f'f{fraction:g}_{method}_s{seed}'
@@ -144,7 +145,7 @@ def pitfall(argv=None) -> str:
         eta = elapsed / i * (len(cells) - i) if i else 0
         print(f'== [{i + 1}/{len(cells)}] {name}  (elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min)', flush=True)
         result = _cell(name, train, data, output, args.workers)
-        rows.append(dict(fraction=fraction, n_train=_train_size(data, dataset_args, fraction), method=method,
+        rows.append(dict(fraction=fraction, n_train=train_sizes[fraction], method=method,
                          seed=seed, top1=result['top1'], seconds=result['seconds']))
     with open(os.path.join(output, 'results.csv'), 'w', newline='') as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))

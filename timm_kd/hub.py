@@ -63,14 +63,13 @@ def _macs(model: torch.nn.Module, input_size) -> float:
     return counter.get_total_flops() / 2  # one multiply-add = 2 flops
 
 
-def kd_metadata(model_name: str, checkpoint: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
+def kd_metadata(model_name: str, training: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:
     """Teacher, loss, epochs, recipe and accuracy: from the model's `vkd`-style cfg, the training checkpoint's
-    args, then explicit overrides (later wins)."""
+    args and metric (`training`, as `load_training_metadata` returns them), then explicit overrides (later wins)."""
     cfg = get_pretrained_cfg(model_name, allow_unregistered=True)
     meta: Dict[str, Any] = dict(getattr(cfg, 'kd', None) or {})
     if getattr(cfg, 'origin_url', None):
         meta['origin_url'] = cfg.origin_url
-    training = load_training_metadata(checkpoint)
     args = training.get('args') or {}
     if args.get('teacher'):
         losses = args.get('kd_loss')
@@ -116,8 +115,9 @@ def export(checkpoint: str, model_name: str, out: str, use_ema: bool = True, all
            hub_id: Optional[str] = None, **overrides: Any) -> str:
     """Write `model.safetensors`, `config.json` and `README.md` for `checkpoint` into `out`; returns `out`."""
     model = load_student(model_name, checkpoint, use_ema=use_ema, allow_pickle=allow_pickle)
-    meta = kd_metadata(model_name, checkpoint, overrides)
-    args = load_training_metadata(checkpoint).get('args') or {}
+    training = load_training_metadata(checkpoint)
+    meta = kd_metadata(model_name, training, overrides)
+    args = training.get('args') or {}
     data_config = {k: args[k] for k in ('input_size', 'img_size', 'mean', 'std', 'crop_pct', 'interpolation') if args.get(k)}
     save_for_hf(model, out, model_config={'kd': meta}, safe_serialization=True, data_config=data_config or None)
     with open(os.path.join(out, 'config.json')) as f:
