@@ -8,6 +8,8 @@ are the flag names with underscores (`kd_loss: [kd, dkd]`, `dkd_beta: 8`, `lr_ba
 import argparse
 import inspect
 import os
+import shlex
+from datetime import datetime
 from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
@@ -180,7 +182,20 @@ def _add_kd_args(p: argparse.ArgumentParser) -> None:
     g.add_argument('--teacher-std', type=float, nargs='+', default=None, metavar='STD')
     g.add_argument('--teacher-input-size', type=int, nargs='+', default=None, metavar='N',
                    help='teacher input H W (or C H W); default from its pretrained cfg')
-    g.add_argument('--teacher-dtype', default='float32', choices=['float32', 'bfloat16', 'float16'])
+    g.add_argument('--teacher-dtype', default='float32', choices=['float32', 'bfloat16', 'float16'],
+                   help='cast the teacher weights (not only autocast)')
+    g.add_argument('--teacher-channels-last', action='store_true', default=False,
+                   help='teacher in channels_last (implied by --channels-last)')
+    g.add_argument('--teacher-compile', nargs='?', type=str, default=None, const='inductor', metavar='BACKEND',
+                   help='torch.compile the teacher only, weights frozen into the graph (--torchcompile: everything)')
+    g.add_argument('--no-teacher-inference-mode', dest='teacher_inference_mode', action='store_false', default=True,
+                   help='run the teacher under no_grad instead of inference_mode')
+    g.add_argument('--teacher-fast', action='store_true', default=False,
+                   help='the fast teacher path: --teacher-dtype bfloat16 --teacher-channels-last --teacher-compile')
+    g.add_argument('--student', dest='students', action='append', default=[], metavar='"FLAGS"',
+                   help='train several students on one data stream and one teacher pass per batch: repeat once per '
+                        'student, each a quoted string of per-student flags that override the shared ones, e.g. '
+                        '--student "--model resnet18 --lr 0.4" --student "--model resnet34 --kd-loss dkd"')
     g.add_argument('--kd-loss', nargs='+', default=['kd'], metavar='NAME',
                    help=f'one or more distillation losses: {", ".join(list_kd_losses())}')
     g.add_argument('--kd-loss-weight', '--distill-loss-weight', dest='kd_loss_weight', type=float, nargs='+',
@@ -316,6 +331,13 @@ def load_config(path: str, parser: argparse.ArgumentParser, _seen: Tuple[str, ..
     return merged
 
 
+def _listify(args: argparse.Namespace) -> argparse.Namespace:
+    for key in ('kd_loss', 'kd_loss_weight', 'kd_student_stages', 'kd_teacher_stages', 'kd_deep_supervision'):
+        if not isinstance(getattr(args, key), (list, tuple)):  # a scalar from YAML
+            setattr(args, key, [getattr(args, key)])
+    return args
+
+
 def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, str]:
     """Parse train_kd.py arguments; returns (args, args as YAML text for args.yaml)."""
     parser = build_parser()
@@ -326,9 +348,7 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, st
         parser.set_defaults(**load_config(known.config, parser))
     args = parser.parse_args(argv)
     args.data_dir = args.data_dir or args.data
-    for key in ('kd_loss', 'kd_loss_weight', 'kd_student_stages', 'kd_teacher_stages', 'kd_deep_supervision'):
-        if not isinstance(getattr(args, key), (list, tuple)):  # a scalar from YAML
-            setattr(args, key, [getattr(args, key)])
+    _listify(args)
     if not 0 < args.train_fraction <= 1:
         raise KDError(f'--train-fraction must be in (0, 1], got {args.train_fraction}')
     if args.train_fraction_keep_steps:
@@ -336,4 +356,53 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, st
     kd_loss_config(args)  # fail early on bad loss names, weights or kwargs
     if args.teacher_checkpoint and not args.teacher:
         raise KDError('--teacher-checkpoint needs --teacher ARCH, the architecture the checkpoint was trained with')
+    if args.teacher_fast:
+        args.teacher_dtype = 'bfloat16' if args.teacher_dtype == 'float32' else args.teacher_dtype
+        args.teacher_channels_last = True
+        args.teacher_compile = args.teacher_compile or 'inductor'
     return args, yaml.safe_dump(vars(args), default_flow_style=False)
+
+
+# What every student of one run shares: the data stream (data, augmentation, batch, input size and
+# normalization), the epochs, the teacher (every teacher_* flag) and the process setup. Everything else may differ per --student.
+SHARED_BY_STUDENTS = {
+    'config', 'data', 'data_dir', 'dataset', 'train_split', 'val_split', 'dataset_download', 'class_map',
+    'train_num_samples', 'val_num_samples', 'train_fraction', 'train_fraction_keep_steps', 'num_classes', 'img_size',
+    'in_chans', 'input_size', 'crop_pct', 'mean', 'std', 'interpolation', 'batch_size', 'validation_batch_size',
+    'channels_last', 'grad_accum_steps', 'torchcompile', 'amp', 'amp_dtype', 'device', 'sync_bn', 'dist_bn',
+    'epochs', 'epoch_repeats', 'start_epoch', 'cooldown_epochs', 'no_aug', 'train_crop_mode', 'scale', 'ratio',
+    'hflip', 'vflip', 'color_jitter', 'aa', 'aug_repeats', 'reprob', 'remode', 'recount', 'resplit', 'mixup',
+    'cutmix', 'cutmix_minmax', 'mixup_prob', 'mixup_switch_prob', 'mixup_mode', 'mixup_off_epoch',
+    'train_interpolation', 'smoothing', 'seed', 'worker_seeding', 'workers', 'pin_mem', 'no_prefetcher', 'output', 'log_interval',
+    'local_rank', 'allow_unsafe_pickle', 'students'}
+
+
+def student_args(args: argparse.Namespace) -> List[Tuple[argparse.Namespace, str]]:
+    """(args, args.yaml text) of each student: `args` itself, or one per `--student "FLAGS"`.
+
+    A student's flags are parsed over the shared arguments; its output folder is EXPERIMENT/<its --experiment, or
+    its index and model>.
+    """
+    if not args.students:
+        return [(args, yaml.safe_dump(vars(args), default_flow_style=False))]
+    if args.resume:
+        raise KDError('--resume with --student: give each student its own --resume inside its --student "..."')
+    parser = build_parser()
+    parser.set_defaults(**vars(args))
+    parent = args.experiment or datetime.now().strftime('%Y%m%d-%H%M%S') + '-students'
+    out = []
+    for i, flags in enumerate(args.students):
+        try:
+            ns = parser.parse_args(shlex.split(flags))
+        except SystemExit:
+            raise KDError(f'--student {flags!r}: not valid train_kd.py flags (see the error above)') from None
+        changed = sorted(k for k in vars(args) if (k in SHARED_BY_STUDENTS or k.startswith('teacher'))
+                         and getattr(ns, k) != getattr(args, k))
+        if changed:
+            raise KDError(f'--student {flags!r} sets {", ".join("--" + k.replace("_", "-") for k in changed)}, which '
+                          f'all students share (one data stream, one teacher); set it outside --student')
+        kd_loss_config(_listify(ns))
+        name = ns.experiment if ns.experiment != args.experiment else f'{i}-{ns.model.replace("/", "_")}'
+        ns.experiment, ns.students = os.path.join(parent, name), []
+        out.append((ns, yaml.safe_dump(vars(ns), default_flow_style=False)))
+    return out

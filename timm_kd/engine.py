@@ -1,9 +1,10 @@
-"""One training epoch and one evaluation pass over a `TrainingTask`; the loop train_kd.py runs."""
+"""One training epoch of one or several students and one evaluation pass; the loop train_kd.py runs."""
 import logging
 import time
 from collections import OrderedDict
 from contextlib import nullcontext
-from typing import Any, Callable, Dict, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from timm.task import evaluation_sample_limit
@@ -24,44 +25,63 @@ def _format_eta(seconds: float) -> str:
     return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
 
 
+@dataclass
+class StudentRun:
+    """One student's training state: its task (student, KD losses, EMA), optimizer, schedule and clipping.
+
+    train_kd.py trains one or several of these on one data stream, with one teacher pass per batch.
+    """
+    task: Any
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any = None
+    loss_scaler: Any = None
+    clip_grad: Optional[float] = None
+    clip_mode: str = 'norm'
+    name: str = ''
+    args: Any = None  # what train_kd.py keeps per student: its arguments, output folder, saver and best metric
+    out_dir: str = ''
+    saver: Any = None
+    best: Any = None
+    num_updates: int = 0
+    sums: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+
 def train_one_epoch(
         epoch: int,
-        task,
+        runs: Sequence[StudentRun],
         loader,
-        optimizer: torch.optim.Optimizer,
         *,
         device: torch.device,
         num_epochs: int,
-        lr_scheduler=None,
-        loss_scaler=None,
+        teacher=None,
         amp_autocast: Callable = nullcontext,
         mixup_fn: Optional[Callable] = None,
-        clip_grad: Optional[float] = None,
-        clip_mode: str = 'norm',
         grad_accum_steps: int = 1,
         channels_last: bool = False,
         distributed: bool = False,
         log_interval: int = 50,
         is_primary: bool = True,
         labels: Optional[torch.Tensor] = None,
-) -> Dict[str, float]:
-    """Train `task` for one epoch; returns the epoch's mean of every loss component the task reports.
+) -> List[Dict[str, float]]:
+    """Train every student of `runs` for one epoch; returns, per run, the epoch mean of each loss component.
 
-    With `labels` (a device tensor of every sample's class) the loader yields sample indices as targets
-    (`timm_kd.data.IndexedTargets`, for CRD): they are passed to the task as `index` and mapped to labels.
+    Each batch goes once through the `teacher` (`Teacher.forward_many`: the union of the stages every student
+    asks for), then through each student's own step. With `labels` (a device tensor of every sample's class) the
+    loader yields sample indices as targets (`timm_kd.data.IndexedTargets`, for CRD): they are passed to the
+    tasks as `index` and mapped to labels.
 
     Loss components are summed on the device and read back only at log intervals and at the end of the epoch,
     so the step itself has no host-device synchronisation.
     """
-    task.train()
-    task.set_epoch(epoch)
     num_batches = len(loader)
-    updates_per_epoch = (num_batches + grad_accum_steps - 1) // grad_accum_steps
-    num_updates = epoch * updates_per_epoch
-    sums: Dict[str, torch.Tensor] = {}
+    for run in runs:
+        run.task.train()
+        run.task.set_epoch(epoch)
+        run.num_updates = epoch * ((num_batches + grad_accum_steps - 1) // grad_accum_steps)
+        run.sums = {}
+        run.optimizer.zero_grad()
     count = torch.zeros((), device=device)
     start = time.time()
-    optimizer.zero_grad()
     for batch_idx, (input, target) in enumerate(loader):
         input, target = _to_device(input, target, device, channels_last)
         index = None
@@ -72,45 +92,52 @@ def train_one_epoch(
         last_batch = batch_idx == num_batches - 1
         need_update = last_batch or (batch_idx + 1) % grad_accum_steps == 0
 
-        # --- the training step ---
-        with nullcontext() if need_update else task.no_sync():
+        # --- the training step: one teacher pass, then each student's forward, backward and update ---
+        teacher_outs = [None] * len(runs)
+        if teacher is not None:
             with amp_autocast():
-                result = task(input, target, index=index)
-            loss = result['loss'] / grad_accum_steps
-            if loss_scaler is not None:
-                loss_scaler(loss, optimizer, clip_grad=clip_grad, clip_mode=clip_mode,
-                            parameters=task.get_clip_parameters(), need_update=need_update)
-            else:
-                loss.backward()
-                if need_update:
-                    if clip_grad is not None:
-                        dispatch_clip_grad(task.get_clip_parameters(), value=clip_grad, mode=clip_mode)
-                    optimizer.step()
-        if need_update:
-            optimizer.zero_grad(set_to_none=True)
-            num_updates += 1
-            task.update_ema(step=num_updates)
-            if lr_scheduler is not None:
-                lr_scheduler.step_update(num_updates=num_updates)
+                teacher_outs = teacher.forward_many(input, [run.task.teacher_stages for run in runs])
+        for run, teacher_out in zip(runs, teacher_outs):
+            task, optimizer = run.task, run.optimizer
+            with nullcontext() if need_update else task.no_sync():
+                with amp_autocast():
+                    result = task(input, target, index=index, teacher_out=teacher_out)
+                loss = result['loss'] / grad_accum_steps
+                if run.loss_scaler is not None:
+                    run.loss_scaler(loss, optimizer, clip_grad=run.clip_grad, clip_mode=run.clip_mode,
+                                    parameters=task.get_clip_parameters(), need_update=need_update)
+                else:
+                    loss.backward()
+                    if need_update:
+                        if run.clip_grad is not None:
+                            dispatch_clip_grad(task.get_clip_parameters(), value=run.clip_grad, mode=run.clip_mode)
+                        optimizer.step()
+            if need_update:
+                optimizer.zero_grad(set_to_none=True)
+                run.num_updates += 1
+                task.update_ema(step=run.num_updates)
+                if run.lr_scheduler is not None:
+                    run.lr_scheduler.step_update(num_updates=run.num_updates)
+            for key, value in result.items():
+                if key.endswith('loss'):
+                    run.sums[key] = run.sums.get(key, 0.) + value.detach().float() * input.shape[0]
         # --- end of step ---
 
-        batch_size = input.shape[0]
-        count += batch_size
-        for key, value in result.items():
-            if key.endswith('loss'):
-                sums[key] = sums.get(key, 0.) + value.detach().float() * batch_size
+        count += input.shape[0]
         if is_primary and (batch_idx % log_interval == 0 or last_batch):
             elapsed = time.time() - start
             per_batch = elapsed / (batch_idx + 1)
             remaining = per_batch * ((num_batches - batch_idx - 1) + (num_epochs - epoch - 1) * num_batches)
-            losses = '  '.join(f'{k}: {(v / count).item():.4f}' for k, v in sums.items())
-            lr = optimizer.param_groups[0]['lr']
-            _logger.info(f'Train: {epoch} [{batch_idx + 1:>4d}/{num_batches}]  {losses}  lr: {lr:.3e}  '
-                         f'{batch_size / per_batch:.1f} img/s  ETA {_format_eta(remaining)}')
+            _logger.info(f'Train: {epoch} [{batch_idx + 1:>4d}/{num_batches}]  {input.shape[0] / per_batch:.1f} img/s'
+                         f'  ETA {_format_eta(remaining)}')
+            for run in runs:
+                losses = '  '.join(f'{k}: {(v / count).item():.4f}' for k, v in run.sums.items())
+                _logger.info(f'  {run.name + "  " if run.name else ""}{losses}  '
+                             f'lr: {run.optimizer.param_groups[0]["lr"]:.3e}')
     if distributed:
         count = reduce_tensor(count, 1)  # sum over ranks
-        sums = {k: reduce_tensor(v, 1) for k, v in sums.items()}
-    return OrderedDict((k, (v / count).item()) for k, v in sums.items())
+    return [OrderedDict((k, ((reduce_tensor(v, 1) if distributed else v) / count).item())
+                        for k, v in run.sums.items()) for run in runs]
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ from timm.task import TrainingTask
 from timm.utils import ModelEmaV3, unwrap_model
 
 from .student import KDStudent
-from .teacher import Teacher
+from .teacher import Teacher, TeacherOutput
 
 _logger = logging.getLogger(__name__)
 
@@ -79,12 +79,13 @@ class DistillationTask(TrainingTask):
         return self
 
     def compile(self, backend: str = 'inductor', mode: Optional[str] = None, **compile_kwargs) -> nn.Module:
-        """Compile the training forward (student + KD losses), the student for eval, and the teacher's model."""
+        """Compile the training forward (student + KD losses), the student for eval, and the teacher (once, if
+        several students share it)."""
         student = self.kd_student.student
         self.trainable_module = torch.compile(self.trainable_module, backend=backend, mode=mode, **compile_kwargs)
         self.eval_model = torch.compile(student, backend=backend, mode=mode, **compile_kwargs)
         if self.teacher is not None:
-            self.teacher.model = torch.compile(self.teacher.model, backend=backend, mode=mode, **compile_kwargs)
+            self.teacher.compile(backend=backend, mode=mode, **compile_kwargs)
         return self.eval_model
 
     # --- the student alone is evaluated, EMA-averaged and saved; KD parts are task state ---
@@ -114,9 +115,12 @@ class DistillationTask(TrainingTask):
         if state and not ema:
             self.kd_student.load_kd_state_dict(state, strict=strict)
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor,
-                index: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-        teacher_out = self.teacher(input, stages=self.teacher_stages) if self.teacher is not None else None
+    def forward(self, input: torch.Tensor, target: torch.Tensor, index: Optional[torch.Tensor] = None,
+                teacher_out: Optional[TeacherOutput] = None) -> Dict[str, torch.Tensor]:
+        """One training forward. `teacher_out` is the teacher's output on `input` when the caller has already
+        run it (several students sharing one teacher pass, `Teacher.forward_many`); else the task runs it."""
+        if teacher_out is None and self.teacher is not None:
+            teacher_out = self.teacher(input, stages=self.teacher_stages)
         student_logits, kd_losses = self.trainable_module(input, teacher_out, target, index)
         result = {'output': student_logits}
         loss = student_logits.new_zeros((), dtype=torch.float32)

@@ -4,7 +4,7 @@
 stages=None) -> TeacherOutput` (an ensemble, a cache of teacher outputs) can stand in its place.
 """
 import logging
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -26,11 +26,18 @@ class TeacherOutput(NamedTuple):
     features: Optional[Features] = None
 
 
+def _clone(out: TeacherOutput) -> TeacherOutput:
+    if out.features is None:
+        return TeacherOutput(out.logits.clone())
+    return TeacherOutput(out.logits.clone(), Features([m.clone() for m in out.features.maps],
+                                                      out.features.pre_logits.clone()))
+
+
 class InputAdapter(nn.Module):
     """Converts a batch normalized for the student into the teacher's input, in one affine op plus a resize.
 
     x_teacher = (x * std_s + mean_s - mean_t) / std_t = x * (std_s / std_t) + (mean_s - mean_t) / std_t,
-    then a resize to the teacher's resolution. Each step is skipped when student and teacher agree.
+    and a resize to the teacher's resolution. Each step is skipped when student and teacher agree.
     """
 
     def __init__(
@@ -52,13 +59,22 @@ class InputAdapter(nn.Module):
         self.interpolation = interpolation if interpolation in ('bilinear', 'bicubic', 'nearest') else 'bicubic'
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.renormalize:
-            x = torch.addcmul(self.shift.to(x.dtype), x, self.scale.to(x.dtype))
-        if self.size is not None and tuple(x.shape[-2:]) != self.size:
+        # Resizing is linear with weights summing to one, so it commutes with the per-channel affine: apply the
+        # affine on whichever side has fewer pixels. Under `Teacher.compile` both fuse with the dtype cast.
+        resize = self.size is not None and tuple(x.shape[-2:]) != self.size
+        shrink = resize and x.shape[-2] * x.shape[-1] > self.size[0] * self.size[1]
+        if self.renormalize and not shrink:
+            x = self._affine(x)
+        if resize:
             down = x.shape[-2] > self.size[0] or x.shape[-1] > self.size[1]
             x = F.interpolate(x, size=self.size, mode=self.interpolation, align_corners=False,
                               antialias=down and self.interpolation != 'nearest')
+        if self.renormalize and shrink:
+            x = self._affine(x)
         return x
+
+    def _affine(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift.to(x.dtype), x, self.scale.to(x.dtype))
 
     def extra_repr(self) -> str:
         return f'renormalize={self.renormalize}, size={self.size}, interpolation={self.interpolation}'
@@ -67,7 +83,10 @@ class InputAdapter(nn.Module):
 class Teacher(nn.Module):
     """A frozen timm model in eval mode that never builds an autograd graph.
 
-    It is deliberately not a `TrainingTask` component that DDP wraps, and the task never saves it.
+    It is deliberately not a `TrainingTask` component that DDP wraps, and the task never saves it. The fast
+    path, each part switchable: `inference_mode` (no autograd bookkeeping at all, on by default), weights cast
+    to `dtype` (bf16/fp16 halves weight memory and skips autocast's per-step weight casts), `channels_last`,
+    and `compile()` (adapter, cast and model as one graph, the frozen weights folded in as constants).
     """
 
     def __init__(
@@ -76,12 +95,15 @@ class Teacher(nn.Module):
             adapter: Optional[InputAdapter] = None,
             dtype: torch.dtype = torch.float32,
             channels_last: bool = False,
+            inference_mode: bool = True,
     ):
         super().__init__()
         self.model = model.eval().requires_grad_(False).to(dtype=dtype)
         self.adapter = adapter if adapter is not None else nn.Identity()
         self.dtype = dtype
         self.channels_last = channels_last
+        self.inference_mode = inference_mode
+        self._compiled = None
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
 
@@ -93,15 +115,53 @@ class Teacher(nn.Module):
         """The teacher stays in eval mode whatever its parent asks (no dropout, frozen BN statistics)."""
         return super().train(False)
 
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor, stages: Optional[Sequence[int]] = None) -> TeacherOutput:
-        """Teacher logits for the student's batch; with `stages` also its `Features` at those stages."""
+    def compile(self, backend: str = 'inductor', mode: Optional[str] = None, freeze: bool = True,
+                **compile_kwargs) -> 'Teacher':
+        """torch.compile the teacher's whole inference (adapter, cast, model); calling it again is a no-op.
+
+        `freeze` (inductor only) folds the frozen weights into the graph as constants, which lets inductor fold
+        BatchNorm into convolutions and pre-pack weights. Safe here because the teacher never changes.
+        """
+        if self._compiled is None:
+            if backend == 'inductor' and freeze:
+                from torch._inductor import list_mode_options
+                compile_kwargs['options'] = {**list_mode_options(mode), 'freezing': True,
+                                             **compile_kwargs.get('options', {})}
+                mode = None
+            self._compiled = torch.compile(self._infer, backend=backend, mode=mode, **compile_kwargs)
+        return self
+
+    def _infer(self, images: torch.Tensor, stages: Optional[Tuple[int, ...]]) -> TeacherOutput:
         x = self.adapter(images).to(self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if stages is not None:
             return TeacherOutput(*forward_features(self.model, x, stages))
         return TeacherOutput(self.model(x))
+
+    def forward(self, images: torch.Tensor, stages: Optional[Sequence[int]] = None) -> TeacherOutput:
+        """Teacher logits for the student's batch; with `stages` also its `Features` at those stages."""
+        stages = tuple(stages) if stages is not None else None
+        with torch.inference_mode() if self.inference_mode else torch.no_grad():
+            out = (self._compiled or self._infer)(images, stages)
+        if self.inference_mode:  # inference tensors cannot be saved for backward: hand out normal ones
+            out = _clone(out)
+        return out
+
+    def forward_many(self, images: torch.Tensor,
+                     stage_sets: Sequence[Optional[Sequence[int]]]) -> List[TeacherOutput]:
+        """One teacher pass serving several students: `stage_sets[i]` is what student i asks for (None: logits).
+
+        The pass computes the union of the stages; each student gets its own stages, in its own order.
+        """
+        wanted = sorted({s for stages in stage_sets if stages is not None for s in stages})
+        out = self(images, stages=wanted if wanted else None)
+        if not wanted:
+            return [out] * len(stage_sets)
+        by_stage = dict(zip(wanted, out.features.maps))
+        return [TeacherOutput(out.logits) if stages is None else
+                TeacherOutput(out.logits, Features([by_stage[s] for s in stages], out.features.pre_logits))
+                for stages in stage_sets]
 
 
 def _parse_teacher_name(name: str) -> Tuple[Optional[str], str, str]:
@@ -174,6 +234,7 @@ def create_teacher(
         input_size: Optional[Sequence[int]] = None,
         dtype: str = 'float32',
         channels_last: bool = False,
+        inference_mode: bool = True,
         device: Optional[torch.device] = None,
         allow_pickle: bool = False,
         model_kwargs: Optional[dict] = None,
@@ -205,5 +266,5 @@ def create_teacher(
     _logger.info(f'Teacher {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, '
                  f'{num_classes} classes, dtype {dtype}): input mean={t_mean} std={t_std}, '
                  f'{adapter.extra_repr()}')
-    teacher = Teacher(model, adapter, dtype=DTYPES[dtype], channels_last=channels_last)
+    teacher = Teacher(model, adapter, dtype=DTYPES[dtype], channels_last=channels_last, inference_mode=inference_mode)
     return teacher.to(device) if device is not None else teacher
