@@ -2,7 +2,7 @@
 import pytest
 
 from timm_kd import KDError
-from timm_kd.cli import kd_loss_config, parse_args
+from timm_kd.cli import kd_loss_config, parse_args, student_args
 
 
 def test_defaults_follow_the_paper():
@@ -76,3 +76,43 @@ def test_missing_config_unknown_loss_and_checkpoint_without_teacher(tmp_path):
         parse_args(['/d', '--kd-loss', 'dkdx'])
     with pytest.raises(KDError, match='--teacher-checkpoint needs --teacher'):
         parse_args(['/d', '--teacher-checkpoint', 'x.pth'])
+
+
+def test_teacher_fast_turns_on_each_part_of_the_fast_path():
+    args, _ = parse_args(['/d', '--teacher', 'resnet50.a1_in1k', '--teacher-fast'])
+    assert (args.teacher_dtype, args.teacher_channels_last, args.teacher_compile) == ('bfloat16', True, 'inductor')
+    assert args.teacher_inference_mode
+    args, _ = parse_args(['/d', '--teacher', 'resnet50.a1_in1k', '--teacher-fast', '--teacher-dtype', 'float16',
+                          '--no-teacher-inference-mode'])
+    assert (args.teacher_dtype, args.teacher_inference_mode) == ('float16', False)
+
+
+def test_each_student_overrides_its_own_flags_over_the_shared_ones():
+    args, _ = parse_args(['/d', '--teacher', 't', '--lr', '0.1', '--mixup', '0.2', '--experiment', 'sweep',
+                          '--student', '--model resnet18 --kd-loss dkd --dkd-beta 2',
+                          '--student', '--model resnet34 --lr 0.3 --weight-decay 0.05 --experiment big'])
+    (first, first_text), (second, _) = student_args(args)
+    assert (first.model, first.lr, first.mixup, first.kd_loss) == ('resnet18', 0.1, 0.2, ['dkd'])
+    assert kd_loss_config(first) == ({'dkd': 1.0}, {'dkd': {'beta': 2.0}})
+    assert (second.model, second.lr, second.weight_decay, second.kd_loss) == ('resnet34', 0.3, 0.05, ['kd'])
+    assert (first.experiment, second.experiment) == ('sweep/0-resnet18', 'sweep/big')
+    assert 'model: resnet18' in first_text and 'students: []' in first_text
+    assert [a for a, _ in student_args(parse_args(['/d', '--model', 'm'])[0])][0].model == 'm'
+
+
+@pytest.mark.parametrize('flags, message', [
+    ('--batch-size 64', 'sets --batch-size, which all students share'),
+    ('--mixup 0.5 --teacher other', 'sets --mixup, --teacher, which all students share'),
+    ('--kd-loss nope', "unknown --kd-loss 'nope'"),
+    ('--no-such-flag 1', 'not valid train_kd.py flags'),
+])
+def test_a_student_that_changes_the_shared_data_stream_is_an_error(flags, message):
+    args, _ = parse_args(['/d', '--teacher', 't', '--student', '--model a', '--student', flags])
+    with pytest.raises(KDError, match=message):
+        student_args(args)
+
+
+def test_resume_belongs_inside_each_student():
+    args, _ = parse_args(['/d', '--resume', 'x.pth.tar', '--student', '--model a'])
+    with pytest.raises(KDError, match='give each student its own --resume'):
+        student_args(args)

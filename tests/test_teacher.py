@@ -67,6 +67,63 @@ def test_teacher_dtype_and_channels_last(dtype, tmp_path):
     assert torch.allclose(teacher(torch.ones(2, 3, 32, 32)).logits.float(), reference, atol=0.1)
 
 
+def test_inference_mode_outputs_can_enter_the_student_loss_and_equal_no_grad():
+    teacher = Teacher(timm.create_model('test_resnet', num_classes=5))
+    x = torch.randn(2, 3, 32, 32)
+    fast = teacher(x, stages=[1])
+    assert not fast.logits.is_inference() and not fast.features.maps[0].is_inference()
+    student_logits = torch.randn(2, 5, requires_grad=True)
+    torch.nn.functional.kl_div(student_logits.log_softmax(-1), fast.logits.softmax(-1), reduction='batchmean').backward()
+    assert student_logits.grad is not None  # an inference tensor saved for backward would raise here
+    teacher.inference_mode = False
+    slow = teacher(x, stages=[1])
+    assert torch.equal(fast.logits, slow.logits) and torch.equal(fast.features.maps[0], slow.features.maps[0])
+
+
+def test_forward_many_serves_each_student_its_stages_from_one_pass():
+    teacher = Teacher(timm.create_model('test_resnet', num_classes=5))
+    calls = []
+    teacher.model.register_forward_pre_hook(lambda *_: calls.append(1))
+    teacher.model.forward_intermediates = _counted(teacher.model.forward_intermediates, calls)
+    x = torch.randn(2, 3, 32, 32)
+    logits_only, deep, other = teacher.forward_many(x, [None, [3, 1], [2]])
+    assert len(calls) == 1
+    assert logits_only.features is None
+    for out, stages in ((deep, [3, 1]), (other, [2])):
+        alone = teacher(x, stages=stages)
+        assert torch.allclose(out.logits, alone.logits, atol=1e-6)
+        assert all(torch.equal(a, b) for a, b in zip(out.features.maps, alone.features.maps))
+        assert len(out.features.maps) == len(stages)
+
+
+def _counted(fn, calls):
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+@pytest.mark.parametrize('size', [(16, 16), (64, 48)])
+def test_adapter_resize_commutes_with_renormalization(size):
+    """The adapter renormalizes on the smaller side of the resize; both orders must agree."""
+    adapter = InputAdapter((0.5, 0.4, 0.3), (0.2, 0.25, 0.3), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+                           size=size, interpolation='bicubic')
+    x = torch.randn(2, 3, 32, 32)
+    renormalized_first = torch.nn.functional.interpolate(
+        adapter._affine(x), size=size, mode='bicubic', align_corners=False, antialias=size[0] < 32)
+    assert torch.allclose(adapter(x), renormalized_first, atol=1e-5)
+
+
+def test_compiled_teacher_matches_eager_and_compiles_once():
+    teacher = Teacher(timm.create_model('test_resnet', num_classes=5),
+                      InputAdapter((0.5,) * 3, (0.5,) * 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+    x = torch.randn(2, 3, 32, 32)
+    eager = teacher(x).logits
+    compiled = teacher.compile().compile()._compiled
+    assert teacher._compiled is compiled
+    assert torch.allclose(teacher(x).logits, eager, atol=1e-4)
+
+
 def test_checkpoint_teacher_loads_ema_weights_and_uses_student_preprocessing(tmp_path):
     raw, ema = timm.create_model('test_resnet', num_classes=4), timm.create_model('test_resnet', num_classes=4)
     path = tmp_path / 'last.pth.tar'

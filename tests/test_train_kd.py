@@ -186,3 +186,32 @@ def test_feature_stage_errors_are_one_line(vit_teacher, image_folder, tmp_path):
     result = _cli(image_folder, '--model', 'test_resnet', *FAST, '--output', str(tmp_path), *vit_teacher,
                   '--kd-loss', 'fitnet', '--kd-student-stages', '1', '2')
     assert result.returncode == 2 and 'give --kd-student-stages and --kd-teacher-stages the same length' in result.stderr
+
+
+def test_several_students_share_one_teacher_pass_and_resume_each(vit_teacher, image_folder, tmp_path, monkeypatch):
+    """Two students (their own model, lr, losses, stages) on one data stream: the teacher runs once per batch."""
+    from timm_kd.teacher import Teacher
+    calls = []
+    forward = Teacher.forward
+    monkeypatch.setattr(Teacher, 'forward', lambda self, x, stages=None: calls.append(x.shape[0]) or forward(
+        self, x, stages))
+    _run(image_folder, tmp_path, 'single', '--epochs', '1', *vit_teacher)
+    single_batches = calls.count(8)
+    calls.clear()
+    students = ['--student', '--model test_efficientnet --lr 0.02 --experiment effnet',
+                '--student', '--kd-loss kd fitnet ' + ' '.join(STAGES)]
+    _run(image_folder, tmp_path, 'sweep', '--epochs', '1', *vit_teacher, *students)
+    assert calls.count(8) == single_batches > 0  # one teacher pass per batch, not one per student
+
+    first, second = tmp_path / 'sweep' / 'effnet', tmp_path / 'sweep' / '1-test_resnet'
+    assert yaml.safe_load((first / 'args.yaml').read_text())['lr'] == 0.02
+    assert yaml.safe_load((second / 'args.yaml').read_text())['kd_loss'] == ['kd', 'fitnet']
+    assert 'train_fitnet_loss' in _summary(second / 'summary.csv')[0]
+    assert 'train_fitnet_loss' not in _summary(first / 'summary.csv')[0]
+    assert _load(first / 'last.pth.tar')['arch'] == 'test_efficientnet'
+
+    resumed = ['--student', f'--model test_efficientnet --lr 0.02 --experiment effnet --resume {first}/last.pth.tar',
+               '--student', f'--kd-loss kd fitnet {" ".join(STAGES)} --resume {second}/last.pth.tar']
+    _run(image_folder, tmp_path, 'sweep', '--epochs', '2', *vit_teacher, *resumed)
+    for folder in (first, second):
+        assert [r['epoch'] for r in _summary(folder / 'summary.csv')] == ['0', '1']

@@ -125,7 +125,7 @@ class Teacher(nn.Module):
         if self._compiled is None:
             if backend == 'inductor' and freeze:
                 from torch._inductor import list_mode_options
-                compile_kwargs['options'] = {**list_mode_options(mode), 'freezing': True,
+                compile_kwargs['options'] = {**(list_mode_options(mode) if mode else {}), 'freezing': True,
                                              **compile_kwargs.get('options', {})}
                 mode = None
             self._compiled = torch.compile(self._infer, backend=backend, mode=mode, **compile_kwargs)
