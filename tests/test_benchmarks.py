@@ -1,0 +1,32 @@
+"""The benchmark scripts still run and report what benchmarks/README.md quotes (figures are not checked here)."""
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+TINY = ['--student', 'test_resnet', '--teacher', 'test_resnet', '--img-size', '32', '--batch-size', '4',
+        '--num-classes', '5', '--repeats', '1', '--warmup', '0']
+
+
+def _bench(*args):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'kd_step.py'), *TINY, *args],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_kd_step_reports_ratios_and_the_multi_student_cost():
+    out = _bench('--students', '2', '--teacher-dtype', 'bfloat16')
+    assert set(out['ms']) == {'student', 'teacher', 'ours', 'timm', '2 students'}
+    for key in ('overhead_vs_floor', 'speedup_vs_timm', 'per_student_vs_floor', 'teacher_top1_agreement_vs_fp32'):
+        assert out[key] > 0, key
+    assert out['teacher_dtype'] == 'bfloat16' and out['inference_mode']
+
+
+def test_kd_step_ablation_adds_one_switch_at_a_time():
+    rows = _bench('--ablation')['ablation']
+    assert list(rows) == ['fp32, no_grad', '+ inference_mode', '+ channels_last', '+ bf16 weights', '+ compile']
+    assert rows['fp32, no_grad']['speedup'] == 1.0 and rows['+ inference_mode']['agreement'] == 1.0
