@@ -27,9 +27,10 @@ from contextlib import nullcontext
 import timm
 import torch
 import torch.nn as nn
+from timm.data import resolve_data_config
 from timm.task import DistillationTeacher, LogitDistillationTask
 
-from timm_kd import DistillationTask, KDStudent, Teacher, create_kd_loss
+from timm_kd import DistillationTask, InputAdapter, KDStudent, Teacher, create_kd_loss
 
 PRESETS = {
     'cpu': dict(student='resnet18', teacher='resnet50', img_size=64, batch_size=32, amp=False, channels_last=True),
@@ -163,9 +164,11 @@ def main():
         return copy.deepcopy(student0).to(device, memory_format=memory_format)
 
     teacher_dtype = getattr(torch, args.teacher_dtype)
-    ours_teacher = Teacher(copy.deepcopy(teacher0), dtype=teacher_dtype, channels_last=args.channels_last,
+    s_cfg, t_cfg = resolve_data_config({}, model=student0), resolve_data_config({}, model=teacher0)
+    adapter = InputAdapter(s_cfg['mean'], s_cfg['std'], t_cfg['mean'], t_cfg['std'])  # as timm's task renormalizes
+    ours_teacher = Teacher(copy.deepcopy(teacher0), adapter, dtype=teacher_dtype, channels_last=args.channels_last,
                            inference_mode=not args.no_inference_mode).to(device)
-    reference_logits = Teacher(copy.deepcopy(teacher0)).to(device)(x).logits.float()  # float32, no autocast
+    reference_logits = Teacher(copy.deepcopy(teacher0), adapter).to(device)(x).logits.float()  # float32, no autocast
     if args.teacher_compile:
         ours_teacher.compile()
 
