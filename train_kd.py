@@ -125,8 +125,6 @@ def main(argv=None):
             input_size=args.teacher_input_size, dtype=args.teacher_dtype,
             channels_last=args.channels_last or args.teacher_channels_last, inference_mode=args.teacher_inference_mode,
             device=device, allow_pickle=args.allow_unsafe_pickle, model_kwargs=args.teacher_kwargs)
-        if args.teacher_compile:
-            teacher.compile(backend=args.teacher_compile)
     kd_students = []
     for (sargs, _), student in zip(students, models):
         loss_weights, loss_kwargs = kd_loss_config(sargs) if teacher is not None else ({}, {})
@@ -134,6 +132,8 @@ def main(argv=None):
             student, teacher, list(loss_weights), loss_kwargs, input_size=data_config['input_size'],
             student_stages=sargs.kd_student_stages, teacher_stages=sargs.kd_teacher_stages,
             aux_stages=sargs.kd_deep_supervision, num_classes=args.num_classes, num_samples=len(train_set)))
+    if teacher is not None and args.teacher_compile:  # after the shape probes above, so it compiles for training
+        teacher.compile(backend=args.teacher_compile)
     needs_index = any(kd_student.needs_index for kd_student in kd_students)
     if needs_index:
         train_set = IndexedTargets(train_set)

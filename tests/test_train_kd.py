@@ -215,3 +215,12 @@ def test_several_students_share_one_teacher_pass_and_resume_each(vit_teacher, im
     _run(image_folder, tmp_path, 'sweep', '--epochs', '2', *vit_teacher, *resumed)
     for folder in (first, second):
         assert [r['epoch'] for r in _summary(folder / 'summary.csv')] == ['0', '1']
+
+
+def test_fast_teacher_flags_train(vit_teacher, image_folder, tmp_path):
+    """--teacher-fast: bf16 teacher weights, channels_last and a compiled teacher (dynamo's eager backend here,
+    to keep the test fast; the inductor path is checked in test_teacher.py)."""
+    _run(image_folder, tmp_path, 'fast', '--epochs', '1', *vit_teacher, '--teacher-fast', '--teacher-compile', 'eager')
+    row = _summary(tmp_path / 'fast' / 'summary.csv')[0]
+    assert float(row['train_kd_loss']) > 0
+    assert yaml.safe_load((tmp_path / 'fast' / 'args.yaml').read_text())['teacher_dtype'] == 'bfloat16'
