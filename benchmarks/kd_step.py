@@ -11,10 +11,10 @@ Interleaved within each repetition (so machine drift hits them alike), median of
 student's plain training step, the teacher's inference, our `DistillationTask` KD step and timm's
 `LogitDistillationTask` step (SGD step included in every training step); with `--students N` also one teacher
 pass serving N students (train_kd.py's `--student`). Prints a table, then one JSON line with images/s, peak
-memory above the resident models and host-device syncs per step (CUDA), the top-1 agreement of our teacher with the float32 eager teacher on
-the batch, and the ratios `overhead_vs_floor` (ours / (student + teacher)), `speedup_vs_timm` (timm's / ours),
-`memory_vs_bound` (our step's peak / (student step's + teacher inference's)) and `per_student_vs_floor`
-(multi-student step per student / (student + teacher / N)).
+memory above the resident models and host-device syncs per step (CUDA), the top-1 agreement of our teacher
+with the float32 eager teacher on the batch, and the ratios `overhead_vs_floor` (ours / (student + teacher)),
+`speedup_vs_timm` (timm's / ours), `memory_vs_bound` (our step's peak / (student step's + teacher
+inference's)) and `per_student_vs_floor` (multi-student step per student / (student + teacher / N)).
 """
 import argparse
 import copy
@@ -245,7 +245,8 @@ def main():
           f'compile {args.compile}, median of {args.repeats}')
     print('| step | ms | images/s |' + (' peak MiB |' if peak else '') + '\n|---|---|---|' + ('---|' if peak else ''))
     for k in steps:
-        print(f'| {k} | {result["ms"][k]} | {result["images_per_s"][k]} |' + (f' {result["peak_mib"][k]} |' if peak else ''))
+        memory = f' {result["peak_mib"][k]} |' if peak else ''
+        print(f'| {k} | {result["ms"][k]} | {result["images_per_s"][k]} |{memory}')
     ratios = ['teacher_top1_agreement_vs_fp32', 'overhead_vs_floor', 'speedup_vs_timm', 'memory_vs_bound',
               'per_student_vs_floor']
     print('  '.join(f'{k} {result[k]}' for k in ratios if result.get(k) is not None))

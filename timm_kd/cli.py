@@ -364,7 +364,8 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, st
 
 
 # What every student of one run shares: the data stream (data, augmentation, batch, input size and
-# normalization), the epochs, the teacher (every teacher_* flag) and the process setup. Everything else may differ per --student.
+# normalization), the epochs, the teacher (every teacher_* flag) and the process setup. Everything else (model,
+# optimizer, schedule, losses, EMA, output) may differ per --student.
 SHARED_BY_STUDENTS = {
     'config', 'data', 'data_dir', 'dataset', 'train_split', 'val_split', 'dataset_download', 'class_map',
     'train_num_samples', 'val_num_samples', 'train_fraction', 'train_fraction_keep_steps', 'num_classes', 'img_size',
@@ -373,8 +374,8 @@ SHARED_BY_STUDENTS = {
     'epochs', 'epoch_repeats', 'start_epoch', 'cooldown_epochs', 'no_aug', 'train_crop_mode', 'scale', 'ratio',
     'hflip', 'vflip', 'color_jitter', 'aa', 'aug_repeats', 'reprob', 'remode', 'recount', 'resplit', 'mixup',
     'cutmix', 'cutmix_minmax', 'mixup_prob', 'mixup_switch_prob', 'mixup_mode', 'mixup_off_epoch',
-    'train_interpolation', 'smoothing', 'seed', 'worker_seeding', 'workers', 'pin_mem', 'no_prefetcher', 'output', 'log_interval',
-    'local_rank', 'allow_unsafe_pickle', 'students'}
+    'train_interpolation', 'smoothing', 'seed', 'worker_seeding', 'workers', 'pin_mem', 'no_prefetcher', 'output',
+    'log_interval', 'local_rank', 'allow_unsafe_pickle', 'students'}
 
 
 def student_args(args: argparse.Namespace) -> List[Tuple[argparse.Namespace, str]]:
