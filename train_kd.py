@@ -43,15 +43,14 @@ def create_student(args, in_chans: int, device: torch.device) -> torch.nn.Module
     return student
 
 
-def setup_run(args, args_text: str, kd_student, teacher, data_config, updates_per_epoch: int,
+def setup_run(args, args_text: str, kd_student, loss_weights: dict, teacher, data_config, updates_per_epoch: int,
               device: torch.device, primary: bool):
     """One student's task, optimizer, schedule, EMA and checkpoint saver; returns (run, start epoch, epochs)."""
     criterion = create_classification_loss(
         loss_type='bce' if args.bce_loss else 'ce', smoothing=args.smoothing,
         soft_targets=mixup_args(args, args.num_classes) is not None, bce_target_thresh=args.bce_target_thresh,
         bce_sum=args.bce_sum, pos_weight=args.bce_pos_weight)
-    task = DistillationTask(kd_student, criterion, teacher=teacher,
-                            kd_loss_weights=kd_loss_config(args)[0] if teacher is not None else {},
+    task = DistillationTask(kd_student, criterion, teacher=teacher, kd_loss_weights=loss_weights,
                             ori_loss_weight=args.ori_loss_weight, aux_loss_weight=args.kd_deep_supervision_weight,
                             device=device, verbose=primary).to(device)
 
@@ -125,9 +124,9 @@ def main(argv=None):
             input_size=args.teacher_input_size, dtype=args.teacher_dtype,
             channels_last=args.channels_last or args.teacher_channels_last, inference_mode=args.teacher_inference_mode,
             device=device, allow_pickle=args.allow_unsafe_pickle, model_kwargs=args.teacher_kwargs)
+    loss_configs = [kd_loss_config(sargs) if teacher is not None else ({}, {}) for sargs, _ in students]
     kd_students = []
-    for (sargs, _), student in zip(students, models):
-        loss_weights, loss_kwargs = kd_loss_config(sargs) if teacher is not None else ({}, {})
+    for (sargs, _), student, (loss_weights, loss_kwargs) in zip(students, models, loss_configs):
         kd_students.append(create_kd_student(
             student, teacher, list(loss_weights), loss_kwargs, input_size=data_config['input_size'],
             student_stages=sargs.kd_student_stages, teacher_stages=sargs.kd_teacher_stages,
@@ -142,9 +141,9 @@ def main(argv=None):
     labels = train_set.targets.to(device) if needs_index else None
     updates_per_epoch = (len(train_loader) + args.grad_accum_steps - 1) // args.grad_accum_steps
     runs, start_epochs, num_epochs = [], set(), 0
-    for (sargs, text), kd_student in zip(students, kd_students):
-        run, start_epoch, num_epochs = setup_run(sargs, text, kd_student, teacher, data_config, updates_per_epoch,
-                                                 device, primary)
+    for (sargs, text), kd_student, (loss_weights, _) in zip(students, kd_students, loss_configs):
+        run, start_epoch, num_epochs = setup_run(sargs, text, kd_student, loss_weights, teacher, data_config,
+                                                 updates_per_epoch, device, primary)
         run.name = os.path.basename(sargs.experiment) if args.students else ''
         runs.append(run)
         start_epochs.add(start_epoch)
@@ -152,6 +151,8 @@ def main(argv=None):
         raise KDError(f'the students resume from different epochs {sorted(start_epochs)}; one data stream needs '
                       f'one epoch: resume every student from checkpoints of the same epoch')
     amp_autocast, _ = amp_setup(args, device)
+    eval_kwargs = dict(device=device, amp_autocast=amp_autocast, channels_last=args.channels_last,
+                       distributed=args.distributed, is_primary=primary)
 
     for epoch in range(start_epochs.pop(), num_epochs):
         if args.distributed and hasattr(train_loader.sampler, 'set_epoch'):
@@ -169,8 +170,6 @@ def main(argv=None):
             if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
                 distribute_bn(student, args.world_size, args.dist_bn == 'reduce')
             suffix = f' [{run.name}]' if run.name else ''
-            eval_kwargs = dict(device=device, amp_autocast=amp_autocast, channels_last=args.channels_last,
-                               distributed=args.distributed, is_primary=primary)
             eval_metrics = validate(run.task, eval_loader, log_suffix=suffix, **eval_kwargs)
             if run.task.has_ema():
                 eval_metrics = validate(run.task, eval_loader, ema=True, log_suffix=suffix + ' (EMA)', **eval_kwargs)

@@ -115,17 +115,15 @@ def agreement(teacher, reference_logits, x, amp):
 def ablation(args, teacher0, x, device, amp):
     """Teacher inference time (under autocast with --amp) and top-1 agreement with the float32 eager teacher
     without autocast, adding one fast-path switch at a time."""
-    configs = [('fp32, no_grad', dict(inference_mode=False)),
-               ('+ inference_mode', dict()),
-               ('+ channels_last', dict(channels_last=True)),
-               ('+ bf16 weights', dict(channels_last=True, dtype=torch.bfloat16)),
-               ('+ compile', dict(channels_last=True, dtype=torch.bfloat16, compile=True))]
+    configs = [('fp32, no_grad', dict(inference_mode=False), False),
+               ('+ inference_mode', dict(), False),
+               ('+ channels_last', dict(channels_last=True), False),
+               ('+ bf16 weights', dict(channels_last=True, dtype=torch.bfloat16), False),
+               ('+ compile', dict(channels_last=True, dtype=torch.bfloat16), True)]
     teachers = {}
-    for name, cfg in configs:
-        cfg = dict(cfg)
-        compile_ = cfg.pop('compile', False)
-        teachers[name] = Teacher(copy.deepcopy(teacher0), **cfg).to(device)
-        if compile_:
+    for name, kwargs, compiled in configs:
+        teachers[name] = Teacher(copy.deepcopy(teacher0), **kwargs).to(device)
+        if compiled:
             teachers[name].compile()
     reference = teachers['fp32, no_grad'](x).logits.float()  # float32 weights, no autocast
 
