@@ -55,30 +55,27 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
                                  student_mean=data_config['mean'], student_std=data_config['std'],
                                  student_input_size=data_config['input_size'], device=device,
                                  allow_pickle=args.allow_unsafe_pickle)
-    sums = {'top1': 0., 'top5': 0., 'teacher_top1': 0., 'agreement': 0.}
+    sums = torch.zeros(4, device=device)  # top1, top5, teacher top1, agreement: summed on the device, read once
     count = 0
     for images, target in loader:
         images, target = images.to(device), target.to(device)
         output = model(images)
-        top1, top5 = accuracy(output, target, topk=(1, k5))
         n = images.shape[0]
-        sums['top1'] += top1.item() * n
-        sums['top5'] += top5.item() * n
+        sums[:2] += torch.stack(accuracy(output, target, topk=(1, k5))) * n
         if real is not None:
             real.add_result(output)
         if teacher is not None:
-            t = teacher(images).logits
-            sums['teacher_top1'] += (t.argmax(1) == target).float().sum().item() * 100
-            sums['agreement'] += (t.argmax(1) == output.argmax(1)).float().sum().item() * 100
+            t = teacher(images).logits.argmax(1)
+            sums[2:] += torch.stack([(t == target).sum(), (t == output.argmax(1)).sum()]) * 100
         count += n
+    top1, top5, teacher_top1, agreement = (sums / count).tolist()
     result = {'model': args.model, 'checkpoint': args.checkpoint, 'num_images': count,
-              'top1': round(sums['top1'] / count, 3), 'top5': round(sums['top5'] / count, 3),
+              'top1': round(top1, 3), 'top5': round(top5, 3),
               'data_config': {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_config.items()}}
     if real is not None:
         result.update(real_top1=round(real.get_accuracy(1), 3), real_top5=round(real.get_accuracy(k5), 3))
     if teacher is not None:
-        result.update(teacher=args.teacher, teacher_top1=round(sums['teacher_top1'] / count, 3),
-                      agreement=round(sums['agreement'] / count, 3))
+        result.update(teacher=args.teacher, teacher_top1=round(teacher_top1, 3), agreement=round(agreement, 3))
     return result
 
 
