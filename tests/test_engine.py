@@ -1,0 +1,92 @@
+"""engine.train_one_epoch: one teacher pass for every student, sample-weighted epoch means, no host reads per step."""
+import numpy as np
+import timm
+import torch
+import torch.nn as nn
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+
+from timm_kd import DistillationTask, Teacher, create_kd_student
+from timm_kd.engine import StudentRun, train_one_epoch
+
+# Python-level reads of a tensor's value: each one waits for the device to finish (a host-device sync on CUDA)
+HOST_READS = ('item', 'tolist', 'cpu', 'numpy', '__bool__', '__float__', '__int__')
+
+
+class CountingTeacher(Teacher):
+    calls = 0
+
+    def _infer(self, images, stages):
+        CountingTeacher.calls += 1
+        return super()._infer(images, stages)
+
+
+def _runs(lr: float = 0.05):
+    """Two students on one teacher: test_resnet with vanilla KD, test_efficientnet with kd + fitnet on stage 2."""
+    torch.manual_seed(0)
+    teacher = CountingTeacher(timm.create_model('test_vit', num_classes=4, img_size=32))
+    runs = []
+    for name, losses, stages in (('test_resnet', ['kd'], (-1,)), ('test_efficientnet', ['kd', 'fitnet'], (2,))):
+        kd_student = create_kd_student(timm.create_model(name, num_classes=4), teacher, losses, input_size=(3, 32, 32),
+                                       student_stages=stages, teacher_stages=stages)
+        task = DistillationTask(kd_student, SoftTargetCrossEntropy(), teacher=teacher, verbose=False)
+        runs.append(StudentRun(task, torch.optim.SGD(kd_student.parameters(), lr=lr), name=name))
+    return teacher, runs
+
+
+def _loader(num_batches: int, last: int = 2):  # mixup needs even batches
+    g = torch.Generator().manual_seed(1)
+    sizes = [4] * (num_batches - 1) + [last]
+    return [(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 4, (n,), generator=g)) for n in sizes]
+
+
+def _epoch(runs, teacher, loader, **kwargs):
+    mixup = Mixup(mixup_alpha=0.4, cutmix_alpha=1.0, num_classes=4)
+    return train_one_epoch(0, runs, loader, device=torch.device('cpu'), num_epochs=1, teacher=teacher,
+                           mixup_fn=mixup, **kwargs)
+
+
+def test_one_teacher_pass_per_batch_serves_every_student():
+    teacher, runs = _runs()
+    CountingTeacher.calls = 0
+    metrics = _epoch(runs, teacher, _loader(5))
+    assert CountingTeacher.calls == 5
+    assert set(metrics[0]) == {'loss', 'task_loss', 'kd_loss'}
+    assert set(metrics[1]) == {'loss', 'task_loss', 'kd_loss', 'fitnet_loss'}
+    assert all(run.num_updates == 5 for run in runs)
+
+
+def test_epoch_metrics_are_the_sample_weighted_mean_of_the_steps():
+    teacher, runs = _runs(lr=0.0)  # weights stay put, so each batch's loss can be recomputed afterwards
+    np.random.seed(2)  # timm's Mixup draws from numpy
+    metrics = _epoch(runs, teacher, _loader(3))
+    np.random.seed(2)  # the same mixup draws
+    mixup = Mixup(mixup_alpha=0.4, cutmix_alpha=1.0, num_classes=4)
+    sums, count = [0., 0.], 0
+    for x, y in _loader(3):  # a fresh copy: mixup mixes in place
+        x, y = mixup(x, y)
+        for i, run in enumerate(runs):
+            sums[i] += run.task(x, y)['kd_loss'].item() * x.shape[0]
+        count += x.shape[0]
+    for i in range(2):
+        assert abs(metrics[i]['kd_loss'] - sums[i] / count) < 1e-5
+
+
+def test_the_step_reads_nothing_back_to_the_host(monkeypatch):
+    """Host reads happen at log intervals and at the end of the epoch only: as many for 9 batches as for 3.
+
+    Counts Python-level reads (`.item()`, `bool(t)`, ...); `benchmarks/kd_step.py` counts every sync on CUDA.
+    """
+    counts = {}
+    for num_batches in (3, 9):
+        teacher, runs = _runs()
+        loader = _loader(num_batches)
+        reads = []
+        with monkeypatch.context() as m:
+            for name in HOST_READS:
+                original = getattr(torch.Tensor, name)
+                m.setattr(torch.Tensor, name, lambda self, *a, _f=original, _n=name, **k: reads.append(_n) or
+                          _f(self, *a, **k))
+            _epoch(runs, teacher, loader, log_interval=1000)  # logs at the first and the last batch
+        counts[num_batches] = len(reads)
+    assert counts[3] == counts[9] > 0, counts
