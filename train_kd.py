@@ -68,7 +68,7 @@ def setup_run(args, args_text: str, kd_student, loss_weights: dict, teacher, dat
         if args.resume:
             load_task_ema_checkpoint(task, args.resume)
     if args.torchcompile:
-        task.compile(backend=args.torchcompile)
+        task.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
     if args.distributed:
         task.prepare_distributed(device_ids=[device.index] if device.type == 'cuda' else None)
 
@@ -132,7 +132,7 @@ def main(argv=None):
             student_stages=sargs.kd_student_stages, teacher_stages=sargs.kd_teacher_stages,
             aux_stages=sargs.kd_deep_supervision, num_classes=args.num_classes, num_samples=len(train_set)))
     if teacher is not None and args.teacher_compile:  # after the shape probes above, so it compiles for training
-        teacher.compile(backend=args.teacher_compile)
+        teacher.compile(backend=args.teacher_compile, mode=args.torchcompile_mode)
     needs_index = any(kd_student.needs_index for kd_student in kd_students)
     if needs_index:
         train_set = IndexedTargets(train_set)

@@ -5,6 +5,7 @@ own `LogitDistillationTask`, on identical models, batch, dtype and device, measu
     python benchmarks/kd_step.py --preset cpu --fast          # + the fast teacher path (bf16 weights, compile)
     python benchmarks/kd_step.py --preset gpu --fast          # resnet50 <- beitv2_base_patch16_224, 224px, bf16
     python benchmarks/kd_step.py --preset gpu --fast --compile --students 4
+    python benchmarks/kd_step.py --preset gpu --fast --compile-mode reduce-overhead   # teacher as a CUDA graph
     python benchmarks/kd_step.py --preset cpu --ablation      # teacher inference with each fast-path switch
 
 Interleaved within each repetition (so machine drift hits them alike), median of repeats after warm-up: the
@@ -59,6 +60,7 @@ def parse_args():
     p.add_argument('--no-inference-mode', action='store_true', help='our teacher under no_grad')
     p.add_argument('--fast', action='store_true', help='the fast teacher path: bf16 weights and --teacher-compile')
     p.add_argument('--compile', action='store_true', help='torch.compile the students (and both teachers)')
+    p.add_argument('--compile-mode', help='torch.compile mode of every compile, e.g. reduce-overhead (CUDA graphs)')
     p.add_argument('--students', type=int, default=0, metavar='N', help='also time one teacher pass for N students')
     p.add_argument('--ablation', action='store_true', help='only time the teacher with each fast-path switch')
     p.add_argument('--repeats', type=int, default=20)
@@ -124,7 +126,7 @@ def ablation(args, teacher0, x, device, amp):
     for name, kwargs, compiled in configs:
         teachers[name] = Teacher(copy.deepcopy(teacher0), **kwargs).to(device)
         if compiled:
-            teachers[name].compile()
+            teachers[name].compile(mode=args.compile_mode)
     reference = teachers['fp32, no_grad'](x).logits.float()  # float32 weights, no autocast
 
     def infer(t):
@@ -168,7 +170,7 @@ def main():
                            inference_mode=not args.no_inference_mode).to(device)
     reference_logits = Teacher(copy.deepcopy(teacher0), adapter).to(device)(x).logits.float()  # float32, no autocast
     if args.teacher_compile:
-        ours_teacher.compile()
+        ours_teacher.compile(mode=args.compile_mode)
 
     def ours_task():
         return DistillationTask(KDStudent(fresh_student(), {'kd': create_kd_loss('kd')}), nn.CrossEntropyLoss(),
@@ -182,8 +184,8 @@ def main():
     plain = fresh_student()
     if args.compile:
         for task in [ours, theirs] + many:
-            task.compile()
-        plain = torch.compile(plain)
+            task.compile(mode=args.compile_mode)
+        plain = torch.compile(plain, mode=args.compile_mode)
     opt = {name: torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9) for name, module in
            [('student', plain), ('ours', ours.trainable_module), ('timm', theirs.trainable_module)]
            + [(f'many{i}', task.trainable_module) for i, task in enumerate(many)]}
@@ -224,7 +226,7 @@ def main():
         'preset': args.preset, 'device': torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu',
         'student': args.student, 'teacher': args.teacher, 'img_size': args.img_size, 'batch_size': args.batch_size,
         'amp_bf16': args.amp, 'teacher_dtype': args.teacher_dtype, 'teacher_compile': args.teacher_compile,
-        'inference_mode': not args.no_inference_mode, 'compile': args.compile,
+        'inference_mode': not args.no_inference_mode, 'compile': args.compile, 'compile_mode': args.compile_mode,
         'images_per_s': {k: round(args.batch_size / v, 1) for k, v in med.items()},
         'ms': {k: round(v * 1e3, 2) for k, v in med.items()},
         'peak_mib': {k: round(v) for k, v in peak.items()} or None,

@@ -102,6 +102,7 @@ def test_each_student_overrides_its_own_flags_over_the_shared_ones():
 
 @pytest.mark.parametrize('flags, message', [
     ('--batch-size 64', 'sets --batch-size, which all students share'),
+    ('--torchcompile-mode reduce-overhead', 'sets --torchcompile-mode, which all students share'),
     ('--mixup 0.5 --teacher other', 'sets --mixup, --teacher, which all students share'),
     ('--kd-loss nope', "unknown --kd-loss 'nope'"),
     ('--no-such-flag 1', 'not valid train_kd.py flags'),

@@ -125,6 +125,16 @@ def test_compiled_teacher_matches_eager_and_compiles_once():
     assert torch.allclose(teacher(x).logits, eager, atol=1e-4)
 
 
+def test_compile_mode_becomes_inductor_options_next_to_freezing(monkeypatch):
+    """torch.compile takes a mode or options, not both: --torchcompile-mode reduce-overhead must still freeze."""
+    calls = []
+    monkeypatch.setattr(torch, 'compile', lambda fn, **kwargs: calls.append(kwargs) or fn)
+    Teacher(timm.create_model('test_resnet', num_classes=5)).compile(mode='reduce-overhead')
+    assert calls[0]['mode'] is None and calls[0]['options'] == {'triton.cudagraphs': True, 'freezing': True}
+    Teacher(timm.create_model('test_resnet', num_classes=5)).compile(backend='eager', mode='reduce-overhead')
+    assert calls[1]['mode'] == 'reduce-overhead' and 'options' not in calls[1]
+
+
 def test_checkpoint_teacher_loads_ema_weights_and_uses_student_preprocessing(tmp_path):
     raw, ema = timm.create_model('test_resnet', num_classes=4), timm.create_model('test_resnet', num_classes=4)
     path = tmp_path / 'last.pth.tar'

@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from conftest import ROOT
+from timm_kd import Teacher
 from timm_kd.checkpoint import safe_globals
 
 sys.path.insert(0, ROOT)
@@ -217,10 +218,15 @@ def test_several_students_share_one_teacher_pass_and_resume_each(vit_teacher, im
         assert [r['epoch'] for r in _summary(folder / 'summary.csv')] == ['0', '1']
 
 
-def test_fast_teacher_flags_train(vit_teacher, image_folder, tmp_path):
+def test_fast_teacher_flags_train(vit_teacher, image_folder, tmp_path, monkeypatch):
     """--teacher-fast: bf16 teacher weights, channels_last and a compiled teacher (dynamo's eager backend here,
     to keep the test fast; the inductor path is checked in test_teacher.py)."""
-    _run(image_folder, tmp_path, 'fast', '--epochs', '1', *vit_teacher, '--teacher-fast', '--teacher-compile', 'eager')
+    compiled = []
+    original = Teacher.compile
+    monkeypatch.setattr(Teacher, 'compile', lambda self, **kw: compiled.append(kw) or original(self, **kw))
+    _run(image_folder, tmp_path, 'fast', '--epochs', '1', *vit_teacher, '--teacher-fast', '--teacher-compile', 'eager',
+         '--torchcompile-mode', 'reduce-overhead')
+    assert compiled == [{'backend': 'eager', 'mode': 'reduce-overhead'}]
     row = _summary(tmp_path / 'fast' / 'summary.csv')[0]
     assert float(row['train_kd_loss']) > 0
     assert yaml.safe_load((tmp_path / 'fast' / 'args.yaml').read_text())['teacher_dtype'] == 'bfloat16'

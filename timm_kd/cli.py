@@ -71,6 +71,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
     g.add_argument('--torchcompile', nargs='?', type=str, default=None, const='inductor',
                    help='torch.compile backend (student and teacher)')
+    g.add_argument('--torchcompile-mode', type=str, default=None, metavar='MODE',
+                   help='torch.compile mode of --torchcompile and --teacher-compile, e.g. reduce-overhead (CUDA graphs)')
     g.add_argument('--amp', action='store_true', default=False, help='mixed precision (autocast)')
     g.add_argument('--amp-dtype', default='float16', type=str, choices=['float16', 'bfloat16'])
     g.add_argument('--device', default=None, type=str, help='cuda or cpu; picked automatically if unset')
@@ -368,14 +370,15 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, st
 # optimizer, schedule, losses, EMA, output) may differ per --student.
 SHARED_BY_STUDENTS = {
     'config', 'data', 'data_dir', 'dataset', 'train_split', 'val_split', 'dataset_download', 'class_map',
-    'train_num_samples', 'val_num_samples', 'train_fraction', 'train_fraction_keep_steps', 'num_classes', 'img_size',
-    'in_chans', 'input_size', 'crop_pct', 'mean', 'std', 'interpolation', 'batch_size', 'validation_batch_size',
-    'channels_last', 'grad_accum_steps', 'torchcompile', 'amp', 'amp_dtype', 'device', 'sync_bn', 'dist_bn',
-    'epochs', 'epoch_repeats', 'start_epoch', 'cooldown_epochs', 'no_aug', 'train_crop_mode', 'scale', 'ratio',
-    'hflip', 'vflip', 'color_jitter', 'aa', 'aug_repeats', 'reprob', 'remode', 'recount', 'resplit', 'mixup',
-    'cutmix', 'cutmix_minmax', 'mixup_prob', 'mixup_switch_prob', 'mixup_mode', 'mixup_off_epoch',
-    'train_interpolation', 'smoothing', 'seed', 'worker_seeding', 'workers', 'pin_mem', 'no_prefetcher', 'output',
-    'log_interval', 'local_rank', 'allow_unsafe_pickle', 'students'}
+    'train_num_samples', 'val_num_samples', 'train_fraction', 'train_fraction_keep_steps', 'num_classes',
+    'img_size', 'in_chans', 'input_size', 'crop_pct', 'mean', 'std', 'interpolation', 'batch_size',
+    'validation_batch_size', 'channels_last', 'grad_accum_steps', 'torchcompile', 'torchcompile_mode', 'amp',
+    'amp_dtype', 'device', 'sync_bn', 'dist_bn', 'epochs', 'epoch_repeats', 'start_epoch', 'cooldown_epochs',
+    'no_aug', 'train_crop_mode', 'scale', 'ratio', 'hflip', 'vflip', 'color_jitter', 'aa', 'aug_repeats',
+    'reprob', 'remode', 'recount', 'resplit', 'mixup', 'cutmix', 'cutmix_minmax', 'mixup_prob',
+    'mixup_switch_prob', 'mixup_mode', 'mixup_off_epoch', 'train_interpolation', 'smoothing', 'seed',
+    'worker_seeding', 'workers', 'pin_mem', 'no_prefetcher', 'output', 'log_interval', 'local_rank',
+    'allow_unsafe_pickle', 'students'}
 
 
 def student_args(args: argparse.Namespace) -> List[Tuple[argparse.Namespace, str]]:
