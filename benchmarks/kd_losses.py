@@ -10,14 +10,13 @@ is each method's step time over `kd`'s. Prints a table, then one JSON line.
 """
 import argparse
 import json
-import statistics
-import time
 from contextlib import nullcontext
 
 import timm
 import torch
 import torch.nn as nn
 
+from kd_step import measure  # the same interleaved timing as benchmarks/kd_step.py
 from timm_kd import DistillationTask, Teacher, create_kd_student, list_kd_losses
 
 EXTRA = {'crd': {'num_negatives': 4096}}  # CRD's cost grows with its negatives; 16384 is the paper's
@@ -68,18 +67,9 @@ def main():
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, generator=g).to(device)
     y = torch.randint(0, args.num_classes, (args.batch_size,), generator=g).to(device)
     index = torch.randperm(args.num_samples, generator=g)[:args.batch_size].to(device)
-    times = {m: [] for m in methods}
-    for r in range(args.warmup + args.repeats):
-        for m in methods:  # interleaved, so drift in machine speed hits every method alike
-            if device.type == 'cuda':
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            step(*runs[m], x, y, index, autocast)
-            if device.type == 'cuda':
-                torch.cuda.synchronize()
-            if r >= args.warmup:
-                times[m].append(time.perf_counter() - start)
-    median = {m: statistics.median(t) for m, t in times.items()}
+    # interleaved, so drift in machine speed hits every method alike
+    median, _ = measure({m: (lambda m=m: step(*runs[m], x, y, index, autocast)) for m in methods}, args.warmup,
+                        args.repeats, device)
     print(f'{args.student} <- {args.teacher}, batch {args.batch_size}, {args.img_size}px, {device}, '
           f'median of {args.repeats} steps')
     print('| method | ms / step | vs kd |\n|---|---|---|')

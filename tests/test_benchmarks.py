@@ -10,9 +10,9 @@ TINY = ['--student', 'test_resnet', '--teacher', 'test_resnet', '--img-size', '3
         '--num-classes', '5', '--repeats', '1', '--warmup', '0']
 
 
-def _bench(*args):
+def _bench(*args, script='kd_step.py'):
     env = dict(os.environ, PYTHONPATH=ROOT)
-    result = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'kd_step.py'), *TINY, *args],
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', script), *TINY, *args],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -30,3 +30,9 @@ def test_kd_step_ablation_adds_one_switch_at_a_time():
     rows = _bench('--ablation')['ablation']
     assert list(rows) == ['fp32, no_grad', '+ inference_mode', '+ channels_last', '+ bf16 weights', '+ compile']
     assert rows['fp32, no_grad']['speedup'] == 1.0 and rows['+ inference_mode']['agreement'] == 1.0
+
+
+def test_kd_losses_times_each_method_against_kd():
+    out = _bench('--methods', 'fitnet', 'dkd', '--num-samples', '64', script='kd_losses.py')
+    assert list(out['ratio_vs_kd']) == ['kd', 'fitnet', 'dkd'] and out['ratio_vs_kd']['kd'] == 1.0
+    assert all(ms > 0 for ms in out['ms_per_step'].values())
