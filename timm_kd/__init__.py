@@ -11,5 +11,6 @@ __version__ = '0.1.0'
 
 register_vkd_checkpoints()  # timm.create_model('resnet50.vkd', pretrained=True) and friends
 
-__all__ = ['KDError', 'create_kd_loss', 'list_kd_losses', 'register_kd_loss', 'DistillationTask', 'Features', 'FeatureSpec', 'KDStudent', 'create_kd_student', 'add_pretrained_tag', 'register_vkd_checkpoints',
+__all__ = ['KDError', 'create_kd_loss', 'list_kd_losses', 'register_kd_loss', 'DistillationTask', 'Features',
+           'FeatureSpec', 'KDStudent', 'create_kd_student', 'add_pretrained_tag', 'register_vkd_checkpoints',
            'InputAdapter', 'Teacher', 'TeacherOutput', 'create_teacher', '__version__']

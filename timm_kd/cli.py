@@ -1,8 +1,8 @@
 """Command-line arguments of train_kd.py: timm train.py's flag names plus the distillation flags.
 
 Parsing is two-stage as in timm: `--config file.yaml` sets defaults, the command line overrides them. YAML keys
-are the flag names with underscores (`kd_loss: [kd, dkd]`, `dkd_beta: 8`, `lr_base: 5.0e-3`). timm's KD flag names are aliases:
-`--kd-model-name` = `--teacher`, `--distill-loss-weight` = `--kd-loss-weight`,
+are the flag names with underscores (`kd_loss: [kd, dkd]`, `dkd_beta: 8`, `lr_base: 5.0e-3`). timm's KD flag
+names are aliases: `--kd-model-name` = `--teacher`, `--distill-loss-weight` = `--kd-loss-weight`,
 `--task-loss-weight` = `--ori-loss-weight`.
 """
 import argparse
@@ -72,7 +72,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument('--torchcompile', nargs='?', type=str, default=None, const='inductor',
                    help='torch.compile backend (student and teacher)')
     g.add_argument('--torchcompile-mode', type=str, default=None, metavar='MODE',
-                   help='torch.compile mode of --torchcompile and --teacher-compile, e.g. reduce-overhead (CUDA graphs)')
+                   help='torch.compile mode of --torchcompile and --teacher-compile, e.g. reduce-overhead '
+                        '(CUDA graphs)')
     g.add_argument('--amp', action='store_true', default=False, help='mixed precision (autocast)')
     g.add_argument('--amp-dtype', default='float16', type=str, choices=['float16', 'bfloat16'])
     g.add_argument('--device', default=None, type=str, help='cuda or cpu; picked automatically if unset')

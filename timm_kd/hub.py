@@ -75,7 +75,8 @@ def kd_metadata(model_name: str, training: Dict[str, Any], overrides: Dict[str, 
         losses = args.get('kd_loss')
         meta.update(teacher=args['teacher'], kd_loss=', '.join(losses) if isinstance(losses, list) else losses,
                     epochs=args.get('epochs'), recipe=os.path.basename(args['config']) if args.get('config') else None,
-                    dataset=args.get('dataset') or os.path.basename(os.path.normpath(args.get('data_dir') or '')) or None)
+                    dataset=args.get('dataset')
+                    or os.path.basename(os.path.normpath(args.get('data_dir') or '')) or None)
     if training.get('metric') is not None and args.get('eval_metric', 'top1') == 'top1':
         meta.setdefault('top1', round(float(training['metric']), 3))
     meta.update({k: v for k, v in overrides.items() if v is not None})
@@ -105,7 +106,8 @@ def model_card(name: str, model: torch.nn.Module, meta: Dict[str, Any], data_con
              'transform = timm.data.create_transform(**config)\n'
              '# top5 = model(transform(img).unsqueeze(0)).softmax(-1).topk(5)\n```\n')
     card = {'tags': ['image-classification', 'timm', 'knowledge-distillation'], 'license': 'apache-2.0',
-            'description': f'A {model.__class__.__name__} image classifier distilled from {meta.get("teacher", "a teacher")} '
+            'description': f'A {model.__class__.__name__} image classifier distilled from '
+                           f'{meta.get("teacher", "a teacher")} '
                            f'with timm-kd ({meta.get("kd_loss", "kd")} loss).',
             'details': details, 'comparison': rows, 'usage': usage, 'citation': CITATION}
     return generate_readme(card, name)
@@ -118,7 +120,8 @@ def export(checkpoint: str, model_name: str, out: str, use_ema: bool = True, all
     training = load_training_metadata(checkpoint)
     meta = kd_metadata(model_name, training, overrides)
     args = training.get('args') or {}
-    data_config = {k: args[k] for k in ('input_size', 'img_size', 'mean', 'std', 'crop_pct', 'interpolation') if args.get(k)}
+    data_config = {k: args[k] for k in ('input_size', 'img_size', 'mean', 'std', 'crop_pct', 'interpolation')
+                   if args.get(k)}
     save_for_hf(model, out, model_config={'kd': meta}, safe_serialization=True, data_config=data_config or None)
     with open(os.path.join(out, 'config.json')) as f:
         resolved = json.load(f)['pretrained_cfg']
@@ -176,7 +179,8 @@ def main(argv=None) -> None:
         if args.command == 'export':
             print(f'exported to {export(args.checkpoint, args.model, args.out, **common)}')
         else:
-            url = push(args.checkpoint, args.model, args.repo_id, private=args.private, revision=args.revision, **common)
+            url = push(args.checkpoint, args.model, args.repo_id, private=args.private, revision=args.revision,
+                       **common)
             print(f'pushed to {url}')
     except KDError as e:
         print(f'error: {e}', file=sys.stderr)

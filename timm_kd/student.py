@@ -139,7 +139,8 @@ def create_kd_student(
     loss_kwargs = loss_kwargs or {}
     if teacher is None:
         if aux_stages:
-            raise KDError('--kd-deep-supervision needs a teacher (--teacher): the auxiliary heads are distilled from it')
+            raise KDError('--kd-deep-supervision needs a teacher (--teacher): the auxiliary heads are distilled '
+                          'from it')
         return KDStudent(student)
     feature_names = [n for n in loss_names if get_kd_loss_class(n).kind == 'feature']
     s_stages = resolve_stages(student, student_stages, 'student') if feature_names else []

@@ -3,7 +3,8 @@
     python -m timm_kd.validate DATA --model resnet50.vkd                      # registered name (Hub weights)
     python -m timm_kd.validate DATA --model hf-hub:ORG/NAME
     python -m timm_kd.validate DATA --model resnet50 --checkpoint last.pth.tar
-    python -m timm_kd.validate DATA --model resnet50.vkd --real-labels real.json --teacher beitv2_base_patch16_224.in1k_ft_in22k_in1k
+    python -m timm_kd.validate DATA --model resnet50.vkd --real-labels real.json \
+        --teacher beitv2_base_patch16_224.in1k_ft_in22k_in1k
 
 DATA is an ImageFolder root (with --split) or a timm dataset (--dataset torch/cifar100 ...). Preprocessing is
 the model's pretrained cfg (input size, crop_pct, interpolation, mean/std). Prints one JSON line (and writes it

@@ -3,7 +3,7 @@
 Two kinds of loss are registered:
 - 'logit':   `loss(student_logits, teacher_logits, target)`; target is class indices or dense mixup rows.
 - 'feature': `loss(student_features, teacher_features)` on `timm_kd.features.Features`; created with the
-             feature shapes (`student_shapes`, `teacher_shapes`) so their learnable parts can be sized.
+             `FeatureSpec`s of both sides (`student=`, `teacher=`) so their learnable parts can be sized.
 """
 import inspect
 from typing import Callable, Dict, List, Type

@@ -74,7 +74,8 @@ class ReviewKD(nn.Module):
         mid = min(max_mid_channels, in_channels[-1])
         last = len(in_channels) - 1
         self.fusions = nn.ModuleList(
-            AttentionFusion(c_in, mid, c_out, fuse=i < last) for i, (c_in, c_out) in enumerate(zip(in_channels, out_channels)))
+            AttentionFusion(c_in, mid, c_out, fuse=i < last)
+            for i, (c_in, c_out) in enumerate(zip(in_channels, out_channels)))
         self.warmup_epochs = warmup_epochs
         self.epoch = 0
 
