@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from timm_kd import KDError
-from timm_kd.cli import parse_args
+from timm_kd.train import parse_args
+from timm_kd.train.build import dataset_options
 from timm_kd.data import IndexedTargets, StratifiedSubset, create_datasets, dataset_num_classes, dataset_targets
 
 
@@ -33,7 +34,7 @@ def test_subset_keeps_each_class_share_and_is_seeded():
 
 def test_fraction_flag_builds_a_subset_and_can_keep_the_step_count(image_folder):
     args, _ = parse_args([image_folder, '--train-fraction', '0.5', '--epochs', '1200', '--train-fraction-keep-steps'])
-    train, _ = create_datasets(args)
+    train, _ = create_datasets(dataset_options(args))
     assert isinstance(train, StratifiedSubset) and len(train) == 24  # 16 per class x 3 classes x 0.5
     assert dataset_num_classes(train) == 3 and dataset_num_classes(IndexedTargets(train)) == 3
     assert torch.bincount(dataset_targets(train)).tolist() == [8, 8, 8]
@@ -45,6 +46,6 @@ def test_fraction_flag_builds_a_subset_and_can_keep_the_step_count(image_folder)
 
 def test_indexed_targets_yield_indices_and_know_every_label(image_folder):
     args, _ = parse_args([image_folder, '--train-fraction', '0.5'])
-    train, _ = create_datasets(args)
+    train, _ = create_datasets(dataset_options(args))
     indexed = IndexedTargets(train)
     assert indexed[5][1] == 5 and torch.equal(indexed.targets, train.targets)

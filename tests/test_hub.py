@@ -18,7 +18,7 @@ import train_kd  # noqa: E402
 
 @pytest.fixture(scope='module')
 def kd_checkpoint(image_folder, tmp_path_factory):
-    """A train_kd.py checkpoint with EMA and learnable KD parts (fitnet regressors, an auxiliary head)."""
+    """A timm-kd training checkpoint with EMA and learnable KD parts (fitnet regressors, an auxiliary head)."""
     out = tmp_path_factory.mktemp('kdrun')
     vit = out / 'vit.pth'
     torch.save(timm.create_model('test_vit', num_classes=3, img_size=32).state_dict(), vit)

@@ -1,7 +1,11 @@
-"""Datasets, loaders and mixup/cutmix from train_kd.py arguments, all built by timm.data."""
-import argparse
+"""Datasets, loaders and mixup/cutmix for distillation, all built by timm.data.
+
+The options are plain dataclasses whose fields carry timm train.py's flag names, so `timm_kd.train` fills them
+from its flags and library users fill them by hand.
+"""
 import os
-from typing import Any, Callable, Dict, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader
@@ -9,27 +13,97 @@ from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader
 from .errors import KDError
 
 
-def create_datasets(args: argparse.Namespace) -> Tuple[Any, Any]:
-    """Train and eval datasets (ImageFolder/ImageTar when --dataset is empty, else timm's `type/name`)."""
-    if not args.data_dir:
+@dataclass
+class DatasetOptions:
+    """Where the images come from (timm's `create_dataset` arguments) and which fraction of them to train on."""
+    data_dir: str
+    dataset: str = ''
+    train_split: str = 'train'
+    val_split: str = 'validation'
+    class_map: str = ''
+    dataset_download: bool = False
+    train_num_samples: Optional[int] = None
+    val_num_samples: Optional[int] = None
+    input_img_mode: Optional[str] = None
+    input_key: Optional[str] = None
+    target_key: Optional[str] = None
+    dataset_trust_remote_code: bool = False
+    epoch_repeats: float = 0.
+    train_fraction: float = 1.0
+    batch_size: int = 128
+    seed: int = 42
+
+
+@dataclass
+class LoaderOptions:
+    """Batching, augmentation and mixup/cutmix of the training stream, and the validation batch size."""
+    batch_size: int = 128
+    validation_batch_size: Optional[int] = None
+    workers: int = 4
+    pin_mem: bool = False
+    worker_seeding: str = 'all'
+    use_multi_epochs_loader: bool = False
+    no_aug: bool = False
+    train_crop_mode: Optional[str] = None
+    scale: Sequence[float] = (0.08, 1.0)
+    ratio: Sequence[float] = (3. / 4., 4. / 3.)
+    hflip: float = 0.5
+    vflip: float = 0.
+    color_jitter: float = 0.4
+    color_jitter_prob: Optional[float] = None
+    grayscale_prob: Optional[float] = None
+    gaussian_blur_prob: Optional[float] = None
+    aa: Optional[str] = None
+    aug_repeats: float = 0
+    reprob: float = 0.
+    remode: str = 'pixel'
+    recount: int = 1
+    resplit: bool = False
+    train_interpolation: str = 'random'
+    mixup: float = 0.
+    cutmix: float = 0.
+    cutmix_minmax: Optional[Sequence[float]] = None
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    mixup_mode: str = 'batch'
+    smoothing: float = 0.1
+    train_img_sizes: Optional[Sequence[int]] = None
+    train_batch_sizes: Optional[Sequence[int]] = None
+    train_size_probs: Optional[Sequence[float]] = None
+    train_size_schedule: str = 'constant'
+    train_size_schedule_spread: float = 0.65
+    train_size_random_mix: float = 0.1
+    train_batches_per_epoch: Optional[int] = None
+    seed: int = 42
+    epochs: int = 300
+
+
+def create_datasets(opts: DatasetOptions, in_chans: int = 3) -> Tuple[Any, Optional[Any]]:
+    """Train and eval datasets (ImageFolder/ImageTar when `dataset` is empty, else timm's `type/name`).
+
+    The eval set is None when `val_split` is empty (timm's train.py then picks the best epoch by training loss).
+    """
+    if not opts.data_dir:
         raise KDError('no dataset given; pass the dataset root as the first argument (or --data-dir DIR)')
-    if not args.dataset and not os.path.isdir(args.data_dir):
-        raise KDError(f'dataset folder {args.data_dir!r} does not exist; pass an ImageFolder root with '
-                      f'{args.train_split}/ and {args.val_split}/ sub-folders')
-    common = dict(root=args.data_dir, class_map=args.class_map, download=args.dataset_download,
-                  batch_size=args.batch_size, seed=args.seed)
+    if not opts.dataset and not os.path.isdir(opts.data_dir):
+        raise KDError(f'dataset folder {opts.data_dir!r} does not exist; pass an ImageFolder root with '
+                      f'{opts.train_split}/ and {opts.val_split}/ sub-folders')
+    common = dict(root=opts.data_dir, class_map=opts.class_map, download=opts.dataset_download,
+                  batch_size=opts.batch_size, input_img_mode=opts.input_img_mode or ('RGB' if in_chans == 3 else 'L'),
+                  input_key=opts.input_key, target_key=opts.target_key,
+                  trust_remote_code=opts.dataset_trust_remote_code)
     try:
-        train = create_dataset(args.dataset, split=args.train_split, is_training=True,
-                               repeats=args.epoch_repeats, num_samples=args.train_num_samples, **common)
-        evaluation = create_dataset(args.dataset, split=args.val_split, is_training=False,
-                                    num_samples=args.val_num_samples, **common)
+        train = create_dataset(opts.dataset, split=opts.train_split, is_training=True, seed=opts.seed,
+                               repeats=opts.epoch_repeats, num_samples=opts.train_num_samples, **common)
+        evaluation = None if not opts.val_split else create_dataset(
+            opts.dataset, split=opts.val_split, is_training=False, num_samples=opts.val_num_samples, **common)
     except (RuntimeError, OSError, AssertionError, ValueError) as e:
-        raise KDError(f'cannot open dataset {args.dataset or "ImageFolder"!r} at {args.data_dir!r} '
+        raise KDError(f'cannot open dataset {opts.dataset or "ImageFolder"!r} at {opts.data_dir!r} '
                       f'({" ".join(str(e).split())[:160]}); check the path, --dataset and the split names') from None
     if len(train) == 0:
-        raise KDError(f'the {args.train_split!r} split at {args.data_dir!r} holds no images')
-    if args.train_fraction < 1:
-        train = StratifiedSubset(train, args.train_fraction, seed=args.seed)
+        raise KDError(f'the {opts.train_split!r} split at {opts.data_dir!r} holds no images')
+    if opts.train_fraction < 1:
+        train = StratifiedSubset(train, opts.train_fraction, seed=opts.seed)
     return train, evaluation
 
 
@@ -45,51 +119,79 @@ def dataset_num_classes(dataset: Any) -> Optional[int]:
     return len(classes) if classes else None
 
 
-def mixup_args(args: argparse.Namespace, num_classes: int) -> Optional[Dict[str, Any]]:
+def mixup_args(opts: LoaderOptions, num_classes: int) -> Optional[Dict[str, Any]]:
     """timm Mixup/FastCollateMixup arguments, or None when neither mixup nor cutmix is on."""
-    if not (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None):
+    if not (opts.mixup > 0 or opts.cutmix > 0 or opts.cutmix_minmax is not None):
         return None
-    return dict(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
-                prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-                label_smoothing=args.smoothing, num_classes=num_classes)
+    return dict(mixup_alpha=opts.mixup, cutmix_alpha=opts.cutmix, cutmix_minmax=opts.cutmix_minmax,
+                prob=opts.mixup_prob, switch_prob=opts.mixup_switch_prob, mode=opts.mixup_mode,
+                label_smoothing=opts.smoothing, num_classes=num_classes)
 
 
 def create_loaders(
-        args: argparse.Namespace,
+        opts: LoaderOptions,
         train_set: Any,
-        eval_set: Any,
+        eval_set: Optional[Any],
         data_config: Dict[str, Any],
         num_classes: int,
         device: torch.device,
-) -> Tuple[Any, Any, Optional[Callable]]:
-    """Train loader, eval loader, and the mixup function to apply per batch (None when the collate mixes).
-
-    Mixing happens in the training loop, not in the collate, when the train set yields sample indices.
+        *,
+        distributed: bool = False,
+        prefetcher: bool = False,
+        img_dtype: torch.dtype = torch.float32,
+) -> Tuple[Any, Optional[Any], Optional[Callable]]:
+    """Train loader, eval loader (None without an eval set), and the mixup function to apply per batch (None when
+    the prefetcher's collate mixes). Mixing happens in the training loop when the train set yields sample
+    indices (CRD), since the labels are looked up from them first.
     """
-    mix = mixup_args(args, num_classes)
+    mix = mixup_args(opts, num_classes)
     collate_fn, mixup_fn = None, None
     if mix is not None:
-        if args.prefetcher and not isinstance(train_set, IndexedTargets):
+        if prefetcher and not isinstance(train_set, IndexedTargets):
             collate_fn = FastCollateMixup(**mix)
         else:
             mixup_fn = Mixup(**mix)
-    train_interpolation = args.train_interpolation
-    if args.no_aug or not train_interpolation:
+    train_interpolation = opts.train_interpolation
+    if opts.no_aug or not train_interpolation:
         train_interpolation = data_config['interpolation']
-    common = dict(input_size=data_config['input_size'], mean=data_config['mean'], std=data_config['std'],
-                  num_workers=args.workers, distributed=args.distributed, pin_memory=args.pin_mem,
-                  device=device, use_prefetcher=args.prefetcher)
+    common = dict(mean=data_config['mean'], std=data_config['std'], num_workers=opts.workers, distributed=distributed,
+                  pin_memory=opts.pin_mem, device=device, use_prefetcher=prefetcher, img_dtype=img_dtype)
     train_loader = create_loader(
-        train_set, batch_size=args.batch_size, is_training=True, no_aug=args.no_aug,
-        re_prob=args.reprob, re_mode=args.remode, re_count=args.recount, re_split=args.resplit,
-        train_crop_mode=args.train_crop_mode, scale=args.scale, ratio=args.ratio, hflip=args.hflip,
-        vflip=args.vflip, color_jitter=args.color_jitter, auto_augment=args.aa,
-        num_aug_repeats=int(args.aug_repeats), interpolation=train_interpolation, collate_fn=collate_fn,
-        worker_seeding=args.worker_seeding, **common)
-    eval_loader = create_loader(
-        eval_set, batch_size=args.validation_batch_size or args.batch_size, is_training=False,
-        interpolation=data_config['interpolation'], crop_pct=data_config['crop_pct'], **common)
+        train_set, input_size=data_config['input_size'], batch_size=opts.batch_size, is_training=True,
+        no_aug=opts.no_aug, re_prob=opts.reprob, re_mode=opts.remode, re_count=opts.recount, re_split=opts.resplit,
+        train_crop_mode=opts.train_crop_mode, scale=opts.scale, ratio=opts.ratio, hflip=opts.hflip, vflip=opts.vflip,
+        color_jitter=opts.color_jitter, color_jitter_prob=opts.color_jitter_prob, grayscale_prob=opts.grayscale_prob,
+        gaussian_blur_prob=opts.gaussian_blur_prob, auto_augment=opts.aa, num_aug_repeats=int(opts.aug_repeats),
+        interpolation=train_interpolation, collate_fn=collate_fn, worker_seeding=opts.worker_seeding,
+        use_multi_epochs_loader=opts.use_multi_epochs_loader, input_size_choices=opts.train_img_sizes,
+        batch_size_choices=opts.train_batch_sizes, batch_choice_weights=opts.train_size_probs,
+        batch_choice_seed=opts.seed, batch_choice_schedule=opts.train_size_schedule,
+        batch_schedule_epochs=opts.epochs if opts.train_size_schedule == 'progressive' else None,
+        batch_schedule_spread=opts.train_size_schedule_spread, batch_schedule_random_mix=opts.train_size_random_mix,
+        num_batches=opts.train_batches_per_epoch, **common)
+    eval_loader = None if eval_set is None else create_loader(
+        eval_set, input_size=data_config['input_size'], batch_size=opts.validation_batch_size or opts.batch_size,
+        is_training=False, interpolation=data_config['interpolation'], crop_pct=data_config['crop_pct'], **common)
     return train_loader, eval_loader, mixup_fn
+
+
+def set_loader_epoch(loader: Any, epoch: int) -> None:
+    """Tell the dataset and the (batch) sampler which epoch starts: distributed shuffling, repeated augmentation
+    and scheduled resolutions draw from it."""
+    if hasattr(loader.dataset, 'set_epoch'):
+        loader.dataset.set_epoch(epoch)
+    if hasattr(loader.batch_sampler, 'set_epoch'):
+        loader.batch_sampler.set_epoch(epoch)
+    elif hasattr(loader.sampler, 'set_epoch'):
+        loader.sampler.set_epoch(epoch)
+
+
+def disable_mixup(train_loader: Any, mixup_fn: Optional[Callable]) -> None:
+    """Stop mixup/cutmix wherever it happens: in the prefetcher's collate and in the per-batch function (both
+    exist when the train set yields indices under the prefetcher). timm's --mixup-off-epoch."""
+    for mixer in (train_loader, mixup_fn):
+        if getattr(mixer, 'mixup_enabled', False):
+            mixer.mixup_enabled = False
 
 
 def dataset_targets(dataset: Any) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The embedded demo: teacher, scratch student and KD student on Fashion-MNIST, all through train_kd.py.
+"""The embedded demo: teacher, scratch student and KD student on Fashion-MNIST, all through `timm_kd.train`.
 
     python -m timm_kd.demo [--output demo_output] [--data DIR]
 
@@ -18,7 +18,7 @@ from typing import Dict, List
 
 DEBIAN_DIR = '/usr/share/datasets/fashion-mnist'
 FILES = ['train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte']
-TRAIN_KD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'train_kd.py')
+TRAIN = [sys.executable, '-m', 'timm_kd.train']  # the installed training entry (= timm-kd-train)
 
 # Shared by all three runs: 1-channel 32px input, Fashion-MNIST statistics, light augmentation, SGD + cosine
 # stepped per update.
@@ -59,15 +59,15 @@ def prepare_fashion_mnist(root: str) -> None:
 
 
 def run(name: str, args: List[str], data: str, output: str, workers: int) -> Dict[str, float]:
-    """Run train_kd.py and return the last epoch's test top-1 and the wall time.
+    """Run one training (a subprocess of `python -m timm_kd.train`) and return the last epoch's test top-1 and the wall time.
 
     A run folder that holds a `last.pth.tar` (an interrupted run) is resumed, not restarted.
     """
     last = os.path.join(output, name, 'last.pth.tar')
     resume = ['--resume', last] if os.path.isfile(last) else []
-    cmd = [sys.executable, TRAIN_KD, data, *COMMON, *args, '-j', str(workers), '--output', output,
+    cmd = [*TRAIN, data, *COMMON, *args, '-j', str(workers), '--output', output,
            '--experiment', name, '--checkpoint-hist', '1', *resume]
-    print(f'\n== {name}: {" ".join(cmd[1:])}', flush=True)
+    print(f'\n== {name}: timm-kd-train {" ".join(cmd[len(TRAIN):])}', flush=True)
     start = time.time()
     subprocess.run(cmd, check=True)
     seconds = time.time() - start

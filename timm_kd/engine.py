@@ -1,4 +1,4 @@
-"""One training epoch of one or several students and one evaluation pass; the loop train_kd.py runs."""
+"""One training epoch of one or several students and one evaluation pass: the loop of `timm_kd.train`."""
 import logging
 import time
 from collections import OrderedDict
@@ -13,8 +13,8 @@ from timm.utils import dispatch_clip_grad, reduce_tensor
 _logger = logging.getLogger(__name__)
 
 
-def _to_device(input, target, device, channels_last):
-    input, target = input.to(device, non_blocking=True), target.to(device, non_blocking=True)
+def _to_device(input, target, device, channels_last, dtype=None):
+    input, target = input.to(device, dtype=dtype, non_blocking=True), target.to(device, non_blocking=True)
     if channels_last:
         input = input.contiguous(memory_format=torch.channels_last)
     return input, target
@@ -29,7 +29,7 @@ def _format_eta(seconds: float) -> str:
 class StudentRun:
     """One student's training state: its task (student, KD losses, EMA), optimizer, schedule and clipping.
 
-    train_kd.py trains one or several of these on one data stream, with one teacher pass per batch.
+    `train_one_epoch` trains one or several of these on one data stream, with one teacher pass per batch.
     """
     task: Any
     optimizer: torch.optim.Optimizer
@@ -38,12 +38,30 @@ class StudentRun:
     clip_grad: Optional[float] = None
     clip_mode: str = 'norm'
     name: str = ''
-    args: Any = None  # what train_kd.py keeps per student: its arguments, output folder, saver and best metric
-    out_dir: str = ''
-    saver: Any = None
-    best: Any = None
     num_updates: int = 0
     sums: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def mean_lr(self) -> float:
+        """The mean learning rate over the optimizer's parameter groups (what timm logs and writes)."""
+        lrs = [group['lr'] for group in self.optimizer.param_groups]
+        return sum(lrs) / len(lrs)
+
+    def backward_and_step(self, loss: torch.Tensor, need_update: bool) -> None:
+        """Backward (AMP-scaled when a loss scaler is set), then clip and step on update batches, as timm's loop:
+        AGC clipping leaves the classifier out, second-order optimizers get the graph of the gradients."""
+        second_order = getattr(self.optimizer, 'is_second_order', False)
+        params = None
+        if self.clip_grad is not None:
+            params = self.task.get_clip_parameters(exclude_head='agc' in self.clip_mode)
+        if self.loss_scaler is not None:
+            self.loss_scaler(loss, self.optimizer, clip_grad=self.clip_grad, clip_mode=self.clip_mode,
+                             parameters=params, create_graph=second_order, need_update=need_update)
+            return
+        loss.backward(create_graph=second_order)
+        if need_update:
+            if self.clip_grad is not None:
+                dispatch_clip_grad(params, value=self.clip_grad, mode=self.clip_mode)
+            self.optimizer.step()
 
 
 def train_one_epoch(
@@ -58,10 +76,15 @@ def train_one_epoch(
         mixup_fn: Optional[Callable] = None,
         grad_accum_steps: int = 1,
         channels_last: bool = False,
+        input_dtype: Optional[torch.dtype] = None,
         distributed: bool = False,
         log_interval: int = 50,
         is_primary: bool = True,
         labels: Optional[torch.Tensor] = None,
+        batch_loss_scale: str = 'none',
+        batch_size_reference: Optional[float] = None,
+        after_update: Optional[Callable[[int], None]] = None,
+        on_log: Optional[Callable[[int, torch.Tensor], None]] = None,
 ) -> List[Dict[str, float]]:
     """Train every student of `runs` for one epoch; returns, per run, the epoch mean of each loss component.
 
@@ -70,10 +93,16 @@ def train_one_epoch(
     loader yields sample indices as targets (`timm_kd.data.IndexedTargets`, for CRD): they are passed to the
     tasks as `index` and mapped to labels.
 
+    As in timm's loop: the loss is divided by the number of batches in its accumulation window (the last window of
+    an epoch may be shorter), and with `batch_loss_scale` 'linear' or 'sqrt' (scheduled batch sizes) each batch's
+    loss is scaled by its size over `batch_size_reference`. `after_update(update_index)` runs after every optimizer
+    update (recovery checkpoints), `on_log(batch_index, input)` at each log interval on the primary process.
+
     Loss components are summed on the device and read back only at log intervals and at the end of the epoch,
     so the step itself has no host-device synchronisation.
     """
     num_batches = len(loader)
+    last_window = num_batches % grad_accum_steps  # batches in a last, shorter accumulation window (0: none)
     for run in runs:
         run.task.train()
         run.task.set_epoch(epoch)
@@ -83,7 +112,7 @@ def train_one_epoch(
     count = torch.zeros((), device=device)
     start = time.time()
     for batch_idx, (input, target) in enumerate(loader):
-        input, target = _to_device(input, target, device, channels_last)
+        input, target = _to_device(input, target, device, channels_last, input_dtype)
         index = None
         if labels is not None:
             index, target = target, labels[target]
@@ -91,6 +120,10 @@ def train_one_epoch(
             input, target = mixup_fn(input, target)
         last_batch = batch_idx == num_batches - 1
         need_update = last_batch or (batch_idx + 1) % grad_accum_steps == 0
+        window = last_window if last_window and batch_idx >= num_batches - last_window else grad_accum_steps
+        scale = 1.0 / window
+        if batch_loss_scale != 'none' and batch_size_reference:
+            scale *= (input.shape[0] / batch_size_reference) ** (0.5 if batch_loss_scale == 'sqrt' else 1.0)
 
         # --- the training step: one teacher pass, then each student's forward, backward and update ---
         teacher_outs = [None] * len(runs)
@@ -98,29 +131,21 @@ def train_one_epoch(
             with amp_autocast():
                 teacher_outs = teacher.forward_many(input, [run.task.teacher_stages for run in runs])
         for run, teacher_out in zip(runs, teacher_outs):
-            task, optimizer = run.task, run.optimizer
-            with nullcontext() if need_update else task.no_sync():
+            with nullcontext() if need_update else run.task.no_sync():
                 with amp_autocast():
-                    result = task(input, target, index=index, teacher_out=teacher_out)
-                loss = result['loss'] / grad_accum_steps
-                if run.loss_scaler is not None:
-                    run.loss_scaler(loss, optimizer, clip_grad=run.clip_grad, clip_mode=run.clip_mode,
-                                    parameters=task.get_clip_parameters(), need_update=need_update)
-                else:
-                    loss.backward()
-                    if need_update:
-                        if run.clip_grad is not None:
-                            dispatch_clip_grad(task.get_clip_parameters(), value=run.clip_grad, mode=run.clip_mode)
-                        optimizer.step()
+                    result = run.task(input, target, index=index, teacher_out=teacher_out)
+                run.backward_and_step(result['loss'] * scale if scale != 1.0 else result['loss'], need_update)
             if need_update:
-                optimizer.zero_grad(set_to_none=True)
+                run.optimizer.zero_grad(set_to_none=True)
                 run.num_updates += 1
-                task.update_ema(step=run.num_updates)
+                run.task.update_ema(step=run.num_updates)
                 if run.lr_scheduler is not None:
                     run.lr_scheduler.step_update(num_updates=run.num_updates)
             for key, value in result.items():
                 if key.endswith('loss'):
                     run.sums[key] = run.sums.get(key, 0.) + value.detach().float() * input.shape[0]
+        if need_update and after_update is not None:
+            after_update(batch_idx // grad_accum_steps)
         # --- end of step ---
 
         count += input.shape[0]
@@ -132,8 +157,12 @@ def train_one_epoch(
                          f'  ETA {_format_eta(remaining)}')
             for run in runs:
                 losses = '  '.join(f'{k}: {(v / count).item():.4f}' for k, v in run.sums.items())
-                _logger.info(f'  {run.name + "  " if run.name else ""}{losses}  '
-                             f'lr: {run.optimizer.param_groups[0]["lr"]:.3e}')
+                _logger.info(f'  {run.name + "  " if run.name else ""}{losses}  lr: {run.mean_lr():.3e}')
+            if on_log is not None:
+                on_log(batch_idx, input)
+    for run in runs:
+        if hasattr(run.optimizer, 'sync_lookahead'):
+            run.optimizer.sync_lookahead()
     if distributed:
         count = reduce_tensor(count, 1)  # sum over ranks
     return [OrderedDict((k, ((reduce_tensor(v, 1) if distributed else v) / count).item())
@@ -149,6 +178,7 @@ def validate(
         ema: bool = False,
         amp_autocast: Callable = nullcontext,
         channels_last: bool = False,
+        input_dtype: Optional[torch.dtype] = None,
         distributed: bool = False,
         log_suffix: str = '',
         is_primary: bool = True,
@@ -158,7 +188,7 @@ def validate(
     model.eval()
     evaluator = task.create_evaluator(max_samples=evaluation_sample_limit(loader))
     for input, target in loader:
-        input, target = _to_device(input, target, device, channels_last)
+        input, target = _to_device(input, target, device, channels_last, input_dtype)
         with amp_autocast():
             output = model(input)
         evaluator.update(output.float(), target)

@@ -4,7 +4,7 @@
 
 For each training-set fraction (stratified, seeded subsets; epochs scaled so every cell takes the same number of
 optimizer steps, as the paper's 4000/2000/1200 epochs), each seed, it trains the student from scratch and with
-each KD method (kd, dkd, dist by default) from one teacher trained on the full set, all through train_kd.py.
+each KD method (kd, dkd, dist by default) from one teacher trained on the full set, all through timm_kd.train.
 Default: Fashion-MNIST on a CPU (the demo's teacher and student); `--dataset torch/cifar100 --data DIR` or an
 ImageFolder root work too. A finished cell is never redone and an interrupted one resumes from its last
 checkpoint, so rerunning the command continues the grid. Writes results.csv (one row per cell), results.md (mean
@@ -31,7 +31,7 @@ def _replace(args: List[str], flag: str, value: str) -> List[str]:
 
 
 def _cell(name: str, train_args: List[str], data: str, output: str, workers: int) -> Dict[str, float]:
-    """Run one train_kd.py cell unless its result.json exists; resumable through demo.run."""
+    """Run one training cell unless its result.json exists; resumable through demo.run."""
     done = os.path.join(output, name, 'result.json')
     if os.path.isfile(done):
         with open(done) as f:
@@ -43,10 +43,11 @@ def _cell(name: str, train_args: List[str], data: str, output: str, workers: int
 
 
 def _train_size(data: str, dataset_args: List[str], fraction: float) -> int:
-    from .cli import parse_args
     from .data import create_datasets
+    from .train.build import dataset_options
+    from .train.config import parse_args
     args, _ = parse_args([data, *dataset_args, '--train-fraction', str(fraction)])
-    return len(create_datasets(args)[0])
+    return len(create_datasets(dataset_options(args))[0])
 
 
 def summarize(rows: List[Dict], methods: List[str], output: str) -> str:

@@ -1,57 +1,72 @@
-"""Process-level setup for train_kd.py: device and DDP, learning rate from batch size, AMP, output folder."""
-import argparse
+"""Process-level setup for training: device and DDP, learning rate from batch size, AMP, output folder."""
 import logging
 import os
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 from timm.models import safe_model_name
-from timm.utils import NativeScaler, get_outdir, init_distributed_device
+from timm.utils import NativeScaler, get_outdir
+from timm.utils.distributed import init_distributed_device_so
 
 _logger = logging.getLogger(__name__)
 
 
-def init_device(args: argparse.Namespace) -> torch.device:
-    """CUDA when present (else CPU), and DDP under torchrun: nccl on GPU, gloo on CPU. Sets args.rank etc."""
-    if not args.device:
-        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    device = init_distributed_device(args)
-    if args.distributed and device.type == 'cuda':
-        torch.cuda.set_device(device)
-    args.prefetcher = not args.no_prefetcher and device.type == 'cuda'
-    return device
+@dataclass
+class Process:
+    """Where this process trains: its device and its place among the DDP processes."""
+    device: torch.device
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    distributed: bool = False
+
+    @property
+    def is_primary(self) -> bool:
+        return self.rank == 0
 
 
-def resolve_lr(args: argparse.Namespace) -> float:
-    """--lr, or --lr-base scaled by global batch / --lr-base-size (sqrt for adaptive optimizers, else linear).
+def init_process(device: Optional[str] = None) -> Process:
+    """CUDA when present (else CPU) if `device` is unset, and DDP under torchrun: nccl on GPU, gloo on CPU."""
+    info = init_distributed_device_so(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    return Process(torch.device(info['device']), info['global_rank'], info['local_rank'], info['world_size'],
+                   info['distributed'])
+
+
+def resolve_lr(lr: Optional[float], lr_base: float, lr_base_size: int, global_batch: float, opt: str,
+               lr_base_scale: str = '') -> float:
+    """`lr`, or `lr_base` scaled by global batch / `lr_base_size` (sqrt for adaptive optimizers, else linear).
 
     This is how a recipe written for a global batch of 2048 (VanillaKD's 5e-3 LAMB) transfers to other sizes.
     """
-    if args.lr:
-        return args.lr
-    global_batch = args.batch_size * args.world_size * args.grad_accum_steps
-    ratio = global_batch / args.lr_base_size
-    scale = args.lr_base_scale or ('sqrt' if any(o in args.opt.lower() for o in ('ada', 'lamb')) else 'linear')
-    args.lr = args.lr_base * (ratio ** 0.5 if scale == 'sqrt' else ratio)
-    _logger.info(f'Learning rate {args.lr:.3e} = lr_base {args.lr_base} x ({global_batch}/{args.lr_base_size})'
+    if lr:
+        return lr
+    ratio = global_batch / lr_base_size
+    scale = lr_base_scale or ('sqrt' if any(o in opt.lower() for o in ('ada', 'lamb')) else 'linear')
+    lr = lr_base * (ratio ** 0.5 if scale == 'sqrt' else ratio)
+    _logger.info(f'Learning rate {lr:.3e} = lr_base {lr_base} x ({global_batch:g}/{lr_base_size})'
                  f'{"^0.5" if scale == "sqrt" else ""} ({scale} scaling)')
-    return args.lr
+    return lr
 
 
-def amp_setup(args: argparse.Namespace, device: torch.device) -> Tuple[Callable, Optional[NativeScaler]]:
+def amp_setup(amp: bool, amp_dtype: str, device: torch.device) -> Tuple[Callable, Optional[NativeScaler]]:
     """Autocast context factory and loss scaler (float16 on CUDA only) for --amp / --amp-dtype."""
-    if not args.amp:
+    if not amp:
         return nullcontext, None
-    dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
+    dtype = torch.bfloat16 if amp_dtype == 'bfloat16' else torch.float16
     scaler = NativeScaler(device=device.type) if device.type == 'cuda' and dtype == torch.float16 else None
     return partial(torch.autocast, device_type=device.type, dtype=dtype), scaler
 
 
-def output_dir(args: argparse.Namespace, input_size) -> str:
-    """Folder for checkpoints, args.yaml and summary.csv: OUTPUT/EXPERIMENT (a dated name if unset)."""
-    name = args.experiment or '-'.join([datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model),
-                                        str(input_size[-1])])
-    return get_outdir(args.output or os.path.join('.', 'output', 'train'), name)
+def experiment_name(experiment: str, model: str, input_size: Sequence[int]) -> str:
+    """EXPERIMENT, or timm's dated name: date-time, model, input size."""
+    return experiment or '-'.join([datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(model),
+                                   str(input_size[-1])])
+
+
+def output_dir(output: str, name: str) -> str:
+    """Folder for checkpoints, args.yaml and summary.csv: OUTPUT/NAME (OUTPUT defaults to ./output/train)."""
+    return get_outdir(output or os.path.join('.', 'output', 'train'), name)

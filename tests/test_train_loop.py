@@ -1,4 +1,4 @@
-"""train_kd.py end to end on a tiny ImageFolder with timm's test_* models, on CPU."""
+"""`timm_kd.train` (timm-kd-train, train_kd.py) end to end on a tiny ImageFolder with timm's test_* models, on CPU."""
 import csv
 import os
 import subprocess
@@ -162,18 +162,18 @@ def test_feature_losses_and_deep_supervision_save_parts_apart_and_resume(vit_tea
                 + 0.1 * float(row['train_crd_loss']) + float(row['train_aux_loss']))
     assert abs(float(row['train_loss']) - weighted) < 1e-3
 
-    import train_kd as tk
+    from timm_kd import DistillationTask
     loaded = {}
-    original = tk.DistillationTask.load_task_state
+    original = DistillationTask.load_task_state
 
     def spy(self, state, *a, **k):
         loaded.update(state or {})
         return original(self, state, *a, **k)
-    tk.DistillationTask.load_task_state = spy
+    DistillationTask.load_task_state = spy
     try:
         _run(image_folder, tmp_path, 'fd', '--epochs', '2', *args, '--resume', str(tmp_path / 'fd' / 'last.pth.tar'))
     finally:
-        tk.DistillationTask.load_task_state = original
+        DistillationTask.load_task_state = original
     assert torch.equal(loaded['kd_losses']['crd._extra_state']['memory_s'], kd_state['crd._extra_state']['memory_s'])
     assert [r['epoch'] for r in _summary(tmp_path / 'fd' / 'summary.csv')] == ['0', '1']
     resumed = _load(tmp_path / 'fd' / 'last.pth.tar')['task_state']['kd_losses']
@@ -229,4 +229,4 @@ def test_fast_teacher_flags_train(vit_teacher, image_folder, tmp_path, monkeypat
     assert compiled == [{'backend': 'eager', 'mode': 'reduce-overhead'}]
     row = _summary(tmp_path / 'fast' / 'summary.csv')[0]
     assert float(row['train_kd_loss']) > 0
-    assert yaml.safe_load((tmp_path / 'fast' / 'args.yaml').read_text())['teacher_dtype'] == 'bfloat16'
+    assert yaml.safe_load((tmp_path / 'fast' / 'args.yaml').read_text())['teacher_fast'] is True  # flags as given

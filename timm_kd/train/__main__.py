@@ -1,0 +1,4 @@
+"""`python -m timm_kd.train` and `torchrun -m timm_kd.train`."""
+from .loop import cli
+
+cli()

@@ -1,0 +1,200 @@
+"""Building a training run from parsed flags: the student, the teacher, the data, and each student's task,
+optimizer, schedule, EMA and checkpoint saver. `timm_kd.train.loop` wires these together."""
+import argparse
+import dataclasses
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar
+
+import torch
+from timm.layers import set_fast_norm
+from timm.loss import create_classification_loss
+from timm.models import create_model
+from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+from timm.task import load_task_ema_checkpoint, resume_task_checkpoint
+from timm.utils import CheckpointSaver, set_jit_fuser
+
+from ..checkpoint import safe_globals
+from ..data import DatasetOptions, LoaderOptions, mixup_args
+from ..engine import StudentRun
+from ..errors import KDError
+from ..losses.flags import kd_loss_config
+from ..runtime import Process, amp_setup, experiment_name, output_dir, resolve_lr
+from ..task import DistillationTask
+from ..teacher import Teacher, create_teacher
+
+_logger = logging.getLogger(__name__)
+T = TypeVar('T')
+DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
+
+
+def options(cls: Type[T], args: argparse.Namespace, **overrides: Any) -> T:
+    """A library options dataclass filled from the flags of the same names."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**{**values, **overrides})
+
+
+def dataset_options(args: argparse.Namespace) -> DatasetOptions:
+    return options(DatasetOptions, args)
+
+
+def loader_options(args: argparse.Namespace) -> LoaderOptions:
+    return options(LoaderOptions, args)
+
+
+def setup_process_flags(args: argparse.Namespace) -> None:
+    """Process-wide switches of timm's train.py: device backend modules, jit fuser, fast norm."""
+    for module in args.device_modules or []:
+        importlib.import_module(module)
+    if args.fuser:
+        set_jit_fuser(args.fuser)
+    if args.fast_norm:
+        set_fast_norm()
+
+
+def model_dtype(args: argparse.Namespace) -> Optional[torch.dtype]:
+    if args.model_dtype and args.amp and args.model_dtype != 'float32':
+        raise KDError(f'--model-dtype {args.model_dtype} with --amp: AMP needs float32 weights; drop one of them')
+    return DTYPES[args.model_dtype] if args.model_dtype else None
+
+
+def create_student(args: argparse.Namespace, in_chans: int, process: Process) -> torch.nn.Module:
+    """The student as timm's train.py creates it (pretrained path, BatchNorm overrides, head init, dtype, layout)."""
+    overlay = dict(pretrained_cfg_overlay=dict(file=args.pretrained_path, num_classes=-1)) if args.pretrained_path \
+        else {}
+    try:
+        student = create_model(
+            args.model, pretrained=args.pretrained, in_chans=in_chans, num_classes=args.num_classes,
+            drop_rate=args.drop, drop_path_rate=args.drop_path, drop_block_rate=args.drop_block, global_pool=args.gp,
+            bn_momentum=args.bn_momentum, bn_eps=args.bn_eps, checkpoint_path=args.initial_checkpoint or None,
+            **overlay, **args.model_kwargs)
+    except RuntimeError as e:
+        if 'Unknown model' in str(e):
+            raise KDError(f'unknown --model {args.model!r}; list names with python -c "import timm; '
+                          f'print(timm.list_models())"') from None
+        raise
+    if args.head_init_scale is not None:
+        with torch.no_grad():
+            student.get_classifier().weight.mul_(args.head_init_scale)
+            student.get_classifier().bias.mul_(args.head_init_scale)
+    if args.head_init_bias is not None:
+        torch.nn.init.constant_(student.get_classifier().bias, args.head_init_bias)
+    if args.grad_checkpointing:
+        student.set_grad_checkpointing(True)
+    student.to(device=process.device, dtype=model_dtype(args))
+    if args.channels_last:
+        student.to(memory_format=torch.channels_last)
+    if process.distributed and args.sync_bn:
+        student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
+    return student
+
+
+def build_teacher(args: argparse.Namespace, num_classes: int, in_chans: int, data_config: Dict[str, Any],
+                  device: torch.device) -> Optional[Teacher]:
+    if not args.teacher:
+        return None
+    return create_teacher(
+        args.teacher, num_classes=num_classes, in_chans=in_chans, checkpoint=args.teacher_checkpoint,
+        use_ema=not args.teacher_no_ema, student_mean=data_config['mean'], student_std=data_config['std'],
+        student_input_size=data_config['input_size'], mean=args.teacher_mean, std=args.teacher_std,
+        input_size=args.teacher_input_size, dtype=args.teacher_dtype,
+        channels_last=args.channels_last or args.teacher_channels_last, inference_mode=args.teacher_inference_mode,
+        device=device, allow_pickle=args.allow_unsafe_pickle, model_kwargs=args.teacher_kwargs)
+
+
+def loss_config(args: argparse.Namespace) -> Tuple[Dict[str, float], Dict[str, Dict[str, Any]]]:
+    """(weight, kwargs) of each distillation loss a student's flags ask for."""
+    return kd_loss_config(args.kd_loss, args.kd_loss_weight, temperature=args.kd_temperature,
+                          loss_kwargs=args.kd_loss_kwargs, flags=vars(args))
+
+
+@dataclass
+class StudentJob:
+    """What the training script keeps per student besides its training state: flags, output, saver, best."""
+    args: argparse.Namespace
+    run: StudentRun
+    start_epoch: int
+    num_epochs: int
+    out_dir: str = ''
+    saver: Optional[CheckpointSaver] = None
+    best: Tuple[Optional[float], Optional[int]] = (None, None)
+
+
+def resume_path(args: argparse.Namespace) -> str:
+    """--resume as given, or for `--resume auto` the experiment's last.pth.tar when it exists ('' otherwise)."""
+    if args.resume != 'auto':
+        return args.resume
+    if not args.experiment:
+        raise KDError('--resume auto needs --experiment NAME, the folder to resume from')
+    path = os.path.join(args.output or os.path.join('.', 'output', 'train'), args.experiment, 'last.pth.tar')
+    return path if os.path.isfile(path) else ''
+
+
+def setup_student(args: argparse.Namespace, args_text: str, kd_student, loss_weights: Dict[str, float],
+                  teacher: Optional[Teacher], data_config: Dict[str, Any], updates_per_epoch: int,
+                  global_batch: float, process: Process, decreasing: bool) -> StudentJob:
+    """One student's task, optimizer, schedule, EMA and (on the primary process) checkpoint saver."""
+    device, primary = process.device, process.is_primary
+    criterion = create_classification_loss(
+        loss_type='bce' if args.bce_loss else 'ce', smoothing=args.smoothing,
+        soft_targets=mixup_args(loader_options(args), args.num_classes) is not None,
+        bce_target_thresh=args.bce_target_thresh, bce_sum=args.bce_sum, pos_weight=args.bce_pos_weight)
+    task = DistillationTask(kd_student, criterion, teacher=teacher, kd_loss_weights=loss_weights,
+                            ori_loss_weight=args.ori_loss_weight, aux_loss_weight=args.kd_deep_supervision_weight,
+                            device=device, verbose=primary).to(device)
+
+    args.lr = resolve_lr(args.lr, args.lr_base, args.lr_base_size, global_batch, args.opt, args.lr_base_scale)
+    optimizer = create_optimizer_v2(kd_student, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
+    _, loss_scaler = amp_setup(args.amp, args.amp_dtype, device)
+    resume = resume_path(args)
+    start_epoch = 0
+    if resume:
+        if not os.path.isfile(resume):
+            raise KDError(f'--resume checkpoint not found: {resume!r}; pass OUTPUT/EXPERIMENT/last.pth.tar')
+        start_epoch = resume_task_checkpoint(
+            task, resume, optimizer=None if args.no_resume_opt else optimizer,
+            loss_scaler=None if args.no_resume_opt else loss_scaler, log_info=primary) or 0
+    if args.model_ema:
+        task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
+                       device='cpu' if args.model_ema_force_cpu else None)
+        if resume:
+            load_task_ema_checkpoint(task, resume)
+    if args.torchcompile:
+        task.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
+    if process.distributed:
+        task.prepare_distributed(device_ids=[device.index] if device.type == 'cuda' else None,
+                                 broadcast_buffers=not args.no_ddp_bb)
+
+    lr_scheduler, num_epochs = create_scheduler_v2(
+        optimizer, **scheduler_kwargs(args, decreasing_metric=decreasing), updates_per_epoch=updates_per_epoch)
+    start_epoch = args.start_epoch if args.start_epoch is not None else start_epoch
+    if lr_scheduler is not None and start_epoch > 0:
+        if args.sched_on_updates:
+            lr_scheduler.step_update(start_epoch * updates_per_epoch)
+        else:
+            lr_scheduler.step(start_epoch)
+    run = StudentRun(task, optimizer, lr_scheduler, loss_scaler, clip_grad=args.clip_grad, clip_mode=args.clip_mode)
+    job = StudentJob(args, run, start_epoch, num_epochs)
+    if primary:
+        job.out_dir = output_dir(args.output, experiment_name(args.experiment, args.model, data_config['input_size']))
+        job.saver = CheckpointSaver(model=kd_student.student, optimizer=optimizer, args=args, amp_scaler=loss_scaler,
+                                    checkpoint_dir=job.out_dir, recovery_dir=job.out_dir, decreasing=decreasing,
+                                    max_history=args.checkpoint_hist, task=task)
+        if resume:
+            with safe_globals():
+                job.saver.load_state_dict_from_checkpoint(resume)
+        with open(os.path.join(job.out_dir, 'args.yaml'), 'w') as f:
+            f.write(args_text)
+        _logger.info(f'Output: {job.out_dir}; training epochs {start_epoch}..{num_epochs - 1}')
+    return job
+
+
+def check_same_start(jobs: List[StudentJob]) -> int:
+    starts = sorted({job.start_epoch for job in jobs})
+    if len(starts) > 1:
+        raise KDError(f'the students resume from different epochs {starts}; one data stream needs one epoch: resume '
+                      f'every student from checkpoints of the same epoch')
+    return starts[0]

@@ -1,0 +1,175 @@
+"""`main`: parse, build, and train epoch by epoch, with timm train.py's epoch logic (validation interval,
+summary.csv, best-checkpoint tracking, scheduler steps, mixup-off epoch, recovery checkpoints, wandb)."""
+import logging
+import os
+import sys
+from typing import Any, Dict, List, Optional
+
+import torch
+import torchvision
+from timm.data import resolve_data_config
+from timm.utils import distribute_bn, random_seed, setup_default_logging, update_summary
+
+from ..data import (IndexedTargets, create_datasets, create_loaders, dataset_num_classes, disable_mixup,
+                    set_loader_epoch)
+from ..engine import train_one_epoch, validate
+from ..errors import KDError
+from ..runtime import amp_setup, init_process
+from ..student import create_kd_student
+from .build import (StudentJob, build_teacher, check_same_start, create_student, dataset_options, loader_options,
+                    loss_config, model_dtype, setup_process_flags, setup_student)
+from .config import parse_args
+from .students import student_args
+
+_logger = logging.getLogger('timm_kd.train')
+
+
+def _init_wandb(args, jobs: List[StudentJob]):
+    """A wandb run for this training (timm's --log-wandb); a warning, as in timm, when wandb is not installed."""
+    try:
+        import wandb
+    except ImportError:
+        _logger.warning('--log-wandb: wandb is not installed, metrics are not logged to wandb; '
+                        'pip install "timm-kd[wandb]"')
+        return None
+    return wandb.init(project=args.wandb_project, name=os.path.basename(jobs[0].out_dir), config=vars(args),
+                      tags=args.wandb_tags, resume='must' if args.wandb_resume_id else None,
+                      id=args.wandb_resume_id or None)
+
+
+def main(argv: Optional[List[str]] = None) -> Any:
+    setup_default_logging()
+    args, args_text = parse_args(argv)
+    setup_process_flags(args)
+    process = init_process(args.device)
+    device, primary = process.device, process.is_primary
+    prefetcher = not args.no_prefetcher and device.type == 'cuda'
+    random_seed(args.seed, process.rank)
+    students = student_args(args, args_text)
+
+    in_chans = args.in_chans or (args.input_size[0] if args.input_size else 3)
+    train_set, eval_set = create_datasets(dataset_options(args), in_chans)
+    num_classes = args.num_classes or dataset_num_classes(train_set)
+    models = []
+    for sargs, _ in students:
+        sargs.num_classes = num_classes
+        models.append(create_student(sargs, in_chans, process))
+        num_classes = models[-1].num_classes
+    # one data stream: its preprocessing is resolved from the first student
+    data_config = resolve_data_config(vars(args), model=models[0], verbose=primary)
+    teacher = build_teacher(args, num_classes, in_chans, data_config, device)
+    loss_configs = [loss_config(sargs) if teacher is not None else ({}, {}) for sargs, _ in students]
+    kd_students = [create_kd_student(
+        student, teacher, list(weights), kwargs, input_size=data_config['input_size'],
+        student_stages=sargs.kd_student_stages, teacher_stages=sargs.kd_teacher_stages,
+        aux_stages=sargs.kd_deep_supervision, num_classes=num_classes, num_samples=len(train_set))
+        for (sargs, _), student, (weights, kwargs) in zip(students, models, loss_configs)]
+    if teacher is not None and args.teacher_compile:  # after the shape probes above, so it compiles for training
+        teacher.compile(backend=args.teacher_compile, mode=args.torchcompile_mode)
+    needs_index = any(kd_student.needs_index for kd_student in kd_students)
+    if needs_index:
+        train_set = IndexedTargets(train_set)
+    input_dtype = model_dtype(args)
+    train_loader, eval_loader, mixup_fn = create_loaders(
+        loader_options(args), train_set, eval_set, data_config, num_classes, device,
+        distributed=process.distributed, prefetcher=prefetcher, img_dtype=input_dtype or torch.float32)
+    labels = train_set.targets.to(device) if needs_index else None
+    scheduled = args.train_img_sizes is not None
+    batch_reference = train_loader.batch_sampler.average_batch_size if scheduled else float(args.batch_size)
+    updates_per_epoch = (len(train_loader) + args.grad_accum_steps - 1) // args.grad_accum_steps
+    global_batch = batch_reference * process.world_size * args.grad_accum_steps
+    eval_metric = args.eval_metric if eval_loader is not None else 'loss'
+    jobs = [setup_student(sargs, text, kd_student, weights, teacher, data_config, updates_per_epoch, global_batch,
+                          process, decreasing=eval_metric == 'loss')
+            for (sargs, text), kd_student, (weights, _) in zip(students, kd_students, loss_configs)]
+    for job, (sargs, _) in zip(jobs, students):
+        job.run.name = os.path.basename(sargs.experiment) if args.students else ''
+    start_epoch, num_epochs = check_same_start(jobs), jobs[0].num_epochs
+    stop_epoch = min(num_epochs, args.stop_epoch) if args.stop_epoch else num_epochs
+    amp_autocast, _ = amp_setup(args.amp, args.amp_dtype, device)
+    eval_kwargs = dict(device=device, amp_autocast=amp_autocast, channels_last=args.channels_last,
+                       input_dtype=input_dtype, distributed=process.distributed, is_primary=primary)
+    wandb_run = _init_wandb(args, jobs) if args.log_wandb and primary else None
+
+    def after_update(update_idx: int) -> None:
+        if args.synchronize_step and device.type == 'cuda':
+            torch.cuda.synchronize()
+        if args.recovery_interval and (update_idx + 1) % args.recovery_interval == 0:
+            for job in jobs:
+                if job.saver is not None:
+                    job.saver.save_recovery(epoch, batch_idx=update_idx)
+
+    def save_images(batch_idx: int, input: torch.Tensor) -> None:
+        torchvision.utils.save_image(input.float(), os.path.join(jobs[0].out_dir, f'train-batch-{batch_idx}.jpg'),
+                                     padding=0, normalize=True)
+
+    if start_epoch >= stop_epoch:
+        _logger.info(f'Nothing to train: the run is at epoch {start_epoch} of {stop_epoch}')
+    for epoch in range(start_epoch, stop_epoch):
+        set_loader_epoch(train_loader, epoch)
+        if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+            disable_mixup(train_loader, mixup_fn)
+        train_metrics = train_one_epoch(
+            epoch, [job.run for job in jobs], train_loader, device=device, num_epochs=num_epochs, teacher=teacher,
+            amp_autocast=amp_autocast, mixup_fn=mixup_fn, grad_accum_steps=args.grad_accum_steps,
+            channels_last=args.channels_last, input_dtype=input_dtype, distributed=process.distributed,
+            log_interval=args.log_interval, is_primary=primary, labels=labels,
+            batch_loss_scale=args.variable_batch_loss_scale if scheduled else 'none',
+            batch_size_reference=batch_reference, after_update=after_update,
+            on_log=save_images if args.save_images and primary else None)
+        validating = (epoch + 1) % args.val_interval == 0 or epoch + 1 == num_epochs
+        wandb_row: Dict[str, float] = {}
+        for job, student, metrics in zip(jobs, models, train_metrics):
+            run = job.run
+            if process.distributed and args.dist_bn in ('broadcast', 'reduce') and not args.sync_bn:
+                distribute_bn(student, process.world_size, args.dist_bn == 'reduce')
+            if not validating:
+                if run.lr_scheduler is not None:
+                    run.lr_scheduler.step(epoch + 1, metric=None)
+                continue
+            eval_metrics = None
+            if eval_loader is not None:
+                suffix = f' [{run.name}]' if run.name else ''
+                eval_metrics = validate(run.task, eval_loader, log_suffix=suffix, **eval_kwargs)
+                if run.task.has_ema() and not args.model_ema_force_cpu:
+                    eval_metrics = validate(run.task, eval_loader, ema=True, log_suffix=suffix + ' (EMA)',
+                                            **eval_kwargs)
+            metric = (eval_metrics or metrics)[eval_metric]
+            if primary:  # as timm: the lr the epoch trained with, then the checkpoint, then the scheduler step
+                update_summary(epoch, metrics, eval_metrics, os.path.join(job.out_dir, 'summary.csv'),
+                               lr=run.mean_lr())
+                wandb_row.update(_wandb_row(run.name, epoch, metrics, eval_metrics, run.mean_lr()))
+                job.best = job.saver.save_checkpoint(epoch, metric=metric)
+            if run.lr_scheduler is not None:
+                run.lr_scheduler.step(epoch + 1, metric)
+        if wandb_run is not None and wandb_row:
+            wandb_run.log(wandb_row)
+    if primary:
+        for job in jobs:
+            if job.best[0] is not None:
+                _logger.info(f'*** Best {eval_metric}: {job.best[0]:.4f} (epoch {job.best[1]}) in {job.out_dir}')
+        if stop_epoch < num_epochs:
+            _logger.info(f'Stopped before epoch {stop_epoch} of {num_epochs} (--stop-epoch); continue with --resume '
+                         f'{os.path.join(jobs[0].out_dir, "last.pth.tar")}')
+    if wandb_run is not None:
+        wandb_run.finish()
+    if process.distributed:
+        torch.distributed.destroy_process_group()
+    return jobs[0].best if len(jobs) == 1 else [job.best for job in jobs]
+
+
+def _wandb_row(name: str, epoch: int, train: Dict[str, float], evaluation: Optional[Dict[str, float]],
+               lr: float) -> Dict[str, float]:
+    """summary.csv's row for wandb; with several students each key gets the student's name as prefix."""
+    row = {'epoch': epoch, **{f'train_{k}': v for k, v in train.items()},
+           **{f'eval_{k}': v for k, v in (evaluation or {}).items()}, 'lr': lr}
+    return {f'{name}/{k}' if name else k: v for k, v in row.items()}
+
+
+def cli(argv: Optional[List[str]] = None) -> None:
+    """Console entry point (`timm-kd-train`, `python -m timm_kd.train`): bad input is one line and exit 2."""
+    try:
+        main(argv)
+    except KDError as e:
+        print(f'error: {e}', file=sys.stderr)
+        raise SystemExit(2)
