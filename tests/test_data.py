@@ -1,11 +1,12 @@
-"""timm_kd.data: stratified training subsets (--train-fraction) and per-sample indices for CRD."""
+"""timm_kd.data: stratified training subsets (--train-fraction), per-sample indices for CRD, mixup off."""
 import pytest
 import torch
 
 from timm_kd import KDError
 from timm_kd.train import parse_args
-from timm_kd.train.build import dataset_options
-from timm_kd.data import IndexedTargets, StratifiedSubset, create_datasets, dataset_num_classes, dataset_targets
+from timm_kd.train.build import dataset_options, loader_options
+from timm_kd.data import (IndexedTargets, StratifiedSubset, create_datasets, create_loaders, dataset_num_classes,
+                          dataset_targets, disable_mixup)
 
 
 class _Labels(torch.utils.data.Dataset):
@@ -49,3 +50,22 @@ def test_indexed_targets_yield_indices_and_know_every_label(image_folder):
     train, _ = create_datasets(dataset_options(args))
     indexed = IndexedTargets(train)
     assert indexed[5][1] == 5 and torch.equal(indexed.targets, train.targets)
+
+
+@pytest.mark.parametrize('prefetcher, indexed', [(False, False), (True, False), (True, True)])
+def test_mixup_off_stops_mixing_wherever_it_happens(image_folder, prefetcher, indexed):
+    """timm's --mixup-off-epoch: the prefetcher's collate mixes, or the per-batch function does (without the
+    prefetcher, and with it when the train set yields indices for CRD); either way mixing stops."""
+    args, _ = parse_args([image_folder, '--mixup', '0.5', '--cutmix', '1.0', '-b', '8', '-j', '0'])
+    train, evaluation = create_datasets(dataset_options(args))
+    train = IndexedTargets(train) if indexed else train
+    cfg = dict(input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, interpolation='bilinear', crop_pct=1.0)
+    loader, _, mixup_fn = create_loaders(loader_options(args), train, evaluation, cfg, 3, torch.device('cpu'),
+                                         prefetcher=prefetcher)
+    mixes = [m for m in (loader, mixup_fn) if getattr(m, 'mixup_enabled', False)]
+    assert len(mixes) == 1 and (mixup_fn is None) == (prefetcher and not indexed)
+    disable_mixup(loader, mixup_fn)
+    assert not any(getattr(m, 'mixup_enabled', False) for m in (loader, mixup_fn))
+    images, targets = next(iter(loader))
+    if mixup_fn is None:
+        assert torch.allclose(targets.max(dim=1).values, torch.tensor(0.9 + 0.1 / 3))  # smoothed, not mixed

@@ -1,5 +1,6 @@
 """engine.train_one_epoch: one teacher pass for every student, sample-weighted epoch means, no host reads per step."""
 import numpy as np
+import pytest
 import timm
 import torch
 import torch.nn as nn
@@ -90,3 +91,78 @@ def test_the_step_reads_nothing_back_to_the_host(monkeypatch):
             _epoch(runs, teacher, loader, log_interval=1000)  # logs at the first and the last batch
         counts[num_batches] = len(reads)
     assert counts[3] == counts[9] > 0, counts
+
+
+# --- parity with timm's training loop: accumulation, clipping, second-order optimizers ---
+
+def _plain_run(opt: str = 'sgd', **run_kwargs):
+    """A student without BatchNorm or dropout (test_convnext), trained without a teacher: deterministic."""
+    from timm.optim import create_optimizer_v2
+    torch.manual_seed(0)
+    kd_student = create_kd_student(timm.create_model('test_convnext', num_classes=4), None, [], input_size=(3, 32, 32))
+    task = DistillationTask(kd_student, nn.CrossEntropyLoss(), verbose=False)
+    optimizer = torch.optim.SGD(kd_student.parameters(), lr=0.1) if opt == 'sgd' else \
+        create_optimizer_v2(kd_student, opt=opt, lr=0.1, weight_decay=0.)
+    return StudentRun(task, optimizer, **run_kwargs)
+
+
+def _weights(run):
+    return [p.detach().clone() for p in run.task.kd_student.student.parameters()]
+
+
+@pytest.mark.parametrize('num_batches, accum', [(5, 2), (7, 3), (4, 2)])
+def test_accumulation_averages_each_window_including_a_short_last_one(num_batches, accum):
+    """Each update is the mean gradient over the batches of its window; the last window of an epoch may hold
+    fewer batches (5 batches, accumulation 2: windows of 2, 2 and 1) and is averaged over those, as timm does."""
+    loader = _loader(num_batches, last=4)
+    run = _plain_run()
+    train_one_epoch(0, [run], loader, device=torch.device('cpu'), num_epochs=1, grad_accum_steps=accum)
+
+    reference = _plain_run()
+    windows = [loader[i:i + accum] for i in range(0, num_batches, accum)]
+    for window in windows:
+        loss = sum(reference.task(x, y)['loss'] for x, y in window) / len(window)
+        loss.backward()
+        reference.optimizer.step()
+        reference.optimizer.zero_grad()
+    assert run.num_updates == len(windows)
+    for got, want in zip(_weights(run), _weights(reference)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _one_step_update(clip_mode: str, clip_grad: float):
+    """(update per parameter, raw gradient per parameter) of one SGD step at lr 0.1 under clipping."""
+    x, y = _loader(1, last=4)[0]
+    raw = _plain_run()
+    raw.task(x, y)['loss'].backward()
+    grads = [p.grad.clone() for p in raw.task.kd_student.student.parameters()]
+    run = _plain_run(clip_grad=clip_grad, clip_mode=clip_mode)
+    before = _weights(run)
+    train_one_epoch(0, [run], [(x, y)], device=torch.device('cpu'), num_epochs=1)
+    return [(b - a) / 0.1 for a, b in zip(_weights(run), before)], grads
+
+
+def test_clip_by_norm_and_by_value():
+    updates, grads = _one_step_update('norm', 1e-3)
+    assert torch.cat([u.flatten() for u in updates]).norm().item() == pytest.approx(1e-3, rel=1e-3)
+    assert torch.cat([g.flatten() for g in grads]).norm().item() > 1e-2  # the raw gradient was larger
+    updates, grads = _one_step_update('value', 1e-4)
+    assert max(u.abs().max().item() for u in updates) == pytest.approx(1e-4, rel=1e-2)
+
+
+def test_adaptive_clipping_leaves_the_classifier_out():
+    """AGC clips each unit's gradient relative to its weight norm, except the classifier's (timm's exclude_head)."""
+    updates, grads = _one_step_update('agc', 1e-3)
+    head_weight, head_bias = updates[-2:]
+    torch.testing.assert_close(head_weight, grads[-2], rtol=1e-4, atol=1e-7)  # unclipped
+    torch.testing.assert_close(head_bias, grads[-1], rtol=1e-4, atol=1e-7)
+    assert any(not torch.allclose(u, g, rtol=1e-3, atol=1e-7) for u, g in zip(updates[:-2], grads[:-2]))
+
+
+def test_second_order_optimizers_get_the_graph_of_the_gradients():
+    """AdaHessian needs create_graph=True on backward (timm's is_second_order); without it its step fails."""
+    run = _plain_run(opt='adahessian')
+    assert run.optimizer.is_second_order
+    before = _weights(run)
+    train_one_epoch(0, [run], _loader(2, last=4), device=torch.device('cpu'), num_epochs=1)
+    assert any(not torch.equal(a, b) for a, b in zip(before, _weights(run)))

@@ -230,3 +230,74 @@ def test_fast_teacher_flags_train(vit_teacher, image_folder, tmp_path, monkeypat
     row = _summary(tmp_path / 'fast' / 'summary.csv')[0]
     assert float(row['train_kd_loss']) > 0
     assert yaml.safe_load((tmp_path / 'fast' / 'args.yaml').read_text())['teacher_fast'] is True  # flags as given
+
+
+# --- timm train.py's epoch logic ---
+
+def test_summary_records_the_lr_each_epoch_trained_with(image_folder, tmp_path):
+    """As timm: the row of epoch e holds the lr before the scheduler steps to e + 1 (cosine from 0.1 over 2 epochs:
+    0.1, then 0.05), and the mean over parameter groups."""
+    _run(image_folder, tmp_path, 'lr', '--epochs', '2', '--lr', '0.1', '--sched', 'cosine')
+    assert [float(r['lr']) for r in _summary(tmp_path / 'lr' / 'summary.csv')] == pytest.approx([0.1, 0.05])
+
+
+def test_layer_decay_scales_the_lr_of_each_layer_group(image_folder, tmp_path):
+    _run(image_folder, tmp_path, 'ld', '--epochs', '1', '--model', 'test_vit', '--model-kwargs', 'img_size=32',
+         '--opt', 'adamw', '--lr', '0.01', '--layer-decay', '0.5')
+    groups = _load(tmp_path / 'ld' / 'last.pth.tar')['optimizer']['param_groups']
+    scales = sorted({g['lr_scale'] for g in groups})
+    assert len(scales) > 2 and scales[-1] == 1.0 and scales[-2] == 0.5  # the head at full lr, each layer below x0.5
+    assert all(g['lr'] == pytest.approx(g['lr_scale'] * 0.01) for g in groups)  # saved before the scheduler steps
+
+
+def test_validation_interval_stop_epoch_and_resume_auto(image_folder, tmp_path):
+    """--val-interval 2 validates and checkpoints on epochs 1 and 3 (and the last); --stop-epoch 2 stops early
+    without shortening the schedule; --resume auto picks the experiment's last.pth.tar up."""
+    common = ['--epochs', '3', '--val-interval', '2', '--resume', 'auto']
+    _run(image_folder, tmp_path, 'vi', *common, '--stop-epoch', '2')
+    assert [r['epoch'] for r in _summary(tmp_path / 'vi' / 'summary.csv')] == ['1']
+    assert _load(tmp_path / 'vi' / 'last.pth.tar')['epoch'] == 1
+    _run(image_folder, tmp_path, 'vi', *common)
+    assert [r['epoch'] for r in _summary(tmp_path / 'vi' / 'summary.csv')] == ['1', '2']  # the last epoch validates
+
+
+def test_recovery_checkpoints_every_n_updates(image_folder, tmp_path):
+    _run(image_folder, tmp_path, 'rec', '--epochs', '1', '--recovery-interval', '2')  # 6 batches: updates 2, 4, 6
+    # timm's saver names them epoch-update index and keeps the newest two
+    assert sorted(p.name for p in (tmp_path / 'rec').glob('recovery-*')) == ['recovery-0-3.pth.tar',
+                                                                             'recovery-0-5.pth.tar']
+    assert _load(tmp_path / 'rec' / 'recovery-0-5.pth.tar')['epoch'] == 0
+
+
+def test_no_validation_split_ranks_checkpoints_by_training_loss(image_folder, tmp_path):
+    best = _run(image_folder, tmp_path, 'noval', '--epochs', '2', '--val-split', '')
+    rows = _summary(tmp_path / 'noval' / 'summary.csv')
+    assert 'eval_top1' not in rows[0] and best[0] == min(float(r['train_loss']) for r in rows)
+
+
+def test_model_dtype_trains_the_student_in_bfloat16(image_folder, tmp_path):
+    _run(image_folder, tmp_path, 'bf16', '--epochs', '1', '--model-dtype', 'bfloat16')
+    state = _load(tmp_path / 'bf16' / 'last.pth.tar')['state_dict']
+    assert {v.dtype for k, v in state.items() if v.is_floating_point()} == {torch.bfloat16}
+
+
+def test_log_wandb_offline_without_an_account(image_folder, tmp_path, monkeypatch):
+    pytest.importorskip('wandb')
+    monkeypatch.setenv('WANDB_MODE', 'offline')
+    monkeypatch.setenv('WANDB_DIR', str(tmp_path))
+    monkeypatch.delenv('WANDB_API_KEY', raising=False)
+    _run(image_folder, tmp_path, 'wb', '--epochs', '1', '--log-wandb', '--wandb-project', 'kd-test')
+    runs = list((tmp_path / 'wandb').glob('offline-run-*'))
+    assert len(runs) == 1 and list(runs[0].glob('*.wandb'))
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--torchscript'], 'error: --torchscript is not supported by timm-kd: '),
+    (['--kd-distill-type', 'token'], 'error: --kd-distill-type is not supported by timm-kd: '),
+    (['--model', 'no_such_model'], "error: unknown --model 'no_such_model'"),
+    (['--model-dtype', 'bfloat16', '--amp'], 'error: --model-dtype bfloat16 with --amp'),
+])
+def test_timm_flags_that_cannot_apply_are_one_line_errors(image_folder, tmp_path, extra, message):
+    result = _cli(image_folder, *FAST, '--output', str(tmp_path), '--model', 'test_resnet', *extra)
+    assert result.returncode == 2 and 'Traceback' not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(message)
