@@ -1,4 +1,4 @@
-"""Every recipe in hparams/ loads through train_kd.py's parser and matches the paper's tables.
+"""Every bundled recipe (timm_kd/hparams/) loads through timm-kd-train's parser and matches the paper's tables.
 
 The expected values are transcribed once here from VanillaKD (Hao et al., 2023): Table 2 (A1, A2), Table 12 (B, C),
 Table 8 and the reference README (the published checkpoints), Table 3 (the ResNet-152 hint baselines).

@@ -301,3 +301,11 @@ def test_timm_flags_that_cannot_apply_are_one_line_errors(image_folder, tmp_path
     result = _cli(image_folder, *FAST, '--output', str(tmp_path), '--model', 'test_resnet', *extra)
     assert result.returncode == 2 and 'Traceback' not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(message)
+
+
+def test_cuda_device_without_a_gpu_is_one_line(image_folder, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip('this machine has CUDA')
+    result = _cli(image_folder, *FAST, '--output', str(tmp_path), '--model', 'test_resnet', '--device', 'cuda')
+    assert result.returncode == 2 and 'Traceback' not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith('error: --device cuda: CUDA is not available')

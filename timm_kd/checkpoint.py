@@ -24,7 +24,7 @@ def safe_globals():
 
 
 def load_state_dict(path: str, use_ema: bool = True, allow_pickle: bool = False) -> Dict[str, Any]:
-    """Load model weights from a timm/train_kd.py training checkpoint, a bare state_dict or `.safetensors`.
+    """Load model weights from a timm/timm-kd training checkpoint, a bare state_dict or `.safetensors`.
 
     Training checkpoints give their EMA weights when `use_ema` and present (`state_dict_ema` / `model_ema`),
     else `state_dict` / `model`. DDP `module.` prefixes are removed. Any failure is a one-line `KDError`.
@@ -51,7 +51,7 @@ def load_state_dict(path: str, use_ema: bool = True, allow_pickle: bool = False)
 
 
 def load_training_metadata(path: str) -> Dict[str, Any]:
-    """What a timm/train_kd.py checkpoint records besides weights: its `args` (as a dict), `epoch` and `metric`.
+    """What a timm/timm-kd checkpoint records besides weights: its `args` (as a dict), `epoch` and `metric`.
 
     Empty for safetensors files and bare state_dicts. Loaded as safely as the weights (weights_only=True).
     """

@@ -144,6 +144,9 @@ def create_loaders(
     the prefetcher's collate mixes). Mixing happens in the training loop when the train set yields sample
     indices (CRD), since the labels are looked up from them first.
     """
+    if opts.aug_repeats and not distributed:
+        raise KDError(f'--aug-repeats {opts.aug_repeats:g} needs several processes (torchrun): timm spreads the copies '
+                      f'of an image over them; pass --aug-repeats 0 to train in one process')
     mix = mixup_args(opts, num_classes)
     collate_fn, mixup_fn = None, None
     if mix is not None:

@@ -16,6 +16,8 @@ import sys
 import time
 from typing import Dict, List
 
+from .errors import KDError
+
 DEBIAN_DIR = '/usr/share/datasets/fashion-mnist'
 FILES = ['train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte']
 TRAIN = [sys.executable, '-m', 'timm_kd.train']  # the installed training entry (= timm-kd-train)
@@ -54,8 +56,12 @@ def prepare_fashion_mnist(root: str) -> None:
         return
     from torchvision.datasets import FashionMNIST
     print('Fashion-MNIST: not installed locally, downloading with torchvision')
-    FashionMNIST(root, train=True, download=True)
-    FashionMNIST(root, train=False, download=True)
+    try:
+        FashionMNIST(root, train=True, download=True)
+        FashionMNIST(root, train=False, download=True)
+    except RuntimeError as e:
+        raise KDError(f'cannot download Fashion-MNIST ({" ".join(str(e).split())[:120]}); install Debian\'s '
+                      f'dataset-fashion-mnist or put the four idx files in {raw}') from None
 
 
 def run(name: str, args: List[str], data: str, output: str, workers: int) -> Dict[str, float]:
@@ -107,4 +113,8 @@ def main(argv=None) -> Dict[str, Dict[str, float]]:
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except KDError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)

@@ -3,7 +3,7 @@
     python -m timm_kd.hub export CHECKPOINT --model ARCH[.TAG] --out DIR
     python -m timm_kd.hub push CHECKPOINT --model ARCH[.TAG] --repo-id ORG/NAME [--private] [--revision BRANCH]
 
-CHECKPOINT is a train_kd.py checkpoint (its EMA weights when present; --no-ema for the raw ones), a bare
+CHECKPOINT is a timm-kd training checkpoint (its EMA weights when present; --no-ema for the raw ones), a bare
 state_dict, a .safetensors file, or a VanillaKD release file (ConvNeXt-V2 in FAIR's key layout included: keys are
 converted by the architecture's own timm `checkpoint_filter_fn`). Loading never runs pickled code. The folder
 holds `model.safetensors` and `config.json` (written by timm's `save_for_hf`, loadable by plain timm as

@@ -12,6 +12,8 @@ from timm.models import safe_model_name
 from timm.utils import NativeScaler, get_outdir
 from timm.utils.distributed import init_distributed_device_so
 
+from .errors import KDError
+
 _logger = logging.getLogger(__name__)
 
 
@@ -31,7 +33,10 @@ class Process:
 
 def init_process(device: Optional[str] = None) -> Process:
     """CUDA when present (else CPU) if `device` is unset, and DDP under torchrun: nccl on GPU, gloo on CPU."""
-    info = init_distributed_device_so(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise KDError(f'--device {device}: CUDA is not available on this machine; pass --device cpu or leave it unset')
+    info = init_distributed_device_so(device)
     return Process(torch.device(info['device']), info['global_rank'], info['local_rank'], info['world_size'],
                    info['distributed'])
 

@@ -242,7 +242,7 @@ def create_teacher(
     """Build a frozen teacher from a timm name (pretrained weights) or a name plus `checkpoint`.
 
     Preprocessing: a pretrained teacher uses its pretrained cfg's mean/std/input size. A teacher from a bare
-    architecture plus `checkpoint` is assumed to have been trained with the student's preprocessing (train_kd.py
+    architecture plus `checkpoint` is assumed to have been trained with the student's preprocessing (timm-kd-train
     checkpoints are). `mean`, `std` and `input_size` (H W, or C H W) override either.
     """
     if dtype not in DTYPES:

@@ -84,7 +84,7 @@ def main(argv=None) -> Dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('data', help='dataset root')
     p.add_argument('--model', required=True, help='timm name with tag, hf-hub:ORG/NAME, or an architecture')
-    p.add_argument('--checkpoint', default=None, help='weights for --model (train_kd.py checkpoint, state_dict, ...)')
+    p.add_argument('--checkpoint', default=None, help='weights for --model (timm-kd checkpoint, state_dict, ...)')
     p.add_argument('--dataset', default='', help='timm dataset (default: ImageFolder)')
     p.add_argument('--split', default='validation')
     p.add_argument('--real-labels', default=None, metavar='JSON', help="ImageNet-ReaL labels file (real.json)")

@@ -42,7 +42,7 @@ class ContrastiveRepresentationKD(nn.Module):
         loss = NCE(scores_s) + NCE(scores_t);  then M[i] <- l2norm(momentum * M[i] + (1 - momentum) * v_i)
 
     tau is `nce_temperature` (0.07), not a softmax temperature: --kd-temperature leaves it alone.
-    Needs each image's dataset index (train_kd.py passes it when crd is chosen). Cost: the banks hold
+    Needs each image's dataset index (timm-kd-train passes it when crd is chosen). Cost: the banks hold
     2 x N x feat_dim floats (ImageNet-1k, 128-d: 1.3 GB per process) and each step gathers B x (K+1) rows of
     each (K=16384 by default), so memory and step time grow with the dataset and K, not with the models.
     Under DDP every process keeps a full copy: the bank update all-gathers the indices and embeddings of all

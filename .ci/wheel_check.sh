@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The installed package, as a pip user gets it: build the wheel, install it into a fresh virtual environment
+# outside the checkout, and train from there with the console script (help, recipes, a teacher, a 1-epoch KD job
+# with a bundled recipe). Usage: .ci/wheel_check.sh [WORKDIR]   (needs the checkout's .venv for the build)
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+WORK="${1:-$(mktemp -d)}"
+TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
+mkdir -p "$WORK"
+"$ROOT/.venv/bin/python" -m pip wheel -q --no-deps --no-build-isolation -w "$WORK/dist" "$ROOT"
+python3 -m venv "$WORK/venv"
+# shellcheck disable=SC2086
+"$WORK/venv/bin/pip" install -q $TORCH_SPEC "$WORK"/dist/timm_kd-*.whl
+export PATH="$WORK/venv/bin:$PATH" HF_HUB_OFFLINE=1 HF_HOME="$WORK/hf"
+cd "$WORK"  # the checkout is out of reach from here
+python -c "import timm_kd, sys; assert '$ROOT' not in timm_kd.__file__, timm_kd.__file__; print('timm_kd from', timm_kd.__file__)"
+timm-kd-train --help | head -3
+python -m timm_kd.recipes | tail -1
+python - <<'PY'
+import os
+import numpy as np
+from PIL import Image
+rng = np.random.default_rng(0)
+for split, n in (('train', 16), ('validation', 8)):
+    for c in range(3):
+        os.makedirs(f'data/{split}/c{c}', exist_ok=True)
+        for i in range(n):
+            Image.fromarray((rng.random((32, 32, 3)) * 80 + c * 60).astype('uint8')).save(f'data/{split}/c{c}/{i}.png')
+PY
+FAST=(-b 8 -j 0 --epochs 1 --warmup-epochs 0 --output out)
+timm-kd-train data --model test_resnet --img-size 32 --lr 0.05 "${FAST[@]}" --experiment teacher
+# the bundled A2 recipe, with the student and sizes overridden for a CPU: LAMB, BCE, mixup/cutmix, RandAugment
+timm-kd-train data --config resnet50_a2 --model test_resnet --input-size 3 32 32 --teacher-input-size 32 32 \
+    --aug-repeats 0 --amp-dtype bfloat16 --teacher test_resnet --teacher-checkpoint out/teacher/last.pth.tar \
+    "${FAST[@]}" --experiment kd
+python - <<'PY'
+import csv
+row = list(csv.DictReader(open('out/kd/summary.csv')))[-1]
+assert float(row['train_kd_loss']) > 0, row
+print(f"kd job from the wheel: train_loss {float(row['train_loss']):.4f}  kd_loss {float(row['train_kd_loss']):.4f}"
+      f"  eval_top1 {float(row['eval_top1']):.2f}")
+PY
+echo "wheel check passed in $WORK"
