@@ -113,11 +113,13 @@ def test_missing_dataset_is_one_line_error(tmp_path):
 
 
 def test_torchrun_two_processes_gloo(vit_teacher, image_folder, tmp_path):
-    """DDP with learnable KD parts (fitnet regressors, CRD embeddings and all-gathered memory, an aux head)."""
+    """DDP with learnable KD parts (fitnet regressors, CRD embeddings and all-gathered memory, an aux head), and an
+    EMA whose BatchNorm statistics are shared across the processes after the epoch."""
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29517',
            os.path.join(ROOT, 'train_kd.py'), image_folder, '--model', 'test_resnet', *FAST, '--epochs', '1',
            *vit_teacher, '--kd-loss', 'kd', 'fitnet', 'crd', *STAGES, '--kd-deep-supervision', '2',
-           '--crd-num-negatives', '8', '--aug-repeats', '2', '--output', str(tmp_path), '--experiment', 'ddp']
+           '--crd-num-negatives', '8', '--aug-repeats', '2', '--model-ema', '--output', str(tmp_path),
+           '--experiment', 'ddp']
     env = dict(os.environ, OMP_NUM_THREADS='1')
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -123,6 +123,8 @@ def main(argv: Optional[List[str]] = None) -> Any:
             run = job.run
             if process.distributed and args.dist_bn in ('broadcast', 'reduce') and not args.sync_bn:
                 distribute_bn(student, process.world_size, args.dist_bn == 'reduce')
+                if run.task.has_ema() and not args.model_ema_force_cpu:  # as timm: the EMA's statistics too
+                    distribute_bn(run.task.get_eval_model(ema=True), process.world_size, args.dist_bn == 'reduce')
             if not validating:
                 if run.lr_scheduler is not None:
                     run.lr_scheduler.step(epoch + 1, metric=None)
