@@ -3,7 +3,6 @@
 The expected values are transcribed once here from VanillaKD (Hao et al., 2023): Table 2 (A1, A2), Table 12 (B, C),
 Table 8 and the reference README (the published checkpoints), Table 3 (the ResNet-152 hint baselines).
 """
-import argparse
 import glob
 import os
 

@@ -4,7 +4,7 @@ import yaml
 
 from timm_kd import KDError
 from timm_kd.train import parse_args
-from timm_kd.train.build import loss_config as kd_loss_config
+from timm_kd.train.kd_flags import loss_config as kd_loss_config
 from timm_kd.train.students import student_args
 
 

@@ -18,7 +18,7 @@ import statistics
 import time
 from typing import Dict, List
 
-from .demo import COMMON, STUDENT, TEACHER, prepare_fashion_mnist, run
+from .demo import STUDENT, TEACHER, prepare_fashion_mnist, run
 
 
 def _replace(args: List[str], flag: str, value: str) -> List[str]:

@@ -21,7 +21,6 @@ from ..checkpoint import safe_globals
 from ..data import DatasetOptions, LoaderOptions, mixup_args
 from ..engine import StudentRun
 from ..errors import KDError
-from ..losses.flags import kd_loss_config
 from ..runtime import Process, amp_setup, experiment_name, output_dir, resolve_lr
 from ..task import DistillationTask
 from ..teacher import Teacher, create_teacher
@@ -103,12 +102,6 @@ def build_teacher(args: argparse.Namespace, num_classes: int, in_chans: int, dat
         input_size=args.teacher_input_size, dtype=args.teacher_dtype,
         channels_last=args.channels_last or args.teacher_channels_last, inference_mode=args.teacher_inference_mode,
         device=device, allow_pickle=args.allow_unsafe_pickle, model_kwargs=args.teacher_kwargs)
-
-
-def loss_config(args: argparse.Namespace) -> Tuple[Dict[str, float], Dict[str, Dict[str, Any]]]:
-    """(weight, kwargs) of each distillation loss a student's flags ask for."""
-    return kd_loss_config(args.kd_loss, args.kd_loss_weight, temperature=args.kd_temperature,
-                          loss_kwargs=args.kd_loss_kwargs, flags=vars(args))
 
 
 @dataclass

@@ -13,9 +13,8 @@ from typing import List, Optional, Tuple
 import yaml
 
 from ..errors import KDError
-from ..losses.flags import kd_loss_config
 from ..recipes import find_recipe
-from .kd_flags import add_kd_flags, resolve_timm_kd
+from .kd_flags import add_kd_flags, loss_config, resolve_timm_kd
 from .timm_flags import add_timm_flags, refuse_unsupported
 
 # Keys of an args.yaml that describe a finished run rather than a setting (written by timm's train.py, by earlier
@@ -127,8 +126,7 @@ def finish_args(args: argparse.Namespace) -> argparse.Namespace:
     resolve_timm_kd(args)
     if args.drop_connect is not None and args.drop_path is None:  # timm's deprecated name
         args.drop_path = args.drop_connect
-    kd_loss_config(args.kd_loss, args.kd_loss_weight, temperature=args.kd_temperature,
-                   loss_kwargs=args.kd_loss_kwargs, flags=vars(args))  # fail early on bad names, weights, kwargs
+    loss_config(args)  # fail early on bad loss names, weights, kwargs
     if args.kd_temperature is not None and args.kd_temperature <= 0:
         raise KDError(f'--kd-temperature must be > 0, got {args.kd_temperature}')
     if args.teacher_checkpoint and not args.teacher:

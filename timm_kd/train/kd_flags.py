@@ -5,12 +5,13 @@ Our flags carry the VanillaKD paper's defaults (T=1, weights 1:1). timm's flag n
 `--task-loss-weight W` alone gives the KD term weight 1 - W, as timm's distillation task does.
 """
 import argparse
+from typing import Any, Dict, Tuple
 
 from timm.utils import ParseKwargs
 
 from ..errors import KDError
 from ..losses import list_kd_losses
-from ..losses.flags import add_loss_hyperparameter_flags
+from ..losses.flags import add_loss_hyperparameter_flags, kd_loss_config
 
 TIMM_KD_TEMPERATURE = 4.0  # timm train.py's --kd-temperature default
 
@@ -106,3 +107,9 @@ def resolve_timm_kd(args: argparse.Namespace) -> None:
         args.ori_loss_weight = 1.0
     if args.kd_loss_weight is None:
         args.kd_loss_weight = [1.0]
+
+
+def loss_config(args: argparse.Namespace) -> Tuple[Dict[str, float], Dict[str, Dict[str, Any]]]:
+    """(weight, kwargs) of each distillation loss a student's flags ask for (after `resolve_timm_kd`)."""
+    return kd_loss_config(args.kd_loss, args.kd_loss_weight, temperature=args.kd_temperature,
+                          loss_kwargs=args.kd_loss_kwargs, flags=vars(args))

@@ -17,8 +17,9 @@ from ..errors import KDError
 from ..runtime import amp_setup, init_process
 from ..student import create_kd_student
 from .build import (StudentJob, build_teacher, check_same_start, create_student, dataset_options, loader_options,
-                    loss_config, model_dtype, setup_process_flags, setup_student)
+                    model_dtype, setup_process_flags, setup_student)
 from .config import parse_args
+from .kd_flags import loss_config
 from .students import student_args
 
 _logger = logging.getLogger('timm_kd.train')
@@ -91,7 +92,7 @@ def main(argv: Optional[List[str]] = None) -> Any:
                        input_dtype=input_dtype, distributed=process.distributed, is_primary=primary)
     wandb_run = _init_wandb(args, jobs) if args.log_wandb and primary else None
 
-    def after_update(update_idx: int) -> None:
+    def after_update(update_idx: int) -> None:  # reads `epoch` of the loop below
         if args.synchronize_step and device.type == 'cuda':
             torch.cuda.synchronize()
         if args.recovery_interval and (update_idx + 1) % args.recovery_interval == 0:
