@@ -1,4 +1,8 @@
+import functools
+import http.server
 import os
+import re
+import threading
 
 os.environ['HF_HUB_OFFLINE'] = '1'  # tests never touch the network
 
@@ -25,9 +29,52 @@ def image_folder(tmp_path_factory):
     return str(root)
 
 
+class FileServer:
+    """A local HTTP server for the files under `root` (a stand-in for a GitHub release); records request paths."""
+
+    def __init__(self, root):
+        self.root, self.requests = root, []
+        requests = self.requests
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args):
+                requests.append(self.path)
+
+        self.server = http.server.ThreadingHTTPServer(('127.0.0.1', 0),
+                                                      functools.partial(Handler, directory=str(root)))
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f'http://127.0.0.1:{self.server.server_address[1]}/'
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    server = FileServer(tmp_path / 'served')
+    server.root.mkdir()
+    yield server
+    server.server.shutdown()
+
+
 @pytest.fixture(autouse=True)
 def _isolated_hf_cache(tmp_path, monkeypatch):
-    """An empty Hugging Face cache per test, so nothing cached on the machine leaks in."""
+    """Empty Hugging Face and torch caches per test, so nothing cached on the machine leaks in."""
     monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf_home'))
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))  # timm's download cache
+    monkeypatch.setenv('TIMM_KD_RELEASE_URL', 'http://127.0.0.1:9/')  # release files: refused at once, never GitHub
+    monkeypatch.delenv('TIMM_KD_HUB_ORG', raising=False)
     torch.manual_seed(0)
+
+
+def fair_convnextv2_layout(state_dict):
+    """timm ConvNeXt-V2 keys -> the FAIR release layout (the file format VanillaKD's convnextv2_tiny shipped in)."""
+    out = {}
+    for k, v in state_dict.items():
+        k = re.sub(r'^stem\.', 'downsample_layers.0.', k)
+        k = re.sub(r'stages\.(\d+)\.downsample\.(\d+)', r'downsample_layers.\1.\2', k)
+        k = re.sub(r'stages\.(\d+)\.blocks\.(\d+)', r'stages.\1.\2', k)
+        k = k.replace('conv_dw', 'dwconv').replace('mlp.fc', 'pwconv')
+        if 'mlp.grn' in k:
+            k, v = k.replace('mlp.grn.weight', 'grn.gamma').replace('mlp.grn.bias', 'grn.beta'), v.reshape(1, 1, 1, -1)
+        k = k.replace('head.norm', 'norm').replace('head.fc', 'head')
+        out[k] = v
+    return out

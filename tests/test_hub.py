@@ -9,7 +9,7 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT
+from conftest import ROOT, fair_convnextv2_layout
 from timm_kd.hub import export, main
 
 sys.path.insert(0, ROOT)
@@ -56,25 +56,10 @@ def test_export_writes_a_timm_folder_of_the_student_only(kd_checkpoint, tmp_path
     assert '| test_resnet | 71.25 | 90.5 |' in (raw / 'README.md').read_text()
 
 
-def _fair_layout(state_dict):
-    """timm ConvNeXt-V2 keys -> the FAIR release layout (the file format VanillaKD's convnextv2_tiny shipped in)."""
-    out = {}
-    for k, v in state_dict.items():
-        k = re.sub(r'^stem\.', 'downsample_layers.0.', k)
-        k = re.sub(r'stages\.(\d+)\.downsample\.(\d+)', r'downsample_layers.\1.\2', k)
-        k = re.sub(r'stages\.(\d+)\.blocks\.(\d+)', r'stages.\1.\2', k)
-        k = k.replace('conv_dw', 'dwconv').replace('mlp.fc', 'pwconv')
-        if 'mlp.grn' in k:
-            k, v = k.replace('mlp.grn.weight', 'grn.gamma').replace('mlp.grn.bias', 'grn.beta'), v.reshape(1, 1, 1, -1)
-        k = k.replace('head.norm', 'norm').replace('head.fc', 'head')
-        out[k] = v
-    return out
-
-
 def test_export_converts_a_fair_convnextv2_release_file(tmp_path):
     torch.manual_seed(0)
     model = timm.create_model('convnextv2_atto', num_classes=10).eval()
-    fair = _fair_layout(model.state_dict())
+    fair = fair_convnextv2_layout(model.state_dict())
     assert 'downsample_layers.1.1.weight' in fair and 'stages.0.0.grn.gamma' in fair
     torch.save({'model': fair}, tmp_path / 'convnextv2_atto-release.pth')
     export(str(tmp_path / 'convnextv2_atto-release.pth'), 'convnextv2_atto', str(tmp_path / 'out'))

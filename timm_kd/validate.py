@@ -7,7 +7,8 @@
         --teacher beitv2_base_patch16_224.in1k_ft_in22k_in1k
 
 DATA is an ImageFolder root (with --split) or a timm dataset (--dataset torch/cifar100 ...). Preprocessing is
-the model's pretrained cfg (input size, crop_pct, interpolation, mean/std). Prints one JSON line (and writes it
+the model's pretrained cfg at its test size, as timm's validate.py resolves it (input size, crop_pct,
+interpolation, mean/std); the `.vkd` tags evaluate at 224 px with the paper's crop. Prints one JSON line (and writes it
 with --results-file): top1, top5, optionally real_top1/real_top5 (timm's ImageNet-ReaL, needs the ImageNet val
 file names) and, with --teacher, the teacher's top-1 and the top-1 agreement of student and teacher. The JSON
 can fill the model card: `python -m timm_kd.hub export ... --results results.json`.
@@ -32,6 +33,8 @@ def _create(model_name: str, checkpoint: Optional[str], allow_pickle: bool) -> t
         return load_student(model_name, checkpoint, allow_pickle=allow_pickle)
     try:
         return create_model(model_name, pretrained=True).eval()
+    except KDError:  # a release-file tag that cannot be fetched: the message names the URL and the fix
+        raise
     except Exception as e:  # huggingface_hub raises several types for a missing file / offline miss
         raise KDError(f'no weights for {model_name!r} ({type(e).__name__}); go online (unset HF_HUB_OFFLINE) to '
                       f'download them, or pass --checkpoint PATH') from None
@@ -41,7 +44,7 @@ def _create(model_name: str, checkpoint: Optional[str], allow_pickle: bool) -> t
 def validate(args: argparse.Namespace) -> Dict[str, Any]:
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     model = _create(args.model, args.checkpoint, args.allow_unsafe_pickle).to(device)
-    data_config = resolve_data_config({}, model=model)
+    data_config = resolve_data_config({}, model=model, use_test_size=True)  # as timm's validate.py
     dataset = create_dataset(args.dataset, root=args.data, split=args.split, is_training=False)
     loader = create_loader(dataset, input_size=data_config['input_size'], batch_size=args.batch_size,
                            interpolation=data_config['interpolation'], mean=data_config['mean'], std=data_config['std'],
