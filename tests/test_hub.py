@@ -1,12 +1,14 @@
 """`python -m timm_kd.hub`: export of train_kd.py checkpoints and release files to timm Hub folders, and push."""
 import json
 import logging
+import os
 import re
 import sys
 
 import pytest
 import timm
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from conftest import ROOT, fair_convnextv2_layout
@@ -40,20 +42,22 @@ def test_export_writes_a_timm_folder_of_the_student_only(kd_checkpoint, tmp_path
     assert config['architecture'] == 'test_resnet' and config['num_classes'] == 3
     assert config['pretrained_cfg']['input_size'] == [3, 32, 32]
     assert config['kd'] == {'teacher': 'test_vit', 'kd_loss': 'kd, fitnet', 'epochs': 1, 'top1': round(ckpt['metric'], 3),
-                            'top5': 99.5, 'dataset': re.sub('.*/', '', str(config['kd']['dataset']))}
+                            'top5': 99.5}
+    assert config['pretrained_cfg']['tag'] == 'kd' and 'license' not in config['pretrained_cfg']  # no borrowed cfg
     card = (folder / 'README.md').read_text()
-    front = card.split('---')[1]
-    assert 'library_name: timm' in front and 'license: apache-2.0' in front and '- knowledge-distillation' in front
-    assert 'datasets:' in front
-    for fact in ('Params (M):', 'GMACs:', 'Image size: 32 x 32', '**Teacher:** test_vit', 'hao2023vanillakd',
-                 '| test_resnet |'):
+    front = yaml.safe_load(card.split('---')[1])
+    assert front['library_name'] == 'timm' and 'knowledge-distillation' in front['tags']
+    assert 'license' not in front and 'datasets' not in front  # neither is known: a folder's name is no dataset
+    for fact in ('Params (M):', 'GMACs:', 'Activations (M):', 'Image size: train = 32 x 32, test = 32 x 32',
+                 '**Teacher:** `test_vit`', 'hao2023vanillakd', 'rw2019timm', '| test_resnet | test_vit | kd, fitnet |',
+                 '### Image Classification', '### Feature Map Extraction', '### Image Embeddings'):
         assert fact in card, fact
     raw = tmp_path / 'raw'
     (tmp_path / 'results.json').write_text(json.dumps({'top1': 71.25, 'top5': 90.5}))  # as timm_kd.validate writes
     main(['export', str(kd_checkpoint), '--model', 'test_resnet', '--out', str(raw), '--no-ema',
           '--results', str(tmp_path / 'results.json')])
     assert torch.equal(load_file(raw / 'model.safetensors')['fc.weight'], ckpt['state_dict']['fc.weight'])
-    assert '| test_resnet | 71.25 | 90.5 |' in (raw / 'README.md').read_text()
+    assert '| 71.25 | 90.5 |' in (raw / 'README.md').read_text()
 
 
 def test_export_converts_a_fair_convnextv2_release_file(tmp_path):
@@ -94,9 +98,13 @@ def test_export_of_a_mismatched_architecture_is_one_line(kd_checkpoint, tmp_path
 class _RecordingApi:
     """Stands in for huggingface_hub.HfApi: records calls and the uploaded files, talks to no server."""
     calls = []
+    readme_exists = False
 
     def __init__(self, *args, **kwargs):
-        pass
+        self.calls.append(('HfApi', kwargs.get('library_name')))
+
+    def file_exists(self, repo_id, filename, revision=None, **kwargs):
+        return self.readme_exists
 
     def create_repo(self, repo_id, private=False, exist_ok=False, **kwargs):
         self.calls.append(('create_repo', repo_id, private))
@@ -126,7 +134,83 @@ def test_push_creates_the_repo_uploads_the_folder_and_never_shows_the_token(kd_c
         main(['push', str(kd_checkpoint), '--model', 'test_resnet', '--repo-id', 'me/test_resnet.kd', '--private',
               '--revision', 'v1'])
     out, err = capsys.readouterr()
-    assert _RecordingApi.calls == [('create_repo', 'me/test_resnet.kd', True), ('create_branch', 'me/test_resnet.kd', 'v1'),
+    assert _RecordingApi.calls == [('HfApi', 'timm'), ('create_repo', 'me/test_resnet.kd', True),
+                                   ('create_branch', 'me/test_resnet.kd', 'v1'),
                                    ('upload_folder', 'me/test_resnet.kd', 'v1', ['README.md', 'config.json', 'model.safetensors'])]
     assert 'pushed to https://huggingface.co/me/test_resnet.kd' in out
     assert secret not in out + err + caplog.text
+
+
+@pytest.mark.parametrize('overwrite', [False, True])
+def test_push_keeps_an_existing_readme_unless_asked(kd_checkpoint, monkeypatch, overwrite):
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub, 'HfApi', _RecordingApi)
+    monkeypatch.setattr(_RecordingApi, 'readme_exists', True)
+    _RecordingApi.calls = []
+    main(['push', str(kd_checkpoint), '--model', 'test_resnet', '--repo-id', 'me/m'] + ['--overwrite-card'] * overwrite)
+    uploaded = _RecordingApi.calls[-1][-1]
+    assert ('README.md' in uploaded) == overwrite and 'model.safetensors' in uploaded
+
+
+def test_push_offline_is_one_line(kd_checkpoint, capsys):
+    with pytest.raises(SystemExit) as info:  # conftest: HF_HUB_OFFLINE=1
+        main(['push', str(kd_checkpoint), '--model', 'test_resnet', '--repo-id', 'me/m'])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith('error: cannot push to the Hugging Face Hub repo me/m (offline mode is on; unset HF_HUB_OFFLINE')
+
+
+def test_push_unauthorized_is_one_line(kd_checkpoint):
+    """A local server answers every Hub call with 401, as huggingface.co does for a missing or read-only token."""
+    import http.server
+    import subprocess
+    import threading
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def _refuse(self):
+            self.send_response(401)
+            self.send_header('Content-Type', 'application/json')
+            self.end_headers()
+            self.wfile.write(b'{"error": "Invalid credentials in Authorization header"}')
+        do_GET = do_POST = do_HEAD = do_PUT = _refuse
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = dict(os.environ, HF_HUB_OFFLINE='0', HF_ENDPOINT=f'http://127.0.0.1:{server.server_address[1]}',
+               HF_TOKEN='hf_' + 'x' * 34)
+    run = subprocess.run([sys.executable, '-m', 'timm_kd.hub', 'push', str(kd_checkpoint), '--model', 'test_resnet',
+                          '--repo-id', 'me/m'], capture_output=True, text=True, env=env, cwd=ROOT)
+    server.shutdown()
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert 'HTTP 401: not authorized' in run.stderr and 'hf auth login' in run.stderr
+
+
+def test_card_snippets_run_and_the_front_matter_carries_the_results(kd_checkpoint, tmp_path, capsys):
+    """Each code block of the card runs as written, with the Hub id and the example image swapped for local ones."""
+    folder = tmp_path / 'export'
+    main(['export', str(kd_checkpoint), '--model', 'test_resnet', '--out', str(folder), '--dataset', 'ImageNet-1k',
+          '--top1', '81.5', '--top5', '95.25', '--license', 'apache-2.0'])
+    capsys.readouterr()
+    card = (folder / 'README.md').read_text()
+    front = yaml.safe_load(card.split('---')[1])
+    assert front['license'] == 'apache-2.0' and front['datasets'] == ['imagenet-1k']
+    result = front['model-index'][0]['results'][0]
+    assert result['dataset'] == {'type': 'imagenet-1k', 'name': 'ImageNet-1k'}
+    assert [m['value'] for m in result['metrics']] == [81.5, 95.25]
+    from PIL import Image
+    Image.new('RGB', (48, 40), (200, 30, 60)).save(tmp_path / 'image.png')
+    blocks = re.findall(r'```python\n(.*?)```', card, re.S)
+    assert len(blocks) == 3
+    outputs = []
+    for code in blocks:
+        assert "hf-hub:ORG/test_resnet" in code
+        code = code.replace('hf-hub:ORG/test_resnet', f'local-dir:{folder}')
+        code = re.sub(r"urlopen\('[^']+'\)", f"urlopen('file://{tmp_path}/image.png')", code)
+        exec(compile(code, 'card', 'exec'), {})
+        outputs.append(capsys.readouterr().out.strip().splitlines())
+    assert len(outputs[0]) == 3 and outputs[0][0].startswith('class ')  # top-5 of a 3-class model: 3 lines
+    assert len(outputs[1]) == len(timm.create_model('test_resnet', features_only=True).feature_info)
+    assert outputs[2] == ['torch.Size([1, 96])']

@@ -2,12 +2,13 @@
 
     python -m timm_kd.hub export CHECKPOINT --model ARCH[.TAG] --out DIR
     python -m timm_kd.hub push CHECKPOINT --model ARCH[.TAG] --repo-id ORG/NAME [--private] [--revision BRANCH]
+        [--overwrite-card]
 
 CHECKPOINT is a timm-kd training checkpoint (its EMA weights when present; --no-ema for the raw ones), a bare
 state_dict, a .safetensors file, or a VanillaKD release file (ConvNeXt-V2 in FAIR's key layout included: keys are
 converted by the architecture's own timm `checkpoint_filter_fn`). Loading never runs pickled code. The folder
 holds `model.safetensors` and `config.json` (written by timm's `save_for_hf`, loadable by plain timm as
-`hf-hub:ORG/NAME`) with our KD metadata under a top-level "kd" key, and a timm-style `README.md` model card.
+`hf-hub:ORG/NAME`) with our KD metadata under a top-level "kd" key, and a `README.md` model card (card.py).
 Only the student is exported: KD projectors, embeddings and auxiliary heads live in the checkpoint's task
 state and never reach the weights.
 """
@@ -20,17 +21,11 @@ from typing import Any, Dict, Optional
 
 import torch
 from timm.models import create_model, get_pretrained_cfg, split_model_name_tag
-from timm.models._hub import generate_readme, save_for_hf
+from timm.models._hub import save_for_hf
 
+from .card import model_card
 from .checkpoint import checkpoint_num_classes, load_state_dict, load_training_metadata
 from .errors import KDError
-
-CITATION = """@article{hao2023vanillakd,
-  title={VanillaKD: Revisit the Power of Vanilla Knowledge Distillation from Small Scale to Large Scale},
-  author={Hao, Zhiwei and Guo, Jianyuan and Han, Kai and Hu, Han and Xu, Chang and Wang, Yunhe},
-  journal={arXiv preprint arXiv:2305.15781},
-  year={2023}
-}"""
 
 
 def load_student(model_name: str, checkpoint: str, use_ema: bool = True, allow_pickle: bool = False) -> torch.nn.Module:
@@ -56,13 +51,6 @@ def load_student(model_name: str, checkpoint: str, use_ema: bool = True, allow_p
     return model.eval()
 
 
-def _macs(model: torch.nn.Module, input_size) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, *input_size))
-    return counter.get_total_flops() / 2  # one multiply-add = 2 flops
-
-
 def kd_metadata(model_name: str, training: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:
     """Teacher, loss, epochs, recipe and accuracy: from the model's `vkd`-style cfg, the training checkpoint's
     args and metric (`training`, as `load_training_metadata` returns them), then explicit overrides (later wins)."""
@@ -75,42 +63,11 @@ def kd_metadata(model_name: str, training: Dict[str, Any], overrides: Dict[str, 
         losses = args.get('kd_loss')
         meta.update(teacher=args['teacher'], kd_loss=', '.join(losses) if isinstance(losses, list) else losses,
                     epochs=args.get('epochs'), recipe=os.path.basename(args['config']) if args.get('config') else None,
-                    dataset=args.get('dataset')
-                    or os.path.basename(os.path.normpath(args.get('data_dir') or '')) or None)
+                    dataset=args.get('dataset') or None)  # a folder's name is no dataset name: --dataset names it
     if training.get('metric') is not None and args.get('eval_metric', 'top1') == 'top1':
         meta.setdefault('top1', round(float(training['metric']), 3))
     meta.update({k: v for k, v in overrides.items() if v is not None})
     return {k: v for k, v in meta.items() if v is not None}
-
-
-def model_card(name: str, model: torch.nn.Module, meta: Dict[str, Any], data_config: Dict[str, Any],
-               hub_id: str) -> str:
-    """A model card in timm's style (front matter, details, results, usage, citation) via timm's generator."""
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    input_size = tuple(data_config['input_size'])
-    details = {'Model Type': 'Image classification / feature backbone',
-               'Model Stats': {'Params (M)': f'{params:.1f}', 'GMACs': f'{_macs(model, input_size) / 1e9:.2f}',
-                               'Image size': f'{input_size[1]} x {input_size[2]}'},
-               'Papers': {'VanillaKD: Revisit the Power of Vanilla Knowledge Distillation from Small Scale to Large '
-                          'Scale': 'https://arxiv.org/abs/2305.15781'},
-               'Dataset': meta.get('dataset', 'unknown')}
-    for key, label in (('teacher', 'Teacher'), ('kd_loss', 'Distillation loss'), ('recipe', 'Recipe'),
-                       ('epochs', 'Epochs'), ('origin_url', 'Original')):
-        if meta.get(key) is not None:
-            details[label] = meta[key]
-    rows = '| model | top-1 | top-5 | params (M) | image size |\n|---|---|---|---|---|\n'
-    rows += f'| {name} | {meta.get("top1", "-")} | {meta.get("top5", "-")} | {params:.1f} | {input_size[1]} |\n'
-    usage = ('```python\nimport timm\n'
-             f"model = timm.create_model('hf-hub:{hub_id}', pretrained=True).eval()\n"
-             'config = timm.data.resolve_data_config({}, model=model)\n'
-             'transform = timm.data.create_transform(**config)\n'
-             '# top5 = model(transform(img).unsqueeze(0)).softmax(-1).topk(5)\n```\n')
-    card = {'tags': ['image-classification', 'timm', 'knowledge-distillation'], 'license': 'apache-2.0',
-            'description': f'A {model.__class__.__name__} image classifier distilled from '
-                           f'{meta.get("teacher", "a teacher")} '
-                           f'with timm-kd ({meta.get("kd_loss", "kd")} loss).',
-            'details': details, 'comparison': rows, 'usage': usage, 'citation': CITATION}
-    return generate_readme(card, name)
 
 
 def export(checkpoint: str, model_name: str, out: str, use_ema: bool = True, allow_pickle: bool = False,
@@ -123,27 +80,57 @@ def export(checkpoint: str, model_name: str, out: str, use_ema: bool = True, all
     data_config = {k: args[k] for k in ('input_size', 'img_size', 'mean', 'std', 'crop_pct', 'interpolation')
                    if args.get(k)}
     save_for_hf(model, out, model_config={'kd': meta}, safe_serialization=True, data_config=data_config or None)
-    with open(os.path.join(out, 'config.json')) as f:
-        resolved = json.load(f)['pretrained_cfg']
-    name = hub_id.split('/')[-1] if hub_id else split_model_name_tag(model_name)[0]
+    config_path = os.path.join(out, 'config.json')
+    with open(config_path) as f:
+        config = json.load(f)
+    # The architecture's default cfg lends its tag ('r160_in1k') and license; neither describes these weights.
+    arch, tag = split_model_name_tag(model_name)
+    resolved = config['pretrained_cfg']
+    resolved.update(tag=tag or 'kd', architecture=arch)
+    resolved.pop('license', None)
+    if meta.get('license'):
+        resolved['license'] = meta['license']
+    with open(config_path, 'w') as f:
+        json.dump(config, f, indent=2)
+    name = hub_id.split('/')[-1] if hub_id else model_name
     with open(os.path.join(out, 'README.md'), 'w', encoding='utf-8') as f:
-        f.write(model_card(name, model, meta, resolved, hub_id or f'ORG/{name}'))
+        f.write(model_card(name, model, meta, resolved, f'hf-hub:{hub_id or "ORG/" + name}'))
     return out
 
 
 def push(checkpoint: str, model_name: str, repo_id: str, private: bool = False, revision: Optional[str] = None,
-         commit_message: str = 'Add distilled model (timm-kd)', **export_kwargs: Any) -> str:
-    """Export, then create the Hub repo and upload the folder. The token comes from huggingface_hub's usual
-    places (HF_TOKEN, `hf auth login`); it is never printed or written to the folder."""
-    from huggingface_hub import HfApi
-    api = HfApi()
-    with tempfile.TemporaryDirectory() as tmp:
-        export(checkpoint, model_name, tmp, hub_id=repo_id, **export_kwargs)
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        if revision:
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision, commit_message=commit_message)
+         overwrite_card: bool = False, commit_message: str = 'Add distilled model (timm-kd)',
+         **export_kwargs: Any) -> str:
+    """Export, then publish as timm's `push_to_hf_hub` does: the repo is created if needed and tagged as a timm
+    library model, and a README.md already in the repo is kept unless `overwrite_card`. The token comes from
+    huggingface_hub's usual places (HF_TOKEN, `hf auth login`); it is never printed or written to the folder."""
+    import huggingface_hub
+    import timm
+    try:
+        api = huggingface_hub.HfApi(library_name='timm', library_version=timm.__version__)
+        with tempfile.TemporaryDirectory() as tmp:
+            export(checkpoint, model_name, tmp, hub_id=repo_id, **export_kwargs)
+            repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+            if revision:
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+            if not overwrite_card and api.file_exists(repo_id, 'README.md', revision=revision):
+                os.remove(os.path.join(tmp, 'README.md'))
+            api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision, commit_message=commit_message)
+    except KDError:
+        raise
+    except Exception as e:  # huggingface_hub: offline mode, 401/403, network errors
+        raise KDError(f'cannot push to the Hugging Face Hub repo {repo_id} ({_hub_problem(e)})') from None
     return f'https://huggingface.co/{repo_id}'
+
+
+def _hub_problem(e: Exception) -> str:
+    """What went wrong talking to the Hub, and the fix, in a few words."""
+    status = getattr(getattr(e, 'response', None), 'status_code', None)
+    if type(e).__name__ == 'OfflineModeIsEnabled':
+        return 'offline mode is on; unset HF_HUB_OFFLINE and retry'
+    if status in (401, 403):
+        return f'HTTP {status}: not authorized; log in with `hf auth login` or set HF_TOKEN to a token with write access'
+    return f'{type(e).__name__}: {" ".join(str(e).split())[:120]}; check the network and the repo id'
 
 
 def main(argv=None) -> None:
@@ -157,6 +144,8 @@ def main(argv=None) -> None:
         p.add_argument('--allow-unsafe-pickle', action='store_true', help='trusted files only: may run code')
         for key in ('teacher', 'kd-loss', 'recipe', 'dataset'):
             p.add_argument(f'--{key}', default=None, help=f'KD metadata: {key} (default: from the checkpoint)')
+        p.add_argument('--license', default=None,
+                       help='license of the weights, as a Hub license id (default: none stated)')
         p.add_argument('--epochs', type=int, default=None)
         p.add_argument('--top1', type=float, default=None)
         p.add_argument('--top5', type=float, default=None)
@@ -167,9 +156,11 @@ def main(argv=None) -> None:
             p.add_argument('--repo-id', required=True, help='ORG/NAME on the Hugging Face Hub')
             p.add_argument('--private', action='store_true')
             p.add_argument('--revision', default=None, help='branch to upload to (created if needed)')
+            p.add_argument('--overwrite-card', action='store_true',
+                           help="replace the repo's README.md (kept by default, as timm's push_to_hf_hub does)")
     args = parser.parse_args(argv)
     overrides = dict(teacher=args.teacher, kd_loss=args.kd_loss, recipe=args.recipe, dataset=args.dataset,
-                     epochs=args.epochs, top1=args.top1, top5=args.top5)
+                     epochs=args.epochs, top1=args.top1, top5=args.top5, license=args.license)
     if args.results:
         with open(args.results) as f:
             results = json.load(f)
@@ -180,7 +171,7 @@ def main(argv=None) -> None:
             print(f'exported to {export(args.checkpoint, args.model, args.out, **common)}')
         else:
             url = push(args.checkpoint, args.model, args.repo_id, private=args.private, revision=args.revision,
-                       **common)
+                       overwrite_card=args.overwrite_card, **common)
             print(f'pushed to {url}')
     except KDError as e:
         print(f'error: {e}', file=sys.stderr)
