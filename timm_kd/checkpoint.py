@@ -66,7 +66,7 @@ def load_training_metadata(path: str) -> Dict[str, Any]:
         return {}
     args = checkpoint.get('args')
     return {'args': vars(args) if isinstance(args, argparse.Namespace) else (args if isinstance(args, dict) else {}),
-            'epoch': checkpoint.get('epoch'), 'metric': checkpoint.get('metric')}
+            'epoch': checkpoint.get('epoch'), 'metric': checkpoint.get('metric'), 'saver': checkpoint.get('saver')}
 
 
 def checkpoint_num_classes(arch: str, state_dict: Dict[str, Any]) -> Optional[int]:

@@ -1,5 +1,6 @@
 """One training epoch of one or several students and one evaluation pass: the loop of `timm_kd.train`."""
 import logging
+import math
 import time
 from collections import OrderedDict
 from contextlib import nullcontext
@@ -9,6 +10,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from timm.task import evaluation_sample_limit
 from timm.utils import dispatch_clip_grad, reduce_tensor
+
+from .errors import NonFiniteError
 
 _logger = logging.getLogger(__name__)
 
@@ -85,6 +88,8 @@ def train_one_epoch(
         batch_size_reference: Optional[float] = None,
         after_update: Optional[Callable[[int], None]] = None,
         on_log: Optional[Callable[[int, torch.Tensor], None]] = None,
+        skip_batches: int = 0,
+        after_skip: Optional[Callable[[], None]] = None,
 ) -> List[Dict[str, float]]:
     """Train every student of `runs` for one epoch; returns, per run, the epoch mean of each loss component.
 
@@ -99,7 +104,10 @@ def train_one_epoch(
     update (recovery checkpoints), `on_log(batch_index, input)` at each log interval on the primary process.
 
     Loss components are summed on the device and read back only at log intervals and at the end of the epoch,
-    so the step itself has no host-device synchronisation.
+    so the step itself has no host-device synchronisation; a NaN or infinite sum there stops training with a
+    `NonFiniteError` naming the epoch, batch, component and lr. `skip_batches` (a resume from a mid-epoch recovery
+    checkpoint) draws the epoch's first batches from the loader without training on them, so the rest of the
+    epoch sees the same data as the uninterrupted run; then `after_skip()` runs.
     """
     num_batches = len(loader)
     last_window = num_batches % grad_accum_steps  # batches in a last, shorter accumulation window (0: none)
@@ -112,6 +120,13 @@ def train_one_epoch(
     count = torch.zeros((), device=device)
     start = time.time()
     for batch_idx, (input, target) in enumerate(loader):
+        if batch_idx < skip_batches:
+            if batch_idx == skip_batches - 1:
+                for run in runs:
+                    run.num_updates += skip_batches // grad_accum_steps
+                if after_skip is not None:
+                    after_skip()
+            continue
         input, target = _to_device(input, target, device, channels_last, input_dtype)
         index = None
         if labels is not None:
@@ -151,12 +166,14 @@ def train_one_epoch(
         count += input.shape[0]
         if is_primary and (batch_idx % log_interval == 0 or last_batch):
             elapsed = time.time() - start
-            per_batch = elapsed / (batch_idx + 1)
+            per_batch = elapsed / (batch_idx + 1 - skip_batches)
             remaining = per_batch * ((num_batches - batch_idx - 1) + (num_epochs - epoch - 1) * num_batches)
             _logger.info(f'Train: {epoch} [{batch_idx + 1:>4d}/{num_batches}]  {input.shape[0] / per_batch:.1f} img/s'
                          f'  ETA {_format_eta(remaining)}')
             for run in runs:
-                losses = '  '.join(f'{k}: {(v / count).item():.4f}' for k, v in run.sums.items())
+                means = {k: (v / count).item() for k, v in run.sums.items()}
+                check_finite(means, epoch, batch_idx, run)
+                losses = '  '.join(f'{k}: {v:.4f}' for k, v in means.items())
                 _logger.info(f'  {run.name + "  " if run.name else ""}{losses}  lr: {run.mean_lr():.3e}')
             if on_log is not None:
                 on_log(batch_idx, input)
@@ -167,6 +184,16 @@ def train_one_epoch(
         count = reduce_tensor(count, 1)  # sum over ranks
     return [OrderedDict((k, ((reduce_tensor(v, 1) if distributed else v) / count).item())
                         for k, v in run.sums.items()) for run in runs]
+
+
+def check_finite(losses: Dict[str, float], epoch: int, batch_idx: int, run: StudentRun) -> None:
+    """Stop with one line when a loss component (a running mean) is NaN or infinite."""
+    for key, value in losses.items():
+        if not math.isfinite(value):
+            raise NonFiniteError(
+                f'{key} is {value} in epoch {epoch} by batch {batch_idx}{" of student " + run.name if run.name else ""}'
+                f' (lr {run.mean_lr():.3e}); training stopped and no checkpoint of it was written: resume from the last '
+                f'good one with a lower --lr, --clip-grad, or a check of the loss settings')
 
 
 @torch.no_grad()

@@ -7,3 +7,15 @@ Every message is a single line that names the problem and how to fix it; `timm-k
 
 class KDError(ValueError):
     """Bad input to timm-kd (unknown loss, missing or unsafe checkpoint, class mismatch, ...)."""
+
+
+class NonFiniteError(KDError):
+    """Training produced a NaN or infinite loss or weight; nothing non-finite was saved."""
+
+
+class Interrupted(KDError):
+    """SIGTERM/SIGINT stopped the run after a recovery checkpoint; exits with 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum

@@ -2,6 +2,7 @@
 optimizer, schedule, EMA and checkpoint saver. `timm_kd.train.loop` wires these together."""
 import argparse
 import dataclasses
+import glob
 import importlib
 import logging
 import os
@@ -15,13 +16,14 @@ from timm.models import create_model
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.task import load_task_ema_checkpoint, resume_task_checkpoint
-from timm.utils import CheckpointSaver, set_jit_fuser
+from timm.utils import set_jit_fuser
 
-from ..checkpoint import safe_globals
+from ..checkpoint import load_training_metadata, safe_globals
 from ..data import DatasetOptions, LoaderOptions, mixup_args
 from ..engine import StudentRun
 from ..errors import KDError
 from ..runtime import Process, amp_setup, experiment_name, output_dir, resolve_lr
+from ..saver import DurableCheckpointSaver
 from ..task import DistillationTask
 from ..teacher import Teacher, create_teacher
 
@@ -112,18 +114,21 @@ class StudentJob:
     start_epoch: int
     num_epochs: int
     out_dir: str = ''
-    saver: Optional[CheckpointSaver] = None
+    saver: Optional[DurableCheckpointSaver] = None
     best: Tuple[Optional[float], Optional[int]] = (None, None)
+    skip_batches: int = 0  # resumed from a mid-epoch recovery checkpoint: batches of start_epoch already trained
 
 
 def resume_path(args: argparse.Namespace) -> str:
-    """--resume as given, or for `--resume auto` the experiment's last.pth.tar when it exists ('' otherwise)."""
+    """--resume as given, or for `--resume auto` the experiment's newest checkpoint, last.pth.tar or a mid-epoch
+    recovery-*.pth.tar ('' when there is none)."""
     if args.resume != 'auto':
         return args.resume
     if not args.experiment:
         raise KDError('--resume auto needs --experiment NAME, the folder to resume from')
-    path = os.path.join(args.output or os.path.join('.', 'output', 'train'), args.experiment, 'last.pth.tar')
-    return path if os.path.isfile(path) else ''
+    folder = os.path.join(args.output or os.path.join('.', 'output', 'train'), args.experiment)
+    found = glob.glob(os.path.join(folder, 'recovery-*.pth.tar')) + glob.glob(os.path.join(folder, 'last.pth.tar'))
+    return max(found, key=os.path.getmtime) if found else ''
 
 
 def setup_student(args: argparse.Namespace, args_text: str, kd_student, loss_weights: Dict[str, float],
@@ -143,13 +148,17 @@ def setup_student(args: argparse.Namespace, args_text: str, kd_student, loss_wei
     optimizer = create_optimizer_v2(kd_student, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
     _, loss_scaler = amp_setup(args.amp, args.amp_dtype, device)
     resume = resume_path(args)
-    start_epoch = 0
+    start_epoch, skip_batches = 0, 0
     if resume:
         if not os.path.isfile(resume):
             raise KDError(f'--resume checkpoint not found: {resume!r}; pass OUTPUT/EXPERIMENT/last.pth.tar')
         start_epoch = resume_task_checkpoint(
             task, resume, optimizer=None if args.no_resume_opt else optimizer,
             loss_scaler=None if args.no_resume_opt else loss_scaler, log_info=primary) or 0
+        recovery_update = (load_training_metadata(resume).get('saver') or {}).get('recovery_update')
+        if recovery_update is not None:  # written mid-epoch: continue that epoch after its trained batches
+            start_epoch -= 1
+            skip_batches = (recovery_update + 1) * args.grad_accum_steps
     if args.model_ema:
         task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
                        device='cpu' if args.model_ema_force_cpu else None)
@@ -170,10 +179,10 @@ def setup_student(args: argparse.Namespace, args_text: str, kd_student, loss_wei
         else:
             lr_scheduler.step(start_epoch)
     run = StudentRun(task, optimizer, lr_scheduler, loss_scaler, clip_grad=args.clip_grad, clip_mode=args.clip_mode)
-    job = StudentJob(args, run, start_epoch, num_epochs)
+    job = StudentJob(args, run, start_epoch, num_epochs, skip_batches=skip_batches)
     if primary:
         job.out_dir = output_dir(args.output, experiment_name(args.experiment, args.model, data_config['input_size']))
-        job.saver = CheckpointSaver(model=kd_student.student, optimizer=optimizer, args=args, amp_scaler=loss_scaler,
+        job.saver = DurableCheckpointSaver(model=kd_student.student, optimizer=optimizer, args=args, amp_scaler=loss_scaler,
                                     checkpoint_dir=job.out_dir, recovery_dir=job.out_dir, decreasing=decreasing,
                                     max_history=args.checkpoint_hist, task=task)
         if resume:
@@ -185,9 +194,10 @@ def setup_student(args: argparse.Namespace, args_text: str, kd_student, loss_wei
     return job
 
 
-def check_same_start(jobs: List[StudentJob]) -> int:
-    starts = sorted({job.start_epoch for job in jobs})
+def check_same_start(jobs: List[StudentJob]) -> Tuple[int, int]:
+    """The (epoch, batches already trained in it) every student resumes at; they share one data stream."""
+    starts = sorted({(job.start_epoch, job.skip_batches) for job in jobs})
     if len(starts) > 1:
-        raise KDError(f'the students resume from different epochs {starts}; one data stream needs one epoch: resume '
-                      f'every student from checkpoints of the same epoch')
+        raise KDError(f'the students resume from different points {starts} (epoch, batch); one data stream needs one '
+                      f'start: resume every student from checkpoints of the same epoch')
     return starts[0]

@@ -2,6 +2,7 @@
 summary.csv, best-checkpoint tracking, scheduler steps, mixup-off epoch, recovery checkpoints, wandb)."""
 import logging
 import os
+import signal
 import sys
 from typing import Any, Dict, List, Optional
 
@@ -12,14 +13,15 @@ from timm.utils import distribute_bn, random_seed, setup_default_logging, update
 
 from ..data import (IndexedTargets, create_datasets, create_loaders, dataset_num_classes, disable_mixup,
                     set_loader_epoch)
-from ..engine import train_one_epoch, validate
-from ..errors import KDError
+from ..engine import check_finite, train_one_epoch, validate
+from ..errors import Interrupted, KDError
 from ..runtime import amp_setup, init_process
 from ..student import create_kd_student
 from .build import (StudentJob, build_teacher, check_same_start, create_student, dataset_options, loader_options,
                     model_dtype, setup_process_flags, setup_student)
 from .config import parse_args
 from .kd_flags import loss_config
+from .reliability import Preemption, reseed, truncate_summary
 from .students import student_args
 
 _logger = logging.getLogger('timm_kd.train')
@@ -85,7 +87,7 @@ def main(argv: Optional[List[str]] = None) -> Any:
             for (sargs, text), kd_student, (weights, _) in zip(students, kd_students, loss_configs)]
     for job, (sargs, _) in zip(jobs, students):
         job.run.name = os.path.basename(sargs.experiment) if args.students else ''
-    start_epoch, num_epochs = check_same_start(jobs), jobs[0].num_epochs
+    (start_epoch, skip_batches), num_epochs = check_same_start(jobs), jobs[0].num_epochs
     stop_epoch = min(num_epochs, args.stop_epoch) if args.stop_epoch else num_epochs
     amp_autocast, _ = amp_setup(args.amp, args.amp_dtype, device)
     eval_kwargs = dict(device=device, amp_autocast=amp_autocast, channels_last=args.channels_last,
@@ -95,10 +97,19 @@ def main(argv: Optional[List[str]] = None) -> Any:
     def after_update(update_idx: int) -> None:  # reads `epoch` of the loop below
         if args.synchronize_step and device.type == 'cuda':
             torch.cuda.synchronize()
-        if args.recovery_interval and (update_idx + 1) % args.recovery_interval == 0:
+        recovery = bool(args.recovery_interval) and (update_idx + 1) % args.recovery_interval == 0
+        signum = preemption.requested(check_ranks=recovery or (update_idx + 1) % args.log_interval == 0)
+        if recovery or signum:
             for job in jobs:
                 if job.saver is not None:
+                    job.saver.extra_state = {'recovery_update': update_idx}
                     job.saver.save_recovery(epoch, batch_idx=update_idx)
+                    job.saver.extra_state = None
+        reseed(args.seed, epoch, process.rank, update_idx)  # the rest of the epoch no longer depends on the past
+        if signum:
+            path = jobs[0].saver.curr_recovery_file if jobs[0].saver is not None else 'the recovery checkpoint'
+            raise Interrupted(f'stopped by {signal.Signals(signum).name} in epoch {epoch} after update {update_idx}; '
+                              f'continue with --resume {path}', signum)
 
     def save_images(batch_idx: int, input: torch.Tensor) -> None:
         torchvision.utils.save_image(input.float(), os.path.join(jobs[0].out_dir, f'train-batch-{batch_idx}.jpg'),
@@ -106,47 +117,55 @@ def main(argv: Optional[List[str]] = None) -> Any:
 
     if start_epoch >= stop_epoch:
         _logger.info(f'Nothing to train: the run is at epoch {start_epoch} of {stop_epoch}')
-    for epoch in range(start_epoch, stop_epoch):
-        set_loader_epoch(train_loader, epoch)
-        if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
-            disable_mixup(train_loader, mixup_fn)
-        train_metrics = train_one_epoch(
-            epoch, [job.run for job in jobs], train_loader, device=device, num_epochs=num_epochs, teacher=teacher,
-            amp_autocast=amp_autocast, mixup_fn=mixup_fn, grad_accum_steps=args.grad_accum_steps,
-            channels_last=args.channels_last, input_dtype=input_dtype, distributed=process.distributed,
-            log_interval=args.log_interval, is_primary=primary, labels=labels,
-            batch_loss_scale=args.variable_batch_loss_scale if scheduled else 'none',
-            batch_size_reference=batch_reference, after_update=after_update,
-            on_log=save_images if args.save_images and primary else None)
-        validating = (epoch + 1) % args.val_interval == 0 or epoch + 1 == num_epochs
-        wandb_row: Dict[str, float] = {}
-        for job, student, metrics in zip(jobs, models, train_metrics):
-            run = job.run
-            if process.distributed and args.dist_bn in ('broadcast', 'reduce') and not args.sync_bn:
-                distribute_bn(student, process.world_size, args.dist_bn == 'reduce')
-                if run.task.has_ema() and not args.model_ema_force_cpu:  # as timm: the EMA's statistics too
-                    distribute_bn(run.task.get_eval_model(ema=True), process.world_size, args.dist_bn == 'reduce')
-            if not validating:
+    if primary and (start_epoch or skip_batches):  # a resume: rows from its epoch on were written after the checkpoint
+        for job in jobs:
+            truncate_summary(os.path.join(job.out_dir, 'summary.csv'), start_epoch)
+    with Preemption(process.distributed, device) as preemption:  # SIGTERM/SIGINT: recovery checkpoint, exit
+        for epoch in range(start_epoch, stop_epoch):
+            reseed(args.seed, epoch, process.rank)
+            set_loader_epoch(train_loader, epoch)
+            if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+                disable_mixup(train_loader, mixup_fn)
+            train_metrics = train_one_epoch(
+                epoch, [job.run for job in jobs], train_loader, device=device, num_epochs=num_epochs, teacher=teacher,
+                amp_autocast=amp_autocast, mixup_fn=mixup_fn, grad_accum_steps=args.grad_accum_steps,
+                channels_last=args.channels_last, input_dtype=input_dtype, distributed=process.distributed,
+                log_interval=args.log_interval, is_primary=primary, labels=labels,
+                batch_loss_scale=args.variable_batch_loss_scale if scheduled else 'none',
+                batch_size_reference=batch_reference, after_update=after_update,
+                on_log=save_images if args.save_images and primary else None,
+                skip_batches=skip_batches if epoch == start_epoch else 0,
+                after_skip=lambda: reseed(args.seed, epoch, process.rank, skip_batches // args.grad_accum_steps - 1))
+            validating = (epoch + 1) % args.val_interval == 0 or epoch + 1 == num_epochs
+            wandb_row: Dict[str, float] = {}
+            for job, student, metrics in zip(jobs, models, train_metrics):
+                run = job.run
+                check_finite(metrics, epoch, len(train_loader) - 1, run)  # before anything is recorded or saved
+                if process.distributed and args.dist_bn in ('broadcast', 'reduce') and not args.sync_bn:
+                    distribute_bn(student, process.world_size, args.dist_bn == 'reduce')
+                    if run.task.has_ema() and not args.model_ema_force_cpu:  # as timm: the EMA's statistics too
+                        distribute_bn(run.task.get_eval_model(ema=True), process.world_size, args.dist_bn == 'reduce')
+                if not validating:
+                    if run.lr_scheduler is not None:
+                        run.lr_scheduler.step(epoch + 1, metric=None)
+                    continue
+                eval_metrics = None
+                if eval_loader is not None:
+                    suffix = f' [{run.name}]' if run.name else ''
+                    eval_metrics = validate(run.task, eval_loader, log_suffix=suffix, **eval_kwargs)
+                    if run.task.has_ema() and not args.model_ema_force_cpu:
+                        eval_metrics = validate(run.task, eval_loader, ema=True, log_suffix=suffix + ' (EMA)',
+                                                **eval_kwargs)
+                metric = (eval_metrics or metrics)[eval_metric]
+                if primary:  # as timm: the lr the epoch trained with, then the checkpoint, then the scheduler step
+                    update_summary(epoch, metrics, eval_metrics, os.path.join(job.out_dir, 'summary.csv'),
+                                   lr=run.mean_lr())
+                    wandb_row.update(_wandb_row(run.name, epoch, metrics, eval_metrics, run.mean_lr()))
+                    job.best = job.saver.save_checkpoint(epoch, metric=metric)
                 if run.lr_scheduler is not None:
-                    run.lr_scheduler.step(epoch + 1, metric=None)
-                continue
-            eval_metrics = None
-            if eval_loader is not None:
-                suffix = f' [{run.name}]' if run.name else ''
-                eval_metrics = validate(run.task, eval_loader, log_suffix=suffix, **eval_kwargs)
-                if run.task.has_ema() and not args.model_ema_force_cpu:
-                    eval_metrics = validate(run.task, eval_loader, ema=True, log_suffix=suffix + ' (EMA)',
-                                            **eval_kwargs)
-            metric = (eval_metrics or metrics)[eval_metric]
-            if primary:  # as timm: the lr the epoch trained with, then the checkpoint, then the scheduler step
-                update_summary(epoch, metrics, eval_metrics, os.path.join(job.out_dir, 'summary.csv'),
-                               lr=run.mean_lr())
-                wandb_row.update(_wandb_row(run.name, epoch, metrics, eval_metrics, run.mean_lr()))
-                job.best = job.saver.save_checkpoint(epoch, metric=metric)
-            if run.lr_scheduler is not None:
-                run.lr_scheduler.step(epoch + 1, metric)
-        if wandb_run is not None and wandb_row:
-            wandb_run.log(wandb_row)
+                    run.lr_scheduler.step(epoch + 1, metric)
+            if wandb_run is not None and wandb_row:
+                wandb_run.log(wandb_row)
     if primary:
         for job in jobs:
             if job.best[0] is not None:
@@ -173,6 +192,9 @@ def cli(argv: Optional[List[str]] = None) -> None:
     """Console entry point (`timm-kd-train`, `python -m timm_kd.train`): bad input is one line and exit 2."""
     try:
         main(argv)
+    except Interrupted as e:
+        print(f'interrupted: {e}', file=sys.stderr)
+        raise SystemExit(e.exit_code)
     except KDError as e:
         print(f'error: {e}', file=sys.stderr)
         raise SystemExit(2)

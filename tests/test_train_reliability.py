@@ -1,0 +1,115 @@
+"""Reliability of timm-kd-train with real processes: kill -9 and SIGTERM then resume, non-finite losses."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT
+from timm_kd.train.reliability import reseed, truncate_summary
+
+FAST = ['--model', 'test_resnet', '--img-size', '32', '--lr', '0.01', '--warmup-epochs', '0', '-j', '0',
+        '--log-interval', '1', '--device', 'cpu']
+
+
+def _start(image_folder, out, name, *extra):
+    return subprocess.Popen([sys.executable, '-m', 'timm_kd.train', image_folder, *FAST, '--output', str(out),
+                             '--experiment', name, *extra], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _train(image_folder, out, name, *extra):
+    run = _start(image_folder, out, name, *extra)
+    stdout, stderr = run.communicate(timeout=300)
+    return run.returncode, stderr
+
+
+def _wait_for(predicate, process, timeout=120):
+    start = time.time()
+    while not predicate():
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        assert time.time() - start < timeout
+        time.sleep(0.05)
+
+
+def _rows(path):
+    return path.read_text().splitlines()
+
+
+def _weights(path):
+    return torch.load(path, map_location='cpu', weights_only=False)['state_dict']
+
+
+def test_reseed_gives_the_same_stream_per_position_and_rank():
+    draws = []
+    for rank in (0, 0, 1):
+        reseed(42, epoch=3, rank=rank)
+        draws.append((torch.rand(2).tolist(), __import__('numpy').random.rand(), __import__('random').random()))
+    assert draws[0] == draws[1] and draws[0] != draws[2]
+    reseed(42, epoch=3, rank=0, update=0)
+    assert torch.rand(2).tolist() != draws[0][0]
+
+
+def test_truncate_summary_keeps_rows_before_the_resumed_epoch(tmp_path):
+    path = tmp_path / 'summary.csv'
+    path.write_text('epoch,train_loss\n0,1.5\n1,1.2\n2,1.1\n')
+    truncate_summary(str(path), 2)
+    assert _rows(path) == ['epoch,train_loss', '0,1.5', '1,1.2']
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_summary(image_folder, tmp_path):
+    """Killed as soon as epoch 1's row is written (maybe before its checkpoint): the resumed run's summary.csv
+    and weights equal those of a run that was never interrupted (augmentation, mixup, dropout included)."""
+    flags = ['--epochs', '4', '-b', '8', '--mixup', '0.5', '--drop', '0.2', '--aa', 'rand-m9-mstd0.5', '--reprob', '0.25']
+    code, err = _train(image_folder, tmp_path, 'whole', *flags)
+    assert code == 0, err[-2000:]
+    summary = tmp_path / 'cut' / 'summary.csv'
+    process = _start(image_folder, tmp_path, 'cut', *flags)
+    _wait_for(lambda: summary.exists() and len(_rows(summary)) >= 3, process)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    code, err = _train(image_folder, tmp_path, 'cut', *flags, '--resume', 'auto')
+    assert code == 0, err[-2000:]
+    assert _rows(summary) == _rows(tmp_path / 'whole' / 'summary.csv')
+    whole, cut = _weights(tmp_path / 'whole' / 'last.pth.tar'), _weights(tmp_path / 'cut' / 'last.pth.tar')
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
+
+
+def test_sigterm_mid_epoch_writes_a_recovery_checkpoint_and_resume_continues_there(image_folder, tmp_path):
+    flags = ['--epochs', '2', '-b', '2', '--mixup', '0.5', '--drop', '0.2']
+    code, err = _train(image_folder, tmp_path, 'whole', *flags)
+    assert code == 0, err[-2000:]
+    process = _start(image_folder, tmp_path, 'cut', *flags)
+    for line in process.stderr:  # read as the run logs, so the signal lands in epoch 0
+        if 'Train: 0 [   5/24]' in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    _, rest = process.communicate(timeout=120)
+    last = rest.strip().splitlines()[-1]
+    assert process.returncode == 128 + signal.SIGTERM, rest[-2000:]
+    assert last.startswith('interrupted: stopped by SIGTERM in epoch 0 after update') and '--resume' in last
+    recovery = last.split('--resume ')[-1]
+    assert os.path.basename(recovery).startswith('recovery-0-')
+    code, err = _train(image_folder, tmp_path, 'cut', *flags, '--resume', recovery)
+    assert code == 0, err[-2000:]
+    whole, cut = _weights(tmp_path / 'whole' / 'last.pth.tar'), _weights(tmp_path / 'cut' / 'last.pth.tar')
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)  # the same batches, augmentation and dropout
+    rows = [r.split(',') for r in _rows(tmp_path / 'cut' / 'summary.csv')]
+    assert [r[0] for r in rows[1:]] == ['0', '1']
+
+
+def test_a_non_finite_loss_stops_with_one_line_and_keeps_the_good_checkpoint(image_folder, tmp_path):
+    code, err = _train(image_folder, tmp_path, 'nan', '--epochs', '2', '-b', '8', '--stop-epoch', '1')
+    assert code == 0, err[-2000:]
+    last = tmp_path / 'nan' / 'last.pth.tar'
+    before = last.read_bytes()
+    code, err = _train(image_folder, tmp_path, 'nan', '--epochs', '2', '-b', '8', '--lr', '1e12', '--no-resume-opt',
+                     '--resume', 'auto')
+    line = err.strip().splitlines()[-1]
+    assert code == 2 and 'Traceback' not in err, err[-2000:]
+    assert line.startswith('error: ') and 'in epoch 1 by batch' in line and 'lr' in line and 'lower --lr' in line
+    assert last.read_bytes() == before and not (tmp_path / 'nan' / 'checkpoint-1.pth.tar').exists()
+    assert len(_rows(tmp_path / 'nan' / 'summary.csv')) == 2  # epoch 0 only

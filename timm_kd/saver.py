@@ -1,0 +1,87 @@
+"""Checkpoints that are never lost: timm's `CheckpointSaver` ranking and history, with every file written
+durably and replaced atomically.
+
+timm's saver deletes `last.pth.tar` before renaming the new file over it and never fsyncs, so a kill in that
+gap, or a power cut before the page cache is flushed, leaves no loadable `last.pth.tar`. Here each file is
+written to a temporary name, fsynced, renamed over the old one (`os.replace`, atomic on POSIX), and the folder is
+fsynced: at every instant `last.pth.tar` is either the previous checkpoint or the new one. A full disk is one
+line, keeps the previous checkpoint and removes the temporary file. Weights that are not finite are never
+written (`NonFiniteError`): a run that diverged keeps its last good checkpoints.
+"""
+import os
+import shutil
+from typing import Any, Dict, Optional
+
+import torch
+from timm.utils import CheckpointSaver
+
+from .errors import KDError, NonFiniteError
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def non_finite_tensors(state: Dict[str, Any]) -> list:
+    """Names of the floating-point tensors of `state` holding a NaN or an infinity (one host sync in all)."""
+    names = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    if not names:
+        return []
+    finite = torch.stack([state[k].isfinite().all().to('cpu', non_blocking=True) for k in names]).tolist()
+    return [k for k, ok in zip(names, finite) if not ok]
+
+
+class DurableCheckpointSaver(CheckpointSaver):
+    """`CheckpointSaver` with atomic, fsynced files, a one-line full-disk error and a non-finite guard.
+
+    `extra_state` (a dict) is written into every checkpoint: the loop puts the position of a recovery checkpoint
+    there (`recovery_update`), so that `--resume` continues mid-epoch.
+    """
+
+    extra_state: Optional[Dict[str, Any]] = None
+
+    def _save(self, save_path, epoch, metric=None):
+        models = {'': self.model}
+        if self.task is not None and self.task.has_ema():
+            models['EMA '] = self.task.get_eval_model(ema=True)
+        for which, model in models.items():
+            bad = non_finite_tensors(model.state_dict())
+            if bad:
+                raise NonFiniteError(f'the {which}weights are not finite in epoch {epoch} ({bad[0]} and '
+                                     f'{len(bad) - 1} more); nothing was saved and the last good checkpoints stay: '
+                                     f'resume from one with a lower --lr or with --clip-grad')
+        try:
+            with open(save_path, 'wb') as f:
+                super()._save(f, epoch, metric)  # timm's checkpoint layout; torch.save writes into the open file
+                f.flush()
+                os.fsync(f.fileno())
+        except (OSError, RuntimeError) as e:  # ENOSPC surfaces as RuntimeError from torch's zip writer
+            if os.path.exists(save_path):
+                os.remove(save_path)
+            free = shutil.disk_usage(os.path.dirname(save_path) or '.').free / 2 ** 20
+            raise KDError(f'cannot write checkpoint {save_path} ({" ".join(str(e).split())[:80]}; {free:.0f} MiB '
+                          f'free); free disk space or choose another --output: the previous checkpoints are kept, '
+                          f'resume from last.pth.tar') from None
+
+    def state_dict(self, epoch=None, metric=None):
+        return {**super().state_dict(epoch, metric), **(self.extra_state or {})}
+
+    def _replace(self, src, dst):
+        os.replace(src, dst)  # atomic; timm deletes dst first (for Windows), which opens a gap with no file
+        _fsync_dir(os.path.dirname(dst) or '.')
+
+    def _duplicate(self, src, dst):
+        tmp = dst + '.tmp'
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
+            with open(tmp, 'rb') as f:
+                os.fsync(f.fileno())
+        self._replace(tmp, dst)

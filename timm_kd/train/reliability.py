@@ -1,0 +1,79 @@
+"""What keeps a long run safe: random streams derived from (seed, epoch), honest records across crashes, and
+preemption by SIGTERM/SIGINT.
+
+- `reseed(seed, epoch, rank, update)`: at the start of every epoch (and after every recovery checkpoint) the
+  Python, NumPy and torch generators are seeded from (seed, epoch[, update], rank). Everything random in a
+  training epoch draws from them: the sampler's order, the loader workers' seeds (hence crops, flips,
+  RandAugment, random erasing), mixup/cutmix, dropout and drop-path, CRD's negatives. A run resumed at an epoch
+  boundary therefore trains exactly as the uninterrupted one, with nothing to save.
+- `truncate_summary(path, start_epoch)`: a resumed run drops the rows of `summary.csv` from the epoch it
+  restarts at, so a kill between the row and the checkpoint never leaves two rows for one epoch.
+- `Preemption`: the first SIGTERM or SIGINT sets a flag; the loop finishes the current step, writes a recovery
+  checkpoint and exits with one line saying how to resume. Under torchrun the ranks agree (an all-reduce of the
+  flag at log intervals, so the step itself stays free of host syncs) before anyone writes.
+"""
+import csv
+import os
+import signal
+import threading
+from typing import Optional
+
+import torch
+from timm.utils import random_seed
+
+
+def reseed(seed: int, epoch: int, rank: int = 0, update: Optional[int] = None) -> None:
+    """Seed every generator from (seed, epoch, update, rank): distinct per rank, reproducible per position."""
+    mixed = (seed * 1_000_003 + epoch) * 1_000_003 + (0 if update is None else update + 1)
+    random_seed(mixed % (2 ** 31 - 65_536), rank)  # random_seed adds the rank; NumPy takes < 2**32
+
+
+def truncate_summary(path: str, start_epoch: int) -> None:
+    """Keep only the rows of `summary.csv` for epochs before `start_epoch` (rewritten atomically)."""
+    if not os.path.isfile(path):
+        return
+    with open(path, newline='') as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) < start_epoch]
+    if len(kept) == len(rows):
+        return
+    with open(path + '.tmp', 'w', newline='') as f:
+        csv.writer(f).writerows(kept)
+    os.replace(path + '.tmp', path)
+
+
+class Preemption:
+    """Turns the first SIGTERM/SIGINT into a flag the training loop polls (a second one kills as usual)."""
+
+    def __init__(self, distributed: bool = False, device: Optional[torch.device] = None):
+        self.signum = 0
+        self.distributed, self.device = distributed, device
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum:  # asked twice: stop now
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        self.signum = signum
+
+    def requested(self, check_ranks: bool = True) -> int:
+        """The signal number if any rank was signalled (ranks compared only when `check_ranks`), else 0."""
+        if self.distributed:
+            if not check_ranks:
+                return 0
+            flag = torch.tensor([self.signum], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            return int(flag.item())
+        return self.signum
+
+    def __enter__(self) -> 'Preemption':
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
