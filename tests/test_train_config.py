@@ -36,7 +36,7 @@ def test_timm_kd_flags_keep_timms_meaning():
     (['--teacher', 'a', '--kd-model-name', 'b'], 'name two teachers'),
     (['--ori-loss-weight', '1', '--task-loss-weight', '0.3'], 'both set the hard-label weight'),
     (['--kd-loss-weight', '2', '--distill-loss-weight', '3'], 'both set the KD weight'),
-    (['--kd-temperature', '0'], '--kd-temperature must be > 0'),
+    (['--kd-temperature', '0'], "--kd-temperature 0.0 is not valid for the 'kd' loss: it must be positive"),
 ])
 def test_conflicting_weight_flags_are_one_line_errors(argv, message):
     with pytest.raises(KDError, match=message):

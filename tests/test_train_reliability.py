@@ -113,3 +113,61 @@ def test_a_non_finite_loss_stops_with_one_line_and_keeps_the_good_checkpoint(ima
     assert line.startswith('error: ') and 'in epoch 1 by batch' in line and 'lr' in line and 'lower --lr' in line
     assert last.read_bytes() == before and not (tmp_path / 'nan' / 'checkpoint-1.pth.tar').exists()
     assert len(_rows(tmp_path / 'nan' / 'summary.csv')) == 2  # epoch 0 only
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ('PWNED',))
+
+
+@pytest.fixture(scope='module')
+def bad_files(tmp_path_factory):
+    """Checkpoints a user may pass by mistake: truncated, of another architecture, with pickled code; a file."""
+    import argparse
+    import timm
+    root = tmp_path_factory.mktemp('bad')
+    good = {'state_dict': timm.create_model('test_resnet', num_classes=3).state_dict(), 'epoch': 0,
+            'args': argparse.Namespace(model='test_resnet')}
+    torch.save(good, root / 'good.pth')
+    (root / 'truncated.pth').write_bytes((root / 'good.pth').read_bytes()[:2000])
+    torch.save({'state_dict': timm.create_model('test_vit', num_classes=3).state_dict(), 'epoch': 0},
+               root / 'vit.pth')
+    torch.save({**good, 'payload': _RunsCode()}, root / 'evil.pth')
+    (root / 'a_file').write_text('not a folder')
+    return root
+
+
+BAD_INPUTS = [  # (flags, what the one line must name, the fix it must give)
+    (['--model', 'nope_net'], "unknown --model 'nope_net'", 'list_models'),
+    (['--kd-temperature', '0', '--teacher', 'test_resnet'], '--kd-temperature 0.0', 'must be positive'),
+    (['--kd-temperature', '-1', '--teacher', 'test_resnet', '--kd-loss', 'dist'], "--dist-temperature (or "
+     "--kd-temperature) -1.0 is not valid for the 'dist' loss", 'must be positive'),
+    (['--teacher', 'test_resnet', '--kd-loss', 'dkd', '--dkd-temperature', '0'], "--dkd-temperature (or --kd-temperature) 0.0",
+     'must be positive'),
+    (['--teacher', 'test_resnet', '--kd-loss', 'dist', '--dist-beta', '-1'], "--dist-beta -1.0 is not valid for the "
+     "'dist' loss", 'must be a number >= 0'),
+    (['--initial-checkpoint', '{root}/missing.pth'], '--initial-checkpoint: checkpoint not found', 'pass the path'),
+    (['--initial-checkpoint', '{root}/truncated.pth'], '--initial-checkpoint: checkpoint', 'corrupt'),
+    (['--initial-checkpoint', '{root}/vit.pth'], "does not fit --model 'test_resnet'", 'the --model it was trained'),
+    (['--initial-checkpoint', '{root}/evil.pth'], 'pickled code (builtins.print)', '--allow-unsafe-pickle'),
+    (['--resume', '{root}/truncated.pth'], '--resume: checkpoint', 'corrupt'),
+    (['--resume', '{root}/vit.pth'], '--resume', 'resume with the --model'),
+    (['--resume', '{root}/evil.pth'], 'pickled code (builtins.print)', '--allow-unsafe-pickle'),
+    (['--output', '{root}/a_file'], 'cannot create the output folder', 'an --output folder you can write to'),
+    (['--sync-bn'], '--sync-bn needs CUDA', 'drop it'),
+]
+
+
+@pytest.mark.parametrize('flags, names, fix', BAD_INPUTS, ids=[' '.join(f[0])[:40] for f in BAD_INPUTS])
+def test_every_bad_input_is_one_line_exit_2_and_writes_nothing(flags, names, fix, bad_files, image_folder, tmp_path,
+                                                                capsys):
+    from timm_kd.train.loop import cli
+    flags = [f.replace('{root}', str(bad_files)) for f in flags]
+    out = [] if '--output' in flags else ['--output', str(tmp_path / 'out')]
+    with pytest.raises(SystemExit) as info:
+        cli([image_folder, *FAST, '-b', '8', '--epochs', '1', *out, *flags])
+    captured = capsys.readouterr()
+    line = captured.err.strip().splitlines()[-1]
+    assert info.value.code == 2 and line.startswith('error: ') and names in line and fix in line, line
+    assert 'PWNED' not in captured.out
+    assert not (tmp_path / 'out').exists() or not any((tmp_path / 'out').rglob('*.pth.tar'))

@@ -6,7 +6,6 @@ PyTorch's weights-only unpickler rejects the unknown global before calling it.
 """
 import argparse
 import os
-import re
 from typing import Any, Dict, Optional
 
 import torch
@@ -36,12 +35,13 @@ def load_state_dict(path: str, use_ema: bool = True, allow_pickle: bool = False)
             state_dict = timm_load_state_dict(path, use_ema=use_ema, weights_only=not allow_pickle)
     except Exception as e:  # torch, zipfile and safetensors raise many types for the same two causes
         message = ' '.join(str(e).split())
-        unsafe = re.search(r'Unsupported globals?:? ([\w.]+)', message)
-        if unsafe:
-            what = unsafe.group(1).rstrip('.')
+        if 'Unsupported global' in message:  # name the global that would run, not an allowed one torch met first
+            allowed = {f'{g.__module__}.{g.__qualname__}' for g in SAFE_GLOBALS}
+            found = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in allowed]
             raise KDError(
-                f'refusing to load {path!r}: it contains pickled code ({what}) that could run on load; '
-                f'convert it to .safetensors, or pass --allow-unsafe-pickle if you trust its source') from None
+                f'refusing to load {path!r}: it contains pickled code ({", ".join(found) or "unknown"}) that could '
+                f'run on load; convert it to .safetensors, or pass --allow-unsafe-pickle if you trust its source') \
+                from None
         raise KDError(f'checkpoint {path!r} is corrupt or unreadable ({type(e).__name__}: {message[:120]}); '
                       f're-download or re-export it') from None
     if not isinstance(state_dict, dict) or not any(isinstance(v, torch.Tensor) for v in state_dict.values()):

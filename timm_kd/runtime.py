@@ -74,4 +74,8 @@ def experiment_name(experiment: str, model: str, input_size: Sequence[int]) -> s
 
 def output_dir(output: str, name: str) -> str:
     """Folder for checkpoints, args.yaml and summary.csv: OUTPUT/NAME (OUTPUT defaults to ./output/train)."""
-    return get_outdir(output or os.path.join('.', 'output', 'train'), name)
+    try:
+        return get_outdir(output or os.path.join('.', 'output', 'train'), name)
+    except OSError as e:  # NotADirectoryError (a file on the path), PermissionError, read-only file system
+        raise KDError(f'cannot create the output folder {os.path.join(output or "./output/train", name)!r} '
+                      f'({type(e).__name__}: {e.strerror}); pass an --output folder you can write to') from None

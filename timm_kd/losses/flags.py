@@ -8,7 +8,7 @@ import inspect
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import KDError
-from .registry import get_kd_loss_class, list_kd_losses, loss_accepts
+from .registry import check_hyperparameters, get_kd_loss_class, list_kd_losses, loss_accepts
 
 _NOT_FLAGS = {'student', 'teacher', 'num_samples', 'base_kwargs'}
 
@@ -92,4 +92,6 @@ def kd_loss_config(
             if name not in names:
                 raise KDError(f'--kd-loss-kwargs {key}={value}: {name!r} is not in --kd-loss {names}')
             kwargs[name][arg] = value
+    for name in names:
+        check_hyperparameters(name, kwargs[name])
     return dict(zip(names, weights * len(names) if len(weights) == 1 else weights)), kwargs

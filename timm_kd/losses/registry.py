@@ -50,10 +50,30 @@ def loss_accepts(name: str, arg: str) -> bool:
 def create_kd_loss(name: str, **kwargs) -> nn.Module:
     """Create the KD loss registered as `name` with its hyperparameters as keyword arguments."""
     cls = get_kd_loss_class(name)
+    check_hyperparameters(name, kwargs)
     try:
         return cls(**kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise KDError(f'bad arguments for KD loss {name!r}: {e}') from None
+
+
+# Hyperparameters every loss shares by name: temperatures and eps must be positive, term weights not negative.
+_POSITIVE = ('temperature', 'nce_temperature', 'eps')
+_NON_NEGATIVE = ('alpha', 'beta', 'gamma', 'weight')
+
+
+def check_hyperparameters(name: str, kwargs: dict) -> None:
+    """One line naming the flag for a value no loss can train with (T <= 0 divides by zero or flips the softmax)."""
+    for key, value in kwargs.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        bad = (key in _POSITIVE and not value > 0) or (key in _NON_NEGATIVE and not value >= 0) or value != value
+        if bad:
+            need = 'positive' if key in _POSITIVE else 'a number >= 0'
+            flag = f'--{name}-{key.replace("_", "-")}'
+            if key == 'temperature' and name != 'kd':
+                flag += ' (or --kd-temperature)'
+            raise KDError(f'{flag} {value} is not valid for the {name!r} loss: it must be {need}')
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:

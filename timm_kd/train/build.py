@@ -18,7 +18,7 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.task import load_task_ema_checkpoint, resume_task_checkpoint
 from timm.utils import set_jit_fuser
 
-from ..checkpoint import load_training_metadata, safe_globals
+from ..checkpoint import load_state_dict, load_training_metadata, safe_globals
 from ..data import DatasetOptions, LoaderOptions, mixup_args
 from ..engine import StudentRun
 from ..errors import KDError
@@ -66,6 +66,11 @@ def create_student(args: argparse.Namespace, in_chans: int, process: Process) ->
     """The student as timm's train.py creates it (pretrained path, BatchNorm overrides, head init, dtype, layout)."""
     overlay = dict(pretrained_cfg_overlay=dict(file=args.pretrained_path, num_classes=-1)) if args.pretrained_path \
         else {}
+    for flag, path in (('--initial-checkpoint', args.initial_checkpoint), ('--pretrained-path', args.pretrained_path)):
+        check_checkpoint(flag, path, args.allow_unsafe_pickle)
+    if args.sync_bn and process.device.type != 'cuda':
+        raise KDError('--sync-bn needs CUDA devices (SyncBatchNorm has no CPU implementation); drop it, or run with '
+                      '--device cuda under torchrun')
     try:
         student = create_model(
             args.model, pretrained=args.pretrained, in_chans=in_chans, num_classes=args.num_classes,
@@ -76,6 +81,10 @@ def create_student(args: argparse.Namespace, in_chans: int, process: Process) ->
         if 'Unknown model' in str(e):
             raise KDError(f'unknown --model {args.model!r}; list names with python -c "import timm; '
                           f'print(timm.list_models())"') from None
+        if 'state_dict' in str(e):  # the --initial-checkpoint's weights do not fit the architecture
+            raise KDError(f'--initial-checkpoint {args.initial_checkpoint!r} does not fit --model {args.model!r} '
+                          f'({_first_line(e)}); pass the checkpoint of a {args.model} or the --model it was trained '
+                          f'with') from None
         raise
     if args.head_init_scale is not None:
         with torch.no_grad():
@@ -91,6 +100,20 @@ def create_student(args: argparse.Namespace, in_chans: int, process: Process) ->
     if process.distributed and args.sync_bn:
         student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
     return student
+
+
+def _first_line(e: Exception) -> str:
+    return ' '.join(str(e).split())[:150]
+
+
+def check_checkpoint(flag: str, path: Optional[str], allow_pickle: bool = False) -> None:
+    """One line, before anything is built, for a student checkpoint that is missing, corrupt or runs code."""
+    if not path:
+        return
+    try:
+        load_state_dict(path, allow_pickle=allow_pickle)
+    except KDError as e:
+        raise KDError(f'{flag}: {e}') from None
 
 
 def build_teacher(args: argparse.Namespace, num_classes: int, in_chans: int, data_config: Dict[str, Any],
@@ -152,9 +175,14 @@ def setup_student(args: argparse.Namespace, args_text: str, kd_student, loss_wei
     if resume:
         if not os.path.isfile(resume):
             raise KDError(f'--resume checkpoint not found: {resume!r}; pass OUTPUT/EXPERIMENT/last.pth.tar')
-        start_epoch = resume_task_checkpoint(
-            task, resume, optimizer=None if args.no_resume_opt else optimizer,
-            loss_scaler=None if args.no_resume_opt else loss_scaler, log_info=primary) or 0
+        check_checkpoint('--resume', resume, args.allow_unsafe_pickle)
+        try:
+            start_epoch = resume_task_checkpoint(
+                task, resume, optimizer=None if args.no_resume_opt else optimizer,
+                loss_scaler=None if args.no_resume_opt else loss_scaler, log_info=primary) or 0
+        except (RuntimeError, KeyError, ValueError) as e:  # weights or KD parts of another architecture / loss set
+            raise KDError(f'--resume {resume!r} does not fit this run ({_first_line(e)}); resume with the --model, '
+                          f'--kd-loss and stage flags it was trained with') from None
         recovery_update = (load_training_metadata(resume).get('saver') or {}).get('recovery_update')
         if recovery_update is not None:  # written mid-epoch: continue that epoch after its trained batches
             start_epoch -= 1

@@ -126,9 +126,7 @@ def finish_args(args: argparse.Namespace) -> argparse.Namespace:
     resolve_timm_kd(args)
     if args.drop_connect is not None and args.drop_path is None:  # timm's deprecated name
         args.drop_path = args.drop_connect
-    loss_config(args)  # fail early on bad loss names, weights, kwargs
-    if args.kd_temperature is not None and args.kd_temperature <= 0:
-        raise KDError(f'--kd-temperature must be > 0, got {args.kd_temperature}')
+    loss_config(args)  # fail early on bad loss names, weights, kwargs and hyperparameters (T > 0, ...)
     if args.teacher_checkpoint and not args.teacher:
         raise KDError('--teacher-checkpoint needs --teacher ARCH, the architecture the checkpoint was trained with')
     if args.teacher_fast:
