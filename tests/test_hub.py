@@ -25,6 +25,7 @@ def kd_checkpoint(image_folder, tmp_path_factory):
     vit = out / 'vit.pth'
     torch.save(timm.create_model('test_vit', num_classes=3, img_size=32).state_dict(), vit)
     train_kd.main([image_folder, '--model', 'test_resnet', '--img-size', '32', '-b', '8', '-j', '0', '--epochs', '1',
+                   '--device', 'cpu',
                    '--teacher', 'test_vit', '--teacher-kwargs', 'img_size=32', '--teacher-checkpoint', str(vit),
                    '--kd-loss', 'kd', 'fitnet', '--kd-deep-supervision', '2', '--model-ema', '--model-ema-decay', '0.5',
                    '--output', str(out), '--experiment', 'kd'])
@@ -214,3 +215,27 @@ def test_card_snippets_run_and_the_front_matter_carries_the_results(kd_checkpoin
     assert len(outputs[0]) == 3 and outputs[0][0].startswith('class ')  # top-5 of a 3-class model: 3 lines
     assert len(outputs[1]) == len(timm.create_model('test_resnet', features_only=True).feature_info)
     assert outputs[2] == ['torch.Size([1, 96])']
+
+
+def test_validate_and_export_use_the_preprocessing_the_checkpoint_records(kd_checkpoint, image_folder, tmp_path):
+    """The student trained at 32 px is scored and published at 32 px, not at the architecture's default size."""
+    from timm_kd.validate import main as validate_main
+    assert timm.create_model('test_resnet').pretrained_cfg['input_size'] != (3, 32, 32)
+    result = validate_main([image_folder, '--model', 'test_resnet', '--checkpoint', str(kd_checkpoint), '-j', '0'])
+    assert result['data_config']['input_size'] == [3, 32, 32] and result['data_config']['crop_pct'] == 0.95
+    main(['export', str(kd_checkpoint), '--model', 'test_resnet', '--out', str(tmp_path / 'e')])
+    config = json.loads((tmp_path / 'e' / 'config.json').read_text())['pretrained_cfg']
+    assert config['input_size'] == [3, 32, 32] and config['crop_pct'] == 0.95
+    loaded = timm.create_model(f'local-dir:{tmp_path / "e"}', pretrained=True)
+    assert timm.data.resolve_data_config({}, model=loaded, use_test_size=True)['input_size'] == (3, 32, 32)
+
+
+def test_export_refuses_non_finite_weights(kd_checkpoint, tmp_path, capsys):
+    checkpoint = torch.load(kd_checkpoint, map_location='cpu', weights_only=False)
+    checkpoint['state_dict_ema']['fc.weight'][0, 0] = float('nan')
+    torch.save(checkpoint, tmp_path / 'diverged.pth.tar')
+    with pytest.raises(SystemExit):
+        main(['export', str(tmp_path / 'diverged.pth.tar'), '--model', 'test_resnet', '--out', str(tmp_path / 'o')])
+    err = capsys.readouterr().err
+    assert 'non-finite weights (fc.weight' in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / 'o').exists()

@@ -15,7 +15,8 @@ from timm_kd.checkpoint import safe_globals
 sys.path.insert(0, ROOT)
 import train_kd  # noqa: E402
 
-FAST = ['--img-size', '32', '-b', '8', '--lr', '0.01', '--warmup-epochs', '0', '-j', '0', '--log-interval', '2']
+FAST = ['--img-size', '32', '-b', '8', '--lr', '0.01', '--warmup-epochs', '0', '-j', '0', '--log-interval', '2',
+        '--device', 'cpu']  # explicit: the tests compare CPU tensors, also on a CUDA machine
 
 
 def _run(image_folder, out, name, *extra):
@@ -125,6 +126,36 @@ def test_torchrun_two_processes_gloo(vit_teacher, image_folder, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = _summary(tmp_path / 'ddp' / 'summary.csv')
     assert len(rows) == 1 and all(float(rows[0][f'train_{k}_loss']) > 0 for k in ('kd', 'fitnet', 'crd', 'aux'))
+
+
+def test_ddp_two_processes_train_as_one_at_the_same_global_batch(vit_teacher, image_folder, tmp_path):
+    """A student without BatchNorm, no augmentation: 2 gloo processes x 24 images train exactly as 1 x 48 (one
+    update per epoch over the whole set, so the sampler's split cannot matter), epoch losses to 1e-4."""
+    flags = [image_folder, '--model', 'test_vit', '--model-kwargs', 'img_size=32', *FAST, '--no-aug', '--epochs', '3',
+             *vit_teacher, '--kd-loss', 'kd', '--output', str(tmp_path)]
+    _run_flags = flags + ['-b', '48', '--experiment', 'one']
+    train_kd.main(_run_flags)
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29519',
+           os.path.join(ROOT, 'train_kd.py'), *flags, '-b', '24', '--experiment', 'two']
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS='1'),
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = _summary(tmp_path / 'one' / 'summary.csv'), _summary(tmp_path / 'two' / 'summary.csv')
+    assert len(one) == len(two) == 3
+    for a, b in zip(one, two):
+        for key in ('train_loss', 'train_kd_loss', 'eval_loss'):
+            assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-4), (key, a, b)
+
+
+def test_more_processes_than_gpus_is_one_line(monkeypatch):
+    from timm_kd import KDError
+    from timm_kd.runtime import init_process
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '2')
+    with pytest.raises(KDError, match=r'torchrun started 2 processes on this machine but it has 1 GPU\(s\); pass '
+                                      r'--nproc_per_node 1, or --device cpu'):
+        init_process(None)
 
 
 @pytest.fixture(scope='module')
@@ -308,6 +339,6 @@ def test_timm_flags_that_cannot_apply_are_one_line_errors(image_folder, tmp_path
 def test_cuda_device_without_a_gpu_is_one_line(image_folder, tmp_path):
     if torch.cuda.is_available():
         pytest.skip('this machine has CUDA')
-    result = _cli(image_folder, *FAST, '--output', str(tmp_path), '--model', 'test_resnet', '--device', 'cuda')
+    result = _cli(image_folder, *FAST[:-2], '--output', str(tmp_path), '--model', 'test_resnet', '--device', 'cuda')
     assert result.returncode == 2 and 'Traceback' not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith('error: --device cuda: CUDA is not available')

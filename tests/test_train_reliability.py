@@ -78,7 +78,8 @@ def test_kill_9_then_resume_gives_the_uninterrupted_summary(image_folder, tmp_pa
     assert all(torch.equal(whole[k], cut[k]) for k in whole)
 
 
-def test_sigterm_mid_epoch_writes_a_recovery_checkpoint_and_resume_continues_there(image_folder, tmp_path):
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_mid_epoch_writes_a_recovery_checkpoint_and_resume_continues_there(image_folder, tmp_path, sig):
     flags = ['--epochs', '2', '-b', '2', '--mixup', '0.5', '--drop', '0.2']
     code, err = _train(image_folder, tmp_path, 'whole', *flags)
     assert code == 0, err[-2000:]
@@ -86,11 +87,11 @@ def test_sigterm_mid_epoch_writes_a_recovery_checkpoint_and_resume_continues_the
     for line in process.stderr:  # read as the run logs, so the signal lands in epoch 0
         if 'Train: 0 [   5/24]' in line:
             break
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(sig)
     _, rest = process.communicate(timeout=120)
     last = rest.strip().splitlines()[-1]
-    assert process.returncode == 128 + signal.SIGTERM, rest[-2000:]
-    assert last.startswith('interrupted: stopped by SIGTERM in epoch 0 after update') and '--resume' in last
+    assert process.returncode == 128 + sig and 'Traceback' not in rest, rest[-2000:]
+    assert last.startswith(f'interrupted: stopped by {sig.name} in epoch 0 after update') and '--resume' in last
     recovery = last.split('--resume ')[-1]
     assert os.path.basename(recovery).startswith('recovery-0-')
     code, err = _train(image_folder, tmp_path, 'cut', *flags, '--resume', recovery)
@@ -171,3 +172,16 @@ def test_every_bad_input_is_one_line_exit_2_and_writes_nothing(flags, names, fix
     assert info.value.code == 2 and line.startswith('error: ') and names in line and fix in line, line
     assert 'PWNED' not in captured.out
     assert not (tmp_path / 'out').exists() or not any((tmp_path / 'out').rglob('*.pth.tar'))
+
+
+def test_resuming_into_another_folder_keeps_the_checkpoint_best_metric(image_folder, tmp_path):
+    sys.path.insert(0, ROOT)
+    import train_kd
+    common = [image_folder, *FAST, '-b', '8', '--epochs', '3', '--output', str(tmp_path)]
+    train_kd.main(common + ['--experiment', 'a', '--stop-epoch', '2'])
+    best = train_kd.main(common + ['--experiment', 'b', '--resume', str(tmp_path / 'a' / 'last.pth.tar')])
+    import csv
+    rows = [r for name in 'ab' for r in csv.DictReader(open(tmp_path / name / 'summary.csv'))]
+    top1 = [float(r['eval_top1']) for r in rows]
+    assert [int(r['epoch']) for r in rows] == [0, 1, 2]
+    assert best == (max(top1), top1.index(max(top1)))  # ties: the earlier epoch, as timm ranks them

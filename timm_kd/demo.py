@@ -67,12 +67,11 @@ def prepare_fashion_mnist(root: str) -> None:
 def run(name: str, args: List[str], data: str, output: str, workers: int) -> Dict[str, float]:
     """Run one training (a subprocess of `python -m timm_kd.train`) and return the last epoch's test top-1 and the wall time.
 
-    A run folder that holds a `last.pth.tar` (an interrupted run) is resumed, not restarted.
+    An interrupted run (killed, Ctrl-C) is resumed where it stopped, from its newest checkpoint: `last.pth.tar`
+    at an epoch's end or a recovery checkpoint written mid-epoch; a finished run is reused.
     """
-    last = os.path.join(output, name, 'last.pth.tar')
-    resume = ['--resume', last] if os.path.isfile(last) else []
-    cmd = [*TRAIN, data, *COMMON, *args, '-j', str(workers), '--output', output,
-           '--experiment', name, '--checkpoint-hist', '1', *resume]
+    cmd = [*TRAIN, data, *COMMON, *args, '-j', str(workers), '--output', output, '--experiment', name,
+           '--checkpoint-hist', '1', '--resume', 'auto', '--recovery-interval', '200']
     print(f'\n== {name}: timm-kd-train {" ".join(cmd[len(TRAIN):])}', flush=True)
     start = time.time()
     subprocess.run(cmd, check=True)
@@ -87,11 +86,13 @@ def main(argv=None) -> Dict[str, Dict[str, float]]:
     parser.add_argument('--output', default='demo_output', help='folder for runs and demo_results.json')
     parser.add_argument('--data', default=None, help='dataset root (default OUTPUT/data)')
     parser.add_argument('--workers', type=int, default=1)
+    parser.add_argument('--fresh', action='store_true', help='delete earlier runs in OUTPUT instead of resuming them')
     args = parser.parse_args(argv)
     output = os.path.abspath(args.output)
     data = os.path.abspath(args.data or os.path.join(output, 'data'))
-    for name in ('teacher', 'scratch', 'kd'):  # a demo run starts clean, never resumes a stale run
-        shutil.rmtree(os.path.join(output, name), ignore_errors=True)
+    if args.fresh:
+        for name in ('teacher', 'scratch', 'kd'):
+            shutil.rmtree(os.path.join(output, name), ignore_errors=True)
     prepare_fashion_mnist(data)
 
     results = {'teacher': run('teacher', TEACHER, data, output, args.workers)}

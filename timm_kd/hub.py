@@ -20,18 +20,28 @@ import tempfile
 from typing import Any, Dict, Optional
 
 import torch
+from timm.data import resolve_data_config
 from timm.models import create_model, get_pretrained_cfg, split_model_name_tag
 from timm.models._hub import save_for_hf
 
 from .card import model_card
 from .checkpoint import checkpoint_num_classes, load_state_dict, load_training_metadata
 from .errors import KDError
+from .saver import non_finite_tensors
 
 
 def load_student(model_name: str, checkpoint: str, use_ema: bool = True, allow_pickle: bool = False) -> torch.nn.Module:
-    """A timm model of `model_name` with the weights of `checkpoint`, keys converted by timm's filter if needed."""
+    """A timm model of `model_name` with the weights of `checkpoint`, keys converted by timm's filter if needed.
+
+    A training checkpoint's recorded flags shape the model (`--in-chans`, `--model-kwargs`) and its preprocessing:
+    the model's pretrained cfg gets the input size, crop, interpolation and mean/std the student was trained and
+    validated with, at train and test size alike, so `validate` and `export` score and publish it as trained.
+    """
     state_dict = load_state_dict(checkpoint, use_ema=use_ema, allow_pickle=allow_pickle)
-    model = create_model(model_name, pretrained=False)
+    args = load_training_metadata(checkpoint).get('args') or {}
+    in_chans = args.get('in_chans') or (args['input_size'][0] if args.get('input_size') else 3)
+    kwargs = dict(args.get('model_kwargs') or {}, in_chans=in_chans)
+    model = create_model(model_name, pretrained=False, **kwargs)
     if set(state_dict) != set(model.state_dict()):
         filter_fn = getattr(sys.modules[type(model).__module__], 'checkpoint_filter_fn', None)
         if filter_fn is not None:
@@ -41,13 +51,21 @@ def load_student(model_name: str, checkpoint: str, use_ema: bool = True, allow_p
                 pass
     num_classes = checkpoint_num_classes(split_model_name_tag(model_name)[0], state_dict)
     if num_classes is not None and num_classes != model.num_classes:
-        model = create_model(model_name, pretrained=False, num_classes=num_classes)
+        model = create_model(model_name, pretrained=False, num_classes=num_classes, **kwargs)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
         first = ' '.join(str(e).split())[:200]
         raise KDError(f'checkpoint {checkpoint!r} does not fit {model_name!r} ({first}); pass the architecture it was '
                       f'trained with as --model') from None
+    bad = non_finite_tensors(model.state_dict())
+    if bad:
+        raise KDError(f'checkpoint {checkpoint!r} holds non-finite weights ({bad[0]} and {len(bad) - 1} more): the run '
+                      f'diverged; use an earlier checkpoint of it')
+    if args:
+        config = resolve_data_config(args, model=model)  # as training resolved it
+        model.pretrained_cfg = {**model.pretrained_cfg, **config, 'test_input_size': config['input_size'],
+                                'test_crop_pct': config['crop_pct']}
     return model.eval()
 
 
@@ -76,10 +94,8 @@ def export(checkpoint: str, model_name: str, out: str, use_ema: bool = True, all
     model = load_student(model_name, checkpoint, use_ema=use_ema, allow_pickle=allow_pickle)
     training = load_training_metadata(checkpoint)
     meta = kd_metadata(model_name, training, overrides)
-    args = training.get('args') or {}
-    data_config = {k: args[k] for k in ('input_size', 'img_size', 'mean', 'std', 'crop_pct', 'interpolation')
-                   if args.get(k)}
-    save_for_hf(model, out, model_config={'kd': meta}, safe_serialization=True, data_config=data_config or None)
+    data_config = resolve_data_config({}, model=model) if training.get('args') else None  # as trained
+    save_for_hf(model, out, model_config={'kd': meta}, safe_serialization=True, data_config=data_config)
     config_path = os.path.join(out, 'config.json')
     with open(config_path) as f:
         config = json.load(f)

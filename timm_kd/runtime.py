@@ -36,6 +36,11 @@ def init_process(device: Optional[str] = None) -> Process:
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     if device.startswith('cuda') and not torch.cuda.is_available():
         raise KDError(f'--device {device}: CUDA is not available on this machine; pass --device cpu or leave it unset')
+    local_processes = int(os.environ.get('LOCAL_WORLD_SIZE', 1))  # set by torchrun
+    if device == 'cuda' and local_processes > torch.cuda.device_count():
+        raise KDError(f'torchrun started {local_processes} processes on this machine but it has '
+                      f'{torch.cuda.device_count()} GPU(s); pass --nproc_per_node {torch.cuda.device_count()}, or '
+                      f'--device cpu to train on the CPU')
     info = init_distributed_device_so(device)
     return Process(torch.device(info['device']), info['global_rank'], info['local_rank'], info['world_size'],
                    info['distributed'])

@@ -70,6 +70,14 @@ class DurableCheckpointSaver(CheckpointSaver):
     def state_dict(self, epoch=None, metric=None):
         return {**super().state_dict(epoch, metric), **(self.extra_state or {})}
 
+    def load_state_dict(self, state_dict):
+        """timm's restore, plus the resumed checkpoint's own metric, which timm counts only when its numbered file
+        is in this folder: a run resumed into another folder would otherwise forget the best epoch."""
+        super().load_state_dict(state_dict)
+        epoch, metric = state_dict.get('pending', (None, None))
+        if metric is not None and (self.best_metric is None or self.cmp(metric, self.best_metric)):
+            self.best_metric, self.best_epoch = metric, epoch
+
     def _replace(self, src, dst):
         os.replace(src, dst)  # atomic; timm deletes dst first (for Windows), which opens a gap with no file
         _fsync_dir(os.path.dirname(dst) or '.')
