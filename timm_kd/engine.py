@@ -5,7 +5,7 @@ import time
 from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from timm.task import evaluation_sample_limit
@@ -42,7 +42,15 @@ class StudentRun:
     clip_mode: str = 'norm'
     name: str = ''
     num_updates: int = 0
-    sums: Dict[str, torch.Tensor] = field(default_factory=dict)
+    sums: Dict[str, torch.Tensor] = field(default_factory=dict)  # loss components summed over this epoch's samples
+    count: Any = 0.  # samples seen this epoch (a device tensor while training)
+    partial: Optional[Dict[str, Any]] = None  # sums and count up to a recovery checkpoint, restored after skipping
+
+    def global_sums(self, distributed: bool) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+        """This epoch's loss sums and sample count so far, summed over the DDP processes."""
+        if not distributed:
+            return self.sums, self.count
+        return {k: reduce_tensor(v, 1) for k, v in sorted(self.sums.items())}, reduce_tensor(self.count, 1)
 
     def mean_lr(self) -> float:
         """The mean learning rate over the optimizer's parameter groups (what timm logs and writes)."""
@@ -115,15 +123,17 @@ def train_one_epoch(
         run.task.train()
         run.task.set_epoch(epoch)
         run.num_updates = epoch * ((num_batches + grad_accum_steps - 1) // grad_accum_steps)
-        run.sums = {}
+        run.sums, run.count = {}, torch.zeros((), device=device)
         run.optimizer.zero_grad()
-    count = torch.zeros((), device=device)
     start = time.time()
     for batch_idx, (input, target) in enumerate(loader):
         if batch_idx < skip_batches:
             if batch_idx == skip_batches - 1:
                 for run in runs:
                     run.num_updates += skip_batches // grad_accum_steps
+                    if run.partial:  # the running sums of the interrupted epoch, so its row is the uninterrupted one
+                        run.sums = {k: torch.tensor(v, device=device) for k, v in run.partial['sums'].items()}
+                        run.count, run.partial = torch.tensor(run.partial['count'], device=device), None
                 if after_skip is not None:
                     after_skip()
             continue
@@ -159,11 +169,11 @@ def train_one_epoch(
             for key, value in result.items():
                 if key.endswith('loss'):
                     run.sums[key] = run.sums.get(key, 0.) + value.detach().float() * input.shape[0]
+            run.count += input.shape[0]
         if need_update and after_update is not None:
             after_update(batch_idx // grad_accum_steps)
         # --- end of step ---
 
-        count += input.shape[0]
         if is_primary and (batch_idx % log_interval == 0 or last_batch):
             elapsed = time.time() - start
             per_batch = elapsed / (batch_idx + 1 - skip_batches)
@@ -171,7 +181,7 @@ def train_one_epoch(
             _logger.info(f'Train: {epoch} [{batch_idx + 1:>4d}/{num_batches}]  {input.shape[0] / per_batch:.1f} img/s'
                          f'  ETA {_format_eta(remaining)}')
             for run in runs:
-                means = {k: (v / count).item() for k, v in run.sums.items()}
+                means = {k: (v / run.count).item() for k, v in run.sums.items()}
                 check_finite(means, epoch, batch_idx, run)
                 losses = '  '.join(f'{k}: {v:.4f}' for k, v in means.items())
                 _logger.info(f'  {run.name + "  " if run.name else ""}{losses}  lr: {run.mean_lr():.3e}')
@@ -180,10 +190,8 @@ def train_one_epoch(
     for run in runs:
         if hasattr(run.optimizer, 'sync_lookahead'):
             run.optimizer.sync_lookahead()
-    if distributed:
-        count = reduce_tensor(count, 1)  # sum over ranks
-    return [OrderedDict((k, ((reduce_tensor(v, 1) if distributed else v) / count).item())
-                        for k, v in run.sums.items()) for run in runs]
+    return [OrderedDict((k, (v / total).item()) for k, v in sums.items())
+            for sums, total in (run.global_sums(distributed) for run in runs)]
 
 
 def check_finite(losses: Dict[str, float], epoch: int, batch_idx: int, run: StudentRun) -> None:

@@ -171,7 +171,7 @@ def setup_student(args: argparse.Namespace, args_text: str, kd_student, loss_wei
     optimizer = create_optimizer_v2(kd_student, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
     _, loss_scaler = amp_setup(args.amp, args.amp_dtype, device)
     resume = resume_path(args)
-    start_epoch, skip_batches = 0, 0
+    start_epoch, skip_batches, partial = 0, 0, None
     if resume:
         if not os.path.isfile(resume):
             raise KDError(f'--resume checkpoint not found: {resume!r}; pass OUTPUT/EXPERIMENT/last.pth.tar')
@@ -183,10 +183,13 @@ def setup_student(args: argparse.Namespace, args_text: str, kd_student, loss_wei
         except (RuntimeError, KeyError, ValueError) as e:  # weights or KD parts of another architecture / loss set
             raise KDError(f'--resume {resume!r} does not fit this run ({_first_line(e)}); resume with the --model, '
                           f'--kd-loss and stage flags it was trained with') from None
-        recovery_update = (load_training_metadata(resume).get('saver') or {}).get('recovery_update')
-        if recovery_update is not None:  # written mid-epoch: continue that epoch after its trained batches
+        saver_state = load_training_metadata(resume).get('saver') or {}
+        if saver_state.get('recovery_update') is not None:  # written mid-epoch: continue after its trained batches
             start_epoch -= 1
-            skip_batches = (recovery_update + 1) * args.grad_accum_steps
+            skip_batches = (saver_state['recovery_update'] + 1) * args.grad_accum_steps
+            sums = saver_state.get('partial_sums') or {}  # summed over all ranks: rank 0 carries them
+            partial = {'sums': {k: v if primary else 0. for k, v in sums.items()},
+                       'count': saver_state.get('partial_count', 0.) if primary else 0.}
     if args.model_ema:
         task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
                        device='cpu' if args.model_ema_force_cpu else None)
@@ -206,7 +209,8 @@ def setup_student(args: argparse.Namespace, args_text: str, kd_student, loss_wei
             lr_scheduler.step_update(start_epoch * updates_per_epoch)
         else:
             lr_scheduler.step(start_epoch)
-    run = StudentRun(task, optimizer, lr_scheduler, loss_scaler, clip_grad=args.clip_grad, clip_mode=args.clip_mode)
+    run = StudentRun(task, optimizer, lr_scheduler, loss_scaler, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
+                     partial=partial)
     job = StudentJob(args, run, start_epoch, num_epochs, skip_batches=skip_batches)
     if primary:
         job.out_dir = output_dir(args.output, experiment_name(args.experiment, args.model, data_config['input_size']))

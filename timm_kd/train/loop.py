@@ -101,8 +101,10 @@ def main(argv: Optional[List[str]] = None) -> Any:
         signum = preemption.requested(check_ranks=recovery or (update_idx + 1) % args.log_interval == 0)
         if recovery or signum:
             for job in jobs:
+                sums, count = job.run.global_sums(process.distributed)  # every rank takes part
                 if job.saver is not None:
-                    job.saver.extra_state = {'recovery_update': update_idx}
+                    job.saver.extra_state = {'recovery_update': update_idx, 'partial_count': count.item(),
+                                             'partial_sums': {k: v.item() for k, v in sums.items()}}
                     job.saver.save_recovery(epoch, batch_idx=update_idx)
                     job.saver.extra_state = None
         reseed(args.seed, epoch, process.rank, update_idx)  # the rest of the epoch no longer depends on the past
@@ -116,7 +118,8 @@ def main(argv: Optional[List[str]] = None) -> Any:
                                      padding=0, normalize=True)
 
     if start_epoch >= stop_epoch:
-        _logger.info(f'Nothing to train: the run is at epoch {start_epoch} of {stop_epoch}')
+        _logger.warning(f'Nothing to train: the checkpoint is at epoch {start_epoch} and the run stops at '
+                        f'{stop_epoch} (--epochs {num_epochs}); raise --epochs to train on')
     if primary and (start_epoch or skip_batches):  # a resume: rows from its epoch on were written after the checkpoint
         for job in jobs:
             truncate_summary(os.path.join(job.out_dir, 'summary.csv'), start_epoch)
