@@ -131,6 +131,8 @@ def train_one_epoch(
             if batch_idx == skip_batches - 1:
                 for run in runs:
                     run.num_updates += skip_batches // grad_accum_steps
+                    if run.lr_scheduler is not None:  # the lr the uninterrupted run trains the next batch with
+                        run.lr_scheduler.step_update(num_updates=run.num_updates)
                     if run.partial:  # the running sums of the interrupted epoch, so its row is the uninterrupted one
                         run.sums = {k: torch.tensor(v, device=device) for k, v in run.partial['sums'].items()}
                         run.count, run.partial = torch.tensor(run.partial['count'], device=device), None

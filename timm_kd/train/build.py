@@ -154,6 +154,30 @@ def resume_path(args: argparse.Namespace) -> str:
     return max(found, key=os.path.getmtime) if found else ''
 
 
+def resume_student(args: argparse.Namespace, resume: str, task, optimizer, loss_scaler,
+                   primary: bool) -> Tuple[int, int, Optional[Dict[str, Any]]]:
+    """Restore a student from `resume`; returns the epoch to start at, the batches of it already trained (a
+    mid-epoch recovery checkpoint) and that epoch's running loss sums (None at an epoch boundary)."""
+    if not os.path.isfile(resume):
+        raise KDError(f'--resume checkpoint not found: {resume!r}; pass OUTPUT/EXPERIMENT/last.pth.tar')
+    check_checkpoint('--resume', resume, args.allow_unsafe_pickle)
+    try:
+        start_epoch = resume_task_checkpoint(
+            task, resume, optimizer=None if args.no_resume_opt else optimizer,
+            loss_scaler=None if args.no_resume_opt else loss_scaler, log_info=primary) or 0
+    except (RuntimeError, KeyError, ValueError) as e:  # weights or KD parts of another architecture / loss set
+        raise KDError(f'--resume {resume!r} does not fit this run ({_first_line(e)}); resume with the --model, '
+                      f'--kd-loss and stage flags it was trained with') from None
+    saver_state = load_training_metadata(resume).get('saver') or {}
+    if saver_state.get('recovery_update') is None:
+        return start_epoch, 0, None
+    # written mid-epoch: continue that epoch after its trained batches; the sums are over all ranks, rank 0 has them
+    sums = saver_state.get('partial_sums') or {}
+    partial = {'sums': {k: v if primary else 0. for k, v in sums.items()},
+               'count': saver_state.get('partial_count', 0.) if primary else 0.}
+    return start_epoch - 1, (saver_state['recovery_update'] + 1) * args.grad_accum_steps, partial
+
+
 def setup_student(args: argparse.Namespace, args_text: str, kd_student, loss_weights: Dict[str, float],
                   teacher: Optional[Teacher], data_config: Dict[str, Any], updates_per_epoch: int,
                   global_batch: float, process: Process, decreasing: bool) -> StudentJob:
@@ -171,25 +195,8 @@ def setup_student(args: argparse.Namespace, args_text: str, kd_student, loss_wei
     optimizer = create_optimizer_v2(kd_student, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
     _, loss_scaler = amp_setup(args.amp, args.amp_dtype, device)
     resume = resume_path(args)
-    start_epoch, skip_batches, partial = 0, 0, None
-    if resume:
-        if not os.path.isfile(resume):
-            raise KDError(f'--resume checkpoint not found: {resume!r}; pass OUTPUT/EXPERIMENT/last.pth.tar')
-        check_checkpoint('--resume', resume, args.allow_unsafe_pickle)
-        try:
-            start_epoch = resume_task_checkpoint(
-                task, resume, optimizer=None if args.no_resume_opt else optimizer,
-                loss_scaler=None if args.no_resume_opt else loss_scaler, log_info=primary) or 0
-        except (RuntimeError, KeyError, ValueError) as e:  # weights or KD parts of another architecture / loss set
-            raise KDError(f'--resume {resume!r} does not fit this run ({_first_line(e)}); resume with the --model, '
-                          f'--kd-loss and stage flags it was trained with') from None
-        saver_state = load_training_metadata(resume).get('saver') or {}
-        if saver_state.get('recovery_update') is not None:  # written mid-epoch: continue after its trained batches
-            start_epoch -= 1
-            skip_batches = (saver_state['recovery_update'] + 1) * args.grad_accum_steps
-            sums = saver_state.get('partial_sums') or {}  # summed over all ranks: rank 0 carries them
-            partial = {'sums': {k: v if primary else 0. for k, v in sums.items()},
-                       'count': saver_state.get('partial_count', 0.) if primary else 0.}
+    start_epoch, skip_batches, partial = resume_student(args, resume, task, optimizer, loss_scaler, primary) \
+        if resume else (0, 0, None)
     if args.model_ema:
         task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
                        device='cpu' if args.model_ema_force_cpu else None)
@@ -214,9 +221,10 @@ def setup_student(args: argparse.Namespace, args_text: str, kd_student, loss_wei
     job = StudentJob(args, run, start_epoch, num_epochs, skip_batches=skip_batches)
     if primary:
         job.out_dir = output_dir(args.output, experiment_name(args.experiment, args.model, data_config['input_size']))
-        job.saver = DurableCheckpointSaver(model=kd_student.student, optimizer=optimizer, args=args, amp_scaler=loss_scaler,
-                                    checkpoint_dir=job.out_dir, recovery_dir=job.out_dir, decreasing=decreasing,
-                                    max_history=args.checkpoint_hist, task=task)
+        job.saver = DurableCheckpointSaver(
+            model=kd_student.student, optimizer=optimizer, args=args, amp_scaler=loss_scaler,
+            checkpoint_dir=job.out_dir, recovery_dir=job.out_dir, decreasing=decreasing,
+            max_history=args.checkpoint_hist, task=task)
         if resume:
             with safe_globals():
                 job.saver.load_state_dict_from_checkpoint(resume)
