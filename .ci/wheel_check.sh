@@ -40,4 +40,22 @@ assert float(row['train_kd_loss']) > 0, row
 print(f"kd job from the wheel: train_loss {float(row['train_loss']):.4f}  kd_loss {float(row['train_kd_loss']):.4f}"
       f"  eval_top1 {float(row['eval_top1']):.2f}")
 PY
+# a `.vkd` name by its release file, from a local server standing in for the GitHub release (TIMM_KD_RELEASE_URL)
+mkdir -p release
+python -c "import timm, torch; torch.save(timm.create_model('vit_tiny_patch16_224').state_dict(), 'release/vit_tiny_patch16_224-78.106.pth')"
+python -m http.server 8765 --bind 127.0.0.1 --directory release >/dev/null 2>&1 &
+SERVER=$!
+trap 'kill $SERVER' EXIT
+sleep 1
+TIMM_KD_RELEASE_URL=http://127.0.0.1:8765/ TORCH_HOME="$WORK/torch" python - <<'PY'
+import timm, timm_kd, torch
+model = timm.create_model('vit_tiny_patch16_224.vkd', pretrained=True)
+release = torch.load('release/vit_tiny_patch16_224-78.106.pth', weights_only=True)
+assert all(torch.equal(v, release[k]) for k, v in model.state_dict().items())
+config = timm.data.resolve_data_config({}, model=model, use_test_size=True)
+assert config['input_size'] == (3, 224, 224) and config['crop_pct'] == 0.9, config
+print('vit_tiny_patch16_224.vkd loaded from the release URL; eval', config['input_size'], config['crop_pct'])
+PY
+python -m timm_kd.hub export release/vit_tiny_patch16_224-78.106.pth --model vit_tiny_patch16_224.vkd --out card
+grep -q 'model-index' card/README.md && echo "model card written: card/README.md"
 echo "wheel check passed in $WORK"
