@@ -53,19 +53,17 @@ def test_indexed_targets_yield_indices_and_know_every_label(image_folder):
 
 
 @pytest.mark.parametrize('prefetcher, indexed', [(False, False), (True, False), (True, True)])
-def test_mixup_off_stops_mixing_wherever_it_happens(image_folder, prefetcher, indexed):
-    """timm's --mixup-off-epoch: the prefetcher's collate mixes, or the per-batch function does (without the
-    prefetcher, and with it when the train set yields indices for CRD); either way mixing stops."""
+def test_mixup_runs_in_the_training_process_and_turns_off(image_folder, prefetcher, indexed):
+    """Mixup/cutmix is the per-batch function in every case (never the prefetcher's collate, whose draws would
+    depend on the worker); timm's --mixup-off-epoch stops it."""
     args, _ = parse_args([image_folder, '--mixup', '0.5', '--cutmix', '1.0', '-b', '8', '-j', '0'])
     train, evaluation = create_datasets(dataset_options(args))
     train = IndexedTargets(train) if indexed else train
     cfg = dict(input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, interpolation='bilinear', crop_pct=1.0)
     loader, _, mixup_fn = create_loaders(loader_options(args), train, evaluation, cfg, 3, torch.device('cpu'),
                                          prefetcher=prefetcher)
-    mixes = [m for m in (loader, mixup_fn) if getattr(m, 'mixup_enabled', False)]
-    assert len(mixes) == 1 and (mixup_fn is None) == (prefetcher and not indexed)
-    disable_mixup(loader, mixup_fn)
-    assert not any(getattr(m, 'mixup_enabled', False) for m in (loader, mixup_fn))
-    images, targets = next(iter(loader))
-    if mixup_fn is None:
-        assert torch.allclose(targets.max(dim=1).values, torch.tensor(0.9 + 0.1 / 3))  # smoothed, not mixed
+    assert mixup_fn.mixup_enabled and not getattr(loader, 'mixup_enabled', False)
+    disable_mixup(mixup_fn)
+    assert not mixup_fn.mixup_enabled
+    _, targets = mixup_fn(torch.randn(8, 3, 32, 32), torch.arange(8) % 3)
+    assert torch.allclose(targets.max(dim=1).values, torch.tensor(0.9 + 0.1 / 3))  # smoothed, not mixed

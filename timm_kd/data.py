@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
-from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader
+from timm.data import Mixup, create_dataset, create_loader
 
 from .errors import KDError
 
@@ -120,7 +120,7 @@ def dataset_num_classes(dataset: Any) -> Optional[int]:
 
 
 def mixup_args(opts: LoaderOptions, num_classes: int) -> Optional[Dict[str, Any]]:
-    """timm Mixup/FastCollateMixup arguments, or None when neither mixup nor cutmix is on."""
+    """timm Mixup arguments, or None when neither mixup nor cutmix is on."""
     if not (opts.mixup > 0 or opts.cutmix > 0 or opts.cutmix_minmax is not None):
         return None
     return dict(mixup_alpha=opts.mixup, cutmix_alpha=opts.cutmix, cutmix_minmax=opts.cutmix_minmax,
@@ -140,20 +140,17 @@ def create_loaders(
         prefetcher: bool = False,
         img_dtype: torch.dtype = torch.float32,
 ) -> Tuple[Any, Optional[Any], Optional[Callable]]:
-    """Train loader, eval loader (None without an eval set), and the mixup function to apply per batch (None when
-    the prefetcher's collate mixes). Mixing happens in the training loop when the train set yields sample
-    indices (CRD), since the labels are looked up from them first.
+    """Train loader, eval loader (None without an eval set), and the mixup function to apply per batch.
+
+    Mixup/cutmix always runs in the training process, after the loader (with the prefetcher too, where timm mixes
+    in the workers' collate): there its random draws are fixed by the per-update reseed, so the views replay
+    (`timm_kd.replay`), and sample indices (CRD) can be mapped to labels first.
     """
     if opts.aug_repeats and not distributed:
         raise KDError(f'--aug-repeats {opts.aug_repeats:g} needs several processes (torchrun): timm spreads the copies '
                       f'of an image over them; pass --aug-repeats 0 to train in one process')
     mix = mixup_args(opts, num_classes)
-    collate_fn, mixup_fn = None, None
-    if mix is not None:
-        if prefetcher and not isinstance(train_set, IndexedTargets):
-            collate_fn = FastCollateMixup(**mix)
-        else:
-            mixup_fn = Mixup(**mix)
+    mixup_fn = Mixup(**mix) if mix is not None else None
     train_interpolation = opts.train_interpolation
     if opts.no_aug or not train_interpolation:
         train_interpolation = data_config['interpolation']
@@ -165,7 +162,7 @@ def create_loaders(
         train_crop_mode=opts.train_crop_mode, scale=opts.scale, ratio=opts.ratio, hflip=opts.hflip, vflip=opts.vflip,
         color_jitter=opts.color_jitter, color_jitter_prob=opts.color_jitter_prob, grayscale_prob=opts.grayscale_prob,
         gaussian_blur_prob=opts.gaussian_blur_prob, auto_augment=opts.aa, num_aug_repeats=int(opts.aug_repeats),
-        interpolation=train_interpolation, collate_fn=collate_fn, worker_seeding=opts.worker_seeding,
+        interpolation=train_interpolation, worker_seeding=opts.worker_seeding,
         use_multi_epochs_loader=opts.use_multi_epochs_loader, input_size_choices=opts.train_img_sizes,
         batch_size_choices=opts.train_batch_sizes, batch_choice_weights=opts.train_size_probs,
         batch_choice_seed=opts.seed, batch_choice_schedule=opts.train_size_schedule,
@@ -183,18 +180,19 @@ def set_loader_epoch(loader: Any, epoch: int) -> None:
     and scheduled resolutions draw from it."""
     if hasattr(loader.dataset, 'set_epoch'):
         loader.dataset.set_epoch(epoch)
-    if hasattr(loader.batch_sampler, 'set_epoch'):
-        loader.batch_sampler.set_epoch(epoch)
+    batch_sampler = loader.batch_sampler
+    if hasattr(batch_sampler, 'set_epoch'):
+        batch_sampler.set_epoch(epoch)
+    elif hasattr(getattr(batch_sampler, 'sampler', None), 'set_epoch'):  # replay.SlotSampler, or timm's own
+        batch_sampler.sampler.set_epoch(epoch)
     elif hasattr(loader.sampler, 'set_epoch'):
         loader.sampler.set_epoch(epoch)
 
 
-def disable_mixup(train_loader: Any, mixup_fn: Optional[Callable]) -> None:
-    """Stop mixup/cutmix wherever it happens: in the prefetcher's collate and in the per-batch function (both
-    exist when the train set yields indices under the prefetcher). timm's --mixup-off-epoch."""
-    for mixer in (train_loader, mixup_fn):
-        if getattr(mixer, 'mixup_enabled', False):
-            mixer.mixup_enabled = False
+def disable_mixup(mixup_fn: Optional[Callable]) -> None:
+    """Stop mixup/cutmix (timm's --mixup-off-epoch): the per-batch function keeps label smoothing only."""
+    if mixup_fn is not None:
+        mixup_fn.mixup_enabled = False
 
 
 def dataset_targets(dataset: Any) -> torch.Tensor:

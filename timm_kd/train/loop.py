@@ -15,6 +15,7 @@ from ..data import (IndexedTargets, create_datasets, create_loaders, dataset_num
                     set_loader_epoch)
 from ..engine import check_finite, train_one_epoch, validate
 from ..errors import Interrupted, KDError
+from ..replay import ReplayableViews, make_replayable
 from ..runtime import amp_setup, init_process
 from ..student import create_kd_student
 from .build import (StudentJob, build_teacher, check_same_start, create_student, dataset_options, loader_options,
@@ -72,11 +73,13 @@ def main(argv: Optional[List[str]] = None) -> Any:
     needs_index = any(kd_student.needs_index for kd_student in kd_students)
     if needs_index:
         train_set = IndexedTargets(train_set)
+    labels = train_set.targets.to(device) if needs_index else None
+    train_set = ReplayableViews(train_set, args.seed)  # each view seeded by its slot, whatever the workers
     input_dtype = model_dtype(args)
     train_loader, eval_loader, mixup_fn = create_loaders(
         loader_options(args), train_set, eval_set, data_config, num_classes, device,
         distributed=process.distributed, prefetcher=prefetcher, img_dtype=input_dtype or torch.float32)
-    labels = train_set.targets.to(device) if needs_index else None
+    make_replayable(train_loader, process.rank)
     scheduled = args.train_img_sizes is not None
     batch_reference = train_loader.batch_sampler.average_batch_size if scheduled else float(args.batch_size)
     updates_per_epoch = (len(train_loader) + args.grad_accum_steps - 1) // args.grad_accum_steps
@@ -128,7 +131,7 @@ def main(argv: Optional[List[str]] = None) -> Any:
             reseed(args.seed, epoch, process.rank)
             set_loader_epoch(train_loader, epoch)
             if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
-                disable_mixup(train_loader, mixup_fn)
+                disable_mixup(mixup_fn)
             train_metrics = train_one_epoch(
                 epoch, [job.run for job in jobs], train_loader, device=device, num_epochs=num_epochs, teacher=teacher,
                 amp_autocast=amp_autocast, mixup_fn=mixup_fn, grad_accum_steps=args.grad_accum_steps,
