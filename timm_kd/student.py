@@ -107,15 +107,16 @@ class KDStudent(nn.Module):
 
 @torch.no_grad()
 def _probe(student: nn.Module, teacher: Teacher, input_size: Sequence[int], student_stages: List[int],
-           teacher_stages: List[int]) -> Tuple[FeatureSpec, FeatureSpec]:
-    """Feature shapes of student and teacher from one forward pass on a zero batch (student in eval mode)."""
+           teacher_stages: Optional[List[int]]) -> Tuple[FeatureSpec, Optional[FeatureSpec]]:
+    """Feature shapes of student and teacher (None without `teacher_stages`: aux heads only) from one forward
+    pass on a zero batch (student in eval mode)."""
     device = next(student.parameters()).device
     x = torch.zeros(2, *input_size, device=device)
     was_training = student.training
     student.eval()
     _, f_s = forward_features(student, x, student_stages)
     student.train(was_training)
-    return spec_of(f_s), spec_of(teacher(x, stages=teacher_stages).features)
+    return spec_of(f_s), spec_of(teacher(x, stages=teacher_stages).features) if teacher_stages else None
 
 
 def create_kd_student(
@@ -146,7 +147,7 @@ def create_kd_student(
     s_stages = resolve_stages(student, student_stages, 'student') if feature_names else []
     t_stages = resolve_stages(teacher.model, teacher_stages, 'teacher') if feature_names else None
     a_stages = resolve_stages(student, aux_stages, 'student') if aux_stages else []
-    specs = _probe(student, teacher, input_size, s_stages + a_stages, t_stages or [-1]) if s_stages + a_stages else None
+    specs = _probe(student, teacher, input_size, s_stages + a_stages, t_stages) if s_stages + a_stages else None
     losses = {}
     for name in loss_names:
         kwargs = dict(loss_kwargs.get(name, {}))

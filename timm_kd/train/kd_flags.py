@@ -22,6 +22,9 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
                    help='teacher: timm name with tag, or hf-hub:org/name; none = plain training')
     g.add_argument('--teacher-checkpoint', '--teacher-pretrained', default=None, metavar='PATH',
                    help='teacher weights: a timm/timm-kd checkpoint (EMA preferred), a state_dict or .safetensors')
+    g.add_argument('--teacher-cache', default=None, metavar='DIR',
+                   help='train from the teacher outputs stored by `python -m timm_kd.cache build` (no teacher runs; '
+                        'logit losses and deep supervision only)')
     g.add_argument('--teacher-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
                    help='timm.create_model arguments of the teacher')
     g.add_argument('--teacher-no-ema', action='store_true', default=False,

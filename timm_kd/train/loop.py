@@ -11,6 +11,7 @@ import torchvision
 from timm.data import resolve_data_config
 from timm.utils import distribute_bn, random_seed, setup_default_logging, update_summary
 
+from ..cache import CachedTeacher, TeacherCache, check_logit_losses_only, fingerprint
 from ..data import (IndexedTargets, create_datasets, create_loaders, dataset_num_classes, disable_mixup,
                     set_loader_epoch)
 from ..engine import check_finite, train_one_epoch, validate
@@ -61,7 +62,13 @@ def main(argv: Optional[List[str]] = None) -> Any:
         num_classes = models[-1].num_classes
     # one data stream: its preprocessing is resolved from the first student
     data_config = resolve_data_config(vars(args), model=models[0], verbose=primary)
-    teacher = build_teacher(args, num_classes, in_chans, data_config, device)
+    if args.teacher_cache:  # no teacher runs: its answers for every view were stored by `timm_kd.cache build`
+        cache = TeacherCache(args.teacher_cache)
+        check_logit_losses_only(students)
+        teacher = CachedTeacher(cache, process.rank, device)
+    else:
+        with torch.random.fork_rng(devices=[]):  # the teacher's (discarded) random init leaves training's stream alone
+            teacher = build_teacher(args, num_classes, in_chans, data_config, device)
     loss_configs = [loss_config(sargs) if teacher is not None else ({}, {}) for sargs, _ in students]
     kd_students = [create_kd_student(
         student, teacher, list(weights), kwargs, input_size=data_config['input_size'],
@@ -71,6 +78,7 @@ def main(argv: Optional[List[str]] = None) -> Any:
     if teacher is not None and args.teacher_compile:  # after the shape probes above, so it compiles for training
         teacher.compile(backend=args.teacher_compile, mode=args.torchcompile_mode)
     needs_index = any(kd_student.needs_index for kd_student in kd_students)
+    base_set = train_set
     if needs_index:
         train_set = IndexedTargets(train_set)
     labels = train_set.targets.to(device) if needs_index else None
@@ -92,6 +100,9 @@ def main(argv: Optional[List[str]] = None) -> Any:
         job.run.name = os.path.basename(sargs.experiment) if args.students else ''
     (start_epoch, skip_batches), num_epochs = check_same_start(jobs), jobs[0].num_epochs
     stop_epoch = min(num_epochs, args.stop_epoch) if args.stop_epoch else num_epochs
+    if args.teacher_cache:
+        cache.check(fingerprint(args, data_config, base_set, num_classes, process.world_size),
+                    range(start_epoch, stop_epoch), process.rank, has_teacher=bool(args.teacher))
     amp_autocast, _ = amp_setup(args.amp, args.amp_dtype, device)
     eval_kwargs = dict(device=device, amp_autocast=amp_autocast, channels_last=args.channels_last,
                        input_dtype=input_dtype, distributed=process.distributed, is_primary=primary)
@@ -130,6 +141,8 @@ def main(argv: Optional[List[str]] = None) -> Any:
         for epoch in range(start_epoch, stop_epoch):
             reseed(args.seed, epoch, process.rank)
             set_loader_epoch(train_loader, epoch)
+            if args.teacher_cache:
+                teacher.start_epoch(epoch, skip_batches * args.batch_size if epoch == start_epoch else 0)
             if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
                 disable_mixup(mixup_fn)
             train_metrics = train_one_epoch(

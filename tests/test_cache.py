@@ -1,0 +1,101 @@
+"""Teacher-output cache: a cached run equals the live one with K = C; bad use is one line."""
+import csv
+import logging
+import os
+import re
+
+import pytest
+import timm
+import torch
+
+from timm_kd import KDError
+from timm_kd.cache import main as cache_main, rebuild_logits
+from timm_kd.train.loop import cli, main as train_main
+
+FAST = ['--model', 'test_resnet', '--img-size', '32', '-b', '8', '--lr', '0.01', '--warmup-epochs', '0', '-j', '0',
+        '--log-interval', '1', '--device', 'cpu', '--epochs', '2']
+VIEWS = ['--mixup', '0.5', '--cutmix', '1.0', '--aa', 'rand-m9-mstd0.5', '--reprob', '0.25', '--drop', '0.1']
+
+
+@pytest.fixture(scope='module')
+def teacher(tmp_path_factory):
+    path = tmp_path_factory.mktemp('teacher') / 'vit.pth'
+    torch.save(timm.create_model('test_vit', num_classes=3, img_size=32).state_dict(), path)
+    return ['--teacher', 'test_vit', '--teacher-kwargs', 'img_size=32', '--teacher-checkpoint', str(path)]
+
+
+@pytest.fixture(scope='module')
+def built(image_folder, teacher, tmp_path_factory):
+    out = tmp_path_factory.mktemp('cache')
+    cache_main(['build', image_folder, *FAST, *VIEWS, *teacher, '--top-k', '3', '--out', str(out)])
+    return out
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_rebuild_is_exact_with_every_class_and_keeps_tail_mass_otherwise():
+    logits = torch.randn(4, 10) * 3
+    top = logits.topk(10, dim=1)
+    assert torch.equal(rebuild_logits(top.values, top.indices, torch.full((4,), float('-inf')), 10), logits)
+    top = logits.topk(4, dim=1)
+    tail = logits.scatter(1, top.indices, float('-inf')).logsumexp(1)
+    approx = rebuild_logits(top.values, top.indices, tail, 10)
+    assert torch.allclose(approx.softmax(1).gather(1, top.indices), logits.softmax(1).gather(1, top.indices))
+
+
+def _step_losses(caplog):
+    """The running loss means logged after every step (--log-interval 1)."""
+    lines = [r.getMessage() for r in caplog.records if 'kd_loss:' in r.getMessage()]
+    caplog.clear()
+    return [[float(v) for v in re.findall(r'loss: ([0-9.]+)', line)] for line in lines]
+
+
+def test_a_cached_run_equals_the_live_run(image_folder, teacher, built, tmp_path, caplog):
+    """K = C (3 classes): every step's losses, the evaluation and the final weights of the cached run are the
+    live run's (kd and dkd losses, deep supervision, mixup/cutmix, RandAugment, random erasing, dropout)."""
+    kd = ['--kd-loss', 'kd', 'dkd', '--kd-deep-supervision', '2', '--output', str(tmp_path)]
+    with caplog.at_level(logging.INFO, logger='timm_kd.engine'):
+        train_main([image_folder, *FAST, *VIEWS, *teacher, *kd, '--experiment', 'live'])
+        live_steps = _step_losses(caplog)
+        train_main([image_folder, *FAST, *VIEWS, *teacher, *kd, '--teacher-cache', str(built), '--experiment',
+                    'cached'])
+        cached_steps = _step_losses(caplog)
+    assert len(live_steps) == len(cached_steps) == 12
+    assert all(a == pytest.approx(b, abs=1e-5) for a, b in zip(live_steps, cached_steps))
+    live, cached = _rows(tmp_path / 'live' / 'summary.csv'), _rows(tmp_path / 'cached' / 'summary.csv')
+    assert len(live) == len(cached) == 2
+    for a, b in zip(live, cached):
+        assert set(a) == set(b) and all(float(a[k]) == pytest.approx(float(b[k]), abs=1e-5) for k in a)
+    weights = [torch.load(tmp_path / name / 'last.pth.tar', weights_only=False)['state_dict'] for name in ('live', 'cached')]
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-5) for k in weights[0])
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--mixup', '0.2'], "other views (mixup: the cache has 0.5, this run 0.2)"),
+    (['--epochs', '3'], 'lacks epoch 2'),
+    (['--kd-loss', 'fitnet'], 'is a feature loss'),
+    (['--teacher', 'test_resnet'], 'other teacher (teacher: the cache has'),
+])
+def test_a_run_the_cache_does_not_fit_is_one_line(image_folder, built, tmp_path, capsys, extra, message):
+    base = [a for a in [image_folder, *FAST, *VIEWS] if True]
+    if '--epochs' in extra:
+        base = base[:base.index('--epochs')] + base[base.index('--epochs') + 2:]
+    if '--mixup' in extra:
+        base = base[:base.index('--mixup')] + base[base.index('--mixup') + 2:]
+    with pytest.raises(SystemExit) as info:
+        cli([*base, *extra, '--teacher-cache', str(built), '--output', str(tmp_path)])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert info.value.code == 2 and line.startswith('error: ') and message in line, line
+
+
+def test_a_killed_build_resumes_at_the_first_missing_epoch(image_folder, teacher, built, tmp_path):
+    out = tmp_path / 'c'
+    cache_main(['build', image_folder, *FAST, *VIEWS, *teacher, '--top-k', '2', '--out', str(out)])
+    first = (out / 'epoch-0000-rank-0.values.npy').stat().st_mtime_ns
+    os.remove(out / 'epoch-0001-rank-0.values.npy')  # as if killed during epoch 1
+    cache_main(['build', image_folder, *FAST, *VIEWS, *teacher, '--top-k', '2', '--out', str(out)])
+    assert (out / 'epoch-0000-rank-0.values.npy').stat().st_mtime_ns == first  # epoch 0 was not redone
+    assert (out / 'epoch-0001-rank-0.values.npy').is_file() and not list(out.glob('*.tmp'))
