@@ -36,3 +36,17 @@ def test_kd_losses_times_each_method_against_kd():
     out = _bench('--methods', 'fitnet', 'dkd', '--num-samples', '64', script='kd_losses.py')
     assert list(out['ratio_vs_kd']) == ['kd', 'fitnet', 'dkd'] and out['ratio_vs_kd']['kd'] == 1.0
     assert all(ms > 0 for ms in out['ms_per_step'].values())
+
+
+def test_kd_cache_reports_the_cached_step_against_plain_live_and_timm():
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    tiny = ['--student', 'test_resnet', '--teachers', 'test_resnet', '--img-size', '32', '--batch-size', '4',
+            '--steps', '3', '--repeats', '1', '--num-classes', '5', '--top-k', '2']
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'kd_cache.py'), *tiny],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])['results']['test_resnet']
+    assert set(out['ms']) == {'plain', 'live', 'cached', 'timm', 'teacher'}
+    for key in ('cached_vs_plain', 'cached_vs_live', 'speedup_vs_timm', 'build_vs_teacher_inference'):
+        assert out[key] > 0, key
+    assert out['bytes_per_sample_epoch'] == 2 * (4 + 2) + 4  # K float32 values + K int16 indices + the tail

@@ -168,7 +168,7 @@ class CachedTeacher(nn.Module):
         n = images.shape[0]
         rows = slice(self.cursor, self.cursor + n)
         self.cursor += n
-        parts = {k: torch.from_numpy(np.ascontiguousarray(v[rows])).to(self.device, non_blocking=True)
+        parts = {k: torch.from_numpy(np.array(v[rows])).to(self.device, non_blocking=True)  # a copy off the map
                  for k, v in self.arrays.items()}
         return TeacherOutput(rebuild_logits(parts['values'], parts['indices'], parts['tail'], self.num_classes))
 
@@ -265,7 +265,7 @@ def build(argv: Optional[List[str]] = None) -> str:
                   'tail': np.lib.format.open_memmap(files['tail'] + '.tmp', 'w+', np.float32, (slots,))}
         reseed(args.seed, epoch, process.rank)  # as the training loop: the same stream of views
         set_loader_epoch(loader, epoch)
-        row = 0
+        row, epoch_start = 0, time.time()
         for batch_idx, (input, target) in enumerate(loader):
             input, target = _to_device(input, target, device, args.channels_last, model_dtype(args))
             if mixup_fn is not None:
@@ -290,6 +290,8 @@ def build(argv: Optional[List[str]] = None) -> str:
         for part, array in arrays.items():
             array.flush()
             os.replace(files[part] + '.tmp', files[part])
+        # the teacher pass with the writes, data loading included, of the last epoch built (warm loader and model)
+        manifest['build_images_per_s'] = row / (time.time() - epoch_start)
         if process.distributed:
             torch.distributed.barrier()
         manifest['epochs'] = sorted(set(manifest['epochs']) | {epoch})
