@@ -55,6 +55,17 @@ def file_server(tmp_path):
 
 
 @pytest.fixture(autouse=True)
+def _no_handlers_on_closed_streams():
+    """In-process training installs logging handlers bound to the captured stderr of the test (or fixture) that
+    ran it; once pytest closes that stream, drop them, so later log records do not fail on it."""
+    import logging
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(getattr(handler, 'stream', None), 'closed', False):
+            root.removeHandler(handler)
+
+
+@pytest.fixture(autouse=True)
 def _isolated_hf_cache(tmp_path, monkeypatch):
     """Empty Hugging Face and torch caches per test, so nothing cached on the machine leaks in."""
     monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf_home'))

@@ -99,3 +99,15 @@ def test_a_killed_build_resumes_at_the_first_missing_epoch(image_folder, teacher
     cache_main(['build', image_folder, *FAST, *VIEWS, *teacher, '--top-k', '2', '--out', str(out)])
     assert (out / 'epoch-0000-rank-0.values.npy').stat().st_mtime_ns == first  # epoch 0 was not redone
     assert (out / 'epoch-0001-rank-0.values.npy').is_file() and not list(out.glob('*.tmp'))
+
+
+def test_cached_runs_resume_exactly_and_serve_several_students(image_folder, built, tmp_path):
+    common = [image_folder, *FAST, *VIEWS, '--teacher-cache', str(built), '--output', str(tmp_path)]
+    train_main([*common, '--experiment', 'whole'])
+    train_main([*common, '--experiment', 'cut', '--stop-epoch', '1'])
+    train_main([*common, '--experiment', 'cut', '--resume', 'auto'])
+    assert _rows(tmp_path / 'cut' / 'summary.csv') == _rows(tmp_path / 'whole' / 'summary.csv')
+    train_main([*common, '--experiment', 'two', '--student', '--experiment a', '--student', '--kd-loss dkd --experiment b'])
+    for name, loss in (('a', 'train_kd_loss'), ('b', 'train_dkd_loss')):
+        rows = _rows(tmp_path / 'two' / name / 'summary.csv')
+        assert len(rows) == 2 and float(rows[0][loss]) > 0
