@@ -1,5 +1,4 @@
 """Replayable views: the same batches, augmentation included, whatever the number of loader workers."""
-import pytest
 import torch
 
 from timm_kd.data import create_datasets, create_loaders, set_loader_epoch

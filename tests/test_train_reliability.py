@@ -193,3 +193,26 @@ def test_resuming_into_another_folder_keeps_the_checkpoint_best_metric(image_fol
     top1 = [float(r['eval_top1']) for r in rows]
     assert [int(r['epoch']) for r in rows] == [0, 1, 2]
     assert best == (max(top1), top1.index(max(top1)))  # ties: the earlier epoch, as timm ranks them
+
+
+def test_sigterm_under_torchrun_every_rank_stops_at_the_same_update_and_resumes(image_folder, tmp_path):
+    """torchrun forwards SIGTERM to its workers; they agree (at a log interval) on the update to stop after, rank
+    0 writes the recovery checkpoint, and a torchrun resume from it finishes the run."""
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29521', '-m',
+           'timm_kd.train', image_folder, *FAST, '-b', '2', '--epochs', '3', '--output', str(tmp_path),
+           '--experiment', 'ddp']
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    for line in process.stdout:
+        if 'Train: 0 [   4/12]' in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    messages = [line for line in output.splitlines() if 'interrupted: stopped by SIGTERM' in line]
+    assert len(messages) == 2 and len({m.split('after update ')[1].split(';')[0] for m in messages}) == 1, output[-3000:]
+    recovery = [m for m in messages if '--resume' in m][0].split('--resume ')[-1].strip()
+    assert os.path.isfile(recovery)
+    resumed = subprocess.run([*cmd, '--resume', recovery], cwd=ROOT, capture_output=True, text=True, env=env,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [r.split(',')[0] for r in _rows(tmp_path / 'ddp' / 'summary.csv')[1:]] == ['0', '1', '2']

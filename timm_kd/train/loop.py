@@ -123,9 +123,10 @@ def main(argv: Optional[List[str]] = None) -> Any:
                     job.saver.extra_state = None
         reseed(args.seed, epoch, process.rank, update_idx)  # the rest of the epoch no longer depends on the past
         if signum:
-            path = jobs[0].saver.curr_recovery_file if jobs[0].saver is not None else 'the recovery checkpoint'
+            where = f'continue with --resume {jobs[0].saver.curr_recovery_file}' if jobs[0].saver is not None \
+                else f'rank {process.rank}; rank 0 wrote the recovery checkpoint'
             raise Interrupted(f'stopped by {signal.Signals(signum).name} in epoch {epoch} after update {update_idx}; '
-                              f'continue with --resume {path}', signum)
+                              f'{where}', signum)
 
     def save_images(batch_idx: int, input: torch.Tensor) -> None:
         torchvision.utils.save_image(input.float(), os.path.join(jobs[0].out_dir, f'train-batch-{batch_idx}.jpg'),
