@@ -147,6 +147,14 @@ def test_ddp_two_processes_train_as_one_at_the_same_global_batch(vit_teacher, im
             assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-4), (key, a, b)
 
 
+def test_teacher_agreement_is_a_summary_column(vit_teacher, image_folder, tmp_path):
+    """A student that is the teacher (same weights, no BatchNorm or dropout, lr ~0) agrees on every training view."""
+    checkpoint = vit_teacher[vit_teacher.index('--teacher-checkpoint') + 1]
+    _run(image_folder, tmp_path, 'same', '--epochs', '1', *vit_teacher, '--model', 'test_vit', '--model-kwargs',
+         'img_size=32', '--initial-checkpoint', checkpoint, '--lr', '1e-12', '--weight-decay', '0', '--mixup', '0.5')
+    assert float(_summary(tmp_path / 'same' / 'summary.csv')[0]['train_teacher_agreement']) == 100.0
+
+
 def test_more_processes_than_gpus_is_one_line(monkeypatch):
     from timm_kd import KDError
     from timm_kd.runtime import init_process

@@ -111,7 +111,9 @@ def train_one_epoch(
     loss is scaled by its size over `batch_size_reference`. `after_update(update_index)` runs after every optimizer
     update (recovery checkpoints), `on_log(batch_index, input)` at each log interval on the primary process.
 
-    Loss components are summed on the device and read back only at log intervals and at the end of the epoch,
+    With a teacher, the student's top-1 agreement with it on the training views is summed too
+    (`teacher_agreement`, percent, a `summary.csv` column). Loss components are summed on the device and read
+    back only at log intervals and at the end of the epoch,
     so the step itself has no host-device synchronisation; a NaN or infinite sum there stops training with a
     `NonFiniteError` naming the epoch, batch, component and lr. `skip_batches` (a resume from a mid-epoch recovery
     checkpoint) draws the epoch's first batches from the loader without training on them, so the rest of the
@@ -171,6 +173,9 @@ def train_one_epoch(
             for key, value in result.items():
                 if key.endswith('loss'):
                     run.sums[key] = run.sums.get(key, 0.) + value.detach().float() * input.shape[0]
+            if teacher_out is not None:  # top-1 agreement with the teacher on the training views, in percent
+                agree = (result['output'].detach().argmax(-1) == teacher_out.logits.argmax(-1)).sum() * 100.
+                run.sums['teacher_agreement'] = run.sums.get('teacher_agreement', 0.) + agree
             run.count += input.shape[0]
         if need_update and after_update is not None:
             after_update(batch_idx // grad_accum_steps)
