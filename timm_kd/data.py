@@ -32,6 +32,8 @@ class DatasetOptions:
     train_fraction: float = 1.0
     batch_size: int = 128
     seed: int = 42
+    unlabeled_data: str = ''  # a folder of images or a timm dataset spec: KD terms only (timm_kd.unlabeled)
+    unlabeled_ratio: Optional[float] = None
 
 
 @dataclass
@@ -102,6 +104,14 @@ def create_datasets(opts: DatasetOptions, in_chans: int = 3) -> Tuple[Any, Optio
                       f'({" ".join(str(e).split())[:160]}); check the path, --dataset and the split names') from None
     if len(train) == 0:
         raise KDError(f'the {opts.train_split!r} split at {opts.data_dir!r} holds no images')
+    if opts.unlabeled_data:
+        from .unlabeled import ImageFiles, WithUnlabeled
+        if os.path.isdir(opts.unlabeled_data):
+            unlabeled = ImageFiles(opts.unlabeled_data, common['input_img_mode'])
+        else:
+            unlabeled = create_dataset(opts.unlabeled_data, split=opts.train_split, is_training=True, **common)
+        labeled = StratifiedSubset(train, opts.train_fraction, seed=opts.seed) if opts.train_fraction > 0 else None
+        return WithUnlabeled(labeled, unlabeled, opts.unlabeled_ratio, seed=opts.seed), evaluation
     if opts.train_fraction < 1:
         train = StratifiedSubset(train, opts.train_fraction, seed=opts.seed)
     return train, evaluation
@@ -109,7 +119,7 @@ def create_datasets(opts: DatasetOptions, in_chans: int = 3) -> Tuple[Any, Optio
 
 def dataset_num_classes(dataset: Any) -> Optional[int]:
     """Number of classes a dataset declares (ImageFolder readers and torchvision datasets), None if unknown."""
-    while isinstance(dataset, _DatasetView):
+    while isinstance(dataset, _DatasetView) and dataset.dataset is not None:
         dataset = dataset.dataset
     reader = getattr(dataset, 'reader', None)
     class_to_idx = getattr(reader, 'class_to_idx', None) or getattr(dataset, 'class_to_idx', None)
@@ -249,7 +259,7 @@ class StratifiedSubset(_DatasetView):
 
     def __init__(self, dataset: Any, fraction: float, seed: int = 0):
         if not 0 < fraction <= 1:
-            raise KDError(f'--train-fraction must be in (0, 1], got {fraction}')
+            raise KDError(f'--train-fraction must be in (0, 1] (0 only with --unlabeled-data), got {fraction}')
         self.dataset = dataset
         targets = dataset_targets(dataset)
         g = torch.Generator().manual_seed(seed)

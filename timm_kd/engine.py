@@ -12,6 +12,7 @@ from timm.task import evaluation_sample_limit
 from timm.utils import dispatch_clip_grad, reduce_tensor
 
 from .errors import NonFiniteError
+from .unlabeled import labeled_mask
 
 _logger = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ def train_one_epoch(
         on_log: Optional[Callable[[int, torch.Tensor], None]] = None,
         skip_batches: int = 0,
         after_skip: Optional[Callable[[], None]] = None,
+        unlabeled: bool = False,
 ) -> List[Dict[str, float]]:
     """Train every student of `runs` for one epoch; returns, per run, the epoch mean of each loss component.
 
@@ -117,7 +119,8 @@ def train_one_epoch(
     so the step itself has no host-device synchronisation; a NaN or infinite sum there stops training with a
     `NonFiniteError` naming the epoch, batch, component and lr. `skip_batches` (a resume from a mid-epoch recovery
     checkpoint) draws the epoch's first batches from the loader without training on them, so the rest of the
-    epoch sees the same data as the uninterrupted run; then `after_skip()` runs.
+    epoch sees the same data as the uninterrupted run; then `after_skip()` runs. With `unlabeled`, targets of -1
+    mark unlabeled images (`timm_kd.unlabeled`): they get the KD terms only.
     """
     num_batches = len(loader)
     last_window = num_batches % grad_accum_steps  # batches in a last, shorter accumulation window (0: none)
@@ -145,8 +148,13 @@ def train_one_epoch(
         index = None
         if labels is not None:
             index, target = target, labels[target]
+        labeled = None
+        if unlabeled:
+            labeled, target = target >= 0, target.clamp(min=0)
         if mixup_fn is not None:
             input, target = mixup_fn(input, target)
+        if labeled is not None:
+            labeled = labeled_mask(labeled, mixed=mixup_fn is not None and mixup_fn.mixup_enabled)
         last_batch = batch_idx == num_batches - 1
         need_update = last_batch or (batch_idx + 1) % grad_accum_steps == 0
         window = last_window if last_window and batch_idx >= num_batches - last_window else grad_accum_steps
@@ -162,7 +170,7 @@ def train_one_epoch(
         for run, teacher_out in zip(runs, teacher_outs):
             with nullcontext() if need_update else run.task.no_sync():
                 with amp_autocast():
-                    result = run.task(input, target, index=index, teacher_out=teacher_out)
+                    result = run.task(input, target, index=index, teacher_out=teacher_out, labeled=labeled)
                 run.backward_and_step(result['loss'] * scale if scale != 1.0 else result['loss'], need_update)
             if need_update:
                 run.optimizer.zero_grad(set_to_none=True)

@@ -1,7 +1,15 @@
-"""The small-data pitfall (VanillaKD Fig. 1 / Table 13) on data and hardware you have.
+"""Experiments on data and hardware you have: the small-data pitfall (VanillaKD Fig. 1 / Table 13), and
+distillation from unlabeled images.
 
     python -m timm_kd.experiments pitfall [--output pitfall_output] [--fractions 0.05 0.2 1.0] [--seeds 0 1]
+    python -m timm_kd.experiments unlabeled [--output unlabeled_output] [--fraction 0.1]
 
+`unlabeled`: on Fashion-MNIST with the demo's teacher (trained on the full labeled set), a student trained with
+labels on a `--fraction` of the training set, from scratch and with vanilla KD, then the same plus the whole
+training set as unlabeled images (KD terms only, `--unlabeled-data`); the labeled-only runs take as many
+optimizer steps as the unlabeled one (`--train-fraction-keep-steps`). Writes results.md and unlabeled.png.
+
+`pitfall`:
 For each training-set fraction (stratified, seeded subsets; epochs scaled so every cell takes the same number of
 optimizer steps, as the paper's 4000/2000/1200 epochs), each seed, it trains the student from scratch and with
 each KD method (kd, dkd, dist by default) from one teacher trained on the full set, all through timm_kd.train.
@@ -98,6 +106,63 @@ def summarize(rows: List[Dict], methods: List[str], output: str) -> str:
     return table
 
 
+def _kd_args(teacher_checkpoint: str, temperature: float) -> List[str]:
+    """The demo teacher as a --teacher of a student run."""
+    kd_args = ['--teacher', TEACHER[TEACHER.index('--model') + 1], '--teacher-checkpoint', teacher_checkpoint,
+               '--kd-temperature', str(temperature)]
+    if '--model-kwargs' in TEACHER:
+        kd_args += ['--teacher-kwargs', *TEACHER[TEACHER.index('--model-kwargs') + 1:TEACHER.index('--epochs')]]
+    return kd_args
+
+
+def unlabeled(argv=None) -> str:
+    p = argparse.ArgumentParser(prog='python -m timm_kd.experiments unlabeled', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--output', default='unlabeled_output')
+    p.add_argument('--fraction', type=float, default=0.1, help='labeled share of the training set')
+    p.add_argument('--epochs', type=int, default=2, help='epochs of the run with unlabeled images')
+    p.add_argument('--kd-temperature', type=float, default=4.0)
+    p.add_argument('--teacher-checkpoint', default=None, help='default: train the demo teacher on the full set')
+    p.add_argument('--workers', type=int, default=1)
+    args = p.parse_args(argv)
+    output = os.path.abspath(args.output)
+    data = os.path.join(output, 'data')
+    prepare_fashion_mnist(data)
+    dataset_args = ['--dataset', 'torch/fashion_mnist', '--val-split', 'test']
+    teacher_ckpt = args.teacher_checkpoint
+    if teacher_ckpt is None:
+        _cell('teacher', dataset_args + TEACHER, data, output, args.workers)
+        teacher_ckpt = os.path.join(output, 'teacher', 'last.pth.tar')
+    # labeled-only runs: as many steps as `epochs` over the labeled + unlabeled (whole) set
+    steps_epochs = round(args.epochs * (1 + args.fraction) / args.fraction)
+    labeled = dataset_args + _replace(STUDENT, '--epochs', str(steps_epochs)) + ['--train-fraction', str(args.fraction)]
+    kd = _kd_args(teacher_ckpt, args.kd_temperature)
+    runs = {'scratch, labeled only': labeled,
+            'KD, labeled only': labeled + kd,
+            'KD, labeled + unlabeled': dataset_args + _replace(STUDENT, '--epochs', str(args.epochs)) + kd
+            + ['--train-fraction', str(args.fraction), '--unlabeled-data', 'torch/fashion_mnist']}
+    results = {}
+    for i, (label, train) in enumerate(runs.items()):
+        print(f'== [{i + 1}/{len(runs)}] {label}', flush=True)
+        results[label] = _cell(f'run{i}', train, data, output, args.workers)
+    table = (f'| run ({args.fraction:g} of the labels) | top-1 (%) | minutes |\n|---|---|---|\n' +
+             ''.join(f'| {k} | {v["top1"]:.2f} | {v["seconds"] / 60:.1f} |\n' for k, v in results.items()))
+    with open(os.path.join(output, 'results.md'), 'w') as f:
+        f.write(table)
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.barh(list(results)[::-1], [v['top1'] for v in results.values()][::-1])
+    low = min(v['top1'] for v in results.values())
+    ax.set(xlim=(low - 3, max(v['top1'] for v in results.values()) + 1), xlabel='Fashion-MNIST test top-1 (%)',
+           title=f'student with {args.fraction:.0%} of the labels')
+    fig.tight_layout()
+    fig.savefig(os.path.join(output, 'unlabeled.png'), dpi=110)
+    print('\n' + table + f'\nresults.md, unlabeled.png in {output}')
+    return table
+
+
 def pitfall(argv=None) -> str:
     p = argparse.ArgumentParser(prog='python -m timm_kd.experiments pitfall', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -128,11 +193,7 @@ def pitfall(argv=None) -> str:
         print('== teacher (full training set)', flush=True)
         _cell('teacher', dataset_args + TEACHER + batch, data, output, args.workers)
         teacher_ckpt = os.path.join(output, 'teacher', 'last.pth.tar')
-    kd_args = ['--teacher', TEACHER[TEACHER.index('--model') + 1], '--teacher-checkpoint', teacher_ckpt,
-               '--kd-temperature', str(args.kd_temperature)]
-    if '--model-kwargs' in TEACHER:
-        kd_args += ['--teacher-kwargs', *TEACHER[TEACHER.index('--model-kwargs') + 1:TEACHER.index('--epochs')]]
-
+    kd_args = _kd_args(teacher_ckpt, args.kd_temperature)
     cells = [(f, m, s) for f in args.fractions for s in args.seeds for m in ['scratch'] + args.methods]
     train_sizes = {f: _train_size(data, dataset_args, f) for f in args.fractions}
     rows, start = [], time.time()
@@ -160,9 +221,10 @@ def pitfall(argv=None) -> str:
 def main(argv=None) -> None:
     import sys
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] != 'pitfall':
-        raise SystemExit('usage: python -m timm_kd.experiments pitfall [options]  (see --help)')
-    pitfall(argv[1:])
+    commands = {'pitfall': pitfall, 'unlabeled': unlabeled}
+    if not argv or argv[0] not in commands:
+        raise SystemExit('usage: python -m timm_kd.experiments pitfall|unlabeled [options]  (see --help)')
+    commands[argv[0]](argv[1:])
 
 
 if __name__ == '__main__':

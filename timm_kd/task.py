@@ -116,16 +116,24 @@ class DistillationTask(TrainingTask):
             self.kd_student.load_kd_state_dict(state, strict=strict)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, index: Optional[torch.Tensor] = None,
-                teacher_out: Optional[TeacherOutput] = None) -> Dict[str, torch.Tensor]:
+                teacher_out: Optional[TeacherOutput] = None,
+                labeled: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """One training forward. `teacher_out` is the teacher's output on `input` when the caller has already
-        run it (several students sharing one teacher pass, `Teacher.forward_many`); else the task runs it."""
+        run it (several students sharing one teacher pass, `Teacher.forward_many`); else the task runs it.
+        `labeled` (a boolean row mask) restricts the hard-label loss to images with known labels: unlabeled
+        images (`timm_kd.unlabeled`) get the KD terms only."""
         if teacher_out is None and self.teacher is not None:
             teacher_out = self.teacher(input, stages=self.teacher_stages)
         student_logits, kd_losses = self.trainable_module(input, teacher_out, target, index)
         result = {'output': student_logits}
         loss = student_logits.new_zeros((), dtype=torch.float32)
         if self.ori_loss_weight:
-            result['task_loss'] = self.criterion(student_logits, target)
+            if labeled is None:
+                result['task_loss'] = self.criterion(student_logits, target)
+            elif bool(labeled.any()):  # the mean over the labeled rows (a host sync, with unlabeled data only)
+                result['task_loss'] = self.criterion(student_logits[labeled], target[labeled])
+            else:  # no labeled row in the batch: no hard-label term
+                result['task_loss'] = student_logits.sum() * 0.
             loss = loss + self.ori_loss_weight * result['task_loss']
         for key, value in kd_losses.items():
             result[key] = value

@@ -118,9 +118,9 @@ def finish_args(args: argparse.Namespace) -> argparse.Namespace:
     them): refuse what cannot apply, fold timm's KD flags into ours, validate the losses early."""
     listify(args)
     args.data_dir = args.data_dir or args.data
-    if not 0 < args.train_fraction <= 1:
-        raise KDError(f'--train-fraction must be in (0, 1], got {args.train_fraction}')
-    if args.train_fraction_keep_steps:
+    if not 0 < args.train_fraction <= 1 and not (args.train_fraction == 0 and args.unlabeled_data):
+        raise KDError(f'--train-fraction must be in (0, 1] (0 only with --unlabeled-data), got {args.train_fraction}')
+    if args.train_fraction_keep_steps and args.train_fraction > 0:
         args.epochs = round(args.epochs / args.train_fraction)
     refuse_unsupported(args)
     resolve_timm_kd(args)

@@ -22,6 +22,11 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
                    help='teacher: timm name with tag, or hf-hub:org/name; none = plain training')
     g.add_argument('--teacher-checkpoint', '--teacher-pretrained', default=None, metavar='PATH',
                    help='teacher weights: a timm/timm-kd checkpoint (EMA preferred), a state_dict or .safetensors')
+    g.add_argument('--unlabeled-data', default='', metavar='PATH',
+                   help='images with no labels, trained on with the KD terms only: a folder of images or a timm '
+                        'dataset spec read from the data root')
+    g.add_argument('--unlabeled-ratio', type=float, default=None, metavar='R',
+                   help='unlabeled images per labeled one each epoch (default: all of them)')
     g.add_argument('--teacher-cache', default=None, metavar='DIR',
                    help='train from the teacher outputs stored by `python -m timm_kd.cache build` (no teacher runs; '
                         'logit losses and deep supervision only)')

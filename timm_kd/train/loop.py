@@ -19,6 +19,7 @@ from ..errors import Interrupted, KDError
 from ..replay import ReplayableViews, make_replayable
 from ..runtime import amp_setup, init_process
 from ..student import create_kd_student
+from ..unlabeled import check_unlabeled_run
 from .build import (StudentJob, build_teacher, check_same_start, create_student, dataset_options, loader_options,
                     model_dtype, setup_process_flags, setup_student)
 from .config import parse_args
@@ -78,6 +79,8 @@ def main(argv: Optional[List[str]] = None) -> Any:
     if teacher is not None and args.teacher_compile:  # after the shape probes above, so it compiles for training
         teacher.compile(backend=args.teacher_compile, mode=args.torchcompile_mode)
     needs_index = any(kd_student.needs_index for kd_student in kd_students)
+    if args.unlabeled_data:
+        check_unlabeled_run(teacher is not None, [n for sargs, _ in students for n in sargs.kd_loss], needs_index)
     base_set = train_set
     if needs_index:
         train_set = IndexedTargets(train_set)
@@ -154,7 +157,7 @@ def main(argv: Optional[List[str]] = None) -> Any:
                 batch_loss_scale=args.variable_batch_loss_scale if scheduled else 'none',
                 batch_size_reference=batch_reference, after_update=after_update,
                 on_log=save_images if args.save_images and primary else None,
-                skip_batches=skip_batches if epoch == start_epoch else 0,
+                skip_batches=skip_batches if epoch == start_epoch else 0, unlabeled=bool(args.unlabeled_data),
                 after_skip=lambda: reseed(args.seed, epoch, process.rank, skip_batches // args.grad_accum_steps - 1))
             validating = (epoch + 1) % args.val_interval == 0 or epoch + 1 == num_epochs
             wandb_row: Dict[str, float] = {}
