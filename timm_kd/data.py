@@ -110,7 +110,8 @@ def create_datasets(opts: DatasetOptions, in_chans: int = 3) -> Tuple[Any, Optio
             unlabeled = ImageFiles(opts.unlabeled_data, common['input_img_mode'])
         else:
             unlabeled = create_dataset(opts.unlabeled_data, split=opts.train_split, is_training=True, **common)
-        labeled = StratifiedSubset(train, opts.train_fraction, seed=opts.seed) if opts.train_fraction > 0 else None
+        labeled = None if opts.train_fraction == 0 else train if opts.train_fraction == 1 else \
+            StratifiedSubset(train, opts.train_fraction, seed=opts.seed)
         return WithUnlabeled(labeled, unlabeled, opts.unlabeled_ratio, seed=opts.seed), evaluation
     if opts.train_fraction < 1:
         train = StratifiedSubset(train, opts.train_fraction, seed=opts.seed)

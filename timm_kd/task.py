@@ -130,8 +130,9 @@ class DistillationTask(TrainingTask):
         if self.ori_loss_weight:
             if labeled is None:
                 result['task_loss'] = self.criterion(student_logits, target)
-            elif bool(labeled.any()):  # the mean over the labeled rows (a host sync, with unlabeled data only)
-                result['task_loss'] = self.criterion(student_logits[labeled], target[labeled])
+            elif bool(labeled.any()):  # labeled rows weigh as in a fully labeled batch (a host sync, unlabeled only)
+                share = labeled.float().mean()
+                result['task_loss'] = self.criterion(student_logits[labeled], target[labeled]) * share
             else:  # no labeled row in the batch: no hard-label term
                 result['task_loss'] = student_logits.sum() * 0.
             loss = loss + self.ori_loss_weight * result['task_loss']

@@ -7,7 +7,8 @@ to the training stream: PATH is a folder of images (any layout, no classes) or a
 images per labeled one each epoch (drawn without replacement while they last, seeded; all of them when unset).
 Unlabeled samples carry the label -1; the training loop turns that into a mask, and `DistillationTask` computes
 the hard-label loss on the labeled rows only (after mixup/cutmix, on the rows whose both sources are labeled),
-while every KD term sees the whole batch. With `--train-fraction 0` and `--ori-loss-weight 0` nothing labeled
+each weighing what it would in a fully labeled batch (the loss is their sum over the batch size), while every
+KD term sees the whole batch. With `--train-fraction 0` and `--ori-loss-weight 0` nothing labeled
 is needed at all.
 """
 import os
