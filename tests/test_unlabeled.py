@@ -85,3 +85,14 @@ def test_unlabeled_runs_that_cannot_work_are_one_line(image_folder, unlabeled_fo
     with pytest.raises(SystemExit):
         cli(flags + (teacher if extra else []))
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_a_teacher_cache_covers_unlabeled_images(image_folder, unlabeled_folder, teacher, tmp_path):
+    from timm_kd.cache import main as cache_main
+    flags = [image_folder, *FAST, *teacher, '--unlabeled-data', str(unlabeled_folder), '--mixup', '0.5',
+             '--output', str(tmp_path)]
+    cache_main(['build', *flags, '--top-k', '3', '--out', str(tmp_path / 'cache')])
+    main([*flags, '--experiment', 'live'])
+    main([*flags, '--teacher-cache', str(tmp_path / 'cache'), '--experiment', 'cached'])
+    live, cached = _rows(tmp_path / 'live' / 'summary.csv'), _rows(tmp_path / 'cached' / 'summary.csv')
+    assert all(float(live[0][k]) == pytest.approx(float(cached[0][k]), abs=1e-5) for k in live[0])

@@ -268,6 +268,7 @@ def build(argv: Optional[List[str]] = None) -> str:
         row, epoch_start = 0, time.time()
         for batch_idx, (input, target) in enumerate(loader):
             input, target = _to_device(input, target, device, args.channels_last, model_dtype(args))
+            target = target.clamp(min=0)  # unlabeled images (-1): the labels do not reach the teacher
             if mixup_fn is not None:
                 input, target = mixup_fn(input, target)
             with amp_autocast():
