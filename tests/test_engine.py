@@ -52,8 +52,8 @@ def test_one_teacher_pass_per_batch_serves_every_student():
     CountingTeacher.calls = 0
     metrics = _epoch(runs, teacher, _loader(5))
     assert CountingTeacher.calls == 5
-    assert set(metrics[0]) == {'loss', 'task_loss', 'kd_loss'}
-    assert set(metrics[1]) == {'loss', 'task_loss', 'kd_loss', 'fitnet_loss'}
+    assert set(metrics[0]) == {'loss', 'task_loss', 'kd_loss', 'teacher_agreement'}
+    assert set(metrics[1]) == {'loss', 'task_loss', 'kd_loss', 'fitnet_loss', 'teacher_agreement'}
     assert all(run.num_updates == 5 for run in runs)
 
 
