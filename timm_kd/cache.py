@@ -81,7 +81,10 @@ def fingerprint(args: argparse.Namespace, data_config: Dict[str, Any], dataset: 
                    teacher_no_ema=args.teacher_no_ema, teacher_kwargs=args.teacher_kwargs,
                    teacher_mean=args.teacher_mean, teacher_std=args.teacher_std,
                    teacher_input_size=args.teacher_input_size, teacher_dtype=args.teacher_dtype,
-                   amp=args.amp, amp_dtype=args.amp_dtype)
+                   amp=args.amp, amp_dtype=args.amp_dtype, teachers=[
+                       {**t, 'checkpoint': _sha256(t['checkpoint']) if t['checkpoint'] else None}
+                       for t in args.teachers or []], teacher_ensemble=args.teacher_ensemble,
+                   kd_temperature=args.kd_temperature if args.teachers else None)
     return json.loads(json.dumps({'views': views, 'teacher': teacher}, default=list))  # tuples -> lists
 
 

@@ -21,6 +21,7 @@ from timm.utils import set_jit_fuser
 from ..checkpoint import load_state_dict, load_training_metadata, safe_globals
 from ..data import DatasetOptions, LoaderOptions, mixup_args
 from ..engine import StudentRun
+from ..ensemble import EnsembleTeacher
 from ..errors import KDError
 from ..runtime import Process, amp_setup, experiment_name, output_dir, resolve_lr
 from ..saver import DurableCheckpointSaver
@@ -117,16 +118,24 @@ def check_checkpoint(flag: str, path: Optional[str], allow_pickle: bool = False)
 
 
 def build_teacher(args: argparse.Namespace, num_classes: int, in_chans: int, data_config: Dict[str, Any],
-                  device: torch.device) -> Optional[Teacher]:
+                  device: torch.device):
+    """The `Teacher`, an `EnsembleTeacher` when `--teacher` was given several times, or None."""
     if not args.teacher:
         return None
-    return create_teacher(
-        args.teacher, num_classes=num_classes, in_chans=in_chans, checkpoint=args.teacher_checkpoint,
-        use_ema=not args.teacher_no_ema, student_mean=data_config['mean'], student_std=data_config['std'],
-        student_input_size=data_config['input_size'], mean=args.teacher_mean, std=args.teacher_std,
-        input_size=args.teacher_input_size, dtype=args.teacher_dtype,
+    specs = args.teachers or [dict(name=args.teacher, checkpoint=args.teacher_checkpoint, kwargs=args.teacher_kwargs,
+                                   no_ema=args.teacher_no_ema, mean=args.teacher_mean, std=args.teacher_std,
+                                   input_size=args.teacher_input_size, dtype=None, weight=1.0)]
+    teachers = [create_teacher(
+        spec['name'], num_classes=num_classes, in_chans=in_chans, checkpoint=spec['checkpoint'],
+        use_ema=not spec['no_ema'], student_mean=data_config['mean'], student_std=data_config['std'],
+        student_input_size=data_config['input_size'], mean=spec['mean'], std=spec['std'],
+        input_size=spec['input_size'], dtype=spec['dtype'] or args.teacher_dtype,
         channels_last=args.channels_last or args.teacher_channels_last, inference_mode=args.teacher_inference_mode,
-        device=device, allow_pickle=args.allow_unsafe_pickle, model_kwargs=args.teacher_kwargs)
+        device=device, allow_pickle=args.allow_unsafe_pickle, model_kwargs=spec['kwargs']) for spec in specs]
+    if len(teachers) == 1:
+        return teachers[0]
+    return EnsembleTeacher(teachers, [spec['weight'] for spec in specs], mode=args.teacher_ensemble,
+                           temperature=args.kd_temperature or 1.0).to(device)
 
 
 @dataclass

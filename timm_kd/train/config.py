@@ -8,10 +8,12 @@ keys are refused with their names.
 """
 import argparse
 import os
+import sys
 from typing import List, Optional, Tuple
 
 import yaml
 
+from ..ensemble import split_teachers
 from ..errors import KDError
 from ..recipes import find_recipe
 from .kd_flags import add_kd_flags, loss_config, resolve_timm_kd
@@ -143,11 +145,14 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, st
     same run.
     """
     parser = build_parser()
+    argv, teachers = split_teachers(list(sys.argv[1:] if argv is None else argv))  # several --teacher: an ensemble
     config_only = argparse.ArgumentParser(add_help=False)
     config_only.add_argument('-c', '--config', default='')
     known, _ = config_only.parse_known_args(argv)
     if known.config:
         parser.set_defaults(**load_config(known.config, parser))
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv + (['--teacher', teachers[0]['name']] if teachers else []))
+    if teachers:
+        args.teachers = teachers
     text = yaml.safe_dump(vars(args), default_flow_style=False)
     return finish_args(args), text

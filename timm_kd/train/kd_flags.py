@@ -22,6 +22,11 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
                    help='teacher: timm name with tag, or hf-hub:org/name; none = plain training')
     g.add_argument('--teacher-checkpoint', '--teacher-pretrained', default=None, metavar='PATH',
                    help='teacher weights: a timm/timm-kd checkpoint (EMA preferred), a state_dict or .safetensors')
+    g.add_argument('--teacher-weight', type=float, default=1.0, metavar='W',
+                   help='share of the --teacher before it in an ensemble (several --teacher; default equal)')
+    g.add_argument('--teacher-ensemble', choices=('prob', 'logit'), default='prob',
+                   help='ensemble target: the weighted mean of probabilities at --kd-temperature, or of logits')
+    g.add_argument('--teachers', default=None, help=argparse.SUPPRESS)  # set from several --teacher (args.yaml)
     g.add_argument('--unlabeled-data', default='', metavar='PATH',
                    help='images with no labels, trained on with the KD terms only: a folder of images or a timm '
                         'dataset spec read from the data root')

@@ -1,0 +1,119 @@
+"""Teacher ensembles: several teachers, one target.
+
+    timm-kd-train DATA --model resnet18 \\
+        --teacher resnet50 --teacher-checkpoint cnn.pth --teacher-weight 2 \\
+        --teacher vit_small_patch16_224 --teacher-checkpoint vit.pth --teacher-input-size 3 224 224
+
+`--teacher` may be given several times; the teacher flags that follow one (`--teacher-checkpoint`,
+`--teacher-kwargs`, `--teacher-no-ema`, `--teacher-mean`, `--teacher-std`, `--teacher-input-size`,
+`--teacher-dtype`, `--teacher-weight`) belong to it. Each teacher sees the student's batch through its own
+preprocessing (`InputAdapter`), one pass per teacher per batch, shared by all students. The target
+(`--teacher-ensemble prob`, the default) is the weighted mean of the teachers' probabilities at the KD temperature
+T (`--kd-temperature`, 1 when unset): the ensemble hands out the logits T * log(sum_i w_i softmax(z_i / T)),
+whose softmax at T is exactly that mixture (big_vision's and DeiT-style distillation average teachers'
+probabilities). `--teacher-ensemble logit` takes the weighted mean of the logits instead. Weights default to
+equal and are normalized. Feature losses need one teacher's feature maps and are refused with ensembles.
+"""
+import argparse
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .errors import KDError
+from .teacher import TeacherOutput
+
+# per-teacher flags -> (dest, nargs)
+TEACHER_FLAGS = {'--teacher-checkpoint': 'checkpoint', '--teacher-pretrained': 'checkpoint',
+                 '--teacher-kwargs': 'kwargs', '--teacher-no-ema': 'no_ema', '--teacher-mean': 'mean',
+                 '--teacher-std': 'std', '--teacher-input-size': 'input_size', '--teacher-dtype': 'dtype',
+                 '--teacher-weight': 'weight'}
+
+
+def _teacher_parser() -> argparse.ArgumentParser:
+    from .train.kd_flags import ParseKwargs
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    p.add_argument('--teacher-checkpoint', '--teacher-pretrained', dest='checkpoint', default=None)
+    p.add_argument('--teacher-kwargs', dest='kwargs', nargs='*', default={}, action=ParseKwargs)
+    p.add_argument('--teacher-no-ema', dest='no_ema', action='store_true', default=False)
+    p.add_argument('--teacher-mean', dest='mean', type=float, nargs='+', default=None)
+    p.add_argument('--teacher-std', dest='std', type=float, nargs='+', default=None)
+    p.add_argument('--teacher-input-size', dest='input_size', type=int, nargs='+', default=None)
+    p.add_argument('--teacher-dtype', dest='dtype', default=None)
+    p.add_argument('--teacher-weight', dest='weight', type=float, default=1.0)
+    return p
+
+
+def split_teachers(argv: List[str]) -> Tuple[List[str], Optional[List[Dict[str, Any]]]]:
+    """With `--teacher` given twice or more: the other arguments, and one dict per teacher of its own flags."""
+    starts = [i for i, a in enumerate(argv) if a == '--teacher' or a.startswith('--teacher=')]
+    if len(starts) < 2:
+        return argv, None
+    rest, teachers = argv[:starts[0]], []
+    parser = _teacher_parser()
+    for n, start in enumerate(starts):
+        end = starts[n + 1] if n + 1 < len(starts) else len(argv)
+        token = argv[start]
+        name, segment = (token.split('=', 1)[1], argv[start + 1:end]) if '=' in token else \
+            (argv[start + 1] if start + 1 < end else '', argv[start + 2:end])
+        if not name or name.startswith('-'):
+            raise KDError('--teacher needs a model name after it')
+        own, others = parser.parse_known_args(segment)
+        if own.weight < 0:
+            raise KDError(f'--teacher-weight {own.weight} of {name!r} is negative; pass a weight >= 0')
+        teachers.append(dict(name=name, **vars(own)))
+        rest += others
+    return rest, teachers
+
+
+class EnsembleTeacher(nn.Module):
+    """Several `Teacher`s answering as one: the weighted mixture of their probabilities at `temperature`
+    (`mode='prob'`) or the weighted mean of their logits (`mode='logit'`)."""
+
+    def __init__(self, teachers: Sequence[nn.Module], weights: Sequence[float], mode: str = 'prob',
+                 temperature: float = 1.0):
+        super().__init__()
+        if mode not in ('prob', 'logit'):
+            raise KDError(f'unknown --teacher-ensemble {mode!r}; choose prob or logit')
+        total = float(sum(weights))
+        if total <= 0:
+            raise KDError('the --teacher-weight values sum to 0; give at least one teacher a positive weight')
+        classes = {t.num_classes for t in teachers}
+        if len(classes) > 1:
+            raise KDError(f'the ensemble\'s teachers predict different class counts {sorted(classes)}; use teachers '
+                          f'of one label set')
+        self.teachers = nn.ModuleList(teachers)
+        self.register_buffer('weights', torch.tensor([w / total for w in weights]), persistent=False)
+        self.mode, self.temperature = mode, temperature
+
+    @property
+    def num_classes(self) -> int:
+        return self.teachers[0].num_classes
+
+    @property
+    def model(self) -> nn.Module:
+        raise KDError('feature losses need one teacher\'s feature maps; use logit losses with several --teacher')
+
+    def train(self, mode: bool = True) -> 'EnsembleTeacher':
+        return super().train(False)
+
+    def compile(self, *args: Any, **kwargs: Any) -> 'EnsembleTeacher':
+        for teacher in self.teachers:
+            teacher.compile(*args, **kwargs)
+        return self
+
+    def combine(self, logits: Sequence[torch.Tensor]) -> torch.Tensor:
+        stacked = torch.stack([z.float() for z in logits])  # (teachers, batch, classes)
+        w = self.weights.to(stacked.device).view(-1, 1, 1)
+        if self.mode == 'logit':
+            return (w * stacked).sum(0)
+        t = self.temperature
+        return t * torch.logsumexp(torch.log(w) + torch.log_softmax(stacked / t, dim=-1), dim=0)
+
+    def forward(self, images: torch.Tensor, stages: Optional[Sequence[int]] = None) -> TeacherOutput:
+        if stages is not None:
+            raise KDError('feature losses need one teacher\'s feature maps; use logit losses with several --teacher')
+        return TeacherOutput(self.combine([teacher(images).logits for teacher in self.teachers]))
+
+    def forward_many(self, images: torch.Tensor, stage_sets: Sequence[Optional[Sequence[int]]]) -> List[TeacherOutput]:
+        return [self(images)] * len(stage_sets)
