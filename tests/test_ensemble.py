@@ -63,3 +63,20 @@ def test_a_cnn_and_a_vit_teacher_at_different_sizes_train_a_student(image_folder
     with pytest.raises(SystemExit):
         cli([image_folder, *FAST, *teachers, '--kd-loss', 'fitnet', '--output', str(tmp_path)])
     assert "feature losses need one teacher's feature maps" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_the_teacher_cache_stores_the_ensemble_output(image_folder, tmp_path):
+    from timm_kd.cache import main as cache_main
+    torch.save(timm.create_model('test_resnet', num_classes=3).state_dict(), tmp_path / 'cnn.pth')
+    torch.save(timm.create_model('test_vit', num_classes=3, img_size=32).state_dict(), tmp_path / 'vit.pth')
+    flags = [image_folder, *FAST, '--teacher', 'test_resnet', '--teacher-checkpoint', str(tmp_path / 'cnn.pth'),
+             '--teacher', 'test_vit', '--teacher-kwargs', 'img_size=32', '--teacher-checkpoint',
+             str(tmp_path / 'vit.pth'), '--mixup', '0.5', '--output', str(tmp_path)]
+    cache_main(['build', *flags, '--top-k', '3', '--out', str(tmp_path / 'cache')])
+    main([*flags, '--experiment', 'live'])
+    main([*flags, '--teacher-cache', str(tmp_path / 'cache'), '--experiment', 'cached'])
+    rows = []
+    for name in ('live', 'cached'):
+        with open(tmp_path / name / 'summary.csv') as f:
+            rows.append(next(csv.DictReader(f)))
+    assert all(float(rows[0][k]) == pytest.approx(float(rows[1][k]), abs=1e-5) for k in rows[0])
