@@ -53,13 +53,15 @@ def test_a_cnn_and_a_vit_teacher_at_different_sizes_train_a_student(image_folder
     torch.save(timm.create_model('test_vit', num_classes=3, img_size=48).state_dict(), tmp_path / 'vit.pth')
     teachers = ['--teacher', 'test_resnet', '--teacher-checkpoint', str(tmp_path / 'cnn.pth'),
                 '--teacher', 'test_vit', '--teacher-kwargs', 'img_size=48', '--teacher-input-size', '3', '48', '48',
-                '--teacher-checkpoint', str(tmp_path / 'vit.pth'), '--teacher-weight', '2']
+                '--teacher-checkpoint', str(tmp_path / 'vit.pth'), '--teacher-weight', '2',
+                '--teacher-dtype', 'bfloat16']  # the fast path's bf16 weights, for the ViT only
     main([image_folder, *FAST, *teachers, '--kd-temperature', '2', '--output', str(tmp_path), '--experiment', 'ens'])
     with open(tmp_path / 'ens' / 'summary.csv') as f:
         row = next(csv.DictReader(f))
     assert float(row['train_kd_loss']) > 0 and 0 <= float(row['train_teacher_agreement']) <= 100
     reloaded, _ = parse_args([image_folder, '--config', str(tmp_path / 'ens' / 'args.yaml')])
     assert [t['name'] for t in reloaded.teachers] == ['test_resnet', 'test_vit']  # args.yaml keeps the ensemble
+    assert [t['dtype'] for t in reloaded.teachers] == [None, 'bfloat16']
     with pytest.raises(SystemExit):
         cli([image_folder, *FAST, *teachers, '--kd-loss', 'fitnet', '--output', str(tmp_path)])
     assert "feature losses need one teacher's feature maps" in capsys.readouterr().err.strip().splitlines()[-1]
