@@ -27,12 +27,16 @@ def _fsync_dir(path: str) -> None:
 
 
 def non_finite_tensors(state: Dict[str, Any]) -> list:
-    """Names of the floating-point tensors of `state` holding a NaN or an infinity (one host sync in all)."""
+    """Names of the floating-point tensors of `state` holding a NaN or an infinity (one host sync per device)."""
     names = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
     if not names:
         return []
-    finite = torch.stack([state[k].isfinite().all().to('cpu', non_blocking=True) for k in names]).tolist()
-    return [k for k, ok in zip(names, finite) if not ok]
+    devices = {state[k].device for k in names}  # one blocking copy per device
+    finite = {}
+    for device in devices:
+        keys = [k for k in names if state[k].device == device]
+        finite.update(zip(keys, torch.stack([state[k].isfinite().all() for k in keys]).cpu().tolist()))
+    return [k for k in names if not finite[k]]
 
 
 class DurableCheckpointSaver(CheckpointSaver):
