@@ -105,3 +105,22 @@ def test_cached_runs_resume_exactly_and_serve_several_students(image_folder, bui
     for name, loss in (('a', 'train_kd_loss'), ('b', 'train_dkd_loss')):
         rows = _rows(tmp_path / 'two' / name / 'summary.csv')
         assert len(rows) == 2 and float(rows[0][loss]) > 0
+
+
+def test_torchrun_builds_one_shard_per_rank_and_trains_from_them(image_folder, teacher, tmp_path):
+    """2 gloo processes build disjoint shards; a 2-process run from the cache equals the live 2-process run."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    run = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29523', '-m']
+    flags = [image_folder, *FAST, '-b', '4', *VIEWS, *teacher, '--output', str(tmp_path)]
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    for cmd in ([*run, 'timm_kd.cache', 'build', *flags, '--top-k', '3', '--out', str(tmp_path / 'cache')],
+                [*run, 'timm_kd.train', *flags, '--experiment', 'live'],
+                [*run, 'timm_kd.train', *flags, '--teacher-cache', str(tmp_path / 'cache'), '--experiment', 'cached']):
+        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / 'cache').glob('*.values.npy')) == [
+        f'epoch-000{e}-rank-{r}.values.npy' for e in (0, 1) for r in (0, 1)]
+    live, cached = _rows(tmp_path / 'live' / 'summary.csv'), _rows(tmp_path / 'cached' / 'summary.csv')
+    assert all(float(a[k]) == pytest.approx(float(b[k]), abs=1e-5) for a, b in zip(live, cached) for k in a)
