@@ -121,7 +121,8 @@ def _usage(model_id: str, features: bool) -> str:
                  'batch = timm.data.create_transform(**config)(image).unsqueeze(0)  # a batch of one image\n')
     text = ('### Image Classification\n' + preamble + load.format(extra='') + transform +
             'with torch.no_grad():\n    probabilities = model(batch).softmax(dim=-1)[0]\n'
-            'for p, index in zip(*probabilities.topk(min(5, len(probabilities)))):\n    print(f"class {index.item():4d}: {100 * p.item():.2f}%")\n'
+            'for p, index in zip(*probabilities.topk(min(5, len(probabilities)))):\n'
+            '    print(f"class {index.item():4d}: {100 * p.item():.2f}%")\n'
             '```\n')
     if features:
         text += ('\n### Feature Map Extraction\n' + preamble + load.format(extra=', features_only=True') + transform +

@@ -113,14 +113,13 @@ def train_one_epoch(
     loss is scaled by its size over `batch_size_reference`. `after_update(update_index)` runs after every optimizer
     update (recovery checkpoints), `on_log(batch_index, input)` at each log interval on the primary process.
 
-    With a teacher, the student's top-1 agreement with it on the training views is summed too
-    (`teacher_agreement`, percent, a `summary.csv` column). Loss components are summed on the device and read
-    back only at log intervals and at the end of the epoch,
-    so the step itself has no host-device synchronisation; a NaN or infinite sum there stops training with a
-    `NonFiniteError` naming the epoch, batch, component and lr. `skip_batches` (a resume from a mid-epoch recovery
-    checkpoint) draws the epoch's first batches from the loader without training on them, so the rest of the
-    epoch sees the same data as the uninterrupted run; then `after_skip()` runs. With `unlabeled`, targets of -1
-    mark unlabeled images (`timm_kd.unlabeled`): they get the KD terms only.
+    Loss components (and, with a teacher, the student's top-1 agreement with it on the training views,
+    `teacher_agreement` in percent) are summed on the device and read back only at log intervals and at the end
+    of the epoch, so the step itself has no host-device synchronisation; a NaN or infinite sum there stops
+    training with a `NonFiniteError` naming the epoch, batch, component and lr. `skip_batches` (a resume from a
+    mid-epoch recovery checkpoint) draws the epoch's first batches from the loader without training on them, so
+    the rest of the epoch sees the same data as the uninterrupted run; then `after_skip()` runs. With `unlabeled`,
+    targets of -1 mark unlabeled images (`timm_kd.unlabeled`): they get the KD terms only.
     """
     num_batches = len(loader)
     last_window = num_batches % grad_accum_steps  # batches in a last, shorter accumulation window (0: none)
@@ -215,8 +214,8 @@ def check_finite(losses: Dict[str, float], epoch: int, batch_idx: int, run: Stud
         if not math.isfinite(value):
             raise NonFiniteError(
                 f'{key} is {value} in epoch {epoch} by batch {batch_idx}{" of student " + run.name if run.name else ""}'
-                f' (lr {run.mean_lr():.3e}); training stopped and no checkpoint of it was written: resume from the last '
-                f'good one with a lower --lr, --clip-grad, or a check of the loss settings')
+                f' (lr {run.mean_lr():.3e}); training stopped and no checkpoint of it was written: resume from the '
+                f'last good one with a lower --lr, --clip-grad, or a check of the loss settings')
 
 
 @torch.no_grad()

@@ -23,13 +23,6 @@ from torch import nn
 from .errors import KDError
 from .teacher import TeacherOutput
 
-# per-teacher flags -> (dest, nargs)
-TEACHER_FLAGS = {'--teacher-checkpoint': 'checkpoint', '--teacher-pretrained': 'checkpoint',
-                 '--teacher-kwargs': 'kwargs', '--teacher-no-ema': 'no_ema', '--teacher-mean': 'mean',
-                 '--teacher-std': 'std', '--teacher-input-size': 'input_size', '--teacher-dtype': 'dtype',
-                 '--teacher-weight': 'weight'}
-
-
 def _teacher_parser() -> argparse.ArgumentParser:
     from .train.kd_flags import ParseKwargs
     p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)

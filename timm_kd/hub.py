@@ -145,7 +145,8 @@ def _hub_problem(e: Exception) -> str:
     if type(e).__name__ == 'OfflineModeIsEnabled':
         return 'offline mode is on; unset HF_HUB_OFFLINE and retry'
     if status in (401, 403):
-        return f'HTTP {status}: not authorized; log in with `hf auth login` or set HF_TOKEN to a token with write access'
+        return (f'HTTP {status}: not authorized; log in with `hf auth login` or set HF_TOKEN to a token with write '
+                f'access')
     return f'{type(e).__name__}: {" ".join(str(e).split())[:120]}; check the network and the repo id'
 
 

@@ -67,8 +67,6 @@ def create_student(args: argparse.Namespace, in_chans: int, process: Process) ->
     """The student as timm's train.py creates it (pretrained path, BatchNorm overrides, head init, dtype, layout)."""
     overlay = dict(pretrained_cfg_overlay=dict(file=args.pretrained_path, num_classes=-1)) if args.pretrained_path \
         else {}
-    for flag, path in (('--initial-checkpoint', args.initial_checkpoint), ('--pretrained-path', args.pretrained_path)):
-        check_checkpoint(flag, path, args.allow_unsafe_pickle)
     if args.sync_bn and process.device.type != 'cuda':
         raise KDError('--sync-bn needs CUDA devices (SyncBatchNorm has no CPU implementation); drop it, or run with '
                       '--device cuda under torchrun')
@@ -78,11 +76,14 @@ def create_student(args: argparse.Namespace, in_chans: int, process: Process) ->
             drop_rate=args.drop, drop_path_rate=args.drop_path, drop_block_rate=args.drop_block, global_pool=args.gp,
             bn_momentum=args.bn_momentum, bn_eps=args.bn_eps, checkpoint_path=args.initial_checkpoint or None,
             **overlay, **args.model_kwargs)
-    except RuntimeError as e:
-        if 'Unknown model' in str(e):
+    except Exception as e:
+        if isinstance(e, RuntimeError) and 'Unknown model' in str(e):
             raise KDError(f'unknown --model {args.model!r}; list names with python -c "import timm; '
                           f'print(timm.list_models())"') from None
-        if 'state_dict' in str(e):  # the --initial-checkpoint's weights do not fit the architecture
+        # a missing, corrupt or unsafe file gets its own line; checked only on failure, so a good file is read once
+        check_checkpoint('--initial-checkpoint', args.initial_checkpoint, args.allow_unsafe_pickle)
+        check_checkpoint('--pretrained-path', args.pretrained_path, args.allow_unsafe_pickle)
+        if isinstance(e, RuntimeError) and 'state_dict' in str(e):  # the weights do not fit the architecture
             raise KDError(f'--initial-checkpoint {args.initial_checkpoint!r} does not fit --model {args.model!r} '
                           f'({_first_line(e)}); pass the checkpoint of a {args.model} or the --model it was trained '
                           f'with') from None
@@ -108,7 +109,7 @@ def _first_line(e: Exception) -> str:
 
 
 def check_checkpoint(flag: str, path: Optional[str], allow_pickle: bool = False) -> None:
-    """One line, before anything is built, for a student checkpoint that is missing, corrupt or runs code."""
+    """One line for a student checkpoint that is missing, corrupt or runs code (nothing when it loads safely)."""
     if not path:
         return
     try:
@@ -169,14 +170,16 @@ def resume_student(args: argparse.Namespace, resume: str, task, optimizer, loss_
     mid-epoch recovery checkpoint) and that epoch's running loss sums (None at an epoch boundary)."""
     if not os.path.isfile(resume):
         raise KDError(f'--resume checkpoint not found: {resume!r}; pass OUTPUT/EXPERIMENT/last.pth.tar')
-    check_checkpoint('--resume', resume, args.allow_unsafe_pickle)
     try:
         start_epoch = resume_task_checkpoint(
             task, resume, optimizer=None if args.no_resume_opt else optimizer,
             loss_scaler=None if args.no_resume_opt else loss_scaler, log_info=primary) or 0
-    except (RuntimeError, KeyError, ValueError) as e:  # weights or KD parts of another architecture / loss set
-        raise KDError(f'--resume {resume!r} does not fit this run ({_first_line(e)}); resume with the --model, '
-                      f'--kd-loss and stage flags it was trained with') from None
+    except Exception as e:
+        check_checkpoint('--resume', resume, args.allow_unsafe_pickle)  # a corrupt or unsafe file: its own line
+        if isinstance(e, (RuntimeError, KeyError, ValueError)):  # weights or KD parts of another model / loss set
+            raise KDError(f'--resume {resume!r} does not fit this run ({_first_line(e)}); resume with the --model, '
+                          f'--kd-loss and stage flags it was trained with') from None
+        raise
     saver_state = load_training_metadata(resume).get('saver') or {}
     if saver_state.get('recovery_update') is None:
         return start_epoch, 0, None
