@@ -12,11 +12,11 @@ import json
 import os
 
 import torch
-from timm.data import create_dataset, create_loader, resolve_data_config
+from timm.data import resolve_data_config
 
-from timm_kd.cache import rebuild_logits
+from timm_kd.cache import top_k_loss_error
+from timm_kd.data import create_eval_loader
 from timm_kd.hub import load_student
-from timm_kd.losses import create_kd_loss
 
 
 @torch.no_grad()
@@ -32,26 +32,14 @@ def main():
     teacher = load_student('resnet18', os.path.join(args.output, 'teacher', 'last.pth.tar'))
     student = load_student('test_resnet', os.path.join(args.output, 'scratch', 'last.pth.tar'))
     config = resolve_data_config({}, model=teacher)
-    dataset = create_dataset('torch/fashion_mnist', root=os.path.join(args.output, 'data'), split='test')
-    loader = create_loader(dataset, input_size=config['input_size'], batch_size=256, mean=config['mean'],
-                           std=config['std'], crop_pct=config['crop_pct'], interpolation=config['interpolation'],
-                           use_prefetcher=False)
+    loader = create_eval_loader('torch/fashion_mnist', os.path.join(args.output, 'data'), 'test', config, 256, 1)
     t, s = logits_of(teacher, loader), logits_of(student, loader)
     classes = t.shape[1]
-    rows = {}
+    rows = top_k_loss_error(t, s, [k for k in (1, 2, 3, 5, classes) if k <= classes], args.temperatures)
     print(f'{len(t)} Fashion-MNIST test images, {classes} classes: vanilla KD loss from top-K teacher logits')
     print('| K | T | exact loss | top-K loss | relative error |\n|---|---|---|---|---|')
-    for k in [k for k in (1, 2, 3, 5, classes) if k <= classes]:
-        top = t.topk(k, dim=1)
-        tail = t.scatter(1, top.indices, float('-inf')).logsumexp(1)
-        rebuilt = rebuild_logits(top.values, top.indices, tail, classes)
-        for temperature in args.temperatures:
-            kd = create_kd_loss('kd', temperature=temperature)
-            exact, approx = kd(s, t, None).item(), kd(s, rebuilt, None).item()
-            error = abs(approx - exact) / exact
-            rows[f'K={k},T={temperature:g}'] = dict(exact=round(exact, 5), top_k=round(approx, 5),
-                                                    relative_error=round(error, 5))
-            print(f'| {k} | {temperature:g} | {exact:.5f} | {approx:.5f} | {100 * error:.2f}% |')
+    for r in rows:
+        print(f'| {r["k"]} | {r["temperature"]:g} | {r["exact"]:.5f} | {r["top_k"]:.5f} | {100 * r["relative_error"]:.2f}% |')
     print(json.dumps({'images': len(t), 'classes': classes, 'loss': rows}))
 
 

@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 
-from timm_kd.cache import main as cache_main, rebuild_logits
+from timm_kd.cache import main as cache_main, rebuild_logits, top_k_loss_error
 from timm_kd.train.loop import cli, main as train_main
 
 FAST = ['--model', 'test_resnet', '--img-size', '32', '-b', '8', '--lr', '0.01', '--warmup-epochs', '0', '-j', '0',
@@ -124,3 +124,20 @@ def test_torchrun_builds_one_shard_per_rank_and_trains_from_them(image_folder, t
         f'epoch-000{e}-rank-{r}.values.npy' for e in (0, 1) for r in (0, 1)]
     live, cached = _rows(tmp_path / 'live' / 'summary.csv'), _rows(tmp_path / 'cached' / 'summary.csv')
     assert all(float(a[k]) == pytest.approx(float(b[k]), abs=1e-5) for a, b in zip(live, cached) for k in a)
+
+
+def test_top_k_loss_error_is_zero_with_every_class_and_matches_a_hand_computation():
+    torch.manual_seed(0)
+    teacher, student = torch.randn(6, 5) * 2, torch.randn(6, 5)
+    rows = top_k_loss_error(teacher, student, [2, 5], [1.0, 4.0])
+    assert [(r['k'], r['temperature']) for r in rows] == [(2, 1.0), (2, 4.0), (5, 1.0), (5, 4.0)]
+    assert [r['relative_error'] for r in rows if r['k'] == 5] == [0, 0]
+    # K = 2, by hand: the 3 other logits each get log(sum of their exp / 3)
+    top = teacher.topk(2, dim=1).indices
+    others = torch.ones_like(teacher, dtype=torch.bool).scatter(1, top, False)
+    shared = (teacher.exp() * others).sum(1, keepdim=True).div(3).log()
+    rebuilt = torch.where(others, shared, teacher)
+    for row in rows[:2]:
+        t = row['temperature']
+        p, q = (rebuilt / t).softmax(1), (student / t).log_softmax(1)
+        assert row['top_k'] == pytest.approx(((p * (p.log() - q)).sum(1).mean() * t * t).item(), abs=1e-4)

@@ -2,7 +2,7 @@
 import csv
 import os
 
-from timm_kd.experiments import pitfall, summarize
+from timm_kd.experiments.pitfall import main as pitfall, summarize
 
 
 def test_summary_table_and_plot_from_rows(tmp_path):

@@ -35,7 +35,7 @@ def test_accuracy_real_labels_and_teacher_agreement(val_folder, tmp_path):
     result = main([str(val_folder), '--model', 'test_resnet', '--checkpoint', str(tmp_path / 'student.pth'),
                    '--real-labels', str(tmp_path / 'real.json'), '--teacher', 'test_resnet',
                    '--teacher-checkpoint', str(tmp_path / 'student.pth'), '-b', '5', '-j', '0',
-                   '--results-file', str(out)])
+                   '--results-file', str(out), '--device', 'cpu'])  # compared with CPU numbers below
     assert json.loads(out.read_text()) == result and result['num_images'] == 12
     assert result['data_config']['input_size'] == list(model.pretrained_cfg['input_size'])  # the model's own cfg
 
@@ -64,3 +64,20 @@ def test_unreachable_weights_are_one_line(val_folder, capsys):
         main([str(val_folder), '--model', 'hf-hub:nobody/nothing'])
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.startswith("error: no weights for 'hf-hub:nobody/nothing'")
+
+
+def test_a_one_channel_student_is_scored_on_an_image_folder(tmp_path):
+    """Grayscale students (--in-chans 1) read ImageFolder images as 'L', as timm's validate.py does."""
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (tmp_path / 'validation' / f'class{c}').mkdir(parents=True)
+        for i in range(3):
+            pixels = (rng.random((32, 32)) * 100 + c * 100).astype('uint8')
+            Image.fromarray(pixels).save(tmp_path / 'validation' / f'class{c}' / f'{i}.png')
+    torch.manual_seed(0)
+    model = timm.create_model('test_resnet', num_classes=2, in_chans=1)
+    torch.save({'state_dict': model.state_dict(), 'args': {'input_size': [1, 32, 32], 'mean': [0.5], 'std': [0.25]}},
+               tmp_path / 'student.pth.tar')
+    result = main([str(tmp_path), '--model', 'test_resnet', '--checkpoint', str(tmp_path / 'student.pth.tar'),
+                   '-j', '0'])
+    assert result['num_images'] == 6 and result['data_config']['input_size'] == [1, 32, 32]

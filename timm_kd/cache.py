@@ -29,7 +29,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -103,6 +103,30 @@ def rebuild_logits(values: torch.Tensor, indices: torch.Tensor, tail: torch.Tens
     else:
         logits = (tail.float() - math.log(num_classes - k)).unsqueeze(1).repeat(1, num_classes)
     return logits.scatter_(1, indices.long(), values.float())
+
+
+def top_k_logits(logits: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the cache stores of each row of logits: the top-K values and indices, and the other logits' log-sum-exp."""
+    top = logits.topk(k, dim=1)
+    return top.values, top.indices, logits.scatter(1, top.indices, float('-inf')).logsumexp(1)
+
+
+def top_k_loss_error(teacher_logits: torch.Tensor, student_logits: torch.Tensor, ks: Sequence[int],
+                     temperatures: Sequence[float]) -> List[Dict[str, float]]:
+    """How far the vanilla KD loss (mean over rows) moves when the teacher's logits keep only their top K.
+
+    For each K and T: the loss from the full logits, from `rebuild_logits` of the top K, and the relative error.
+    """
+    from .losses import create_kd_loss
+    classes, rows = teacher_logits.shape[1], []
+    for k in ks:
+        rebuilt = rebuild_logits(*top_k_logits(teacher_logits, k), classes)
+        for temperature in temperatures:
+            kd = create_kd_loss('kd', temperature=temperature)
+            exact, approx = kd(student_logits, teacher_logits, None).item(), kd(student_logits, rebuilt, None).item()
+            rows.append(dict(k=k, temperature=temperature, exact=round(exact, 5), top_k=round(approx, 5),
+                             relative_error=round(abs(approx - exact) / exact, 5)))
+    return rows
 
 
 def _files(root: str, epoch: int, rank: int) -> Dict[str, str]:
@@ -276,12 +300,9 @@ def build(argv: Optional[List[str]] = None) -> str:
                 input, target = mixup_fn(input, target)
             with amp_autocast():
                 logits = teacher(input).logits.float()
-            top = logits.topk(k, dim=1)
-            rest = logits.scatter(1, top.indices, float('-inf'))
             rows = slice(row, row + input.shape[0])
-            arrays['values'][rows] = top.values.cpu().numpy()
-            arrays['indices'][rows] = top.indices.cpu().numpy()
-            arrays['tail'][rows] = rest.logsumexp(1).cpu().numpy()
+            for part, value in zip(('values', 'indices', 'tail'), top_k_logits(logits, k)):
+                arrays[part][rows] = value.cpu().numpy()
             row += input.shape[0]
             if (batch_idx + 1) % args.grad_accum_steps == 0 or batch_idx + 1 == len(loader):
                 reseed(args.seed, epoch, process.rank, batch_idx // args.grad_accum_steps)  # as after_update

@@ -186,6 +186,20 @@ def create_loaders(
     return train_loader, eval_loader, mixup_fn
 
 
+def create_eval_loader(dataset: str, root: str, split: str, data_config: Dict[str, Any], batch_size: int = 128,
+                       workers: int = 2) -> Any:
+    """An evaluation loader of one split, preprocessed as `data_config` (a model's test-time config) says.
+
+    As timm's validate.py: ImageFolder images are read in the model's channel mode ('L' for one channel).
+    """
+    mode = 'RGB' if data_config['input_size'][0] == 3 else 'L'
+    images = create_dataset(dataset, root=root, split=split, is_training=False, input_img_mode=mode)
+    return create_loader(images, input_size=data_config['input_size'], batch_size=batch_size,
+                         interpolation=data_config['interpolation'], mean=data_config['mean'], std=data_config['std'],
+                         crop_pct=data_config['crop_pct'], crop_mode=data_config.get('crop_mode', 'center'),
+                         num_workers=workers, use_prefetcher=False)
+
+
 def set_loader_epoch(loader: Any, epoch: int) -> None:
     """Tell the dataset and the (batch) sampler which epoch starts: distributed shuffling, repeated augmentation
     and scheduled resolutions draw from it."""

@@ -21,9 +21,10 @@ from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
-from timm.data import create_dataset, create_loader, resolve_data_config
+from timm.data import resolve_data_config
 from timm.models import create_model
 
+from .data import create_eval_loader
 from .errors import KDError
 from .features import forward_features, num_stages
 from .hub import load_student
@@ -66,10 +67,7 @@ def diagnose(args: argparse.Namespace) -> Dict[str, Any]:
         student = create_model(args.student, pretrained=True, num_classes=args.num_classes or 1000)
     student = student.to(device).eval()
     config = resolve_data_config(vars(args), model=student, use_test_size=True)
-    dataset = create_dataset(args.dataset, root=args.data, split=args.split, is_training=False)
-    loader = create_loader(dataset, input_size=config['input_size'], batch_size=args.batch_size,
-                           interpolation=config['interpolation'], mean=config['mean'], std=config['std'],
-                           crop_pct=config['crop_pct'], num_workers=args.workers, use_prefetcher=False)
+    loader = create_eval_loader(args.dataset, args.data, args.split, config, args.batch_size, args.workers)
     teacher = create_teacher(args.teacher, num_classes=student.num_classes, in_chans=config['input_size'][0],
                              checkpoint=args.teacher_checkpoint, student_mean=config['mean'],
                              student_std=config['std'], student_input_size=config['input_size'], device=device,

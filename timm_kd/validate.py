@@ -19,10 +19,11 @@ import sys
 from typing import Any, Dict, Optional
 
 import torch
-from timm.data import RealLabelsImagenet, create_dataset, create_loader, resolve_data_config
+from timm.data import RealLabelsImagenet, resolve_data_config
 from timm.models import create_model
 from timm.utils import accuracy
 
+from .data import create_eval_loader
 from .errors import KDError
 from .hub import load_student
 from .teacher import create_teacher
@@ -45,13 +46,9 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     model = _create(args.model, args.checkpoint, args.allow_unsafe_pickle).to(device)
     data_config = resolve_data_config({}, model=model, use_test_size=True)  # as timm's validate.py
-    dataset = create_dataset(args.dataset, root=args.data, split=args.split, is_training=False)
-    loader = create_loader(dataset, input_size=data_config['input_size'], batch_size=args.batch_size,
-                           interpolation=data_config['interpolation'], mean=data_config['mean'], std=data_config['std'],
-                           crop_pct=data_config['crop_pct'], crop_mode=data_config.get('crop_mode', 'center'),
-                           num_workers=args.workers, use_prefetcher=False)
+    loader = create_eval_loader(args.dataset, args.data, args.split, data_config, args.batch_size, args.workers)
     k5 = min(5, model.num_classes)
-    real = RealLabelsImagenet(dataset.filenames(basename=True), real_json=args.real_labels, topk=(1, k5)) \
+    real = RealLabelsImagenet(loader.dataset.filenames(basename=True), real_json=args.real_labels, topk=(1, k5)) \
         if args.real_labels else None
     teacher = None
     if args.teacher:
