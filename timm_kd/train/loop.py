@@ -21,7 +21,7 @@ from ..runtime import amp_setup, init_process
 from ..student import create_kd_student
 from ..unlabeled import check_unlabeled_run
 from .build import (StudentJob, build_teacher, check_same_start, create_student, dataset_options, loader_options,
-                    model_dtype, setup_process_flags, setup_student)
+                    model_dtype, setup_process_flags, setup_student, use_prefetcher)
 from .config import parse_args
 from .kd_flags import loss_config
 from .reliability import Preemption, reseed, truncate_summary
@@ -49,7 +49,7 @@ def main(argv: Optional[List[str]] = None) -> Any:
     setup_process_flags(args)
     process = init_process(args.device)
     device, primary = process.device, process.is_primary
-    prefetcher = not args.no_prefetcher and device.type == 'cuda'
+    prefetcher = use_prefetcher(args)
     random_seed(args.seed, process.rank)
     students = student_args(args, args_text)
 
@@ -104,7 +104,7 @@ def main(argv: Optional[List[str]] = None) -> Any:
     (start_epoch, skip_batches), num_epochs = check_same_start(jobs), jobs[0].num_epochs
     stop_epoch = min(num_epochs, args.stop_epoch) if args.stop_epoch else num_epochs
     if args.teacher_cache:
-        cache.check(fingerprint(args, data_config, base_set, num_classes, process.world_size),
+        cache.check(fingerprint(args, data_config, base_set, num_classes, process.world_size, prefetcher),
                     range(start_epoch, stop_epoch), process.rank, has_teacher=bool(args.teacher))
     amp_autocast, _ = amp_setup(args.amp, args.amp_dtype, device)
     eval_kwargs = dict(device=device, amp_autocast=amp_autocast, channels_last=args.channels_last,

@@ -228,7 +228,8 @@ def _add_misc(p: argparse.ArgumentParser) -> None:
     g.add_argument('--save-images', action='store_true', default=False,
                    help='save the training batch as an image at every log interval')
     g.add_argument('--pin-mem', action='store_true', default=False, help='pinned host memory in the loader')
-    g.add_argument('--no-prefetcher', action='store_true', default=False, help="no timm prefetcher (CUDA only)")
+    g.add_argument('--no-prefetcher', action='store_true', default=False,
+                   help='no timm prefetcher: normalization and random erasing then run in the loader workers')
     g.add_argument('--output', default='', type=str, metavar='PATH', help='output root (./output/train if empty)')
     g.add_argument('--experiment', default='', type=str, metavar='NAME',
                    help='output sub-folder (date-model-size if empty)')
