@@ -4,12 +4,12 @@ timm's `LogitDistillationTask` step, data loading included, measured in one proc
     python benchmarks/kd_cache.py --preset cpu      # resnet18 <- resnet50, 64px (minutes on 2 cores)
     python benchmarks/kd_cache.py --preset gpu      # resnet50 <- beitv2_base and beitv2_large, 224px, bf16 AMP
 
-A folder of random images is read through the training loader (replayable views, RandAugment, mixup/cutmix);
-the teacher has random weights (speed does not depend on them). `timm_kd.cache build` stores the top-K answers
-for two epochs (the second one's throughput, warm, is compared with teacher-only inference over the same loader,
-also warm); then, interleaved
-per repetition, one pass over the epoch's batches with each step: the plain student step, our live KD step, our
-cached KD step (`CachedTeacher`) and timm's KD step, each with its SGD update. Prints a table per teacher, then
+A folder of random images is read through the training loader (replayable views, timm's prefetcher as in
+training, RandAugment, mixup/cutmix); the teacher has random weights (speed does not depend on them).
+`timm_kd.cache build` stores the top-K answers for two epochs (the second one's throughput, warm, is compared with
+teacher-only inference over the same loader, also warm); then, interleaved per repetition, one pass over the
+epoch's batches with each step: the plain student step, our live KD step, our cached KD step (`CachedTeacher`)
+and timm's KD step, each with its SGD update. Prints a table per teacher, then
 one JSON line: ms per step, `cached_vs_plain` (cached / plain), `cached_vs_live`, `speedup_vs_timm` (timm's /
 cached), `build_vs_teacher_inference` (build images/s / teacher-only images/s), `read_samples_per_s` (cache rows
 rebuilt to logits per second, one reader), `bytes_per_sample_epoch` and the disk that ImageNet-1k x 300 epochs
@@ -96,7 +96,8 @@ def bench_teacher(args, teacher_name, data, work, device):
     opts = LoaderOptions(batch_size=args.batch_size, workers=args.workers, aa='rand-m7-mstd0.5', mixup=0.1, cutmix=1.0)
     student0 = timm.create_model(args.student, num_classes=args.num_classes)
     config = timm.data.resolve_data_config({'input_size': (3, args.img_size, args.img_size)}, model=student0)
-    loader, _, mixup_fn = create_loaders(opts, ReplayableViews(train_set, 42), None, config, args.num_classes, device)
+    loader, _, mixup_fn = create_loaders(opts, ReplayableViews(train_set, 42), None, config, args.num_classes, device,
+                                         prefetcher=True)  # as training
     make_replayable(loader)
     teacher = create_teacher(teacher_name, num_classes=args.num_classes, checkpoint=weights, device=device,
                              student_mean=config['mean'], student_std=config['std'],

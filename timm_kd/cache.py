@@ -232,8 +232,7 @@ def build(argv: Optional[List[str]] = None) -> str:
     from .engine import _to_device
     from .replay import ReplayableViews, make_replayable
     from .runtime import amp_setup, init_process
-    from .train.build import (build_teacher, create_student, dataset_options, loader_options, model_dtype,
-                              use_prefetcher)
+    from .train.build import build_teacher, create_student, dataset_options, loader_options, model_dtype
     from .train.config import parse_args
     from .train.reliability import reseed
 
@@ -260,7 +259,7 @@ def build(argv: Optional[List[str]] = None) -> str:
     if k < 1:
         raise KDError(f'--top-k {mine.top_k}: keep at least one logit per sample')
     views = ReplayableViews(train_set, args.seed)
-    prefetcher = use_prefetcher(args)  # as training (it normalizes and erases in this process)
+    prefetcher = not args.no_prefetcher  # as training: normalization and erasing then run in this process
     loader, _, mixup_fn = create_loaders(loader_options(args), views, None, data_config, num_classes, device,
                                          distributed=process.distributed, prefetcher=prefetcher,
                                          img_dtype=model_dtype(args) or torch.float32)

@@ -47,12 +47,6 @@ def loader_options(args: argparse.Namespace) -> LoaderOptions:
     return options(LoaderOptions, args)
 
 
-def use_prefetcher(args: argparse.Namespace) -> bool:
-    """timm's prefetcher (normalization and random erasing in the training process, on the device) unless
-    --no-prefetcher, on every device as in timm's train.py."""
-    return not args.no_prefetcher
-
-
 def setup_process_flags(args: argparse.Namespace) -> None:
     """Process-wide switches of timm's train.py: device backend modules, jit fuser, fast norm."""
     for module in args.device_modules or []:

@@ -21,7 +21,7 @@ from ..runtime import amp_setup, init_process
 from ..student import create_kd_student
 from ..unlabeled import check_unlabeled_run
 from .build import (StudentJob, build_teacher, check_same_start, create_student, dataset_options, loader_options,
-                    model_dtype, setup_process_flags, setup_student, use_prefetcher)
+                    model_dtype, setup_process_flags, setup_student)
 from .config import parse_args
 from .kd_flags import loss_config
 from .reliability import Preemption, reseed, truncate_summary
@@ -49,7 +49,7 @@ def main(argv: Optional[List[str]] = None) -> Any:
     setup_process_flags(args)
     process = init_process(args.device)
     device, primary = process.device, process.is_primary
-    prefetcher = use_prefetcher(args)
+    prefetcher = not args.no_prefetcher  # on every device, as in timm's train.py (`timm_kd.replay` seeds it)
     random_seed(args.seed, process.rank)
     students = student_args(args, args_text)
 
