@@ -67,14 +67,14 @@ def dataset_signature(dataset: Any, root: str) -> str:
 
 
 def fingerprint(args: argparse.Namespace, data_config: Dict[str, Any], dataset: Any, num_classes: int,
-                world_size: int, prefetcher: bool) -> Dict[str, Dict[str, Any]]:
+                world_size: int) -> Dict[str, Dict[str, Any]]:
     """What fixes each slot's view ('views') and the teacher's answer to it ('teacher'), setting by setting."""
     from .train.build import dataset_options, loader_options
     views: Dict[str, Any] = {'dataset files': dataset_signature(dataset, args.data_dir)}
     for opts in (dataset_options(args), loader_options(args)):
         views.update({k: v for k, v in vars(opts).items() if k not in _NOT_VIEWS})
     views.update(seed=args.seed, world_size=world_size, grad_accum_steps=args.grad_accum_steps,
-                 prefetcher=prefetcher, num_classes=num_classes, model_dtype=args.model_dtype,
+                 prefetcher=not args.no_prefetcher, num_classes=num_classes, model_dtype=args.model_dtype,
                  **{f'student {k}': v for k, v in data_config.items()})
     checkpoint = args.teacher_checkpoint
     teacher = dict(teacher=args.teacher, teacher_checkpoint=_sha256(checkpoint) if checkpoint else None,
@@ -228,11 +228,10 @@ def build(argv: Optional[List[str]] = None) -> str:
     from timm.data import resolve_data_config
     from timm.utils import setup_default_logging
 
-    from .data import create_datasets, create_loaders, dataset_num_classes, set_loader_epoch
+    from .data import create_datasets, dataset_num_classes, set_loader_epoch
     from .engine import _to_device
-    from .replay import ReplayableViews, make_replayable
     from .runtime import amp_setup, init_process
-    from .train.build import build_teacher, create_student, dataset_options, loader_options, model_dtype
+    from .train.build import build_teacher, create_student, dataset_options, model_dtype, replayable_loaders
     from .train.config import parse_args
     from .train.reliability import reseed
 
@@ -258,15 +257,11 @@ def build(argv: Optional[List[str]] = None) -> str:
     k = min(mine.top_k, num_classes)
     if k < 1:
         raise KDError(f'--top-k {mine.top_k}: keep at least one logit per sample')
-    views = ReplayableViews(train_set, args.seed)
-    prefetcher = not args.no_prefetcher  # as training: normalization and erasing then run in this process
-    loader, _, mixup_fn = create_loaders(loader_options(args), views, None, data_config, num_classes, device,
-                                         distributed=process.distributed, prefetcher=prefetcher,
-                                         img_dtype=model_dtype(args) or torch.float32)
-    if args.train_img_sizes is not None or not make_replayable(loader, process.rank):
+    loader, _, mixup_fn, replayable = replayable_loaders(args, train_set, None, data_config, num_classes, process)
+    if args.train_img_sizes is not None or not replayable:
         raise KDError('the teacher cache needs a fixed input and batch size (no --train-img-sizes)')
     slots = len(loader) * args.batch_size
-    now = fingerprint(args, data_config, train_set, num_classes, process.world_size, prefetcher)
+    now = fingerprint(args, data_config, train_set, num_classes, process.world_size)
     os.makedirs(mine.out, exist_ok=True)
     path = os.path.join(mine.out, 'manifest.json')
     manifest = {'format': FORMAT, 'fingerprint': now, 'top_k': k, 'num_classes': num_classes,

@@ -19,10 +19,11 @@ from timm.task import load_task_ema_checkpoint, resume_task_checkpoint
 from timm.utils import set_jit_fuser
 
 from ..checkpoint import load_state_dict, load_training_metadata, safe_globals
-from ..data import DatasetOptions, LoaderOptions, mixup_args
+from ..data import DatasetOptions, LoaderOptions, create_loaders, mixup_args
 from ..engine import StudentRun
 from ..ensemble import EnsembleTeacher
 from ..errors import KDError
+from ..replay import ReplayableViews, make_replayable
 from ..runtime import Process, amp_setup, experiment_name, output_dir, resolve_lr
 from ..saver import DurableCheckpointSaver
 from ..task import DistillationTask
@@ -45,6 +46,21 @@ def dataset_options(args: argparse.Namespace) -> DatasetOptions:
 
 def loader_options(args: argparse.Namespace) -> LoaderOptions:
     return options(LoaderOptions, args)
+
+
+def replayable_loaders(args: argparse.Namespace, train_set: Any, eval_set: Optional[Any], data_config: Dict[str, Any],
+                       num_classes: int, process: Process) -> Tuple[Any, Optional[Any], Optional[Any], bool]:
+    """The training stream as training and `timm_kd.cache build` both read it: timm's loaders over replayable views
+    (`timm_kd.replay`) with timm's prefetcher unless --no-prefetcher, on every device as in timm's train.py.
+
+    Returns the train loader, the eval loader (None without `eval_set`), the mixup function, and whether the views
+    replay (not with scheduled batch sizes, `--train-img-sizes`).
+    """
+    train_loader, eval_loader, mixup_fn = create_loaders(
+        loader_options(args), ReplayableViews(train_set, args.seed), eval_set, data_config, num_classes,
+        process.device, distributed=process.distributed, prefetcher=not args.no_prefetcher,
+        img_dtype=model_dtype(args) or torch.float32)
+    return train_loader, eval_loader, mixup_fn, make_replayable(train_loader, process.rank)
 
 
 def setup_process_flags(args: argparse.Namespace) -> None:

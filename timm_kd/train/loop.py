@@ -12,16 +12,14 @@ from timm.data import resolve_data_config
 from timm.utils import distribute_bn, random_seed, setup_default_logging, update_summary
 
 from ..cache import CachedTeacher, TeacherCache, check_logit_losses_only, fingerprint
-from ..data import (IndexedTargets, create_datasets, create_loaders, dataset_num_classes, disable_mixup,
-                    set_loader_epoch)
+from ..data import IndexedTargets, create_datasets, dataset_num_classes, disable_mixup, set_loader_epoch
 from ..engine import check_finite, train_one_epoch, validate
 from ..errors import Interrupted, KDError
-from ..replay import ReplayableViews, make_replayable
 from ..runtime import amp_setup, init_process
 from ..student import create_kd_student
 from ..unlabeled import check_unlabeled_run
-from .build import (StudentJob, build_teacher, check_same_start, create_student, dataset_options, loader_options,
-                    model_dtype, setup_process_flags, setup_student)
+from .build import (StudentJob, build_teacher, check_same_start, create_student, dataset_options, model_dtype,
+                    replayable_loaders, setup_process_flags, setup_student)
 from .config import parse_args
 from .kd_flags import loss_config
 from .reliability import Preemption, reseed, truncate_summary
@@ -49,7 +47,6 @@ def main(argv: Optional[List[str]] = None) -> Any:
     setup_process_flags(args)
     process = init_process(args.device)
     device, primary = process.device, process.is_primary
-    prefetcher = not args.no_prefetcher  # on every device, as in timm's train.py (`timm_kd.replay` seeds it)
     random_seed(args.seed, process.rank)
     students = student_args(args, args_text)
 
@@ -85,12 +82,9 @@ def main(argv: Optional[List[str]] = None) -> Any:
     if needs_index:
         train_set = IndexedTargets(train_set)
     labels = train_set.targets.to(device) if needs_index else None
-    train_set = ReplayableViews(train_set, args.seed)  # each view seeded by its slot, whatever the workers
     input_dtype = model_dtype(args)
-    train_loader, eval_loader, mixup_fn = create_loaders(
-        loader_options(args), train_set, eval_set, data_config, num_classes, device,
-        distributed=process.distributed, prefetcher=prefetcher, img_dtype=input_dtype or torch.float32)
-    make_replayable(train_loader, process.rank)
+    train_loader, eval_loader, mixup_fn, _ = replayable_loaders(args, train_set, eval_set, data_config, num_classes,
+                                                                process)
     scheduled = args.train_img_sizes is not None
     batch_reference = train_loader.batch_sampler.average_batch_size if scheduled else float(args.batch_size)
     updates_per_epoch = (len(train_loader) + args.grad_accum_steps - 1) // args.grad_accum_steps
@@ -104,7 +98,7 @@ def main(argv: Optional[List[str]] = None) -> Any:
     (start_epoch, skip_batches), num_epochs = check_same_start(jobs), jobs[0].num_epochs
     stop_epoch = min(num_epochs, args.stop_epoch) if args.stop_epoch else num_epochs
     if args.teacher_cache:
-        cache.check(fingerprint(args, data_config, base_set, num_classes, process.world_size, prefetcher),
+        cache.check(fingerprint(args, data_config, base_set, num_classes, process.world_size),
                     range(start_epoch, stop_epoch), process.rank, has_teacher=bool(args.teacher))
     amp_autocast, _ = amp_setup(args.amp, args.amp_dtype, device)
     eval_kwargs = dict(device=device, amp_autocast=amp_autocast, channels_last=args.channels_last,
