@@ -8,8 +8,9 @@ process's epoch stream), and the dataset draws that sample's augmentation from g
 (seed, epoch, rank, position), inside a fork of the random state so nothing else is disturbed. Mixup/cutmix runs
 in the training process after the per-update reseed (`timm_kd.train.reliability.reseed`), so its mode, lambda
 and pairing are fixed by (seed, epoch, update) too. Repeated augmentation needs nothing more: each copy of an
-image has its own slot. timm's prefetcher (CUDA) erases whole batches on the device, drawing from Python's
-`random` and the device's generator: there each batch's erasing is seeded by (seed, epoch, rank, batch).
+image has its own slot. timm's prefetcher (on unless --no-prefetcher) erases whole batches in the training
+process, on the device, drawing from Python's `random` and the device's generator: there each batch's erasing is
+seeded by (seed, epoch, rank, batch).
 
 This is what makes a resumed run exact whatever `--workers`, and what the teacher-output cache
 (`timm_kd.cache`) relies on: a cached target belongs to a slot, and the live run sees the same view there.
