@@ -16,6 +16,7 @@ cd "$WORK"  # the checkout is out of reach from here
 python -c "import timm_kd, sys; assert '$ROOT' not in timm_kd.__file__, timm_kd.__file__; print('timm_kd from', timm_kd.__file__)"
 timm-kd-train --help | head -3
 python -m timm_kd.recipes | tail -1
+python -m timm_kd.experiments topk --help | head -1  # the experiments subpackage is in the wheel
 python - <<'PY'
 import os
 import numpy as np
