@@ -74,6 +74,7 @@ def test_a_cached_run_equals_the_live_run(image_folder, teacher, built, tmp_path
 
 @pytest.mark.parametrize('extra, message', [
     (['--mixup', '0.2'], "other views (mixup: the cache has 0.5, this run 0.2)"),
+    (['--no-prefetcher'], "other views (prefetcher: the cache has True, this run False)"),  # erasing moves
     (['--epochs', '3'], 'lacks epoch 2'),
     (['--kd-loss', 'fitnet'], 'is a feature loss'),
     (['--teacher', 'test_resnet'], 'other teacher (teacher: the cache has'),
