@@ -88,10 +88,13 @@ def fingerprint(args: argparse.Namespace, data_config: Dict[str, Any], dataset: 
     return json.loads(json.dumps({'views': views, 'teacher': teacher}, default=list))  # tuples -> lists
 
 
-def first_difference(built: Dict[str, Any], now: Dict[str, Any]) -> Optional[str]:
-    for key in sorted(set(built) | set(now)):
-        if built.get(key) != now.get(key):
-            return f'{key}: the cache has {built.get(key)!r}, this run {now.get(key)!r}'
+def first_difference(built: Dict[str, Dict[str, Any]], now: Dict[str, Dict[str, Any]],
+                     parts: Sequence[str] = ('views', 'teacher')) -> Optional[str]:
+    """The first setting, in `parts` of two fingerprints, where they differ: 'views (mixup: the cache has ...)'."""
+    for part in parts:
+        for key in sorted(set(built[part]) | set(now[part])):
+            if built[part].get(key) != now[part].get(key):
+                return f'{part} ({key}: the cache has {built[part].get(key)!r}, this run {now[part].get(key)!r})'
     return None
 
 
@@ -151,12 +154,10 @@ class TeacherCache:
 
     def check(self, now: Dict[str, Dict[str, Any]], epochs: Sequence[int], rank: int, has_teacher: bool) -> None:
         """One line for a run whose views (or named teacher) differ from the cache's, or epochs it lacks."""
-        built = self.manifest['fingerprint']
-        for part in ('views', 'teacher') if has_teacher else ('views',):
-            diff = first_difference(built[part], now[part])
-            if diff:
-                raise KDError(f'--teacher-cache {self.root!r} was built for other {part} ({diff}); train with the '
-                              f'cache\'s setting or rebuild the cache')
+        diff = first_difference(self.manifest['fingerprint'], now, ('views', 'teacher') if has_teacher else ('views',))
+        if diff:
+            raise KDError(f'--teacher-cache {self.root!r} was built for other {diff}; train with the cache\'s setting '
+                          f'or rebuild the cache')
         missing = [e for e in epochs if not os.path.isfile(_files(self.root, e, rank)['values'])]
         if missing:
             raise KDError(f'--teacher-cache {self.root!r} lacks epoch {missing[0]} (it covers '
@@ -268,10 +269,9 @@ def build(argv: Optional[List[str]] = None) -> str:
                 'slots_per_rank': slots, 'value_dtype': mine.value_dtype, 'epochs': []}
     if os.path.isfile(path):
         old = TeacherCache(mine.out).manifest
-        for part in ('views', 'teacher'):
-            diff = first_difference(old['fingerprint'][part], now[part])
-            if diff:
-                raise KDError(f'--out {mine.out!r} holds a cache for other {part} ({diff}); use another --out')
+        diff = first_difference(old['fingerprint'], now)
+        if diff:
+            raise KDError(f'--out {mine.out!r} holds a cache for other {diff}; use another --out')
         if (old['top_k'], old['value_dtype']) != (k, mine.value_dtype):
             raise KDError(f'--out {mine.out!r} holds a cache with --top-k {old["top_k"]} --value-dtype '
                           f'{old["value_dtype"]}; use the same or another --out')

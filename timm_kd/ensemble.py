@@ -23,6 +23,7 @@ from torch import nn
 from .errors import KDError
 from .teacher import TeacherOutput
 
+
 def _teacher_parser() -> argparse.ArgumentParser:
     from .train.kd_flags import ParseKwargs
     p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)

@@ -34,7 +34,8 @@ def main(argv=None) -> str:
         teacher_ckpt = os.path.join(output, 'teacher', 'last.pth.tar')
     # labeled-only runs: as many steps as `epochs` over the labeled + unlabeled (whole) set
     steps_epochs = round(args.epochs * (1 + args.fraction) / args.fraction)
-    labeled = dataset_args + replace_flag(STUDENT, '--epochs', str(steps_epochs)) + ['--train-fraction', str(args.fraction)]
+    labeled = (dataset_args + replace_flag(STUDENT, '--epochs', str(steps_epochs))
+               + ['--train-fraction', str(args.fraction)])
     kd = kd_args(teacher_ckpt, args.kd_temperature)
     runs = {'scratch, labeled only': labeled,
             'KD, labeled only': labeled + kd,

@@ -18,8 +18,9 @@ from .config import build_parser, finish_args
 SHARED_BY_STUDENTS = {
     'config', 'data', 'data_dir', 'dataset', 'train_split', 'val_split', 'dataset_download', 'class_map',
     'train_num_samples', 'val_num_samples', 'input_img_mode', 'input_key', 'target_key', 'dataset_trust_remote_code',
-    'train_fraction', 'train_fraction_keep_steps', 'unlabeled_data', 'unlabeled_ratio', 'num_classes', 'img_size', 'in_chans', 'input_size', 'crop_pct',
-    'mean', 'std', 'interpolation', 'batch_size', 'validation_batch_size', 'channels_last', 'grad_accum_steps',
+    'train_fraction', 'train_fraction_keep_steps', 'unlabeled_data', 'unlabeled_ratio', 'num_classes', 'img_size',
+    'in_chans', 'input_size', 'crop_pct', 'mean', 'std', 'interpolation', 'batch_size', 'validation_batch_size',
+    'channels_last', 'grad_accum_steps',
     'torchcompile', 'torchcompile_mode', 'amp', 'amp_dtype', 'model_dtype', 'device', 'device_modules',
     'sync_bn', 'dist_bn', 'no_ddp_bb', 'synchronize_step', 'fuser', 'fast_norm', 'epochs', 'epoch_repeats',
     'start_epoch', 'stop_epoch', 'cooldown_epochs', 'no_aug', 'train_crop_mode', 'scale', 'ratio', 'hflip', 'vflip',
