@@ -25,16 +25,13 @@ from .teacher import TeacherOutput
 
 
 def _teacher_parser() -> argparse.ArgumentParser:
-    from .train.kd_flags import ParseKwargs
+    """The flags one --teacher of an ensemble has for itself, as `<field>` (kd_flags.TEACHER_OWN_FLAGS)."""
+    from .train.kd_flags import TEACHER_OWN_FLAGS
     p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    p.add_argument('--teacher-checkpoint', '--teacher-pretrained', dest='checkpoint', default=None)
-    p.add_argument('--teacher-kwargs', dest='kwargs', nargs='*', default={}, action=ParseKwargs)
-    p.add_argument('--teacher-no-ema', dest='no_ema', action='store_true', default=False)
-    p.add_argument('--teacher-mean', dest='mean', type=float, nargs='+', default=None)
-    p.add_argument('--teacher-std', dest='std', type=float, nargs='+', default=None)
-    p.add_argument('--teacher-input-size', dest='input_size', type=int, nargs='+', default=None)
-    p.add_argument('--teacher-dtype', dest='dtype', default=None)
-    p.add_argument('--teacher-weight', dest='weight', type=float, default=1.0)
+    for field, flags, options in TEACHER_OWN_FLAGS:
+        if field == 'dtype':  # unset: the shared --teacher-dtype (or --teacher-fast) applies to this teacher
+            options = dict(options, default=None)
+        p.add_argument(*flags, dest=field, **options)
     return p
 
 

@@ -28,6 +28,7 @@ from ..runtime import Process, amp_setup, experiment_name, output_dir, resolve_l
 from ..saver import DurableCheckpointSaver
 from ..task import DistillationTask
 from ..teacher import Teacher, create_teacher
+from .kd_flags import TEACHER_OWN_FLAGS
 
 _logger = logging.getLogger(__name__)
 T = TypeVar('T')
@@ -139,9 +140,8 @@ def build_teacher(args: argparse.Namespace, num_classes: int, in_chans: int, dat
     """The `Teacher`, an `EnsembleTeacher` when `--teacher` was given several times, or None."""
     if not args.teacher:
         return None
-    specs = args.teachers or [dict(name=args.teacher, checkpoint=args.teacher_checkpoint, kwargs=args.teacher_kwargs,
-                                   no_ema=args.teacher_no_ema, mean=args.teacher_mean, std=args.teacher_std,
-                                   input_size=args.teacher_input_size, dtype=None, weight=1.0)]
+    own = {field: getattr(args, f'teacher_{field}') for field, _, _ in TEACHER_OWN_FLAGS}
+    specs = args.teachers or [dict(name=args.teacher, **own)]
     teachers = [create_teacher(
         spec['name'], num_classes=num_classes, in_chans=in_chans, checkpoint=spec['checkpoint'],
         use_ema=not spec['no_ema'], student_mean=data_config['mean'], student_std=data_config['std'],

@@ -16,14 +16,40 @@ from ..losses.flags import add_loss_hyperparameter_flags, kd_loss_config
 TIMM_KD_TEMPERATURE = 4.0  # timm train.py's --kd-temperature default
 
 
+# The flags each --teacher has for itself: (field, flag names, argparse options). Here they are `teacher_<field>`;
+# with several --teacher, `timm_kd.ensemble.split_teachers` reads them per teacher as `<field>`.
+TEACHER_OWN_FLAGS = (
+    ('checkpoint', ('--teacher-checkpoint', '--teacher-pretrained'), dict(
+        default=None, metavar='PATH',
+        help='teacher weights: a timm/timm-kd checkpoint (EMA preferred), a state_dict or .safetensors')),
+    ('weight', ('--teacher-weight',), dict(
+        type=float, default=1.0, metavar='W',
+        help='share of the --teacher before it in an ensemble (several --teacher; default equal)')),
+    ('kwargs', ('--teacher-kwargs',), dict(
+        nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
+        help='timm.create_model arguments of the teacher')),
+    ('no_ema', ('--teacher-no-ema',), dict(
+        action='store_true', default=False, help='load the raw, not the EMA, weights of --teacher-checkpoint')),
+    ('mean', ('--teacher-mean',), dict(
+        type=float, nargs='+', default=None, metavar='MEAN',
+        help="teacher normalization mean (its pretrained cfg's if unset)")),
+    ('std', ('--teacher-std',), dict(
+        type=float, nargs='+', default=None, metavar='STD',
+        help="teacher normalization std (its pretrained cfg's if unset)")),
+    ('input_size', ('--teacher-input-size',), dict(
+        type=int, nargs='+', default=None, metavar='N',
+        help="teacher input H W (or C H W); its pretrained cfg's if unset")),
+    ('dtype', ('--teacher-dtype',), dict(
+        default='float32', choices=['float32', 'bfloat16', 'float16'], help='cast the teacher weights to this dtype')),
+)
+
+
 def add_kd_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group('Teacher (timm-kd)')
     g.add_argument('--teacher', default=None, metavar='NAME',
                    help='teacher: timm name with tag, or hf-hub:org/name; none = plain training')
-    g.add_argument('--teacher-checkpoint', '--teacher-pretrained', default=None, metavar='PATH',
-                   help='teacher weights: a timm/timm-kd checkpoint (EMA preferred), a state_dict or .safetensors')
-    g.add_argument('--teacher-weight', type=float, default=1.0, metavar='W',
-                   help='share of the --teacher before it in an ensemble (several --teacher; default equal)')
+    for field, flags, options in TEACHER_OWN_FLAGS:
+        g.add_argument(*flags, dest=f'teacher_{field}', **options)
     g.add_argument('--teacher-ensemble', choices=('prob', 'logit'), default='prob',
                    help='ensemble target: the weighted mean of probabilities at --kd-temperature, or of logits')
     g.add_argument('--teachers', default=None, help=argparse.SUPPRESS)  # set from several --teacher (args.yaml)
@@ -35,18 +61,6 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument('--teacher-cache', default=None, metavar='DIR',
                    help='train from the teacher outputs stored by `python -m timm_kd.cache build` (no teacher runs; '
                         'logit losses and deep supervision only)')
-    g.add_argument('--teacher-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
-                   help='timm.create_model arguments of the teacher')
-    g.add_argument('--teacher-no-ema', action='store_true', default=False,
-                   help='load the raw, not the EMA, weights of --teacher-checkpoint')
-    g.add_argument('--teacher-mean', type=float, nargs='+', default=None, metavar='MEAN',
-                   help="teacher normalization mean (its pretrained cfg's if unset)")
-    g.add_argument('--teacher-std', type=float, nargs='+', default=None, metavar='STD',
-                   help="teacher normalization std (its pretrained cfg's if unset)")
-    g.add_argument('--teacher-input-size', type=int, nargs='+', default=None, metavar='N',
-                   help="teacher input H W (or C H W); its pretrained cfg's if unset")
-    g.add_argument('--teacher-dtype', default='float32', choices=['float32', 'bfloat16', 'float16'],
-                   help='cast the teacher weights to this dtype')
     g.add_argument('--teacher-channels-last', action='store_true', default=False,
                    help='teacher in channels_last (implied by --channels-last)')
     g.add_argument('--teacher-compile', nargs='?', type=str, default=None, const='inductor', metavar='BACKEND',
