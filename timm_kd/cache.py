@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import KDError
+from .errors import KDError, one_line_errors
 from .teacher import TeacherOutput
 
 _logger = logging.getLogger(__name__)
@@ -330,11 +330,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     if not argv or argv[0] != 'build':
         print(__doc__)
         raise SystemExit(2)
-    try:
+    with one_line_errors():
         build(argv[1:])
-    except KDError as e:
-        print(f'error: {e}', file=sys.stderr)
-        raise SystemExit(2)
 
 
 if __name__ == '__main__':

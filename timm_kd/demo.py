@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Dict, List
 
-from .errors import KDError
+from .errors import KDError, one_line_errors
 
 DEBIAN_DIR = '/usr/share/datasets/fashion-mnist'
 FILES = ['train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte']
@@ -114,8 +114,5 @@ def main(argv=None) -> Dict[str, Dict[str, float]]:
 
 
 if __name__ == '__main__':
-    try:
+    with one_line_errors():
         main()
-    except KDError as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)

@@ -16,7 +16,6 @@ normalization and size (`InputAdapter`), as in training.
 import argparse
 import json
 import os
-import sys
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -25,7 +24,7 @@ from timm.data import resolve_data_config
 from timm.models import create_model
 
 from .data import create_eval_loader
-from .errors import KDError
+from .errors import KDError, one_line_errors
 from .features import forward_features, num_stages
 from .hub import load_student
 from .teacher import create_teacher
@@ -183,11 +182,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     p.add_argument('--device', default=None)
     p.add_argument('--allow-unsafe-pickle', action='store_true')
     args = p.parse_args(argv)
-    try:
+    with one_line_errors():
         result = diagnose(args)
-    except KDError as e:
-        print(f'error: {e}', file=sys.stderr)
-        raise SystemExit(2)
     os.makedirs(args.out, exist_ok=True)
     result['figures'] = [os.path.basename(f) for f in plot(result, args.out)]
     with open(os.path.join(args.out, 'diagnostics.json'), 'w') as f:

@@ -1,8 +1,11 @@
 """The one exception type users see for bad input.
 
-Every message is a single line that names the problem and how to fix it; `timm-kd-train` prints it as
-``error: <message>`` and exits with status 2 instead of a traceback.
+Every message is a single line that names the problem and how to fix it; every command line entry point prints it
+as ``error: <message>`` and exits with status 2 instead of a traceback (`one_line_errors`).
 """
+import contextlib
+import sys
+from typing import Iterator
 
 
 class KDError(ValueError):
@@ -19,3 +22,17 @@ class Interrupted(KDError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Around an entry point: a `KDError` is printed as one line and exits 2 (an `Interrupted` run exits
+    128 + its signal) instead of a traceback."""
+    try:
+        yield
+    except Interrupted as e:
+        print(f'interrupted: {e}', file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
+    except KDError as e:
+        print(f'error: {e}', file=sys.stderr)
+        raise SystemExit(2) from None

@@ -26,7 +26,7 @@ from timm.models._hub import save_for_hf
 
 from .card import model_card
 from .checkpoint import checkpoint_num_classes, load_state_dict, load_training_metadata
-from .errors import KDError
+from .errors import KDError, one_line_errors
 from .saver import non_finite_tensors
 
 
@@ -183,16 +183,13 @@ def main(argv=None) -> None:
             results = json.load(f)
         overrides.update({k: results[k] for k in ('top1', 'top5') if overrides.get(k) is None and k in results})
     common = dict(use_ema=not args.no_ema, allow_pickle=args.allow_unsafe_pickle, **overrides)
-    try:
+    with one_line_errors():
         if args.command == 'export':
             print(f'exported to {export(args.checkpoint, args.model, args.out, **common)}')
         else:
             url = push(args.checkpoint, args.model, args.repo_id, private=args.private, revision=args.revision,
                        overwrite_card=args.overwrite_card, **common)
             print(f'pushed to {url}')
-    except KDError as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == '__main__':

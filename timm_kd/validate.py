@@ -15,7 +15,6 @@ can fill the model card: `python -m timm_kd.hub export ... --results results.jso
 """
 import argparse
 import json
-import sys
 from typing import Any, Dict, Optional
 
 import torch
@@ -24,7 +23,7 @@ from timm.models import create_model
 from timm.utils import accuracy
 
 from .data import create_eval_loader
-from .errors import KDError
+from .errors import KDError, one_line_errors
 from .hub import load_student
 from .teacher import create_teacher
 
@@ -96,11 +95,8 @@ def main(argv=None) -> Dict[str, Any]:
     p.add_argument('--results-file', default=None, help='write the JSON here too')
     p.add_argument('--allow-unsafe-pickle', action='store_true')
     args = p.parse_args(argv)
-    try:
+    with one_line_errors():
         result = validate(args)
-    except KDError as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
     line = json.dumps(result)
     print(line)
     if args.results_file:

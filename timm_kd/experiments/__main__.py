@@ -1,6 +1,7 @@
 import importlib
 import sys
 
+from ..errors import one_line_errors
 from . import __doc__ as usage
 
 COMMANDS = ('pitfall', 'unlabeled', 'topk')
@@ -11,7 +12,8 @@ def main(argv=None) -> None:
     if not argv or argv[0] not in COMMANDS:
         print(usage, file=sys.stderr)
         raise SystemExit(2)
-    importlib.import_module(f'{__package__}.{argv[0]}').main(argv[1:])
+    with one_line_errors():
+        importlib.import_module(f'{__package__}.{argv[0]}').main(argv[1:])
 
 
 if __name__ == '__main__':

@@ -3,7 +3,6 @@ summary.csv, best-checkpoint tracking, scheduler steps, mixup-off epoch, recover
 import logging
 import os
 import signal
-import sys
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -14,7 +13,7 @@ from timm.utils import distribute_bn, random_seed, setup_default_logging, update
 from ..cache import CachedTeacher, TeacherCache, check_logit_losses_only, fingerprint
 from ..data import IndexedTargets, create_datasets, dataset_num_classes, disable_mixup, set_loader_epoch
 from ..engine import check_finite, train_one_epoch, validate
-from ..errors import Interrupted, KDError
+from ..errors import Interrupted, one_line_errors
 from ..runtime import amp_setup, init_process
 from ..student import create_kd_student
 from ..unlabeled import check_unlabeled_run
@@ -207,11 +206,5 @@ def _wandb_row(name: str, epoch: int, train: Dict[str, float], evaluation: Optio
 
 def cli(argv: Optional[List[str]] = None) -> None:
     """Console entry point (`timm-kd-train`, `python -m timm_kd.train`): bad input is one line and exit 2."""
-    try:
+    with one_line_errors():
         main(argv)
-    except Interrupted as e:
-        print(f'interrupted: {e}', file=sys.stderr)
-        raise SystemExit(e.exit_code)
-    except KDError as e:
-        print(f'error: {e}', file=sys.stderr)
-        raise SystemExit(2)
