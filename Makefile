@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch and torchvision are pinned as a pair (torchvision must match torch); timm comes from setup.cfg.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: test demo env fashion-mnist clean
+.PHONY: test lint demo env fashion-mnist clean
 
 env: $(VENV)/.installed
 
@@ -16,6 +16,13 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 test: env
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+
+# ruff's linter and formatter (pyproject.toml), and the share of library lines over 100 columns
+lint: env
+	$(VENV)/bin/ruff check timm_kd tests benchmarks train_kd.py
+	$(VENV)/bin/ruff format --check timm_kd tests benchmarks train_kd.py
+	@$(PY) -c "import glob; n = [len(l) > 100 for f in glob.glob('timm_kd/**/*.py', recursive=True) \
+	  for l in open(f).read().splitlines()]; print(sum(n), 'of', len(n), 'library lines over 100 columns')"
 
 demo: env fashion-mnist
 	HF_HUB_OFFLINE=1 $(PY) -m timm_kd.demo --output demo_output

@@ -3,6 +3,7 @@
 
 The training entry lives in the library (`timm_kd.train`); see its docstring, or `--help`.
 """
+
 from timm_kd.train import cli, main  # noqa: F401  (main: in-process use, e.g. tests)
 
 if __name__ == '__main__':

@@ -1,20 +1,23 @@
 """What the teacher-output cache buys: a cached KD step against the plain student step, the live KD step and
-timm's `LogitDistillationTask` step, data loading included, measured in one process; and the build's cost.
+timm's `LogitDistillationTask` step, data loading included, measured in one process; and the build's
+cost.
 
     python benchmarks/kd_cache.py --preset cpu      # resnet18 <- resnet50, 64px (minutes on 2 cores)
     python benchmarks/kd_cache.py --preset gpu      # resnet50 <- beitv2_base and beitv2_large, 224px, bf16 AMP
 
-A folder of random images is read through the training loader (replayable views, timm's prefetcher as in
-training, RandAugment, mixup/cutmix); the teacher has random weights (speed does not depend on them).
-`timm_kd.cache build` stores the top-K answers for two epochs (the second one's throughput, warm, is compared with
-teacher-only inference over the same loader, also warm); then, interleaved per repetition, one pass over the
-epoch's batches with each step: the plain student step, our live KD step, our cached KD step (`CachedTeacher`)
-and timm's KD step, each with its SGD update. Prints a table per teacher, then
-one JSON line: ms per step, `cached_vs_plain` (cached / plain), `cached_vs_live`, `speedup_vs_timm` (timm's /
-cached), `build_vs_teacher_inference` (build images/s / teacher-only images/s), `read_samples_per_s` (cache rows
-rebuilt to logits per second, one reader), `bytes_per_sample_epoch` and the disk that ImageNet-1k x 300 epochs
-takes at K = 10 and 100.
+A folder of random images is read through the training loader (replayable views, timm's prefetcher
+as in training, RandAugment, mixup/cutmix); the teacher has random weights (speed does not depend on
+them). `timm_kd.cache build` stores the top-K answers for two epochs (the second one's throughput,
+warm, is compared with teacher-only inference over the same loader, also warm); then, interleaved
+per repetition, one pass over the epoch's batches with each step: the plain student step, our live
+KD step, our cached KD step (`CachedTeacher`) and timm's KD step, each with its SGD update. Prints a
+table per teacher, then one JSON line: ms per step, `cached_vs_plain` (cached / plain),
+`cached_vs_live`, `speedup_vs_timm` (timm's / cached), `build_vs_teacher_inference` (build images/s
+/ teacher-only images/s), `read_samples_per_s` (cache rows rebuilt to logits per second, one
+reader), `bytes_per_sample_epoch` and the disk that ImageNet-1k x 300 epochs takes at K = 10 and
+100.
 """
+
 import argparse
 import copy
 import json
@@ -37,21 +40,44 @@ from kd_step import sgd_step  # noqa: E402
 
 from timm_kd import DistillationTask, KDStudent, create_kd_loss  # noqa: E402
 from timm_kd.cache import CachedTeacher, TeacherCache, build  # noqa: E402
-from timm_kd.data import DatasetOptions, LoaderOptions, create_datasets, create_loaders, set_loader_epoch  # noqa
+from timm_kd.data import (
+    DatasetOptions,
+    LoaderOptions,
+    create_datasets,
+    create_loaders,
+    set_loader_epoch,
+)  # noqa
 from timm_kd.replay import ReplayableViews, make_replayable  # noqa: E402
 from timm_kd.teacher import create_teacher  # noqa: E402
 from timm_kd.train.reliability import reseed  # noqa: E402
 
 PRESETS = {
-    'cpu': dict(student='resnet18', teachers=['resnet50'], img_size=64, batch_size=32, steps=8, workers=1, amp=False),
-    'gpu': dict(student='resnet50', teachers=['beitv2_base_patch16_224', 'beitv2_large_patch16_224'], img_size=224,
-                batch_size=128, steps=16, workers=8, amp=True),
+    'cpu': dict(
+        student='resnet18',
+        teachers=['resnet50'],
+        img_size=64,
+        batch_size=32,
+        steps=8,
+        workers=1,
+        amp=False,
+    ),
+    'gpu': dict(
+        student='resnet50',
+        teachers=['beitv2_base_patch16_224', 'beitv2_large_patch16_224'],
+        img_size=224,
+        batch_size=128,
+        steps=16,
+        workers=8,
+        amp=True,
+    ),
 }
 IMAGENET = 1_281_167
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument('--preset', choices=list(PRESETS), default='cpu')
     p.add_argument('--student')
     p.add_argument('--teachers', nargs='+')
@@ -74,7 +100,9 @@ def image_folder(root, n, size, classes):
     for i in range(n):
         folder = os.path.join(root, 'train', f'c{i % min(10, classes)}')
         os.makedirs(folder, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(os.path.join(folder, f'{i}.jpg'))
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(
+            os.path.join(folder, f'{i}.jpg')
+        )
 
 
 def bench_teacher(args, teacher_name, data, work, device):
@@ -82,37 +110,98 @@ def bench_teacher(args, teacher_name, data, work, device):
     kwargs = dict(img_size=args.img_size) if 'patch' in teacher_name else {}
     torch.manual_seed(0)
     weights = os.path.join(work, f'{teacher_name}.pth')
-    torch.save(timm.create_model(teacher_name, num_classes=args.num_classes, **kwargs).state_dict(), weights)
-    flags = [data, '--model', args.student, '--img-size', str(args.img_size), '-b', str(args.batch_size),
-             '-j', str(args.workers), '--num-classes', str(args.num_classes), '--aa', 'rand-m7-mstd0.5',
-             '--mixup', '0.1', '--cutmix', '1.0', '--epochs', '2', '--teacher', teacher_name,
-             '--teacher-checkpoint', weights, '--log-interval', '1000', '--device', device.type]
+    torch.save(
+        timm.create_model(teacher_name, num_classes=args.num_classes, **kwargs).state_dict(),
+        weights,
+    )
+    flags = [
+        data,
+        '--model',
+        args.student,
+        '--img-size',
+        str(args.img_size),
+        '-b',
+        str(args.batch_size),
+        '-j',
+        str(args.workers),
+        '--num-classes',
+        str(args.num_classes),
+        '--aa',
+        'rand-m7-mstd0.5',
+        '--mixup',
+        '0.1',
+        '--cutmix',
+        '1.0',
+        '--epochs',
+        '2',
+        '--teacher',
+        teacher_name,
+        '--teacher-checkpoint',
+        weights,
+        '--log-interval',
+        '1000',
+        '--device',
+        device.type,
+    ]
     flags += ['--teacher-kwargs', f'img_size={args.img_size}'] if kwargs else []
     flags += ['--amp', '--amp-dtype', 'bfloat16'] if args.amp else []
     out = os.path.join(work, f'cache-{teacher_name}')
     build(['--top-k', str(args.top_k), '--out', out, *flags])
 
     train_set, _ = create_datasets(DatasetOptions(data_dir=data))
-    opts = LoaderOptions(batch_size=args.batch_size, workers=args.workers, aa='rand-m7-mstd0.5', mixup=0.1, cutmix=1.0)
+    opts = LoaderOptions(
+        batch_size=args.batch_size,
+        workers=args.workers,
+        aa='rand-m7-mstd0.5',
+        mixup=0.1,
+        cutmix=1.0,
+    )
     student0 = timm.create_model(args.student, num_classes=args.num_classes)
-    config = timm.data.resolve_data_config({'input_size': (3, args.img_size, args.img_size)}, model=student0)
-    loader, _, mixup_fn = create_loaders(opts, ReplayableViews(train_set, 42), None, config, args.num_classes, device,
-                                         prefetcher=True)  # as training
+    config = timm.data.resolve_data_config(
+        {'input_size': (3, args.img_size, args.img_size)}, model=student0
+    )
+    loader, _, mixup_fn = create_loaders(
+        opts,
+        ReplayableViews(train_set, 42),
+        None,
+        config,
+        args.num_classes,
+        device,
+        prefetcher=True,
+    )  # as training
     make_replayable(loader)
-    teacher = create_teacher(teacher_name, num_classes=args.num_classes, checkpoint=weights, device=device,
-                             student_mean=config['mean'], student_std=config['std'],
-                             student_input_size=config['input_size'], model_kwargs=kwargs)
+    teacher = create_teacher(
+        teacher_name,
+        num_classes=args.num_classes,
+        checkpoint=weights,
+        device=device,
+        student_mean=config['mean'],
+        student_std=config['std'],
+        student_input_size=config['input_size'],
+        model_kwargs=kwargs,
+    )
     cached = CachedTeacher(TeacherCache(out), 0, device)
 
     def task(t):
         kd_student = KDStudent(copy.deepcopy(student0).to(device), {'kd': create_kd_loss('kd')})
-        return DistillationTask(kd_student, nn.CrossEntropyLoss(), teacher=t, verbose=False).to(device)
+        return DistillationTask(kd_student, nn.CrossEntropyLoss(), teacher=t, verbose=False).to(
+            device
+        )
+
     plain = copy.deepcopy(student0).to(device)
     tasks = {'live': task(teacher), 'cached': task(cached)}
-    timm_task = LogitDistillationTask(copy.deepcopy(student0).to(device), DistillationTeacher(
-        copy.deepcopy(teacher.model), device=device), criterion=nn.CrossEntropyLoss(), device=device, verbose=False)
-    opt = {name: torch.optim.SGD(m.parameters(), lr=0.01) for name, m in
-           [('plain', plain), ('timm', timm_task.trainable_module)] + [(k, t.trainable_module) for k, t in tasks.items()]}
+    timm_task = LogitDistillationTask(
+        copy.deepcopy(student0).to(device),
+        DistillationTeacher(copy.deepcopy(teacher.model), device=device),
+        criterion=nn.CrossEntropyLoss(),
+        device=device,
+        verbose=False,
+    )
+    opt = {
+        name: torch.optim.SGD(m.parameters(), lr=0.01)
+        for name, m in [('plain', plain), ('timm', timm_task.trainable_module)]
+        + [(k, t.trainable_module) for k, t in tasks.items()]
+    }
     ce = nn.CrossEntropyLoss()  # takes the soft targets of mixup/cutmix
 
     def step(name, x, y):
@@ -161,13 +250,22 @@ def bench_teacher(args, teacher_name, data, work, device):
 
     def per_sample(k):
         return k * (value_bytes + index_bytes) + 4
-    return {'ms': {k: round(v, 2) for k, v in ms.items()},
-            'build_images_per_s': round(manifest['build_images_per_s'], 1),
-            'cached_vs_plain': round(ms['cached'] / ms['plain'], 3), 'cached_vs_live': round(ms['cached'] / ms['live'], 3),
-            'speedup_vs_timm': round(ms['timm'] / ms['cached'], 3),
-            'build_vs_teacher_inference': round(manifest['build_images_per_s'] / (args.batch_size / ms['teacher'] * 1e3), 3),
-            'read_samples_per_s': round(read), 'bytes_per_sample_epoch': per_sample(manifest['top_k']),
-            'imagenet_300_epochs_GB': {k: round(per_sample(k) * IMAGENET * 300 / 1e9, 1) for k in (10, 100)}}
+
+    return {
+        'ms': {k: round(v, 2) for k, v in ms.items()},
+        'build_images_per_s': round(manifest['build_images_per_s'], 1),
+        'cached_vs_plain': round(ms['cached'] / ms['plain'], 3),
+        'cached_vs_live': round(ms['cached'] / ms['live'], 3),
+        'speedup_vs_timm': round(ms['timm'] / ms['cached'], 3),
+        'build_vs_teacher_inference': round(
+            manifest['build_images_per_s'] / (args.batch_size / ms['teacher'] * 1e3), 3
+        ),
+        'read_samples_per_s': round(read),
+        'bytes_per_sample_epoch': per_sample(manifest['top_k']),
+        'imagenet_300_epochs_GB': {
+            k: round(per_sample(k) * IMAGENET * 300 / 1e9, 1) for k in (10, 100)
+        },
+    }
 
 
 def main():
@@ -179,13 +277,25 @@ def main():
         image_folder(data, args.steps * args.batch_size, args.img_size, args.num_classes)
         for name in args.teachers:
             results[name] = r = bench_teacher(args, name, data, work, device)
-            print(f'\n{args.student} <- {name}, batch {args.batch_size}, {args.img_size}px, {device}, top-{args.top_k}, '
-                  f'{args.workers} workers, median of {args.repeats} passes of {args.steps} steps')
+            print(
+                f'\n{args.student} <- {name}, batch {args.batch_size}, {args.img_size}px, '
+                f'{device}, top-{args.top_k}, '
+                f'{args.workers} workers, median of {args.repeats} passes of {args.steps} steps'
+            )
             print('| step (data loading included) | ms |\n|---|---|')
             for k, v in r['ms'].items():
                 print(f'| {k} | {v} |')
-    print(json.dumps({'preset': args.preset, 'device': str(device), 'student': args.student, 'top_k': args.top_k,
-                      'results': results}))
+    print(
+        json.dumps(
+            {
+                'preset': args.preset,
+                'device': str(device),
+                'student': args.student,
+                'top_k': args.top_k,
+                'results': results,
+            }
+        )
+    )
 
 
 if __name__ == '__main__':

@@ -40,8 +40,9 @@ class FileServer:
             def log_message(self, *args):
                 requests.append(self.path)
 
-        self.server = http.server.ThreadingHTTPServer(('127.0.0.1', 0),
-                                                      functools.partial(Handler, directory=str(root)))
+        self.server = http.server.ThreadingHTTPServer(
+            ('127.0.0.1', 0), functools.partial(Handler, directory=str(root))
+        )
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f'http://127.0.0.1:{self.server.server_address[1]}/'
 
@@ -59,6 +60,7 @@ def _no_handlers_on_closed_streams():
     """In-process training installs logging handlers bound to the captured stderr of the test (or fixture) that
     ran it; once pytest closes that stream, drop them, so later log records do not fail on it."""
     import logging
+
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(getattr(handler, 'stream', None), 'closed', False):
@@ -71,7 +73,9 @@ def _isolated_hf_cache(tmp_path, monkeypatch):
     monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf_home'))
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))  # timm's download cache
-    monkeypatch.setenv('TIMM_KD_RELEASE_URL', 'http://127.0.0.1:9/')  # release files: refused at once, never GitHub
+    monkeypatch.setenv(
+        'TIMM_KD_RELEASE_URL', 'http://127.0.0.1:9/'
+    )  # release files: refused at once, never GitHub
     monkeypatch.delenv('TIMM_KD_HUB_ORG', raising=False)
     torch.manual_seed(0)
 
@@ -85,7 +89,10 @@ def fair_convnextv2_layout(state_dict):
         k = re.sub(r'stages\.(\d+)\.blocks\.(\d+)', r'stages.\1.\2', k)
         k = k.replace('conv_dw', 'dwconv').replace('mlp.fc', 'pwconv')
         if 'mlp.grn' in k:
-            k, v = k.replace('mlp.grn.weight', 'grn.gamma').replace('mlp.grn.bias', 'grn.beta'), v.reshape(1, 1, 1, -1)
+            k, v = (
+                k.replace('mlp.grn.weight', 'grn.gamma').replace('mlp.grn.bias', 'grn.beta'),
+                v.reshape(1, 1, 1, -1),
+            )
         k = k.replace('head.norm', 'norm').replace('head.fc', 'head')
         out[k] = v
     return out

@@ -1,4 +1,5 @@
 """The benchmark scripts still run and report what benchmarks/README.md quotes (figures are not checked here)."""
+
 import json
 import os
 import subprocess
@@ -6,14 +7,33 @@ import sys
 
 from conftest import ROOT
 
-TINY = ['--student', 'test_resnet', '--teacher', 'test_resnet', '--img-size', '32', '--batch-size', '4',
-        '--num-classes', '5', '--repeats', '1', '--warmup', '0']
+TINY = [
+    '--student',
+    'test_resnet',
+    '--teacher',
+    'test_resnet',
+    '--img-size',
+    '32',
+    '--batch-size',
+    '4',
+    '--num-classes',
+    '5',
+    '--repeats',
+    '1',
+    '--warmup',
+    '0',
+]
 
 
 def _bench(*args, script='kd_step.py'):
     env = dict(os.environ, PYTHONPATH=ROOT)
-    result = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', script), *TINY, *args],
-                            capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'benchmarks', script), *TINY, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -21,14 +41,25 @@ def _bench(*args, script='kd_step.py'):
 def test_kd_step_reports_ratios_and_the_multi_student_cost():
     out = _bench('--students', '2', '--teacher-dtype', 'bfloat16')
     assert set(out['ms']) == {'student', 'teacher', 'ours', 'timm', '2 students'}
-    for key in ('overhead_vs_floor', 'speedup_vs_timm', 'per_student_vs_floor', 'teacher_top1_agreement_vs_fp32'):
+    for key in (
+        'overhead_vs_floor',
+        'speedup_vs_timm',
+        'per_student_vs_floor',
+        'teacher_top1_agreement_vs_fp32',
+    ):
         assert out[key] > 0, key
     assert out['teacher_dtype'] == 'bfloat16' and out['inference_mode']
 
 
 def test_kd_step_ablation_adds_one_switch_at_a_time():
     rows = _bench('--ablation')['ablation']
-    assert list(rows) == ['fp32, no_grad', '+ inference_mode', '+ channels_last', '+ bf16 weights', '+ compile']
+    assert list(rows) == [
+        'fp32, no_grad',
+        '+ inference_mode',
+        '+ channels_last',
+        '+ bf16 weights',
+        '+ compile',
+    ]
     assert rows['fp32, no_grad']['speedup'] == 1.0 and rows['+ inference_mode']['agreement'] == 1.0
 
 
@@ -40,13 +71,41 @@ def test_kd_losses_times_each_method_against_kd():
 
 def test_kd_cache_reports_the_cached_step_against_plain_live_and_timm():
     env = dict(os.environ, PYTHONPATH=ROOT)
-    tiny = ['--student', 'test_resnet', '--teachers', 'test_resnet', '--img-size', '32', '--batch-size', '4',
-            '--steps', '3', '--repeats', '1', '--num-classes', '5', '--top-k', '2']
-    result = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'kd_cache.py'), *tiny],
-                            capture_output=True, text=True, env=env, timeout=300)
+    tiny = [
+        '--student',
+        'test_resnet',
+        '--teachers',
+        'test_resnet',
+        '--img-size',
+        '32',
+        '--batch-size',
+        '4',
+        '--steps',
+        '3',
+        '--repeats',
+        '1',
+        '--num-classes',
+        '5',
+        '--top-k',
+        '2',
+    ]
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'benchmarks', 'kd_cache.py'), *tiny],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])['results']['test_resnet']
     assert set(out['ms']) == {'plain', 'live', 'cached', 'timm', 'teacher'}
-    for key in ('cached_vs_plain', 'cached_vs_live', 'speedup_vs_timm', 'build_vs_teacher_inference'):
+    for key in (
+        'cached_vs_plain',
+        'cached_vs_live',
+        'speedup_vs_timm',
+        'build_vs_teacher_inference',
+    ):
         assert out[key] > 0, key
-    assert out['bytes_per_sample_epoch'] == 2 * (4 + 2) + 4  # K float32 values + K int16 indices + the tail
+    assert (
+        out['bytes_per_sample_epoch'] == 2 * (4 + 2) + 4
+    )  # K float32 values + K int16 indices + the tail

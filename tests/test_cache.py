@@ -1,4 +1,5 @@
 """Teacher-output cache: a cached run equals the live one with K = C; bad use is one line."""
+
 import csv
 import logging
 import os
@@ -8,19 +9,57 @@ import pytest
 import timm
 import torch
 
-from timm_kd.cache import main as cache_main, rebuild_logits, top_k_loss_error
-from timm_kd.train.loop import cli, main as train_main
+from timm_kd.cache import main as cache_main
+from timm_kd.cache import rebuild_logits, top_k_loss_error
+from timm_kd.train.loop import cli
+from timm_kd.train.loop import main as train_main
 
-FAST = ['--model', 'test_resnet', '--img-size', '32', '-b', '8', '--lr', '0.01', '--warmup-epochs', '0', '-j', '0',
-        '--log-interval', '1', '--device', 'cpu', '--epochs', '2']
-VIEWS = ['--mixup', '0.5', '--cutmix', '1.0', '--aa', 'rand-m9-mstd0.5', '--reprob', '0.25', '--drop', '0.1']
+FAST = [
+    '--model',
+    'test_resnet',
+    '--img-size',
+    '32',
+    '-b',
+    '8',
+    '--lr',
+    '0.01',
+    '--warmup-epochs',
+    '0',
+    '-j',
+    '0',
+    '--log-interval',
+    '1',
+    '--device',
+    'cpu',
+    '--epochs',
+    '2',
+]
+VIEWS = [
+    '--mixup',
+    '0.5',
+    '--cutmix',
+    '1.0',
+    '--aa',
+    'rand-m9-mstd0.5',
+    '--reprob',
+    '0.25',
+    '--drop',
+    '0.1',
+]
 
 
 @pytest.fixture(scope='module')
 def teacher(tmp_path_factory):
     path = tmp_path_factory.mktemp('teacher') / 'vit.pth'
     torch.save(timm.create_model('test_vit', num_classes=3, img_size=32).state_dict(), path)
-    return ['--teacher', 'test_vit', '--teacher-kwargs', 'img_size=32', '--teacher-checkpoint', str(path)]
+    return [
+        '--teacher',
+        'test_vit',
+        '--teacher-kwargs',
+        'img_size=32',
+        '--teacher-checkpoint',
+        str(path),
+    ]
 
 
 @pytest.fixture(scope='module')
@@ -38,11 +77,15 @@ def _rows(path):
 def test_rebuild_is_exact_with_every_class_and_keeps_tail_mass_otherwise():
     logits = torch.randn(4, 10) * 3
     top = logits.topk(10, dim=1)
-    assert torch.equal(rebuild_logits(top.values, top.indices, torch.full((4,), float('-inf')), 10), logits)
+    assert torch.equal(
+        rebuild_logits(top.values, top.indices, torch.full((4,), float('-inf')), 10), logits
+    )
     top = logits.topk(4, dim=1)
     tail = logits.scatter(1, top.indices, float('-inf')).logsumexp(1)
     approx = rebuild_logits(top.values, top.indices, tail, 10)
-    assert torch.allclose(approx.softmax(1).gather(1, top.indices), logits.softmax(1).gather(1, top.indices))
+    assert torch.allclose(
+        approx.softmax(1).gather(1, top.indices), logits.softmax(1).gather(1, top.indices)
+    )
 
 
 def _step_losses(caplog):
@@ -59,29 +102,67 @@ def test_a_cached_run_equals_the_live_run(image_folder, teacher, built, tmp_path
     with caplog.at_level(logging.INFO, logger='timm_kd.engine'):
         train_main([image_folder, *FAST, *VIEWS, *teacher, *kd, '--experiment', 'live'])
         live_steps = _step_losses(caplog)
-        train_main([image_folder, *FAST, *VIEWS, *teacher, *kd, '--teacher-cache', str(built), '--experiment',
-                    'cached'])
+        train_main(
+            [
+                image_folder,
+                *FAST,
+                *VIEWS,
+                *teacher,
+                *kd,
+                '--teacher-cache',
+                str(built),
+                '--experiment',
+                'cached',
+            ]
+        )
         cached_steps = _step_losses(caplog)
     assert len(live_steps) == len(cached_steps) == 12
     assert all(a == pytest.approx(b, abs=1e-5) for a, b in zip(live_steps, cached_steps))
-    live, cached = _rows(tmp_path / 'live' / 'summary.csv'), _rows(tmp_path / 'cached' / 'summary.csv')
+    live, cached = (
+        _rows(tmp_path / 'live' / 'summary.csv'),
+        _rows(tmp_path / 'cached' / 'summary.csv'),
+    )
     assert len(live) == len(cached) == 2
     for a, b in zip(live, cached):
-        assert set(a) == set(b) and all(float(a[k]) == pytest.approx(float(b[k]), abs=1e-5) for k in a)
-    weights = [torch.load(tmp_path / name / 'last.pth.tar', weights_only=False)['state_dict'] for name in ('live', 'cached')]
+        assert set(a) == set(b) and all(
+            float(a[k]) == pytest.approx(float(b[k]), abs=1e-5) for k in a
+        )
+    weights = [
+        torch.load(tmp_path / name / 'last.pth.tar', weights_only=False)['state_dict']
+        for name in ('live', 'cached')
+    ]
     assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-5) for k in weights[0])
 
 
-@pytest.mark.parametrize('extra, message', [
-    (['--mixup', '0.2'], "other views (mixup: the cache has 0.5, this run 0.2)"),
-    (['--no-prefetcher'], "other views (prefetcher: the cache has True, this run False)"),  # erasing moves
-    (['--epochs', '3'], 'lacks epoch 2'),
-    (['--kd-loss', 'fitnet'], 'is a feature loss'),
-    (['--teacher', 'test_resnet'], 'other teacher (teacher: the cache has'),
-])
-def test_a_run_the_cache_does_not_fit_is_one_line(image_folder, built, tmp_path, capsys, extra, message):
+@pytest.mark.parametrize(
+    'extra, message',
+    [
+        (['--mixup', '0.2'], 'other views (mixup: the cache has 0.5, this run 0.2)'),
+        (
+            ['--no-prefetcher'],
+            'other views (prefetcher: the cache has True, this run False)',
+        ),  # erasing moves
+        (['--epochs', '3'], 'lacks epoch 2'),
+        (['--kd-loss', 'fitnet'], 'is a feature loss'),
+        (['--teacher', 'test_resnet'], 'other teacher (teacher: the cache has'),
+    ],
+)
+def test_a_run_the_cache_does_not_fit_is_one_line(
+    image_folder, built, tmp_path, capsys, extra, message
+):
     with pytest.raises(SystemExit) as info:  # a flag given twice: argparse keeps the later value
-        cli([image_folder, *FAST, *VIEWS, *extra, '--teacher-cache', str(built), '--output', str(tmp_path)])
+        cli(
+            [
+                image_folder,
+                *FAST,
+                *VIEWS,
+                *extra,
+                '--teacher-cache',
+                str(built),
+                '--output',
+                str(tmp_path),
+            ]
+        )
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert info.value.code == 2 and line.startswith('error: ') and message in line, line
 
@@ -92,7 +173,9 @@ def test_a_killed_build_resumes_at_the_first_missing_epoch(image_folder, teacher
     first = (out / 'epoch-0000-rank-0.values.npy').stat().st_mtime_ns
     os.remove(out / 'epoch-0001-rank-0.values.npy')  # as if killed during epoch 1
     cache_main(['build', image_folder, *FAST, *VIEWS, *teacher, '--top-k', '2', '--out', str(out)])
-    assert (out / 'epoch-0000-rank-0.values.npy').stat().st_mtime_ns == first  # epoch 0 was not redone
+    assert (
+        out / 'epoch-0000-rank-0.values.npy'
+    ).stat().st_mtime_ns == first  # epoch 0 was not redone
     assert (out / 'epoch-0001-rank-0.values.npy').is_file() and not list(out.glob('*.tmp'))
 
 
@@ -102,7 +185,17 @@ def test_cached_runs_resume_exactly_and_serve_several_students(image_folder, bui
     train_main([*common, '--experiment', 'cut', '--stop-epoch', '1'])
     train_main([*common, '--experiment', 'cut', '--resume', 'auto'])
     assert _rows(tmp_path / 'cut' / 'summary.csv') == _rows(tmp_path / 'whole' / 'summary.csv')
-    train_main([*common, '--experiment', 'two', '--student', '--experiment a', '--student', '--kd-loss dkd --experiment b'])
+    train_main(
+        [
+            *common,
+            '--experiment',
+            'two',
+            '--student',
+            '--experiment a',
+            '--student',
+            '--kd-loss dkd --experiment b',
+        ]
+    )
     for name, loss in (('a', 'train_kd_loss'), ('b', 'train_dkd_loss')):
         rows = _rows(tmp_path / 'two' / name / 'summary.csv')
         assert len(rows) == 2 and float(rows[0][loss]) > 0
@@ -112,19 +205,44 @@ def test_torchrun_builds_one_shard_per_rank_and_trains_from_them(image_folder, t
     """2 gloo processes build disjoint shards; a 2-process run from the cache equals the live 2-process run."""
     import subprocess
     import sys
+
     from conftest import ROOT
-    run = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29523', '-m']
+
+    run = [
+        sys.executable,
+        '-m',
+        'torch.distributed.run',
+        '--nproc_per_node=2',
+        '--master_port=29523',
+        '-m',
+    ]
     flags = [image_folder, *FAST, '-b', '4', *VIEWS, *teacher, '--output', str(tmp_path)]
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    for cmd in ([*run, 'timm_kd.cache', 'build', *flags, '--top-k', '3', '--out', str(tmp_path / 'cache')],
-                [*run, 'timm_kd.train', *flags, '--experiment', 'live'],
-                [*run, 'timm_kd.train', *flags, '--teacher-cache', str(tmp_path / 'cache'), '--experiment', 'cached']):
+    for cmd in (
+        [*run, 'timm_kd.cache', 'build', *flags, '--top-k', '3', '--out', str(tmp_path / 'cache')],
+        [*run, 'timm_kd.train', *flags, '--experiment', 'live'],
+        [
+            *run,
+            'timm_kd.train',
+            *flags,
+            '--teacher-cache',
+            str(tmp_path / 'cache'),
+            '--experiment',
+            'cached',
+        ],
+    ):
         result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / 'cache').glob('*.values.npy')) == [
-        f'epoch-000{e}-rank-{r}.values.npy' for e in (0, 1) for r in (0, 1)]
-    live, cached = _rows(tmp_path / 'live' / 'summary.csv'), _rows(tmp_path / 'cached' / 'summary.csv')
-    assert all(float(a[k]) == pytest.approx(float(b[k]), abs=1e-5) for a, b in zip(live, cached) for k in a)
+        f'epoch-000{e}-rank-{r}.values.npy' for e in (0, 1) for r in (0, 1)
+    ]
+    live, cached = (
+        _rows(tmp_path / 'live' / 'summary.csv'),
+        _rows(tmp_path / 'cached' / 'summary.csv'),
+    )
+    assert all(
+        float(a[k]) == pytest.approx(float(b[k]), abs=1e-5) for a, b in zip(live, cached) for k in a
+    )
 
 
 def test_top_k_loss_error_is_zero_with_every_class_and_matches_a_hand_computation():
@@ -141,4 +259,6 @@ def test_top_k_loss_error_is_zero_with_every_class_and_matches_a_hand_computatio
     for row in rows[:2]:
         t = row['temperature']
         p, q = (rebuilt / t).softmax(1), (student / t).log_softmax(1)
-        assert row['top_k'] == pytest.approx(((p * (p.log() - q)).sum(1).mean() * t * t).item(), abs=1e-4)
+        assert row['top_k'] == pytest.approx(
+            ((p * (p.log() - q)).sum(1).mean() * t * t).item(), abs=1e-4
+        )

@@ -1,4 +1,5 @@
 """Safe checkpoint loading: formats, EMA choice, and refusal of pickles that would run code."""
+
 import os
 
 import pytest
@@ -43,6 +44,7 @@ def test_bare_state_dict_safetensors_and_ddp_prefix(tmp_path):
 
 def test_timm_style_checkpoint_with_args_namespace_loads_safely(tmp_path):
     import argparse
+
     path = str(tmp_path / 'ckpt.pth.tar')
     torch.save({'state_dict': _weights(5), 'args': argparse.Namespace(model='x', lr=0.1)}, path)
     assert load_state_dict(path)['fc.weight'][0, 0] == 5

@@ -1,12 +1,20 @@
 """timm_kd.data: stratified training subsets (--train-fraction), per-sample indices for CRD, mixup off."""
+
 import pytest
 import torch
 
 from timm_kd import KDError
+from timm_kd.data import (
+    IndexedTargets,
+    StratifiedSubset,
+    create_datasets,
+    create_loaders,
+    dataset_num_classes,
+    dataset_targets,
+    disable_mixup,
+)
 from timm_kd.train import parse_args
 from timm_kd.train.build import dataset_options, loader_options
-from timm_kd.data import (IndexedTargets, StratifiedSubset, create_datasets, create_loaders, dataset_num_classes,
-                          dataset_targets, disable_mixup)
 
 
 class _Labels(torch.utils.data.Dataset):
@@ -34,13 +42,22 @@ def test_subset_keeps_each_class_share_and_is_seeded():
 
 
 def test_fraction_flag_builds_a_subset_and_can_keep_the_step_count(image_folder):
-    args, _ = parse_args([image_folder, '--train-fraction', '0.5', '--epochs', '1200', '--train-fraction-keep-steps'])
+    args, _ = parse_args(
+        [image_folder, '--train-fraction', '0.5', '--epochs', '1200', '--train-fraction-keep-steps']
+    )
     train, _ = create_datasets(dataset_options(args))
-    assert isinstance(train, StratifiedSubset) and len(train) == 24  # 16 per class x 3 classes x 0.5
+    assert (
+        isinstance(train, StratifiedSubset) and len(train) == 24
+    )  # 16 per class x 3 classes x 0.5
     assert dataset_num_classes(train) == 3 and dataset_num_classes(IndexedTargets(train)) == 3
     assert torch.bincount(dataset_targets(train)).tolist() == [8, 8, 8]
     assert args.epochs == 2400
-    assert parse_args(['/d', '--train-fraction', '0.3', '--epochs', '1200', '--train-fraction-keep-steps'])[0].epochs == 4000
+    assert (
+        parse_args(
+            ['/d', '--train-fraction', '0.3', '--epochs', '1200', '--train-fraction-keep-steps']
+        )[0].epochs
+        == 4000
+    )
     with pytest.raises(KDError, match='--train-fraction must be in'):
         parse_args(['/d', '--train-fraction', '1.5'])
 
@@ -59,11 +76,20 @@ def test_mixup_runs_in_the_training_process_and_turns_off(image_folder, prefetch
     args, _ = parse_args([image_folder, '--mixup', '0.5', '--cutmix', '1.0', '-b', '8', '-j', '0'])
     train, evaluation = create_datasets(dataset_options(args))
     train = IndexedTargets(train) if indexed else train
-    cfg = dict(input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, interpolation='bilinear', crop_pct=1.0)
-    loader, _, mixup_fn = create_loaders(loader_options(args), train, evaluation, cfg, 3, torch.device('cpu'),
-                                         prefetcher=prefetcher)
+    cfg = dict(
+        input_size=(3, 32, 32),
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        interpolation='bilinear',
+        crop_pct=1.0,
+    )
+    loader, _, mixup_fn = create_loaders(
+        loader_options(args), train, evaluation, cfg, 3, torch.device('cpu'), prefetcher=prefetcher
+    )
     assert mixup_fn.mixup_enabled and not getattr(loader, 'mixup_enabled', False)
     disable_mixup(mixup_fn)
     assert not mixup_fn.mixup_enabled
     _, targets = mixup_fn(torch.randn(8, 3, 32, 32), torch.arange(8) % 3)
-    assert torch.allclose(targets.max(dim=1).values, torch.tensor(0.9 + 0.1 / 3))  # smoothed, not mixed
+    assert torch.allclose(
+        targets.max(dim=1).values, torch.tensor(0.9 + 0.1 / 3)
+    )  # smoothed, not mixed

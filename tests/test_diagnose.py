@@ -1,4 +1,5 @@
 """`python -m timm_kd.diagnose`: CKA and ECE against hand computations, and the report on a real pair of models."""
+
 import json
 
 import timm
@@ -29,16 +30,50 @@ def test_ece_matches_a_hand_computation():
 
 def test_diagnose_writes_the_report_and_figures(image_folder, tmp_path):
     torch.manual_seed(0)
-    torch.save(timm.create_model('test_resnet', num_classes=3).state_dict(), tmp_path / 'student.pth')
-    torch.save(timm.create_model('test_vit', num_classes=3, img_size=32).state_dict(), tmp_path / 'teacher.pth')
+    torch.save(
+        timm.create_model('test_resnet', num_classes=3).state_dict(), tmp_path / 'student.pth'
+    )
+    torch.save(
+        timm.create_model('test_vit', num_classes=3, img_size=32).state_dict(),
+        tmp_path / 'teacher.pth',
+    )
     out = tmp_path / 'report'
-    result = main([image_folder, '--student', 'test_resnet', '--student-checkpoint', str(tmp_path / 'student.pth'),
-                   '--teacher', 'test_vit', '--teacher-kwargs', 'img_size=32', '--teacher-checkpoint',
-                   str(tmp_path / 'teacher.pth'), '--input-size', '3', '32', '32', '--out', str(out), '-j', '0',
-                   '--cka-images', '16', '-b', '8'])
-    assert json.loads((out / 'diagnostics.json').read_text())['agreement_top1'] == result['agreement_top1']
+    result = main(
+        [
+            image_folder,
+            '--student',
+            'test_resnet',
+            '--student-checkpoint',
+            str(tmp_path / 'student.pth'),
+            '--teacher',
+            'test_vit',
+            '--teacher-kwargs',
+            'img_size=32',
+            '--teacher-checkpoint',
+            str(tmp_path / 'teacher.pth'),
+            '--input-size',
+            '3',
+            '32',
+            '32',
+            '--out',
+            str(out),
+            '-j',
+            '0',
+            '--cka-images',
+            '16',
+            '-b',
+            '8',
+        ]
+    )
+    assert (
+        json.loads((out / 'diagnostics.json').read_text())['agreement_top1']
+        == result['agreement_top1']
+    )
     assert result['images'] == 24 and set(result['agreement_per_class']) == {0, 1, 2}
-    stages = [num_stages(timm.create_model(n, **kw)) for n, kw in (('test_resnet', {}), ('test_vit', {'img_size': 32}))]
+    stages = [
+        num_stages(timm.create_model(n, **kw))
+        for n, kw in (('test_resnet', {}), ('test_vit', {'img_size': 32}))
+    ]
     assert len(result['cka']) == stages[0] and all(len(row) == stages[1] for row in result['cka'])
     assert all(0 <= v <= 1 + 1e-9 for row in result['cka'] for v in row)
     assert 0 <= result['student_ece'] <= 100 and result['kl_teacher_student'] >= 0

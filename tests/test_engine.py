@@ -1,4 +1,5 @@
 """engine.train_one_epoch: one teacher pass for every student, sample-weighted epoch means, no host reads per step."""
+
 import numpy as np
 import pytest
 import timm
@@ -27,10 +28,21 @@ def _runs(lr: float = 0.05):
     torch.manual_seed(0)
     teacher = CountingTeacher(timm.create_model('test_vit', num_classes=4, img_size=32))
     runs = []
-    for name, losses, stages in (('test_resnet', ['kd'], (-1,)), ('test_efficientnet', ['kd', 'fitnet'], (2,))):
-        kd_student = create_kd_student(timm.create_model(name, num_classes=4), teacher, losses, input_size=(3, 32, 32),
-                                       student_stages=stages, teacher_stages=stages)
-        task = DistillationTask(kd_student, SoftTargetCrossEntropy(), teacher=teacher, verbose=False)
+    for name, losses, stages in (
+        ('test_resnet', ['kd'], (-1,)),
+        ('test_efficientnet', ['kd', 'fitnet'], (2,)),
+    ):
+        kd_student = create_kd_student(
+            timm.create_model(name, num_classes=4),
+            teacher,
+            losses,
+            input_size=(3, 32, 32),
+            student_stages=stages,
+            teacher_stages=stages,
+        )
+        task = DistillationTask(
+            kd_student, SoftTargetCrossEntropy(), teacher=teacher, verbose=False
+        )
         runs.append(StudentRun(task, torch.optim.SGD(kd_student.parameters(), lr=lr), name=name))
     return teacher, runs
 
@@ -38,13 +50,24 @@ def _runs(lr: float = 0.05):
 def _loader(num_batches: int, last: int = 2):  # mixup needs even batches
     g = torch.Generator().manual_seed(1)
     sizes = [4] * (num_batches - 1) + [last]
-    return [(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 4, (n,), generator=g)) for n in sizes]
+    return [
+        (torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 4, (n,), generator=g))
+        for n in sizes
+    ]
 
 
 def _epoch(runs, teacher, loader, **kwargs):
     mixup = Mixup(mixup_alpha=0.4, cutmix_alpha=1.0, num_classes=4)
-    return train_one_epoch(0, runs, loader, device=torch.device('cpu'), num_epochs=1, teacher=teacher,
-                           mixup_fn=mixup, **kwargs)
+    return train_one_epoch(
+        0,
+        runs,
+        loader,
+        device=torch.device('cpu'),
+        num_epochs=1,
+        teacher=teacher,
+        mixup_fn=mixup,
+        **kwargs,
+    )
 
 
 def test_one_teacher_pass_per_batch_serves_every_student():
@@ -58,12 +81,14 @@ def test_one_teacher_pass_per_batch_serves_every_student():
 
 
 def test_epoch_metrics_are_the_sample_weighted_mean_of_the_steps():
-    teacher, runs = _runs(lr=0.0)  # weights stay put, so each batch's loss can be recomputed afterwards
+    teacher, runs = _runs(
+        lr=0.0
+    )  # weights stay put, so each batch's loss can be recomputed afterwards
     np.random.seed(2)  # timm's Mixup draws from numpy
     metrics = _epoch(runs, teacher, _loader(3))
     np.random.seed(2)  # the same mixup draws
     mixup = Mixup(mixup_alpha=0.4, cutmix_alpha=1.0, num_classes=4)
-    sums, count = [0., 0.], 0
+    sums, count = [0.0, 0.0], 0
     for x, y in _loader(3):  # a fresh copy: mixup mixes in place
         x, y = mixup(x, y)
         for i, run in enumerate(runs):
@@ -76,7 +101,8 @@ def test_epoch_metrics_are_the_sample_weighted_mean_of_the_steps():
 def test_the_step_reads_nothing_back_to_the_host(monkeypatch):
     """Host reads happen at log intervals and at the end of the epoch only: as many for 9 batches as for 3.
 
-    Counts Python-level reads (`.item()`, `bool(t)`, ...); `benchmarks/kd_step.py` counts every sync on CUDA.
+    Counts Python-level reads (`.item()`, `bool(t)`, ...); `benchmarks/kd_step.py` counts every sync
+    on CUDA.
     """
     counts = {}
     for num_batches in (3, 9):
@@ -86,8 +112,13 @@ def test_the_step_reads_nothing_back_to_the_host(monkeypatch):
         with monkeypatch.context() as m:
             for name in HOST_READS:
                 original = getattr(torch.Tensor, name)
-                m.setattr(torch.Tensor, name, lambda self, *a, _f=original, _n=name, **k: reads.append(_n) or
-                          _f(self, *a, **k))
+                m.setattr(
+                    torch.Tensor,
+                    name,
+                    lambda self, *a, _f=original, _n=name, **k: (
+                        reads.append(_n) or _f(self, *a, **k)
+                    ),
+                )
             _epoch(runs, teacher, loader, log_interval=1000)  # logs at the first and the last batch
         counts[num_batches] = len(reads)
     assert counts[3] == counts[9] > 0, counts
@@ -95,14 +126,21 @@ def test_the_step_reads_nothing_back_to_the_host(monkeypatch):
 
 # --- parity with timm's training loop: accumulation, clipping, second-order optimizers ---
 
+
 def _plain_run(opt: str = 'sgd', **run_kwargs):
     """A student without BatchNorm or dropout (test_convnext), trained without a teacher: deterministic."""
     from timm.optim import create_optimizer_v2
+
     torch.manual_seed(0)
-    kd_student = create_kd_student(timm.create_model('test_convnext', num_classes=4), None, [], input_size=(3, 32, 32))
+    kd_student = create_kd_student(
+        timm.create_model('test_convnext', num_classes=4), None, [], input_size=(3, 32, 32)
+    )
     task = DistillationTask(kd_student, nn.CrossEntropyLoss(), verbose=False)
-    optimizer = torch.optim.SGD(kd_student.parameters(), lr=0.1) if opt == 'sgd' else \
-        create_optimizer_v2(kd_student, opt=opt, lr=0.1, weight_decay=0.)
+    optimizer = (
+        torch.optim.SGD(kd_student.parameters(), lr=0.1)
+        if opt == 'sgd'
+        else create_optimizer_v2(kd_student, opt=opt, lr=0.1, weight_decay=0.0)
+    )
     return StudentRun(task, optimizer, **run_kwargs)
 
 
@@ -116,10 +154,12 @@ def test_accumulation_averages_each_window_including_a_short_last_one(num_batche
     fewer batches (5 batches, accumulation 2: windows of 2, 2 and 1) and is averaged over those, as timm does."""
     loader = _loader(num_batches, last=4)
     run = _plain_run()
-    train_one_epoch(0, [run], loader, device=torch.device('cpu'), num_epochs=1, grad_accum_steps=accum)
+    train_one_epoch(
+        0, [run], loader, device=torch.device('cpu'), num_epochs=1, grad_accum_steps=accum
+    )
 
     reference = _plain_run()
-    windows = [loader[i:i + accum] for i in range(0, num_batches, accum)]
+    windows = [loader[i : i + accum] for i in range(0, num_batches, accum)]
     for window in windows:
         loss = sum(reference.task(x, y)['loss'] for x, y in window) / len(window)
         loss.backward()
@@ -145,7 +185,9 @@ def _one_step_update(clip_mode: str, clip_grad: float):
 def test_clip_by_norm_and_by_value():
     updates, grads = _one_step_update('norm', 1e-3)
     assert torch.cat([u.flatten() for u in updates]).norm().item() == pytest.approx(1e-3, rel=1e-3)
-    assert torch.cat([g.flatten() for g in grads]).norm().item() > 1e-2  # the raw gradient was larger
+    assert (
+        torch.cat([g.flatten() for g in grads]).norm().item() > 1e-2
+    )  # the raw gradient was larger
     updates, grads = _one_step_update('value', 1e-4)
     assert max(u.abs().max().item() for u in updates) == pytest.approx(1e-4, rel=1e-2)
 
@@ -156,7 +198,9 @@ def test_adaptive_clipping_leaves_the_classifier_out():
     head_weight, head_bias = updates[-2:]
     torch.testing.assert_close(head_weight, grads[-2], rtol=1e-4, atol=1e-7)  # unclipped
     torch.testing.assert_close(head_bias, grads[-1], rtol=1e-4, atol=1e-7)
-    assert any(not torch.allclose(u, g, rtol=1e-3, atol=1e-7) for u, g in zip(updates[:-2], grads[:-2]))
+    assert any(
+        not torch.allclose(u, g, rtol=1e-3, atol=1e-7) for u, g in zip(updates[:-2], grads[:-2])
+    )
 
 
 def test_second_order_optimizers_get_the_graph_of_the_gradients():

@@ -1,4 +1,5 @@
 """Teacher ensembles: the target against a hand computation, the flag grouping, and a heterogeneous run."""
+
 import csv
 
 import pytest
@@ -10,23 +11,46 @@ from timm_kd.ensemble import EnsembleTeacher, split_teachers
 from timm_kd.train.config import parse_args
 from timm_kd.train.loop import cli, main
 
-FAST = ['--model', 'test_resnet', '--img-size', '32', '-b', '8', '--lr', '0.01', '--warmup-epochs', '0', '-j', '0',
-        '--device', 'cpu', '--epochs', '1']
+FAST = [
+    '--model',
+    'test_resnet',
+    '--img-size',
+    '32',
+    '-b',
+    '8',
+    '--lr',
+    '0.01',
+    '--warmup-epochs',
+    '0',
+    '-j',
+    '0',
+    '--device',
+    'cpu',
+    '--epochs',
+    '1',
+]
 
 
 def _teachers():
     torch.manual_seed(0)
-    cnn = Teacher(timm.create_model('test_resnet', num_classes=5),
-                  InputAdapter((0.5,) * 3, (0.5,) * 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
-    vit = Teacher(timm.create_model('test_vit', num_classes=5, img_size=48),
-                  InputAdapter((0.5,) * 3, (0.5,) * 3, (0.5,) * 3, (0.5,) * 3, size=(48, 48)))
+    cnn = Teacher(
+        timm.create_model('test_resnet', num_classes=5),
+        InputAdapter((0.5,) * 3, (0.5,) * 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    )
+    vit = Teacher(
+        timm.create_model('test_vit', num_classes=5, img_size=48),
+        InputAdapter((0.5,) * 3, (0.5,) * 3, (0.5,) * 3, (0.5,) * 3, size=(48, 48)),
+    )
     return cnn, vit
 
 
 def test_the_ensemble_target_is_the_weighted_mixture_of_the_teachers_probabilities():
     cnn, vit = _teachers()
     x = torch.randn(4, 3, 32, 32)
-    z1, z2 = cnn(x).logits, vit(x).logits  # each through its own preprocessing: other mean/std, 48 px
+    z1, z2 = (
+        cnn(x).logits,
+        vit(x).logits,
+    )  # each through its own preprocessing: other mean/std, 48 px
     prob = EnsembleTeacher([cnn, vit], [1, 3], mode='prob', temperature=2.0)
     expected = 0.25 * (z1 / 2).softmax(-1) + 0.75 * (z2 / 2).softmax(-1)
     assert torch.allclose((prob(x).logits / 2).softmax(-1), expected, atol=1e-6)
@@ -39,41 +63,117 @@ def test_the_ensemble_target_is_the_weighted_mixture_of_the_teachers_probabiliti
 
 
 def test_teacher_flags_belong_to_the_teacher_before_them():
-    rest, teachers = split_teachers(['DATA', '--model', 'm', '--teacher', 'a', '--teacher-checkpoint', 'a.pth',
-                                     '--lr', '0.1', '--teacher=b', '--teacher-kwargs', 'img_size=48',
-                                     '--teacher-input-size', '3', '48', '48', '--teacher-weight', '2'])
+    rest, teachers = split_teachers(
+        [
+            'DATA',
+            '--model',
+            'm',
+            '--teacher',
+            'a',
+            '--teacher-checkpoint',
+            'a.pth',
+            '--lr',
+            '0.1',
+            '--teacher=b',
+            '--teacher-kwargs',
+            'img_size=48',
+            '--teacher-input-size',
+            '3',
+            '48',
+            '48',
+            '--teacher-weight',
+            '2',
+        ]
+    )
     assert rest == ['DATA', '--model', 'm', '--lr', '0.1']
-    assert [(t['name'], t['checkpoint'], t['weight']) for t in teachers] == [('a', 'a.pth', 1.0), ('b', None, 2.0)]
+    assert [(t['name'], t['checkpoint'], t['weight']) for t in teachers] == [
+        ('a', 'a.pth', 1.0),
+        ('b', None, 2.0),
+    ]
     assert teachers[1]['kwargs'] == {'img_size': 48} and teachers[1]['input_size'] == [3, 48, 48]
     assert split_teachers(['DATA', '--teacher', 'a']) == (['DATA', '--teacher', 'a'], None)
 
 
 def test_a_cnn_and_a_vit_teacher_at_different_sizes_train_a_student(image_folder, tmp_path, capsys):
     torch.save(timm.create_model('test_resnet', num_classes=3).state_dict(), tmp_path / 'cnn.pth')
-    torch.save(timm.create_model('test_vit', num_classes=3, img_size=48).state_dict(), tmp_path / 'vit.pth')
-    teachers = ['--teacher', 'test_resnet', '--teacher-checkpoint', str(tmp_path / 'cnn.pth'),
-                '--teacher', 'test_vit', '--teacher-kwargs', 'img_size=48', '--teacher-input-size', '3', '48', '48',
-                '--teacher-checkpoint', str(tmp_path / 'vit.pth'), '--teacher-weight', '2',
-                '--teacher-dtype', 'bfloat16']  # the fast path's bf16 weights, for the ViT only
-    main([image_folder, *FAST, *teachers, '--kd-temperature', '2', '--output', str(tmp_path), '--experiment', 'ens'])
+    torch.save(
+        timm.create_model('test_vit', num_classes=3, img_size=48).state_dict(), tmp_path / 'vit.pth'
+    )
+    teachers = [
+        '--teacher',
+        'test_resnet',
+        '--teacher-checkpoint',
+        str(tmp_path / 'cnn.pth'),
+        '--teacher',
+        'test_vit',
+        '--teacher-kwargs',
+        'img_size=48',
+        '--teacher-input-size',
+        '3',
+        '48',
+        '48',
+        '--teacher-checkpoint',
+        str(tmp_path / 'vit.pth'),
+        '--teacher-weight',
+        '2',
+        '--teacher-dtype',
+        'bfloat16',
+    ]  # the fast path's bf16 weights, for the ViT only
+    main(
+        [
+            image_folder,
+            *FAST,
+            *teachers,
+            '--kd-temperature',
+            '2',
+            '--output',
+            str(tmp_path),
+            '--experiment',
+            'ens',
+        ]
+    )
     with open(tmp_path / 'ens' / 'summary.csv') as f:
         row = next(csv.DictReader(f))
     assert float(row['train_kd_loss']) > 0 and 0 <= float(row['train_teacher_agreement']) <= 100
     reloaded, _ = parse_args([image_folder, '--config', str(tmp_path / 'ens' / 'args.yaml')])
-    assert [t['name'] for t in reloaded.teachers] == ['test_resnet', 'test_vit']  # args.yaml keeps the ensemble
+    assert [t['name'] for t in reloaded.teachers] == [
+        'test_resnet',
+        'test_vit',
+    ]  # args.yaml keeps the ensemble
     assert [t['dtype'] for t in reloaded.teachers] == [None, 'bfloat16']
     with pytest.raises(SystemExit):
         cli([image_folder, *FAST, *teachers, '--kd-loss', 'fitnet', '--output', str(tmp_path)])
-    assert "feature losses need one teacher's feature maps" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        "feature losses need one teacher's feature maps"
+        in capsys.readouterr().err.strip().splitlines()[-1]
+    )
 
 
 def test_the_teacher_cache_stores_the_ensemble_output(image_folder, tmp_path):
     from timm_kd.cache import main as cache_main
+
     torch.save(timm.create_model('test_resnet', num_classes=3).state_dict(), tmp_path / 'cnn.pth')
-    torch.save(timm.create_model('test_vit', num_classes=3, img_size=32).state_dict(), tmp_path / 'vit.pth')
-    flags = [image_folder, *FAST, '--teacher', 'test_resnet', '--teacher-checkpoint', str(tmp_path / 'cnn.pth'),
-             '--teacher', 'test_vit', '--teacher-kwargs', 'img_size=32', '--teacher-checkpoint',
-             str(tmp_path / 'vit.pth'), '--mixup', '0.5', '--output', str(tmp_path)]
+    torch.save(
+        timm.create_model('test_vit', num_classes=3, img_size=32).state_dict(), tmp_path / 'vit.pth'
+    )
+    flags = [
+        image_folder,
+        *FAST,
+        '--teacher',
+        'test_resnet',
+        '--teacher-checkpoint',
+        str(tmp_path / 'cnn.pth'),
+        '--teacher',
+        'test_vit',
+        '--teacher-kwargs',
+        'img_size=32',
+        '--teacher-checkpoint',
+        str(tmp_path / 'vit.pth'),
+        '--mixup',
+        '0.5',
+        '--output',
+        str(tmp_path),
+    ]
     cache_main(['build', *flags, '--top-k', '3', '--out', str(tmp_path / 'cache')])
     main([*flags, '--experiment', 'live'])
     main([*flags, '--teacher-cache', str(tmp_path / 'cache'), '--experiment', 'cached'])

@@ -1,4 +1,5 @@
 """`python -m timm_kd.experiments topk`: the 100-class Fashion-MNIST pairs task it trains on."""
+
 import struct
 
 import numpy as np
@@ -29,7 +30,10 @@ def test_pairs_put_two_items_side_by_side_labelled_by_both_classes(tmp_path):
     for split, prefix in (('train', 'train'), ('validation', 't10k')):
         images, labels = sets[prefix]
         files = sorted((tmp_path / 'pairs' / split).glob('*/*.png'))
-        assert len(files) == len(labels) // 2 and len(list((tmp_path / 'pairs' / split).iterdir())) == 100
+        assert (
+            len(files) == len(labels) // 2
+            and len(list((tmp_path / 'pairs' / split).iterdir())) == 100
+        )
         used = []
         for path in files:
             pair = np.asarray(Image.open(path))
@@ -46,14 +50,29 @@ def test_pairs_put_two_items_side_by_side_labelled_by_both_classes(tmp_path):
 
 def test_the_table_gives_loss_error_and_top1_per_k_and_temperature(tmp_path):
     from timm_kd.experiments.topk import plot, table
-    results = {'teacher': {'top1': 79.0}, 'scratch': {'top1': 64.4},
-               'T=1': {'live': {'top1': 75.0}, 'K=1': {'top1': 71.2}, 'K=100': {'top1': 75.0}},
-               'T=4': {'live': {'top1': 76.0}, 'K=1': {'top1': 60.5}, 'K=100': {'top1': 76.0}},
-               'loss_error': [dict(k=k, temperature=t, relative_error=e) for k, t, e in
-                              ((1, 1.0, 0.5), (1, 4.0, 0.25), (100, 1.0, 0.0), (100, 4.0, 0.0))]}
+
+    results = {
+        'teacher': {'top1': 79.0},
+        'scratch': {'top1': 64.4},
+        'T=1': {'live': {'top1': 75.0}, 'K=1': {'top1': 71.2}, 'K=100': {'top1': 75.0}},
+        'T=4': {'live': {'top1': 76.0}, 'K=1': {'top1': 60.5}, 'K=100': {'top1': 76.0}},
+        'loss_error': [
+            dict(k=k, temperature=t, relative_error=e)
+            for k, t, e in ((1, 1.0, 0.5), (1, 4.0, 0.25), (100, 1.0, 0.0), (100, 4.0, 0.0))
+        ],
+    }
     text = table(results, [1, 100], [1.0, 4.0])
-    assert '| K of 100 | KD loss error, T = 1 | top-1 (%), T = 1 | KD loss error, T = 4 | top-1 (%), T = 4 |' in text
-    assert '| 1 | 50.00% | 71.20 | 25.00% | 60.50 |' in text and '| 100 | 0.00% | 75.00 | 0.00% | 76.00 |' in text
-    assert '| live teacher | - | 75.00 | - | 76.00 |' in text and '| no teacher | - | 64.40 | - | 64.40 |' in text
+    assert (
+        '| K of 100 | KD loss error, T = 1 | top-1 (%), T = 1 | KD loss error, T = 4 | top-1 (%), '
+        'T = 4 |' in text
+    )
+    assert (
+        '| 1 | 50.00% | 71.20 | 25.00% | 60.50 |' in text
+        and '| 100 | 0.00% | 75.00 | 0.00% | 76.00 |' in text
+    )
+    assert (
+        '| live teacher | - | 75.00 | - | 76.00 |' in text
+        and '| no teacher | - | 64.40 | - | 64.40 |' in text
+    )
     plot(results, [1, 100], [1.0, 4.0], str(tmp_path))
     assert (tmp_path / 'topk.png').stat().st_size > 1000

@@ -1,5 +1,6 @@
 """Golden-value tests of the feature losses (fitnet, at, cc, rkd, crd, review) against formulas written out here
 in float64 (explicit loops over pairs and triplets), values and gradients to 1e-6; plus shapes and bfloat16."""
+
 import itertools
 
 import pytest
@@ -33,7 +34,10 @@ def _grads(features):
 
 
 def _check(loss, ref, s_a, s_b):
-    assert loss.ndim == 0 and torch.allclose(loss, ref, atol=1e-6, rtol=0), (float(loss), float(ref))
+    assert loss.ndim == 0 and torch.allclose(loss, ref, atol=1e-6, rtol=0), (
+        float(loss),
+        float(ref),
+    )
     loss.backward()
     ref.backward()
     for a, b in zip(_grads(s_a), _grads(s_b)):
@@ -41,7 +45,10 @@ def _check(loss, ref, s_a, s_b):
 
 
 def _clone(f):
-    return Features([m.detach().clone().requires_grad_() for m in f.maps], f.pre_logits.detach().clone().requires_grad_())
+    return Features(
+        [m.detach().clone().requires_grad_() for m in f.maps],
+        f.pre_logits.detach().clone().requires_grad_(),
+    )
 
 
 def _smooth_l1(x):
@@ -52,12 +59,14 @@ def test_fitnet_regresses_student_maps_onto_teacher_maps():
     s, t, s_spec, t_spec = _pair([(4, 4, 4), (6, 2, 2)], 6, [(3, 4, 4), (5, 4, 4)], 5)
     loss_fn = create_kd_loss('fitnet', student=s_spec, teacher=t_spec).double()
     s2 = _clone(s)
-    ref = 0.
+    ref = 0.0
     for f_s, f_t, reg in zip(s2.maps, t.maps, loss_fn.regressors):
         conv, bn = reg[0], reg[1]
         y = torch.einsum('oc,bchw->bohw', conv.weight[:, :, 0, 0], f_s)
         mean, var = y.mean((0, 2, 3), keepdim=True), y.var((0, 2, 3), unbiased=False, keepdim=True)
-        y = (y - mean) / torch.sqrt(var + bn.eps) * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
+        y = (y - mean) / torch.sqrt(var + bn.eps) * bn.weight.view(1, -1, 1, 1) + bn.bias.view(
+            1, -1, 1, 1
+        )
         if y.shape[-1] != f_t.shape[-1]:
             y = F.interpolate(y, size=f_t.shape[-2:], mode='bilinear', align_corners=False)
         ref = ref + ((y - f_t) ** 2).sum() / f_t.numel()
@@ -67,11 +76,11 @@ def test_fitnet_regresses_student_maps_onto_teacher_maps():
 def test_at_matches_normalized_attention_maps():
     s, t, s_spec, t_spec = _pair([(4, 3, 3), (2, 2, 2)], 6, [(7, 3, 3), (3, 2, 2)], 5)
     s2 = _clone(s)
-    ref = 0.
+    ref = 0.0
     for f_s, f_t in zip(s2.maps, t.maps):
-        q_s, q_t = (f_s ** 2).mean(1).reshape(B, -1), (f_t ** 2).mean(1).reshape(B, -1)
-        q_s = q_s / torch.sqrt((q_s ** 2).sum(1, keepdim=True))
-        q_t = q_t / torch.sqrt((q_t ** 2).sum(1, keepdim=True))
+        q_s, q_t = (f_s**2).mean(1).reshape(B, -1), (f_t**2).mean(1).reshape(B, -1)
+        q_s = q_s / torch.sqrt((q_s**2).sum(1, keepdim=True))
+        q_t = q_t / torch.sqrt((q_t**2).sum(1, keepdim=True))
         ref = ref + ((q_s - q_t) ** 2).mean()
     _check(create_kd_loss('at', student=s_spec, teacher=t_spec)(s, t), 1000 / 2 * ref, s, s2)
 
@@ -89,8 +98,12 @@ def test_cc_correlates_consecutive_embedding_gaps():
 
 def _rkd_relations(e):
     n = len(e)
-    d = torch.stack([torch.stack([(e[i] - e[j]).norm() if i != j else e.new_zeros(()) for j in range(n)])
-                     for i in range(n)])
+    d = torch.stack(
+        [
+            torch.stack([(e[i] - e[j]).norm() if i != j else e.new_zeros(()) for j in range(n)])
+            for i in range(n)
+        ]
+    )
     d = d / d[d > 0].mean()
     a = e.new_zeros(n, n, n)
     for i, j, k in itertools.product(range(n), repeat=3):
@@ -112,8 +125,16 @@ def test_rkd_matches_distance_and_angle_relations():
 def test_crd_nce_values_gradients_and_memory_update():
     n_data, k, dim, tau, mom = 20, 6, 4, 0.07, 0.5
     s, t, s_spec, t_spec = _pair([], 6, [], 9)
-    loss_fn = create_kd_loss('crd', student=s_spec, teacher=t_spec, num_samples=n_data, feat_dim=dim,
-                             num_negatives=k, nce_temperature=tau, momentum=mom).double()
+    loss_fn = create_kd_loss(
+        'crd',
+        student=s_spec,
+        teacher=t_spec,
+        num_samples=n_data,
+        feat_dim=dim,
+        num_negatives=k,
+        nce_temperature=tau,
+        momentum=mom,
+    ).double()
     loss_fn.memory_s, loss_fn.memory_t = loss_fn.memory_s.double(), loss_fn.memory_t.double()
     mem_s, mem_t = loss_fn.memory_s.clone(), loss_fn.memory_t.clone()
     index = torch.tensor([3, 7, 0, 19, 11])
@@ -125,12 +146,18 @@ def test_crd_nce_values_gradients_and_memory_update():
     v_s, v_t = v_s / v_s.norm(dim=1, keepdim=True), v_t / v_t.norm(dim=1, keepdim=True)
 
     def nce(v, memory):
-        p = torch.stack([torch.stack([torch.exp(memory[contrast[i, j]] @ v[i] / tau) for j in range(k + 1)])
-                         for i in range(B)])
+        p = torch.stack(
+            [
+                torch.stack([torch.exp(memory[contrast[i, j]] @ v[i] / tau) for j in range(k + 1)])
+                for i in range(B)
+            ]
+        )
         p = p / (p.detach().mean() * n_data)
         noise = k / n_data
         pos = sum(torch.log(p[i, 0] / (p[i, 0] + noise + 1e-7)) for i in range(B))
-        neg = sum(torch.log(noise / (p[i, j] + noise + 1e-7)) for i in range(B) for j in range(1, k + 1))
+        neg = sum(
+            torch.log(noise / (p[i, j] + noise + 1e-7)) for i in range(B) for j in range(1, k + 1)
+        )
         return -(pos + neg) / B
 
     ref = nce(v_s, mem_t) + nce(v_t, mem_s)
@@ -143,10 +170,14 @@ def test_crd_nce_values_gradients_and_memory_update():
 
 
 def test_crd_memory_travels_in_the_state_dict_and_not_as_a_buffer():
-    loss_fn = create_kd_loss('crd', student=_spec([], 6), teacher=_spec([], 9), num_samples=10, feat_dim=4)
+    loss_fn = create_kd_loss(
+        'crd', student=_spec([], 6), teacher=_spec([], 9), num_samples=10, feat_dim=4
+    )
     assert not any('memory' in name for name, _ in loss_fn.named_buffers())
     state = loss_fn.state_dict()
-    other = create_kd_loss('crd', student=_spec([], 6), teacher=_spec([], 9), num_samples=10, feat_dim=4, seed=1)
+    other = create_kd_loss(
+        'crd', student=_spec([], 6), teacher=_spec([], 9), num_samples=10, feat_dim=4, seed=1
+    )
     assert not torch.equal(other.memory_s, loss_fn.memory_s)
     other.load_state_dict(state)
     assert torch.equal(other.memory_s, loss_fn.memory_s)
@@ -154,11 +185,19 @@ def test_crd_memory_travels_in_the_state_dict_and_not_as_a_buffer():
 
 def test_hierarchical_context_loss_matches_its_formula():
     g = torch.Generator().manual_seed(0)
-    fs = [torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64), torch.randn(2, 3, 1, 1, generator=g, dtype=torch.float64)]
+    fs = [
+        torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64),
+        torch.randn(2, 3, 1, 1, generator=g, dtype=torch.float64),
+    ]
     ft = [torch.randn_like(x) for x in fs]
     # 8x8: full map + pooled 4x4 (1/2), 2x2 (1/4), 1x1 (1/8); 1x1: the map alone
-    level0 = (F.mse_loss(fs[0], ft[0]) + sum(w * F.mse_loss(F.adaptive_avg_pool2d(fs[0], n), F.adaptive_avg_pool2d(ft[0], n))
-                                             for n, w in ((4, .5), (2, .25), (1, .125)))) / 1.875
+    level0 = (
+        F.mse_loss(fs[0], ft[0])
+        + sum(
+            w * F.mse_loss(F.adaptive_avg_pool2d(fs[0], n), F.adaptive_avg_pool2d(ft[0], n))
+            for n, w in ((4, 0.5), (2, 0.25), (1, 0.125))
+        )
+    ) / 1.875
     ref = level0 + F.mse_loss(fs[1], ft[1])
     assert torch.allclose(hierarchical_context_loss(fs, ft), ref, atol=1e-12)
 
@@ -175,7 +214,9 @@ def test_review_outputs_teacher_shapes_and_warms_up():
     assert torch.allclose(half * 2, full)
     full.backward()
     assert all(m.grad is not None and m.grad.abs().sum() > 0 for m in s.maps)
-    assert len(loss_fn.fusions) == 3 and loss_fn.fusions[-1].attention is None  # deepest level: no fusion
+    assert (
+        len(loss_fn.fusions) == 3 and loss_fn.fusions[-1].attention is None
+    )  # deepest level: no fusion
 
 
 @pytest.mark.parametrize('name', ['fitnet', 'at', 'cc', 'rkd', 'crd', 'review'])

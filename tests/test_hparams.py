@@ -1,44 +1,112 @@
 """Every bundled recipe (timm_kd/hparams/) loads through timm-kd-train's parser and matches the paper's tables.
 
-The expected values are transcribed once here from VanillaKD (Hao et al., 2023): Table 2 (A1, A2), Table 12 (B, C),
-Table 8 and the reference README (the published checkpoints), Table 3 (the ResNet-152 hint baselines).
+The expected values are transcribed once here from VanillaKD (Hao et al., 2023): Table 2 (A1, A2),
+Table 12 (B, C), Table 8 and the reference README (the published checkpoints), Table 3 (the
+ResNet-152 hint baselines).
 """
+
 import glob
 import os
 
 import pytest
-
 from conftest import ROOT
+
 from timm_kd import KDError
-from timm_kd.train import parse_args
 from timm_kd.runtime import resolve_lr
+from timm_kd.train import parse_args
 
 HPARAMS = os.path.join(ROOT, 'timm_kd', 'hparams')
 
-TABLE_2_COMMON = dict(input_size=[3, 224, 224], opt='lamb', lr_base=5e-3, lr_base_size=2048, sched='cosine',
-                      warmup_epochs=5, amp=True, model_ema=False, bce_loss=True)
+TABLE_2_COMMON = dict(
+    input_size=[3, 224, 224],
+    opt='lamb',
+    lr_base=5e-3,
+    lr_base_size=2048,
+    sched='cosine',
+    warmup_epochs=5,
+    amp=True,
+    model_ema=False,
+    bce_loss=True,
+)
 TABLE_2 = {
-    'a2.yaml': dict(TABLE_2_COMMON, weight_decay=0.03, smoothing=0.0, drop_path=0.05, aug_repeats=3,
-                    aa='rand-m7-mstd0.5', mixup=0.1, cutmix=1.0, hflip=0.5),
-    'a1.yaml': dict(TABLE_2_COMMON, weight_decay=0.01, smoothing=0.1, drop_path=0.05, aug_repeats=3,
-                    aa='rand-m7-mstd0.5', mixup=0.2, cutmix=1.0, hflip=0.5),
+    'a2.yaml': dict(
+        TABLE_2_COMMON,
+        weight_decay=0.03,
+        smoothing=0.0,
+        drop_path=0.05,
+        aug_repeats=3,
+        aa='rand-m7-mstd0.5',
+        mixup=0.1,
+        cutmix=1.0,
+        hflip=0.5,
+    ),
+    'a1.yaml': dict(
+        TABLE_2_COMMON,
+        weight_decay=0.01,
+        smoothing=0.1,
+        drop_path=0.05,
+        aug_repeats=3,
+        aa='rand-m7-mstd0.5',
+        mixup=0.2,
+        cutmix=1.0,
+        hflip=0.5,
+    ),
 }
 TABLE_12 = {
-    'b.yaml': dict(input_size=[3, 224, 224], lr_base_size=1024, opt='adamw', lr_base=1e-3, sched='cosine',
-                   warmup_epochs=20, amp=True, bce_loss=False, weight_decay=0.05, hflip=0.5, reprob=0.25,
-                   aa='rand-m7-mstd0.5', mixup=0.1, cutmix=1.0),
-    'c_cifar100.yaml': dict(input_size=[3, 32, 32], lr_base_size=512, opt='sgd', lr_base=5e-2, sched='cosine',
-                            warmup_epochs=0, amp=False, bce_loss=False, weight_decay=5e-4, hflip=0.5, reprob=0.0,
-                            mixup=0.1, cutmix=0.0, epochs=2400),
+    'b.yaml': dict(
+        input_size=[3, 224, 224],
+        lr_base_size=1024,
+        opt='adamw',
+        lr_base=1e-3,
+        sched='cosine',
+        warmup_epochs=20,
+        amp=True,
+        bce_loss=False,
+        weight_decay=0.05,
+        hflip=0.5,
+        reprob=0.25,
+        aa='rand-m7-mstd0.5',
+        mixup=0.1,
+        cutmix=1.0,
+    ),
+    'c_cifar100.yaml': dict(
+        input_size=[3, 32, 32],
+        lr_base_size=512,
+        opt='sgd',
+        lr_base=5e-2,
+        sched='cosine',
+        warmup_epochs=0,
+        amp=False,
+        bce_loss=False,
+        weight_decay=5e-4,
+        hflip=0.5,
+        reprob=0.0,
+        mixup=0.1,
+        cutmix=0.0,
+        epochs=2400,
+    ),
 }
 BEIT_B = 'beitv2_base_patch16_224.in1k_ft_in22k_in1k'
 CHECKPOINTS = {  # Table 8 epochs; strategy A1; BEiTv2-B teacher
-    'resnet50_vkd.yaml': dict(TABLE_2['a1.yaml'], model='resnet50', epochs=4800, teacher=BEIT_B, kd_loss=['kd']),
-    'vit_tiny_vkd.yaml': dict(TABLE_2['a1.yaml'], model='vit_tiny_patch16_224', epochs=4800, teacher=BEIT_B),
-    'vit_small_vkd.yaml': dict(TABLE_2['a1.yaml'], model='vit_small_patch16_224', epochs=4800, teacher=BEIT_B),
-    'convnextv2_tiny_vkd.yaml': dict(TABLE_2['a1.yaml'], model='convnextv2_tiny', epochs=1200, teacher=BEIT_B),
-    'resnet50_a2_hint_resnet152.yaml': dict(TABLE_2['a2.yaml'], model='resnet50', epochs=300,
-                                            teacher='resnet152.a1h_in1k', bce_loss=False),
+    'resnet50_vkd.yaml': dict(
+        TABLE_2['a1.yaml'], model='resnet50', epochs=4800, teacher=BEIT_B, kd_loss=['kd']
+    ),
+    'vit_tiny_vkd.yaml': dict(
+        TABLE_2['a1.yaml'], model='vit_tiny_patch16_224', epochs=4800, teacher=BEIT_B
+    ),
+    'vit_small_vkd.yaml': dict(
+        TABLE_2['a1.yaml'], model='vit_small_patch16_224', epochs=4800, teacher=BEIT_B
+    ),
+    'convnextv2_tiny_vkd.yaml': dict(
+        TABLE_2['a1.yaml'], model='convnextv2_tiny', epochs=1200, teacher=BEIT_B
+    ),
+    'resnet50_a2_hint_resnet152.yaml': dict(
+        TABLE_2['a2.yaml'],
+        model='resnet50',
+        epochs=300,
+        teacher='resnet152.a1h_in1k',
+        bce_loss=False,
+    ),
     'resnet50_a1.yaml': dict(TABLE_2['a1.yaml'], model='resnet50'),
     'resnet50_a2.yaml': dict(TABLE_2['a2.yaml'], model='resnet50'),
 }
@@ -46,7 +114,9 @@ EXPECTED = {**TABLE_2, **TABLE_12, **CHECKPOINTS}
 
 
 def test_every_recipe_file_is_checked():
-    assert sorted(os.path.basename(p) for p in glob.glob(os.path.join(HPARAMS, '*.yaml'))) == sorted(EXPECTED)
+    assert sorted(
+        os.path.basename(p) for p in glob.glob(os.path.join(HPARAMS, '*.yaml'))
+    ) == sorted(EXPECTED)
 
 
 @pytest.mark.parametrize('name', sorted(EXPECTED))
@@ -54,26 +124,40 @@ def test_recipe_matches_the_paper(name):
     path = os.path.join(HPARAMS, name)
     args, _ = parse_args(['/data', '--config', path])
     for key, value in EXPECTED[name].items():
-        assert getattr(args, key) == pytest.approx(value) if isinstance(value, float) else getattr(args, key) == value, key
+        assert (
+            getattr(args, key) == pytest.approx(value)
+            if isinstance(value, float)
+            else getattr(args, key) == value
+        ), key
     assert open(path).readline().startswith('# '), 'the header names the table it reproduces'
     assert 'Table' in open(path).read().split('\n\n')[0]
 
 
-@pytest.mark.parametrize('gpus, per_gpu, expected', [(8, 256, 5e-3), (4, 256, 5e-3 * 0.5 ** 0.5), (8, 512, 5e-3 * 2 ** 0.5)])
+@pytest.mark.parametrize(
+    'gpus, per_gpu, expected', [(8, 256, 5e-3), (4, 256, 5e-3 * 0.5**0.5), (8, 512, 5e-3 * 2**0.5)]
+)
 def test_a1_learning_rate_scales_with_the_global_batch(gpus, per_gpu, expected):
-    args, _ = parse_args(['/data', '--config', os.path.join(HPARAMS, 'a1.yaml'), '-b', str(per_gpu)])
-    lr = resolve_lr(args.lr, args.lr_base, args.lr_base_size, per_gpu * gpus, args.opt, args.lr_base_scale)
+    args, _ = parse_args(
+        ['/data', '--config', os.path.join(HPARAMS, 'a1.yaml'), '-b', str(per_gpu)]
+    )
+    lr = resolve_lr(
+        args.lr, args.lr_base, args.lr_base_size, per_gpu * gpus, args.opt, args.lr_base_scale
+    )
     assert lr == pytest.approx(expected)
 
 
 def test_c_learning_rate_scales_linearly_for_sgd():
-    args, _ = parse_args(['/data', '--config', os.path.join(HPARAMS, 'c_cifar100.yaml'), '-b', '128'])
+    args, _ = parse_args(
+        ['/data', '--config', os.path.join(HPARAMS, 'c_cifar100.yaml'), '-b', '128']
+    )
     lr = resolve_lr(args.lr, args.lr_base, args.lr_base_size, 128, args.opt, args.lr_base_scale)
     assert lr == pytest.approx(5e-2 / 4)
 
 
 def test_command_line_overrides_an_inherited_recipe():
-    args, _ = parse_args(['/data', '--config', os.path.join(HPARAMS, 'resnet50_vkd.yaml'), '--epochs', '10'])
+    args, _ = parse_args(
+        ['/data', '--config', os.path.join(HPARAMS, 'resnet50_vkd.yaml'), '--epochs', '10']
+    )
     assert (args.epochs, args.opt, args.model) == (10, 'lamb', 'resnet50')
 
 

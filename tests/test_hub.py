@@ -1,4 +1,5 @@
 """`python -m timm_kd.hub`: export of train_kd.py checkpoints and release files to timm Hub folders, and push."""
+
 import json
 import logging
 import os
@@ -9,9 +10,9 @@ import pytest
 import timm
 import torch
 import yaml
+from conftest import ROOT, fair_convnextv2_layout
 from safetensors.torch import load_file
 
-from conftest import ROOT, fair_convnextv2_layout
 from timm_kd.hub import export, main
 
 sys.path.insert(0, ROOT)
@@ -24,40 +25,117 @@ def kd_checkpoint(image_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp('kdrun')
     vit = out / 'vit.pth'
     torch.save(timm.create_model('test_vit', num_classes=3, img_size=32).state_dict(), vit)
-    train_kd.main([image_folder, '--model', 'test_resnet', '--img-size', '32', '-b', '8', '-j', '0', '--epochs', '1',
-                   '--device', 'cpu',
-                   '--teacher', 'test_vit', '--teacher-kwargs', 'img_size=32', '--teacher-checkpoint', str(vit),
-                   '--kd-loss', 'kd', 'fitnet', '--kd-deep-supervision', '2', '--model-ema', '--model-ema-decay', '0.5',
-                   '--output', str(out), '--experiment', 'kd'])
+    train_kd.main(
+        [
+            image_folder,
+            '--model',
+            'test_resnet',
+            '--img-size',
+            '32',
+            '-b',
+            '8',
+            '-j',
+            '0',
+            '--epochs',
+            '1',
+            '--device',
+            'cpu',
+            '--teacher',
+            'test_vit',
+            '--teacher-kwargs',
+            'img_size=32',
+            '--teacher-checkpoint',
+            str(vit),
+            '--kd-loss',
+            'kd',
+            'fitnet',
+            '--kd-deep-supervision',
+            '2',
+            '--model-ema',
+            '--model-ema-decay',
+            '0.5',
+            '--output',
+            str(out),
+            '--experiment',
+            'kd',
+        ]
+    )
     return out / 'kd' / 'last.pth.tar'
 
 
 def test_export_writes_a_timm_folder_of_the_student_only(kd_checkpoint, tmp_path):
     folder = tmp_path / 'export'
-    main(['export', str(kd_checkpoint), '--model', 'test_resnet', '--out', str(folder), '--top5', '99.5'])
+    main(
+        [
+            'export',
+            str(kd_checkpoint),
+            '--model',
+            'test_resnet',
+            '--out',
+            str(folder),
+            '--top5',
+            '99.5',
+        ]
+    )
     weights = load_file(folder / 'model.safetensors')
     assert set(weights) == set(timm.create_model('test_resnet', num_classes=3).state_dict())
     ckpt = torch.load(kd_checkpoint, map_location='cpu', weights_only=False)
-    assert all(torch.equal(weights[k], v) for k, v in ckpt['state_dict_ema'].items())  # EMA weights by default
+    assert all(
+        torch.equal(weights[k], v) for k, v in ckpt['state_dict_ema'].items()
+    )  # EMA weights by default
     config = json.loads((folder / 'config.json').read_text())
     assert config['architecture'] == 'test_resnet' and config['num_classes'] == 3
     assert config['pretrained_cfg']['input_size'] == [3, 32, 32]
-    assert config['kd'] == {'teacher': 'test_vit', 'kd_loss': 'kd, fitnet', 'epochs': 1, 'top1': round(ckpt['metric'], 3),
-                            'top5': 99.5}
-    assert config['pretrained_cfg']['tag'] == 'kd' and 'license' not in config['pretrained_cfg']  # no borrowed cfg
+    assert config['kd'] == {
+        'teacher': 'test_vit',
+        'kd_loss': 'kd, fitnet',
+        'epochs': 1,
+        'top1': round(ckpt['metric'], 3),
+        'top5': 99.5,
+    }
+    assert (
+        config['pretrained_cfg']['tag'] == 'kd' and 'license' not in config['pretrained_cfg']
+    )  # no borrowed cfg
     card = (folder / 'README.md').read_text()
     front = yaml.safe_load(card.split('---')[1])
     assert front['library_name'] == 'timm' and 'knowledge-distillation' in front['tags']
-    assert 'license' not in front and 'datasets' not in front  # neither is known: a folder's name is no dataset
-    for fact in ('Params (M):', 'GMACs:', 'Activations (M):', 'Image size: train = 32 x 32, test = 32 x 32',
-                 '**Teacher:** `test_vit`', 'hao2023vanillakd', 'rw2019timm', '| test_resnet | test_vit | kd, fitnet |',
-                 '### Image Classification', '### Feature Map Extraction', '### Image Embeddings'):
+    assert (
+        'license' not in front and 'datasets' not in front
+    )  # neither is known: a folder's name is no dataset
+    for fact in (
+        'Params (M):',
+        'GMACs:',
+        'Activations (M):',
+        'Image size: train = 32 x 32, test = 32 x 32',
+        '**Teacher:** `test_vit`',
+        'hao2023vanillakd',
+        'rw2019timm',
+        '| test_resnet | test_vit | kd, fitnet |',
+        '### Image Classification',
+        '### Feature Map Extraction',
+        '### Image Embeddings',
+    ):
         assert fact in card, fact
     raw = tmp_path / 'raw'
-    (tmp_path / 'results.json').write_text(json.dumps({'top1': 71.25, 'top5': 90.5}))  # as timm_kd.validate writes
-    main(['export', str(kd_checkpoint), '--model', 'test_resnet', '--out', str(raw), '--no-ema',
-          '--results', str(tmp_path / 'results.json')])
-    assert torch.equal(load_file(raw / 'model.safetensors')['fc.weight'], ckpt['state_dict']['fc.weight'])
+    (tmp_path / 'results.json').write_text(
+        json.dumps({'top1': 71.25, 'top5': 90.5})
+    )  # as timm_kd.validate writes
+    main(
+        [
+            'export',
+            str(kd_checkpoint),
+            '--model',
+            'test_resnet',
+            '--out',
+            str(raw),
+            '--no-ema',
+            '--results',
+            str(tmp_path / 'results.json'),
+        ]
+    )
+    assert torch.equal(
+        load_file(raw / 'model.safetensors')['fc.weight'], ckpt['state_dict']['fc.weight']
+    )
     assert '| 71.25 | 90.5 |' in (raw / 'README.md').read_text()
 
 
@@ -68,7 +146,9 @@ def test_export_converts_a_fair_convnextv2_release_file(tmp_path):
     assert 'downsample_layers.1.1.weight' in fair and 'stages.0.0.grn.gamma' in fair
     torch.save({'model': fair}, tmp_path / 'convnextv2_atto-release.pth')
     export(str(tmp_path / 'convnextv2_atto-release.pth'), 'convnextv2_atto', str(tmp_path / 'out'))
-    loaded = timm.create_model(f'local-dir:{tmp_path / "out"}', pretrained=True).eval()  # config.json + weights
+    loaded = timm.create_model(
+        f'local-dir:{tmp_path / "out"}', pretrained=True
+    ).eval()  # config.json + weights
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(loaded(x), model(x), atol=1e-5)
@@ -82,7 +162,16 @@ class _Boom:
 def test_export_refuses_pickled_code_and_names_the_fix(tmp_path, capsys):
     torch.save({'state_dict': {'w': torch.zeros(1)}, 'x': _Boom()}, tmp_path / 'evil.pth')
     with pytest.raises(SystemExit) as exit_info:
-        main(['export', str(tmp_path / 'evil.pth'), '--model', 'test_resnet', '--out', str(tmp_path / 'o')])
+        main(
+            [
+                'export',
+                str(tmp_path / 'evil.pth'),
+                '--model',
+                'test_resnet',
+                '--out',
+                str(tmp_path / 'o'),
+            ]
+        )
     out, err = capsys.readouterr()
     assert exit_info.value.code == 2 and 'PWNED' not in out
     assert err.startswith('error: refusing to load') and '--allow-unsafe-pickle' in err
@@ -92,12 +181,17 @@ def test_export_of_a_mismatched_architecture_is_one_line(kd_checkpoint, tmp_path
     with pytest.raises(SystemExit):
         main(['export', str(kd_checkpoint), '--model', 'test_vit', '--out', str(tmp_path / 'o')])
     err = capsys.readouterr().err
-    assert err.startswith("error: checkpoint") and "does not fit 'test_vit'" in err and 'as --model' in err
+    assert (
+        err.startswith('error: checkpoint')
+        and "does not fit 'test_vit'" in err
+        and 'as --model' in err
+    )
     assert len(err.strip().splitlines()) == 1
 
 
 class _RecordingApi:
     """Stands in for huggingface_hub.HfApi: records calls and the uploaded files, talks to no server."""
+
     calls = []
     readme_exists = False
 
@@ -112,6 +206,7 @@ class _RecordingApi:
 
         class Url:
             pass
+
         url = Url()
         url.repo_id = repo_id
         return url
@@ -121,23 +216,45 @@ class _RecordingApi:
 
     def upload_folder(self, repo_id, folder_path, revision=None, commit_message='', **kwargs):
         import os
+
         self.calls.append(('upload_folder', repo_id, revision, sorted(os.listdir(folder_path))))
 
 
-def test_push_creates_the_repo_uploads_the_folder_and_never_shows_the_token(kd_checkpoint, monkeypatch, capsys,
-                                                                              caplog):
+def test_push_creates_the_repo_uploads_the_folder_and_never_shows_the_token(
+    kd_checkpoint, monkeypatch, capsys, caplog
+):
     import huggingface_hub
+
     secret = 'hf_' + 'S3cr3tT0ken' * 3
     monkeypatch.setenv('HF_TOKEN', secret)
     monkeypatch.setattr(huggingface_hub, 'HfApi', _RecordingApi)
     _RecordingApi.calls = []
     with caplog.at_level(logging.DEBUG):
-        main(['push', str(kd_checkpoint), '--model', 'test_resnet', '--repo-id', 'me/test_resnet.kd', '--private',
-              '--revision', 'v1'])
+        main(
+            [
+                'push',
+                str(kd_checkpoint),
+                '--model',
+                'test_resnet',
+                '--repo-id',
+                'me/test_resnet.kd',
+                '--private',
+                '--revision',
+                'v1',
+            ]
+        )
     out, err = capsys.readouterr()
-    assert _RecordingApi.calls == [('HfApi', 'timm'), ('create_repo', 'me/test_resnet.kd', True),
-                                   ('create_branch', 'me/test_resnet.kd', 'v1'),
-                                   ('upload_folder', 'me/test_resnet.kd', 'v1', ['README.md', 'config.json', 'model.safetensors'])]
+    assert _RecordingApi.calls == [
+        ('HfApi', 'timm'),
+        ('create_repo', 'me/test_resnet.kd', True),
+        ('create_branch', 'me/test_resnet.kd', 'v1'),
+        (
+            'upload_folder',
+            'me/test_resnet.kd',
+            'v1',
+            ['README.md', 'config.json', 'model.safetensors'],
+        ),
+    ]
     assert 'pushed to https://huggingface.co/me/test_resnet.kd' in out
     assert secret not in out + err + caplog.text
 
@@ -145,10 +262,14 @@ def test_push_creates_the_repo_uploads_the_folder_and_never_shows_the_token(kd_c
 @pytest.mark.parametrize('overwrite', [False, True])
 def test_push_keeps_an_existing_readme_unless_asked(kd_checkpoint, monkeypatch, overwrite):
     import huggingface_hub
+
     monkeypatch.setattr(huggingface_hub, 'HfApi', _RecordingApi)
     monkeypatch.setattr(_RecordingApi, 'readme_exists', True)
     _RecordingApi.calls = []
-    main(['push', str(kd_checkpoint), '--model', 'test_resnet', '--repo-id', 'me/m'] + ['--overwrite-card'] * overwrite)
+    main(
+        ['push', str(kd_checkpoint), '--model', 'test_resnet', '--repo-id', 'me/m']
+        + ['--overwrite-card'] * overwrite
+    )
     uploaded = _RecordingApi.calls[-1][-1]
     assert ('README.md' in uploaded) == overwrite and 'model.safetensors' in uploaded
 
@@ -158,7 +279,10 @@ def test_push_offline_is_one_line(kd_checkpoint, capsys):
         main(['push', str(kd_checkpoint), '--model', 'test_resnet', '--repo-id', 'me/m'])
     err = capsys.readouterr().err
     assert info.value.code == 2 and len(err.strip().splitlines()) == 1
-    assert err.startswith('error: cannot push to the Hugging Face Hub repo me/m (offline mode is on; unset HF_HUB_OFFLINE')
+    assert err.startswith(
+        'error: cannot push to the Hugging Face Hub repo me/m (offline mode is on; unset '
+        'HF_HUB_OFFLINE'
+    )
 
 
 def test_push_unauthorized_is_one_line(kd_checkpoint):
@@ -173,6 +297,7 @@ def test_push_unauthorized_is_one_line(kd_checkpoint):
             self.send_header('Content-Type', 'application/json')
             self.end_headers()
             self.wfile.write(b'{"error": "Invalid credentials in Authorization header"}')
+
         do_GET = do_POST = do_HEAD = do_PUT = _refuse
 
         def log_message(self, *args):
@@ -180,20 +305,57 @@ def test_push_unauthorized_is_one_line(kd_checkpoint):
 
     server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Refuse)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = dict(os.environ, HF_HUB_OFFLINE='0', HF_ENDPOINT=f'http://127.0.0.1:{server.server_address[1]}',
-               HF_TOKEN='hf_' + 'x' * 34)
-    run = subprocess.run([sys.executable, '-m', 'timm_kd.hub', 'push', str(kd_checkpoint), '--model', 'test_resnet',
-                          '--repo-id', 'me/m'], capture_output=True, text=True, env=env, cwd=ROOT)
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE='0',
+        HF_ENDPOINT=f'http://127.0.0.1:{server.server_address[1]}',
+        HF_TOKEN='hf_' + 'x' * 34,
+    )
+    run = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'timm_kd.hub',
+            'push',
+            str(kd_checkpoint),
+            '--model',
+            'test_resnet',
+            '--repo-id',
+            'me/m',
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     server.shutdown()
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert 'HTTP 401: not authorized' in run.stderr and 'hf auth login' in run.stderr
 
 
-def test_card_snippets_run_and_the_front_matter_carries_the_results(kd_checkpoint, tmp_path, capsys):
+def test_card_snippets_run_and_the_front_matter_carries_the_results(
+    kd_checkpoint, tmp_path, capsys
+):
     """Each code block of the card runs as written, with the Hub id and the example image swapped for local ones."""
     folder = tmp_path / 'export'
-    main(['export', str(kd_checkpoint), '--model', 'test_resnet', '--out', str(folder), '--dataset', 'ImageNet-1k',
-          '--top1', '81.5', '--top5', '95.25', '--license', 'apache-2.0'])
+    main(
+        [
+            'export',
+            str(kd_checkpoint),
+            '--model',
+            'test_resnet',
+            '--out',
+            str(folder),
+            '--dataset',
+            'ImageNet-1k',
+            '--top1',
+            '81.5',
+            '--top5',
+            '95.25',
+            '--license',
+            'apache-2.0',
+        ]
+    )
     capsys.readouterr()
     card = (folder / 'README.md').read_text()
     front = yaml.safe_load(card.split('---')[1])
@@ -202,32 +364,47 @@ def test_card_snippets_run_and_the_front_matter_carries_the_results(kd_checkpoin
     assert result['dataset'] == {'type': 'imagenet-1k', 'name': 'ImageNet-1k'}
     assert [m['value'] for m in result['metrics']] == [81.5, 95.25]
     from PIL import Image
+
     Image.new('RGB', (48, 40), (200, 30, 60)).save(tmp_path / 'image.png')
     blocks = re.findall(r'```python\n(.*?)```', card, re.S)
     assert len(blocks) == 3
     outputs = []
     for code in blocks:
-        assert "hf-hub:ORG/test_resnet" in code
+        assert 'hf-hub:ORG/test_resnet' in code
         code = code.replace('hf-hub:ORG/test_resnet', f'local-dir:{folder}')
         code = re.sub(r"urlopen\('[^']+'\)", f"urlopen('file://{tmp_path}/image.png')", code)
         exec(compile(code, 'card', 'exec'), {})
         outputs.append(capsys.readouterr().out.strip().splitlines())
-    assert len(outputs[0]) == 3 and outputs[0][0].startswith('class ')  # top-5 of a 3-class model: 3 lines
+    assert len(outputs[0]) == 3 and outputs[0][0].startswith(
+        'class '
+    )  # top-5 of a 3-class model: 3 lines
     assert len(outputs[1]) == len(timm.create_model('test_resnet', features_only=True).feature_info)
     assert outputs[2] == ['torch.Size([1, 96])']
 
 
-def test_validate_and_export_use_the_preprocessing_the_checkpoint_records(kd_checkpoint, image_folder, tmp_path):
+def test_validate_and_export_use_the_preprocessing_the_checkpoint_records(
+    kd_checkpoint, image_folder, tmp_path
+):
     """The student trained at 32 px is scored and published at 32 px, not at the architecture's default size."""
     from timm_kd.validate import main as validate_main
+
     assert timm.create_model('test_resnet').pretrained_cfg['input_size'] != (3, 32, 32)
-    result = validate_main([image_folder, '--model', 'test_resnet', '--checkpoint', str(kd_checkpoint), '-j', '0'])
-    assert result['data_config']['input_size'] == [3, 32, 32] and result['data_config']['crop_pct'] == 0.95
+    result = validate_main(
+        [image_folder, '--model', 'test_resnet', '--checkpoint', str(kd_checkpoint), '-j', '0']
+    )
+    assert (
+        result['data_config']['input_size'] == [3, 32, 32]
+        and result['data_config']['crop_pct'] == 0.95
+    )
     main(['export', str(kd_checkpoint), '--model', 'test_resnet', '--out', str(tmp_path / 'e')])
     config = json.loads((tmp_path / 'e' / 'config.json').read_text())['pretrained_cfg']
     assert config['input_size'] == [3, 32, 32] and config['crop_pct'] == 0.95
     loaded = timm.create_model(f'local-dir:{tmp_path / "e"}', pretrained=True)
-    assert timm.data.resolve_data_config({}, model=loaded, use_test_size=True)['input_size'] == (3, 32, 32)
+    assert timm.data.resolve_data_config({}, model=loaded, use_test_size=True)['input_size'] == (
+        3,
+        32,
+        32,
+    )
 
 
 def test_export_refuses_non_finite_weights(kd_checkpoint, tmp_path, capsys):
@@ -235,7 +412,16 @@ def test_export_refuses_non_finite_weights(kd_checkpoint, tmp_path, capsys):
     checkpoint['state_dict_ema']['fc.weight'][0, 0] = float('nan')
     torch.save(checkpoint, tmp_path / 'diverged.pth.tar')
     with pytest.raises(SystemExit):
-        main(['export', str(tmp_path / 'diverged.pth.tar'), '--model', 'test_resnet', '--out', str(tmp_path / 'o')])
+        main(
+            [
+                'export',
+                str(tmp_path / 'diverged.pth.tar'),
+                '--model',
+                'test_resnet',
+                '--out',
+                str(tmp_path / 'o'),
+            ]
+        )
     err = capsys.readouterr().err
     assert 'non-finite weights (fc.weight' in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / 'o').exists()

@@ -1,5 +1,6 @@
 """Golden-value tests of the logit losses (bkd, bkl, dkd, dist, ls): each against the formula written out here
 in float64 (loops and explicit softmax/sigmoid), values and gradients to 1e-6, plus dense mixup targets."""
+
 import pytest
 import torch
 
@@ -28,7 +29,7 @@ def _bkl_ref(s, t, T):
 
 
 def _dkd_ref(s, t, labels, alpha, beta, T):
-    total = 0.
+    total = 0.0
     for i in range(len(s)):
         g = int(labels[i])
         p_s, p_t = _softmax(s[i] / T), _softmax(t[i] / T)
@@ -67,7 +68,9 @@ def _inputs(seed=0):
     t = torch.randn(B, C, generator=g, dtype=torch.float64) * 3
     labels = torch.randint(0, C, (B,), generator=g)
     lam = 0.7  # a mixup row: lam * onehot(y) + (1 - lam) * onehot(flip(y)), smoothed
-    dense = lam * torch.nn.functional.one_hot(labels, C) + (1 - lam) * torch.nn.functional.one_hot(labels.flip(0), C)
+    dense = lam * torch.nn.functional.one_hot(labels, C) + (1 - lam) * torch.nn.functional.one_hot(
+        labels.flip(0), C
+    )
     return s, t, labels, dense.double() * 0.9 + 0.1 / C
 
 
@@ -76,12 +79,23 @@ CASES = [
     ('bkd', dict(temperature=2.0), lambda s, t, y: _bkd_ref(s, t, 2.0)),
     ('bkl', dict(temperature=1.0), lambda s, t, y: _bkl_ref(s, t, 1.0)),
     ('dkd', dict(), lambda s, t, y: _dkd_ref(s, t, y, 1.0, 2.0, 1.0)),
-    ('dkd', dict(alpha=0.5, beta=8.0, temperature=4.0), lambda s, t, y: _dkd_ref(s, t, y, 0.5, 8.0, 4.0)),
+    (
+        'dkd',
+        dict(alpha=0.5, beta=8.0, temperature=4.0),
+        lambda s, t, y: _dkd_ref(s, t, y, 0.5, 8.0, 4.0),
+    ),
     ('dist', dict(), lambda s, t, y: _dist_ref(s, t, 1.0, 1.0, 1.0)),
-    ('dist', dict(beta=2.0, gamma=0.5, temperature=4.0), lambda s, t, y: _dist_ref(s, t, 2.0, 0.5, 4.0)),
+    (
+        'dist',
+        dict(beta=2.0, gamma=0.5, temperature=4.0),
+        lambda s, t, y: _dist_ref(s, t, 2.0, 0.5, 4.0),
+    ),
     ('ls', dict(), lambda s, t, y: _ls_kd_ref(s, t, 2.0)),
-    ('ls', dict(base='dkd', temperature=3.0, beta=4.0),
-     lambda s, t, y: _dkd_ref(_zscore(s), _zscore(t), y, 1.0, 4.0, 3.0)),
+    (
+        'ls',
+        dict(base='dkd', temperature=3.0, beta=4.0),
+        lambda s, t, y: _dkd_ref(_zscore(s), _zscore(t), y, 1.0, 4.0, 3.0),
+    ),
 ]
 
 
@@ -108,7 +122,11 @@ def test_low_precision_inputs_give_a_float32_loss_close_to_float64(name, dtype):
     s_low = s.to(dtype).requires_grad_()
     loss = loss_fn(s_low, t.to(dtype), labels)
     loss.backward()
-    assert loss.dtype == torch.float32 and torch.isfinite(loss) and torch.isfinite(s_low.grad.float()).all()
+    assert (
+        loss.dtype == torch.float32
+        and torch.isfinite(loss)
+        and torch.isfinite(s_low.grad.float()).all()
+    )
     assert s_low.grad.dtype == dtype and s_low.grad.shape == (B, C)
     assert torch.allclose(loss.double(), loss_fn(s, t, labels), rtol=0.05, atol=0.02)
 

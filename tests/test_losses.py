@@ -1,4 +1,5 @@
 """Golden-value tests of the KD losses against the formulas written out by hand in float64."""
+
 import pytest
 import torch
 
@@ -7,11 +8,13 @@ from timm_kd import KDError, create_kd_loss, list_kd_losses
 
 def _kd_reference(s, t, temperature):
     """KL(p_t || p_s) * T^2, summed over classes, mean over batch; softmax spelled out (VanillaKD Sec. 2.1)."""
+
     def softmax(z):
         e = torch.exp(z - z.max(dim=1, keepdim=True).values)
         return e / e.sum(dim=1, keepdim=True)
+
     p_s, p_t = softmax(s / temperature), softmax(t / temperature)
-    return (p_t * (torch.log(p_t) - torch.log(p_s))).sum(dim=1).mean() * temperature ** 2
+    return (p_t * (torch.log(p_t) - torch.log(p_s))).sum(dim=1).mean() * temperature**2
 
 
 @pytest.mark.parametrize('temperature', [1.0, 2.0, 4.0])

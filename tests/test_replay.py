@@ -1,4 +1,5 @@
 """Replayable views: the same batches, augmentation included, whatever the number of loader workers."""
+
 import random
 
 import torch
@@ -9,15 +10,40 @@ from timm_kd.train.build import dataset_options, loader_options
 from timm_kd.train.config import parse_args
 from timm_kd.train.reliability import reseed
 
-AUG = ['--aa', 'rand-m9-mstd0.5', '--reprob', '0.5', '--color-jitter', '0.4', '--scale', '0.2', '1.0', '-b', '8']
+AUG = [
+    '--aa',
+    'rand-m9-mstd0.5',
+    '--reprob',
+    '0.5',
+    '--color-jitter',
+    '0.4',
+    '--scale',
+    '0.2',
+    '1.0',
+    '-b',
+    '8',
+]
 
 
 def _epoch_batches(image_folder, workers, epoch, extra=(), prefetcher=False, between=0):
     args, _ = parse_args([image_folder, *AUG, '-j', str(workers), *extra])
     train, _ = create_datasets(dataset_options(args))
-    cfg = dict(input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, interpolation='bilinear', crop_pct=1.0)
-    loader, _, _ = create_loaders(loader_options(args), ReplayableViews(train, seed=7), None, cfg, 3,
-                                  torch.device('cpu'), prefetcher=prefetcher)
+    cfg = dict(
+        input_size=(3, 32, 32),
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        interpolation='bilinear',
+        crop_pct=1.0,
+    )
+    loader, _, _ = create_loaders(
+        loader_options(args),
+        ReplayableViews(train, seed=7),
+        None,
+        cfg,
+        3,
+        torch.device('cpu'),
+        prefetcher=prefetcher,
+    )
     assert make_replayable(loader)
     torch.rand(workers + 1)  # what the process drew before the epoch does not matter
     reseed(7, epoch)  # as the training loop does at each epoch start: it fixes the sampler's order
@@ -25,7 +51,10 @@ def _epoch_batches(image_folder, workers, epoch, extra=(), prefetcher=False, bet
     batches = []
     for x, y in loader:
         batches.append((x.clone(), y.clone()))
-        random.random(), torch.rand(between)  # what a training step draws (dropout, ...) between batches
+        (
+            random.random(),
+            torch.rand(between),
+        )  # what a training step draws (dropout, ...) between batches
     return batches
 
 
@@ -45,7 +74,9 @@ def test_the_prefetchers_batch_erasing_replays_too(image_folder):
     for (xa, ya), (xb, yb) in zip(plain, other):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     erased = torch.cat([(a != b).flatten(1).any(1) for (a, _), (b, _) in zip(plain, unerased)])
-    assert 0.2 < erased.float().mean() < 0.8  # --reprob 0.5: about half the images have an erased patch
+    assert (
+        0.2 < erased.float().mean() < 0.8
+    )  # --reprob 0.5: about half the images have an erased patch
 
 
 def test_views_change_with_the_epoch_and_the_seed(image_folder):

@@ -1,4 +1,5 @@
 """DurableCheckpointSaver: at every instant a loadable last.pth.tar; full disk and NaN weights keep the old one."""
+
 import os
 
 import pytest
@@ -25,8 +26,14 @@ class _Task:
 def _saver(tmp_path):
     model = timm.create_model('test_resnet', num_classes=3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    return DurableCheckpointSaver(model=model, optimizer=optimizer, checkpoint_dir=str(tmp_path),
-                                  recovery_dir=str(tmp_path), max_history=2, task=_Task(model)), model
+    return DurableCheckpointSaver(
+        model=model,
+        optimizer=optimizer,
+        checkpoint_dir=str(tmp_path),
+        recovery_dir=str(tmp_path),
+        max_history=2,
+        task=_Task(model),
+    ), model
 
 
 def _last_epoch(tmp_path):
@@ -41,7 +48,10 @@ def test_a_crash_at_any_step_leaves_a_loadable_last_checkpoint(tmp_path, monkeyp
 
     def crash(*args, **kwargs):  # the process dies here: nothing after this step happens
         raise SystemExit('killed')
-    target = {'write': (torch, 'save'), 'fsync': (os, 'fsync'), 'replace': (os, 'replace')}[crash_at]
+
+    target = {'write': (torch, 'save'), 'fsync': (os, 'fsync'), 'replace': (os, 'replace')}[
+        crash_at
+    ]
     monkeypatch.setattr(*target, crash)
     with pytest.raises(SystemExit):
         saver.save_checkpoint(1, metric=2.0)
@@ -60,25 +70,39 @@ def test_last_is_never_deleted_before_the_new_file_is_in_place(tmp_path, monkeyp
     def replace(src, dst):
         seen.append(os.path.exists(tmp_path / 'last.pth.tar'))  # at each rename, last still exists
         real_replace(src, dst)
+
     monkeypatch.setattr(os, 'replace', replace)
     saver.save_checkpoint(1, metric=2.0)
     assert seen and all(seen)
 
 
-def test_a_full_disk_is_one_line_keeps_the_previous_checkpoint_and_removes_the_temp_file(tmp_path, monkeypatch):
+def test_a_full_disk_is_one_line_keeps_the_previous_checkpoint_and_removes_the_temp_file(
+    tmp_path, monkeypatch
+):
     saver, _ = _saver(tmp_path)
     saver.save_checkpoint(0, metric=1.0)
 
     def full_disk(obj, f, *args, **kwargs):
         f.write(b'PK\x03\x04partial')
-        raise RuntimeError('[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file '
-                           'data/12: file write failed')
+        raise RuntimeError(
+            '[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file '
+            'data/12: file write failed'
+        )
+
     monkeypatch.setattr(torch, 'save', full_disk)
     with pytest.raises(KDError) as info:
         saver.save_checkpoint(1, metric=2.0)
     message = str(info.value)
-    assert 'cannot write checkpoint' in message and 'free disk space' in message and '\n' not in message
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['checkpoint-0.pth.tar', 'last.pth.tar', 'model_best.pth.tar']
+    assert (
+        'cannot write checkpoint' in message
+        and 'free disk space' in message
+        and '\n' not in message
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        'checkpoint-0.pth.tar',
+        'last.pth.tar',
+        'model_best.pth.tar',
+    ]
     monkeypatch.undo()
     assert _last_epoch(tmp_path) == 0
 
@@ -93,4 +117,6 @@ def test_non_finite_weights_are_never_written(tmp_path):
         saver.save_checkpoint(1, metric=2.0)
     with pytest.raises(NonFiniteError):
         saver.save_recovery(1, batch_idx=3)
-    assert (tmp_path / 'last.pth.tar').read_bytes() == before and not list(tmp_path.glob('recovery*'))
+    assert (tmp_path / 'last.pth.tar').read_bytes() == before and not list(
+        tmp_path.glob('recovery*')
+    )

@@ -1,4 +1,5 @@
 """DistillationTask: the loss it returns, what it trains and what it saves."""
+
 import pytest
 import timm
 import torch
@@ -11,8 +12,12 @@ def _task(**kwargs):
     torch.manual_seed(0)
     student = timm.create_model('test_resnet', num_classes=4)
     teacher = Teacher(timm.create_model('test_vit', num_classes=4, img_size=32))
-    return DistillationTask(KDStudent(student, {'kd': create_kd_loss('kd')}), nn.CrossEntropyLoss(), teacher=teacher,
-                            **kwargs)
+    return DistillationTask(
+        KDStudent(student, {'kd': create_kd_loss('kd')}),
+        nn.CrossEntropyLoss(),
+        teacher=teacher,
+        **kwargs,
+    )
 
 
 def test_loss_is_weighted_sum_of_components():
@@ -22,7 +27,9 @@ def test_loss_is_weighted_sum_of_components():
     assert torch.allclose(out['loss'], 0.5 * out['task_loss'] + 2.0 * out['kd_loss'])
     student_logits = task.trainable_module.student(x)
     teacher_logits = task.teacher(x).logits
-    assert torch.allclose(out['kd_loss'], create_kd_loss('kd')(student_logits, teacher_logits, y), atol=1e-5)
+    assert torch.allclose(
+        out['kd_loss'], create_kd_loss('kd')(student_logits, teacher_logits, y), atol=1e-5
+    )
 
 
 def test_zero_hard_label_weight_drops_the_term():

@@ -1,18 +1,24 @@
 """The teacher: input conversion, freezing, weights from checkpoints, and the errors for bad teachers."""
+
 import pytest
 import timm
 import torch
 
 from timm_kd import InputAdapter, KDError, Teacher, create_teacher
 
-STUDENT = dict(student_mean=(0.5, 0.5, 0.5), student_std=(0.5, 0.5, 0.5), student_input_size=(3, 32, 32))
+STUDENT = dict(
+    student_mean=(0.5, 0.5, 0.5), student_std=(0.5, 0.5, 0.5), student_input_size=(3, 32, 32)
+)
 
 
 def test_adapter_renormalizes_from_student_to_teacher_statistics():
     raw = torch.rand(2, 3, 8, 8)
     s_mean, s_std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
     t_mean, t_std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
-    view = lambda v: v.view(1, 3, 1, 1)
+
+    def view(v):
+        return v.view(1, 3, 1, 1)
+
     adapter = InputAdapter(s_mean.tolist(), s_std.tolist(), t_mean.tolist(), t_std.tolist())
     out = adapter((raw - view(s_mean)) / view(s_std))
     assert adapter.renormalize
@@ -28,11 +34,15 @@ def test_adapter_is_identity_when_preprocessing_matches():
 
 @pytest.mark.parametrize('size', [(16, 16), (4, 6)])
 def test_adapter_resizes_to_teacher_resolution(size):
-    adapter = InputAdapter((0.5,) * 3, (0.5,) * 3, (0.5,) * 3, (0.5,) * 3, size=size, interpolation='bilinear')
+    adapter = InputAdapter(
+        (0.5,) * 3, (0.5,) * 3, (0.5,) * 3, (0.5,) * 3, size=size, interpolation='bilinear'
+    )
     x = torch.full((2, 3, 8, 8), 0.25)
     out = adapter(x)
     assert out.shape == (2, 3, *size)
-    assert torch.allclose(out, torch.full_like(out, 0.25), atol=1e-6)  # a constant image stays constant
+    assert torch.allclose(
+        out, torch.full_like(out, 0.25), atol=1e-6
+    )  # a constant image stays constant
 
 
 def test_teacher_stays_frozen_in_eval_mode_without_autograd():
@@ -51,7 +61,10 @@ def test_teacher_returns_intermediate_features_on_request():
     x = torch.randn(2, 3, 32, 32)
     out = teacher(x, stages=[3, 1])
     assert torch.allclose(out.logits, teacher(x).logits, atol=1e-5)
-    assert [tuple(f.shape[1:]) for f in out.features.maps] == [(192, 2, 2), (32, 8, 8)]  # in the order asked
+    assert [tuple(f.shape[1:]) for f in out.features.maps] == [
+        (192, 2, 2),
+        (32, 8, 8),
+    ]  # in the order asked
     assert out.features.pre_logits.shape == (2, 96)
 
 
@@ -60,8 +73,14 @@ def test_teacher_dtype_and_channels_last(dtype, tmp_path):
     model = timm.create_model('test_resnet', num_classes=4)
     path = tmp_path / 't.pth'
     torch.save(model.state_dict(), path)
-    teacher = create_teacher('test_resnet', num_classes=4, checkpoint=str(path), dtype=dtype, channels_last=True,
-                             **STUDENT)
+    teacher = create_teacher(
+        'test_resnet',
+        num_classes=4,
+        checkpoint=str(path),
+        dtype=dtype,
+        channels_last=True,
+        **STUDENT,
+    )
     assert next(teacher.model.parameters()).dtype == getattr(torch, dtype)
     reference = model.eval()(torch.ones(2, 3, 32, 32))
     assert torch.allclose(teacher(torch.ones(2, 3, 32, 32)).logits.float(), reference, atol=0.1)
@@ -73,12 +92,18 @@ def test_inference_mode_outputs_can_enter_the_student_loss_and_equal_no_grad():
     fast = teacher(x, stages=[1])
     assert not fast.logits.is_inference() and not fast.features.maps[0].is_inference()
     student_logits = torch.randn(2, 5, requires_grad=True)
-    kl = torch.nn.functional.kl_div(student_logits.log_softmax(-1), fast.logits.softmax(-1), reduction='batchmean')
+    kl = torch.nn.functional.kl_div(
+        student_logits.log_softmax(-1), fast.logits.softmax(-1), reduction='batchmean'
+    )
     kl.backward()
-    assert student_logits.grad is not None  # an inference tensor saved for backward would raise here
+    assert (
+        student_logits.grad is not None
+    )  # an inference tensor saved for backward would raise here
     teacher.inference_mode = False
     slow = teacher(x, stages=[1])
-    assert torch.equal(fast.logits, slow.logits) and torch.equal(fast.features.maps[0], slow.features.maps[0])
+    assert torch.equal(fast.logits, slow.logits) and torch.equal(
+        fast.features.maps[0], slow.features.maps[0]
+    )
 
 
 def test_forward_many_serves_each_student_its_stages_from_one_pass():
@@ -101,23 +126,33 @@ def _counted(fn, calls):
     def wrapper(*args, **kwargs):
         calls.append(1)
         return fn(*args, **kwargs)
+
     return wrapper
 
 
 @pytest.mark.parametrize('size', [(16, 16), (64, 48)])
 def test_adapter_resize_commutes_with_renormalization(size):
     """The adapter renormalizes on the smaller side of the resize; both orders must agree."""
-    adapter = InputAdapter((0.5, 0.4, 0.3), (0.2, 0.25, 0.3), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
-                           size=size, interpolation='bicubic')
+    adapter = InputAdapter(
+        (0.5, 0.4, 0.3),
+        (0.2, 0.25, 0.3),
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        size=size,
+        interpolation='bicubic',
+    )
     x = torch.randn(2, 3, 32, 32)
     renormalized_first = torch.nn.functional.interpolate(
-        adapter._affine(x), size=size, mode='bicubic', align_corners=False, antialias=size[0] < 32)
+        adapter._affine(x), size=size, mode='bicubic', align_corners=False, antialias=size[0] < 32
+    )
     assert torch.allclose(adapter(x), renormalized_first, atol=1e-5)
 
 
 def test_compiled_teacher_matches_eager_and_compiles_once():
-    teacher = Teacher(timm.create_model('test_resnet', num_classes=5),
-                      InputAdapter((0.5,) * 3, (0.5,) * 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+    teacher = Teacher(
+        timm.create_model('test_resnet', num_classes=5),
+        InputAdapter((0.5,) * 3, (0.5,) * 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    )
     x = torch.randn(2, 3, 32, 32)
     eager = teacher(x).logits
     compiled = teacher.compile().compile()._compiled
@@ -130,31 +165,49 @@ def test_compile_mode_becomes_inductor_options_next_to_freezing(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, 'compile', lambda fn, **kwargs: calls.append(kwargs) or fn)
     Teacher(timm.create_model('test_resnet', num_classes=5)).compile(mode='reduce-overhead')
-    assert calls[0]['mode'] is None and calls[0]['options'] == {'triton.cudagraphs': True, 'freezing': True}
-    Teacher(timm.create_model('test_resnet', num_classes=5)).compile(backend='eager', mode='reduce-overhead')
+    assert calls[0]['mode'] is None and calls[0]['options'] == {
+        'triton.cudagraphs': True,
+        'freezing': True,
+    }
+    Teacher(timm.create_model('test_resnet', num_classes=5)).compile(
+        backend='eager', mode='reduce-overhead'
+    )
     assert calls[1]['mode'] == 'reduce-overhead' and 'options' not in calls[1]
 
 
 def test_checkpoint_teacher_loads_ema_weights_and_uses_student_preprocessing(tmp_path):
-    raw, ema = timm.create_model('test_resnet', num_classes=4), timm.create_model('test_resnet', num_classes=4)
+    raw, ema = (
+        timm.create_model('test_resnet', num_classes=4),
+        timm.create_model('test_resnet', num_classes=4),
+    )
     path = tmp_path / 'last.pth.tar'
     torch.save({'state_dict': raw.state_dict(), 'state_dict_ema': ema.state_dict()}, path)
     teacher = create_teacher('test_resnet', num_classes=4, checkpoint=str(path), **STUDENT)
     assert torch.equal(teacher.model.fc.weight, ema.fc.weight)
     assert not teacher.adapter.renormalize and teacher.adapter.size == (32, 32)
-    teacher = create_teacher('test_resnet', num_classes=4, checkpoint=str(path), use_ema=False, **STUDENT)
+    teacher = create_teacher(
+        'test_resnet', num_classes=4, checkpoint=str(path), use_ema=False, **STUDENT
+    )
     assert torch.equal(teacher.model.fc.weight, raw.fc.weight)
 
 
 def test_tagged_teacher_uses_its_pretrained_cfg_and_flags_override(tmp_path):
     path = tmp_path / 't.pth'
     torch.save(timm.create_model('test_resnet', num_classes=3).state_dict(), path)
-    kwargs = dict(num_classes=3, checkpoint=str(path), student_mean=(0.1, 0.2, 0.3), student_std=(0.2,) * 3,
-                  student_input_size=(3, 32, 32))
+    kwargs = dict(
+        num_classes=3,
+        checkpoint=str(path),
+        student_mean=(0.1, 0.2, 0.3),
+        student_std=(0.2,) * 3,
+        student_input_size=(3, 32, 32),
+    )
     teacher = create_teacher('test_resnet.r160_in1k', **kwargs)
-    assert teacher.adapter.size == (160, 160) and teacher.adapter.renormalize  # cfg: 160px, mean/std 0.5
-    teacher = create_teacher('test_resnet.r160_in1k', input_size=[48, 48], mean=[0.1, 0.2, 0.3], std=[0.2] * 3,
-                             **kwargs)
+    assert (
+        teacher.adapter.size == (160, 160) and teacher.adapter.renormalize
+    )  # cfg: 160px, mean/std 0.5
+    teacher = create_teacher(
+        'test_resnet.r160_in1k', input_size=[48, 48], mean=[0.1, 0.2, 0.3], std=[0.2] * 3, **kwargs
+    )
     assert teacher.adapter.size == (48, 48) and not teacher.adapter.renormalize
 
 
@@ -173,7 +226,9 @@ def test_checkpoint_of_another_architecture_is_an_error(tmp_path):
 
 
 def test_teacher_without_weights_offline_is_an_error_never_a_random_teacher():
-    with pytest.raises(KDError, match="no pretrained weights for teacher 'test_resnet'.*--teacher-checkpoint"):
+    with pytest.raises(
+        KDError, match="no pretrained weights for teacher 'test_resnet'.*--teacher-checkpoint"
+    ):
         create_teacher('test_resnet', num_classes=1000, **STUDENT)
 
 

@@ -1,4 +1,5 @@
 """Guards on the timm API timm-kd builds on: these fail loudly when a timm release changes it."""
+
 import inspect
 
 import timm
@@ -12,9 +13,19 @@ def test_timm_version_is_in_the_tested_range():
 
 
 def test_training_task_hooks_we_rely_on_exist():
-    for name in ('prepare_distributed', 'compile', 'setup_ema', 'update_ema', 'has_ema', 'get_eval_model',
-                 'get_checkpoint_state', 'load_checkpoint_state', 'no_sync', 'create_evaluator',
-                 'get_clip_parameters'):
+    for name in (
+        'prepare_distributed',
+        'compile',
+        'setup_ema',
+        'update_ema',
+        'has_ema',
+        'get_eval_model',
+        'get_checkpoint_state',
+        'load_checkpoint_state',
+        'no_sync',
+        'create_evaluator',
+        'get_clip_parameters',
+    ):
         assert callable(getattr(TrainingTask, name)), name
 
 
@@ -25,5 +36,13 @@ def test_checkpoint_saver_and_resume_take_a_task():
 
 def test_classification_loss_factory_arguments():
     from timm.loss import create_classification_loss
+
     params = inspect.signature(create_classification_loss).parameters
-    assert {'loss_type', 'smoothing', 'soft_targets', 'bce_target_thresh', 'bce_sum', 'pos_weight'} <= set(params)
+    assert {
+        'loss_type',
+        'smoothing',
+        'soft_targets',
+        'bce_target_thresh',
+        'bce_sum',
+        'pos_weight',
+    } <= set(params)

@@ -1,4 +1,5 @@
 """timm-kd-train argument parsing: timm flag names, timm KD aliases, YAML configs and their errors."""
+
 import json
 import os
 
@@ -18,26 +19,48 @@ def test_defaults_follow_the_paper():
 
 
 def test_timm_kd_flags_keep_timms_meaning():
-    args, _ = parse_args(['/d', '--kd-model-name', 'vit_base', '--distill-loss-weight', '3', '--task-loss-weight', '0'])
+    args, _ = parse_args(
+        [
+            '/d',
+            '--kd-model-name',
+            'vit_base',
+            '--distill-loss-weight',
+            '3',
+            '--task-loss-weight',
+            '0',
+        ]
+    )
     assert (args.teacher, args.kd_loss_weight, args.ori_loss_weight) == ('vit_base', [3.0], 0.0)
     # timm's complementary mode: --task-loss-weight alone gives the KD term 1 - W
     args, _ = parse_args(['/d', '--kd-model-name', 'vit_base', '--task-loss-weight', '0.3'])
     assert (args.ori_loss_weight, args.kd_loss_weight) == (0.3, [pytest.approx(0.7)])
     # a timm KD command left at its defaults distills at timm's T=4 with weights 1:1 ...
     args, _ = parse_args(['/d', '--kd-model-name', 'vit_base'])
-    assert kd_loss_config(args) == ({'kd': 1.0}, {'kd': {'temperature': 4.0}}) and args.ori_loss_weight == 1.0
+    assert (
+        kd_loss_config(args) == ({'kd': 1.0}, {'kd': {'temperature': 4.0}})
+        and args.ori_loss_weight == 1.0
+    )
     # ... ours at the paper's T=1; an explicit temperature wins in both
-    assert kd_loss_config(parse_args(['/d', '--teacher', 'vit_base'])[0]) == ({'kd': 1.0}, {'kd': {}})
+    assert kd_loss_config(parse_args(['/d', '--teacher', 'vit_base'])[0]) == (
+        {'kd': 1.0},
+        {'kd': {}},
+    )
     args, _ = parse_args(['/d', '--kd-model-name', 'vit_base', '--kd-temperature', '1'])
     assert kd_loss_config(args)[1] == {'kd': {'temperature': 1.0}}
 
 
-@pytest.mark.parametrize('argv, message', [
-    (['--teacher', 'a', '--kd-model-name', 'b'], 'name two teachers'),
-    (['--ori-loss-weight', '1', '--task-loss-weight', '0.3'], 'both set the hard-label weight'),
-    (['--kd-loss-weight', '2', '--distill-loss-weight', '3'], 'both set the KD weight'),
-    (['--kd-temperature', '0'], "--kd-temperature 0.0 is not valid for the 'kd' loss: it must be positive"),
-])
+@pytest.mark.parametrize(
+    'argv, message',
+    [
+        (['--teacher', 'a', '--kd-model-name', 'b'], 'name two teachers'),
+        (['--ori-loss-weight', '1', '--task-loss-weight', '0.3'], 'both set the hard-label weight'),
+        (['--kd-loss-weight', '2', '--distill-loss-weight', '3'], 'both set the KD weight'),
+        (
+            ['--kd-temperature', '0'],
+            "--kd-temperature 0.0 is not valid for the 'kd' loss: it must be positive",
+        ),
+    ],
+)
 def test_conflicting_weight_flags_are_one_line_errors(argv, message):
     with pytest.raises(KDError, match=message):
         parse_args(['/d', '--teacher', 'a', *argv] if '--teacher' not in argv else ['/d', *argv])
@@ -45,50 +68,96 @@ def test_conflicting_weight_flags_are_one_line_errors(argv, message):
 
 def test_yaml_config_sets_defaults_and_command_line_wins(tmp_path):
     cfg = tmp_path / 'c.yaml'
-    cfg.write_text('opt: lamb\nlr_base: 5.0e-3\nlr_base_size: 2048\nbce_loss: true\nmixup: 0.1\n'
-                   'kd_model_name: beitv2_base_patch16_224.in1k_ft_in22k_in1k\ndistill_loss_weight: 2\n'
-                   'kd_loss_kwargs: {}\nscale: [0.08, 1.0]\nkd_loss: dkd\ndkd_beta: 8\n')
+    cfg.write_text(
+        'opt: lamb\nlr_base: 5.0e-3\nlr_base_size: 2048\nbce_loss: true\nmixup: 0.1\n'
+        'kd_model_name: beitv2_base_patch16_224.in1k_ft_in22k_in1k\ndistill_loss_weight: 2\n'
+        'kd_loss_kwargs: {}\nscale: [0.08, 1.0]\nkd_loss: dkd\ndkd_beta: 8\n'
+    )
     args, _ = parse_args(['/d', '--config', str(cfg), '--mixup', '0.2'])
     assert (args.opt, args.lr_base, args.lr_base_size, args.bce_loss) == ('lamb', 5e-3, 2048, True)
-    assert args.teacher == 'beitv2_base_patch16_224.in1k_ft_in22k_in1k' and args.kd_loss_weight == [2]
+    assert args.teacher == 'beitv2_base_patch16_224.in1k_ft_in22k_in1k' and args.kd_loss_weight == [
+        2
+    ]
     assert args.mixup == 0.2
     # kd_model_name is timm's teacher flag, so timm's temperature default (4) applies
     assert kd_loss_config(args) == ({'dkd': 2}, {'dkd': {'temperature': 4.0, 'beta': 8}})
 
 
 def test_kwargs_flags_parse_python_literals():
-    args, _ = parse_args(['/d', '--model-kwargs', 'channels=(32,64)', 'stem_width=32', '--kd-loss', 'dkd',
-                          '--kd-loss-kwargs', 'alpha=0.5'])
-    assert args.model_kwargs == {'channels': (32, 64), 'stem_width': 32} and args.kd_loss_kwargs == {'alpha': 0.5}
+    args, _ = parse_args(
+        [
+            '/d',
+            '--model-kwargs',
+            'channels=(32,64)',
+            'stem_width=32',
+            '--kd-loss',
+            'dkd',
+            '--kd-loss-kwargs',
+            'alpha=0.5',
+        ]
+    )
+    assert args.model_kwargs == {
+        'channels': (32, 64),
+        'stem_width': 32,
+    } and args.kd_loss_kwargs == {'alpha': 0.5}
 
 
 def test_several_losses_with_weights_flags_and_kwargs():
-    args, _ = parse_args(['/d', '--kd-loss', 'kd', 'dkd', 'rkd', '--kd-loss-weight', '1', '0.5', '2',
-                          '--kd-temperature', '4', '--dkd-beta', '8', '--rkd-angle-weight', '0',
-                          '--kd-loss-kwargs', 'alpha=2', 'rkd.distance_weight=10', 'dkd.temperature=1'])
+    args, _ = parse_args(
+        [
+            '/d',
+            '--kd-loss',
+            'kd',
+            'dkd',
+            'rkd',
+            '--kd-loss-weight',
+            '1',
+            '0.5',
+            '2',
+            '--kd-temperature',
+            '4',
+            '--dkd-beta',
+            '8',
+            '--rkd-angle-weight',
+            '0',
+            '--kd-loss-kwargs',
+            'alpha=2',
+            'rkd.distance_weight=10',
+            'dkd.temperature=1',
+        ]
+    )
     weights, kwargs = kd_loss_config(args)
     assert weights == {'kd': 1.0, 'dkd': 0.5, 'rkd': 2.0}
     # --kd-temperature goes to every loss with a temperature; name.key=value wins over every other source
-    assert kwargs == {'kd': {'temperature': 4.0}, 'dkd': {'temperature': 1, 'alpha': 2, 'beta': 8.0},
-                      'rkd': {'angle_weight': 0.0, 'distance_weight': 10}}
+    assert kwargs == {
+        'kd': {'temperature': 4.0},
+        'dkd': {'temperature': 1, 'alpha': 2, 'beta': 8.0},
+        'rkd': {'angle_weight': 0.0, 'distance_weight': 10},
+    }
 
 
-@pytest.mark.parametrize('argv, message', [
-    (['--kd-loss', 'kd', 'dkd', '--kd-loss-weight', '1', '2', '3'], '3 values for 2 losses'),
-    (['--kd-loss', 'kd', 'kd'], 'lists a loss twice'),
-    (['--kd-loss', 'kd', '--kd-loss-kwargs', 'beta=1'], "none of \\['kd'\\] takes 'beta'"),
-    (['--kd-loss', 'kd', '--kd-loss-kwargs', 'dkd.beta=1'], "'dkd' is not in --kd-loss"),
-])
+@pytest.mark.parametrize(
+    'argv, message',
+    [
+        (['--kd-loss', 'kd', 'dkd', '--kd-loss-weight', '1', '2', '3'], '3 values for 2 losses'),
+        (['--kd-loss', 'kd', 'kd'], 'lists a loss twice'),
+        (['--kd-loss', 'kd', '--kd-loss-kwargs', 'beta=1'], "none of \\['kd'\\] takes 'beta'"),
+        (['--kd-loss', 'kd', '--kd-loss-kwargs', 'dkd.beta=1'], "'dkd' is not in --kd-loss"),
+    ],
+)
 def test_bad_loss_combinations(argv, message):
     with pytest.raises(KDError, match=message):
         parse_args(['/d', *argv])
 
 
-@pytest.mark.parametrize('content, message', [
-    ('not_a_flag: 1\n', r"unknown keys \['not_a_flag'\]"),
-    ('opt: [unclosed\n', 'not valid YAML'),
-    ('- a\n- b\n', 'must be a mapping'),
-])
+@pytest.mark.parametrize(
+    'content, message',
+    [
+        ('not_a_flag: 1\n', r"unknown keys \['not_a_flag'\]"),
+        ('opt: [unclosed\n', 'not valid YAML'),
+        ('- a\n- b\n', 'must be a mapping'),
+    ],
+)
 def test_bad_config_files(tmp_path, content, message):
     cfg = tmp_path / 'c.yaml'
     cfg.write_text(content)
@@ -107,10 +176,23 @@ def test_missing_config_unknown_loss_and_checkpoint_without_teacher(tmp_path):
 
 def test_teacher_fast_turns_on_each_part_of_the_fast_path():
     args, _ = parse_args(['/d', '--teacher', 'resnet50.a1_in1k', '--teacher-fast'])
-    assert (args.teacher_dtype, args.teacher_channels_last, args.teacher_compile) == ('bfloat16', True, 'inductor')
+    assert (args.teacher_dtype, args.teacher_channels_last, args.teacher_compile) == (
+        'bfloat16',
+        True,
+        'inductor',
+    )
     assert args.teacher_inference_mode
-    args, _ = parse_args(['/d', '--teacher', 'resnet50.a1_in1k', '--teacher-fast', '--teacher-dtype', 'float16',
-                          '--no-teacher-inference-mode'])
+    args, _ = parse_args(
+        [
+            '/d',
+            '--teacher',
+            'resnet50.a1_in1k',
+            '--teacher-fast',
+            '--teacher-dtype',
+            'float16',
+            '--no-teacher-inference-mode',
+        ]
+    )
     assert (args.teacher_dtype, args.teacher_inference_mode) == ('float16', False)
 
 
@@ -118,11 +200,23 @@ def test_teacher_fast_turns_on_each_part_of_the_fast_path():
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
 with open(os.path.join(DATA, 'timm_train_flags.json')) as _f:
-    TIMM_FLAGS = json.load(_f)  # every flag of timm's train.py: names, dest, nargs, default, action, type
+    TIMM_FLAGS = json.load(
+        _f
+    )  # every flag of timm's train.py: names, dest, nargs, default, action, type
 SAMPLE = {'int': '3', 'float': '0.5', None: 'x', 'str': 'x'}
 # timm flags that cannot apply to distillation: accepted (configs load) but refused with one line when used
-REFUSED = {'torchscript', 'aug_splits', 'jsd_loss', 'split_bn', 'naflex_loader', 'tta', 'kd_distill_type',
-           'kd_loss_type', 'kd_student_feature_dim', 'kd_teacher_feature_dim'}
+REFUSED = {
+    'torchscript',
+    'aug_splits',
+    'jsd_loss',
+    'split_bn',
+    'naflex_loader',
+    'tta',
+    'kd_distill_type',
+    'kd_loss_type',
+    'kd_student_feature_dim',
+    'kd_teacher_feature_dim',
+}
 
 
 def _value(flag: dict) -> list:
@@ -151,27 +245,44 @@ def test_every_timm_train_flag_is_accepted(flag):
     for spelling in flag['flags']:
         argv = ['/d', spelling, *_value(flag)]
         if flag['dest'] in REFUSED:
-            with pytest.raises(KDError, match=f'--{flag["dest"].replace("_", "-")} is not supported by timm-kd: '):
+            with pytest.raises(
+                KDError, match=f'--{flag["dest"].replace("_", "-")} is not supported by timm-kd: '
+            ):
                 parse_args(argv)
             continue
         _, text = parse_args(argv)
         raw = yaml.safe_load(text)
         value = _value(flag)
-        expected = True if flag['action'] == 'StoreTrueAction' else {'a': 1} if value == ['a=1'] else raw[flag['dest']]
+        expected = (
+            True
+            if flag['action'] == 'StoreTrueAction'
+            else {'a': 1}
+            if value == ['a=1']
+            else raw[flag['dest']]
+        )
         assert raw[flag['dest']] == expected
         if flag['action'] == 'StoreAction' and flag['type'] in ('int', 'float'):
             kind = int if flag['type'] == 'int' else float
             parsed = raw[flag['dest']]
-            assert all(isinstance(v, kind) for v in (parsed if isinstance(parsed, list) else [parsed]))
+            assert all(
+                isinstance(v, kind) for v in (parsed if isinstance(parsed, list) else [parsed])
+            )
 
 
 def test_an_args_yaml_written_by_timm_loads_unchanged_with_timms_meaning():
     """tests/data/timm_args.yaml: what timm's train.py writes for `train.py /data/imagenet --model resnet50
-    --kd-model-name resnet152.a1h_in1k --task-loss-weight 0.3 --amp --lr 0.5 --mixup 0.2 --opt-kwargs
+    --kd-model-name resnet152.a1h_in1k --task-loss-weight 0.3 --amp --lr 0.5 --mixup 0.2
+    --opt-kwargs
     foreach=True --log-wandb` (every key of its parser)."""
     args, _ = parse_args(['--config', os.path.join(DATA, 'timm_args.yaml')])
     assert (args.data_dir, args.model, args.teacher, args.amp, args.lr, args.mixup) == (
-        '/data/imagenet', 'resnet50', 'resnet152.a1h_in1k', True, 0.5, 0.2)
+        '/data/imagenet',
+        'resnet50',
+        'resnet152.a1h_in1k',
+        True,
+        0.5,
+        0.2,
+    )
     assert (args.opt_kwargs, args.log_wandb, args.device) == ({'foreach': True}, True, 'cuda')
     # timm's distillation: task weight 0.3, distill weight 1 - 0.3, temperature 4
     assert args.ori_loss_weight == 0.3
@@ -179,30 +290,63 @@ def test_an_args_yaml_written_by_timm_loads_unchanged_with_timms_meaning():
 
 
 def test_our_args_yaml_reloads_to_the_same_run(tmp_path):
-    argv = ['/data', '--model', 'resnet18', '--teacher', 'resnet50.a1_in1k', '--kd-loss', 'kd', 'dkd',
-            '--kd-loss-weight', '1', '0.5', '--dkd-beta', '8', '--opt-kwargs', 'foreach=False', '--train-fraction',
-            '0.5', '--train-fraction-keep-steps', '--epochs', '10', '--task-loss-weight', '0.4']
+    argv = [
+        '/data',
+        '--model',
+        'resnet18',
+        '--teacher',
+        'resnet50.a1_in1k',
+        '--kd-loss',
+        'kd',
+        'dkd',
+        '--kd-loss-weight',
+        '1',
+        '0.5',
+        '--dkd-beta',
+        '8',
+        '--opt-kwargs',
+        'foreach=False',
+        '--train-fraction',
+        '0.5',
+        '--train-fraction-keep-steps',
+        '--epochs',
+        '10',
+        '--task-loss-weight',
+        '0.4',
+    ]
     args, text = parse_args(argv)
     saved = yaml.safe_load(text)
-    saved.update(distributed=False, prefetcher=True, rank=0, world_size=1)  # what a finished run may add
+    saved.update(
+        distributed=False, prefetcher=True, rank=0, world_size=1
+    )  # what a finished run may add
     (tmp_path / 'args.yaml').write_text(yaml.safe_dump(saved))
     again, text_again = parse_args(['--config', str(tmp_path / 'args.yaml')])
     assert vars(again) == {**vars(args), 'config': str(tmp_path / 'args.yaml')}
-    assert again.epochs == 20 and again.ori_loss_weight == 0.4  # derived once, from the flags as given
+    assert (
+        again.epochs == 20 and again.ori_loss_weight == 0.4
+    )  # derived once, from the flags as given
     assert kd_loss_config(again) == kd_loss_config(args)
 
 
 def test_older_key_names_load(tmp_path):
-    (tmp_path / 'old.yaml').write_text('opt_args: {foreach: true}\nteacher_pretrained: t.pth\nteacher: resnet50\n')
+    (tmp_path / 'old.yaml').write_text(
+        'opt_args: {foreach: true}\nteacher_pretrained: t.pth\nteacher: resnet50\n'
+    )
     args, _ = parse_args(['/d', '--config', str(tmp_path / 'old.yaml')])
     assert (args.opt_kwargs, args.teacher_checkpoint) == ({'foreach': True}, 't.pth')
 
 
-@pytest.mark.parametrize('content, message', [
-    ('crd_num_negatives: 8.5\n', 'crd_num_negatives must be int, got 8.5'),
-    ('weight_decay: 5e-4\n', "weight_decay must be float, got '5e-4'"),  # YAML 1.1 reads 5e-4 as text
-    ('epochs: 10\nno_such_key: 1\nother: 2\n', r"unknown keys \['no_such_key', 'other'\]"),
-])
+@pytest.mark.parametrize(
+    'content, message',
+    [
+        ('crd_num_negatives: 8.5\n', 'crd_num_negatives must be int, got 8.5'),
+        (
+            'weight_decay: 5e-4\n',
+            "weight_decay must be float, got '5e-4'",
+        ),  # YAML 1.1 reads 5e-4 as text
+        ('epochs: 10\nno_such_key: 1\nother: 2\n', r"unknown keys \['no_such_key', 'other'\]"),
+    ],
+)
 def test_bad_yaml_values_are_one_line_errors(tmp_path, content, message):
     (tmp_path / 'c.yaml').write_text(content)
     with pytest.raises(KDError, match=message):
@@ -222,8 +366,11 @@ def test_help_gives_every_flag_a_line_and_its_default():
     for action in parser._actions:
         if action.option_strings and action.dest != 'help':
             assert action.help, action.dest
-            assert 'default' in parser._get_formatter()._get_help_string(action) or 'if unset' in action.help \
-                or 'if empty' in action.help, action.dest
+            assert (
+                'default' in parser._get_formatter()._get_help_string(action)
+                or 'if unset' in action.help
+                or 'if empty' in action.help
+            ), action.dest
     assert '--task-loss-weight TASK_LOSS_WEIGHT weight of the hard-label loss (timm)' in text
     assert "--dkd-beta V dkd's beta (the loss's default: 2.0)" in text
 

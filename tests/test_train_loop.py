@@ -1,4 +1,5 @@
 """`timm_kd.train` (timm-kd-train, train_kd.py) end to end on a tiny ImageFolder with timm's test_* models, on CPU."""
+
 import csv
 import os
 import subprocess
@@ -7,21 +8,46 @@ import sys
 import pytest
 import torch
 import yaml
-
 from conftest import ROOT
+
 from timm_kd import Teacher
 from timm_kd.checkpoint import safe_globals
 
 sys.path.insert(0, ROOT)
 import train_kd  # noqa: E402
 
-FAST = ['--img-size', '32', '-b', '8', '--lr', '0.01', '--warmup-epochs', '0', '-j', '0', '--log-interval', '2',
-        '--device', 'cpu']  # explicit: the tests compare CPU tensors, also on a CUDA machine
+FAST = [
+    '--img-size',
+    '32',
+    '-b',
+    '8',
+    '--lr',
+    '0.01',
+    '--warmup-epochs',
+    '0',
+    '-j',
+    '0',
+    '--log-interval',
+    '2',
+    '--device',
+    'cpu',
+]  # explicit: the tests compare CPU tensors, also on a CUDA machine
 
 
 def _run(image_folder, out, name, *extra):
-    return train_kd.main([image_folder, '--model', 'test_resnet', *FAST, '--output', str(out), '--experiment', name,
-                          *extra])
+    return train_kd.main(
+        [
+            image_folder,
+            '--model',
+            'test_resnet',
+            *FAST,
+            '--output',
+            str(out),
+            '--experiment',
+            name,
+            *extra,
+        ]
+    )
 
 
 def _summary(path):
@@ -58,16 +84,50 @@ def test_our_checkpoints_load_with_weights_only(teacher_run):
 
 def test_kd_run_from_teacher_checkpoint_then_resume(teacher_run, image_folder):
     teacher = str(teacher_run / 'teacher' / 'last.pth.tar')
-    kd = ['--teacher', 'test_resnet', '--teacher-checkpoint', teacher, '--mixup', '0.2', '--cutmix', '1.0',
-          '--bce-loss', '--kd-temperature', '2', '--model-ema', '--model-ema-decay', '0.5']
+    kd = [
+        '--teacher',
+        'test_resnet',
+        '--teacher-checkpoint',
+        teacher,
+        '--mixup',
+        '0.2',
+        '--cutmix',
+        '1.0',
+        '--bce-loss',
+        '--kd-temperature',
+        '2',
+        '--model-ema',
+        '--model-ema-decay',
+        '0.5',
+    ]
     _run(image_folder, teacher_run, 'kd', '--epochs', '1', *kd)
     folder = teacher_run / 'kd'
     rows = _summary(folder / 'summary.csv')
-    assert len(rows) == 1 and float(rows[0]['train_kd_loss']) > 0 and float(rows[0]['train_task_loss']) > 0
-    assert abs(float(rows[0]['train_loss']) - float(rows[0]['train_kd_loss']) - float(rows[0]['train_task_loss'])) < 1e-4
+    assert (
+        len(rows) == 1
+        and float(rows[0]['train_kd_loss']) > 0
+        and float(rows[0]['train_task_loss']) > 0
+    )
+    assert (
+        abs(
+            float(rows[0]['train_loss'])
+            - float(rows[0]['train_kd_loss'])
+            - float(rows[0]['train_task_loss'])
+        )
+        < 1e-4
+    )
     first = _load(folder / 'last.pth.tar')['state_dict']
 
-    _run(image_folder, teacher_run, 'kd', '--epochs', '2', *kd, '--resume', str(folder / 'last.pth.tar'))
+    _run(
+        image_folder,
+        teacher_run,
+        'kd',
+        '--epochs',
+        '2',
+        *kd,
+        '--resume',
+        str(folder / 'last.pth.tar'),
+    )
     rows = _summary(folder / 'summary.csv')
     assert [r['epoch'] for r in rows] == ['0', '1']  # resumed at epoch 1, did not redo epoch 0
     resumed = _load(folder / 'last.pth.tar')
@@ -78,31 +138,73 @@ def test_kd_run_from_teacher_checkpoint_then_resume(teacher_run, image_folder):
 def test_heterogeneous_teacher_with_other_preprocessing(teacher_run, image_folder, tmp_path):
     """A ViT teacher at another resolution and normalization, hard-label loss off (KD only)."""
     import timm
+
     vit = timm.create_model('test_vit', num_classes=3, img_size=48)
     torch.save(vit.state_dict(), tmp_path / 'vit.pth')
-    _run(image_folder, tmp_path, 'hetero', '--epochs', '1', '--teacher', 'test_vit',
-         '--teacher-checkpoint', str(tmp_path / 'vit.pth'), '--teacher-kwargs', 'img_size=48',
-         '--teacher-input-size', '48', '48',
-         '--teacher-mean', '0.1', '0.2', '0.3', '--teacher-std', '0.3', '0.3', '0.3', '--ori-loss-weight', '0')
+    _run(
+        image_folder,
+        tmp_path,
+        'hetero',
+        '--epochs',
+        '1',
+        '--teacher',
+        'test_vit',
+        '--teacher-checkpoint',
+        str(tmp_path / 'vit.pth'),
+        '--teacher-kwargs',
+        'img_size=48',
+        '--teacher-input-size',
+        '48',
+        '48',
+        '--teacher-mean',
+        '0.1',
+        '0.2',
+        '0.3',
+        '--teacher-std',
+        '0.3',
+        '0.3',
+        '0.3',
+        '--ori-loss-weight',
+        '0',
+    )
     rows = _summary(tmp_path / 'hetero' / 'summary.csv')
-    assert 'train_task_loss' not in rows[0] and float(rows[0]['train_loss']) == float(rows[0]['train_kd_loss'])
+    assert 'train_task_loss' not in rows[0] and float(rows[0]['train_loss']) == float(
+        rows[0]['train_kd_loss']
+    )
 
 
 def _cli(*args, env=None):
-    return subprocess.run([sys.executable, os.path.join(ROOT, 'train_kd.py'), *args], capture_output=True,
-                          text=True, cwd=ROOT, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'train_kd.py'), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
 
 
-@pytest.mark.parametrize('extra, message', [
-    (['--kd-loss', 'nope'], "error: unknown --kd-loss 'nope'"),
-    (['--kd-loss', 'kd', 'dkd', '--kd-loss-weight', '1', '2', '3'], 'error: --kd-loss-weight has 3 values'),
-    (['--teacher', 'test_resnet'], "error: no pretrained weights for teacher 'test_resnet'"),
-    (['--teacher', 'test_resnet', '--teacher-checkpoint', '/nonexistent.pth'], 'error: checkpoint not found'),
-    (['--resume', '/nonexistent.pth'], 'error: --resume checkpoint not found'),
-])
+@pytest.mark.parametrize(
+    'extra, message',
+    [
+        (['--kd-loss', 'nope'], "error: unknown --kd-loss 'nope'"),
+        (
+            ['--kd-loss', 'kd', 'dkd', '--kd-loss-weight', '1', '2', '3'],
+            'error: --kd-loss-weight has 3 values',
+        ),
+        (['--teacher', 'test_resnet'], "error: no pretrained weights for teacher 'test_resnet'"),
+        (
+            ['--teacher', 'test_resnet', '--teacher-checkpoint', '/nonexistent.pth'],
+            'error: checkpoint not found',
+        ),
+        (['--resume', '/nonexistent.pth'], 'error: --resume checkpoint not found'),
+    ],
+)
 def test_cli_bad_input_is_one_line_error(image_folder, tmp_path, extra, message):
     env = dict(os.environ, HF_HOME=str(tmp_path / 'hf'))
-    result = _cli(image_folder, '--model', 'test_resnet', *FAST, '--output', str(tmp_path), *extra, env=env)
+    result = _cli(
+        image_folder, '--model', 'test_resnet', *FAST, '--output', str(tmp_path), *extra, env=env
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(message)
     assert 'Traceback' not in result.stderr
@@ -110,37 +212,101 @@ def test_cli_bad_input_is_one_line_error(image_folder, tmp_path, extra, message)
 
 def test_missing_dataset_is_one_line_error(tmp_path):
     result = _cli(str(tmp_path / 'nothing'), '--model', 'test_resnet')
-    assert result.returncode == 2 and "error: dataset folder" in result.stderr
+    assert result.returncode == 2 and 'error: dataset folder' in result.stderr
 
 
 def test_torchrun_two_processes_gloo(vit_teacher, image_folder, tmp_path):
     """DDP with learnable KD parts (fitnet regressors, CRD embeddings and all-gathered memory, an aux head), and an
     EMA whose BatchNorm statistics are shared across the processes after the epoch."""
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29517',
-           os.path.join(ROOT, 'train_kd.py'), image_folder, '--model', 'test_resnet', *FAST, '--epochs', '1',
-           *vit_teacher, '--kd-loss', 'kd', 'fitnet', 'crd', *STAGES, '--kd-deep-supervision', '2',
-           '--crd-num-negatives', '8', '--aug-repeats', '2', '--model-ema', '--output', str(tmp_path),
-           '--experiment', 'ddp']
+    cmd = [
+        sys.executable,
+        '-m',
+        'torch.distributed.run',
+        '--nproc_per_node=2',
+        '--master_port=29517',
+        os.path.join(ROOT, 'train_kd.py'),
+        image_folder,
+        '--model',
+        'test_resnet',
+        *FAST,
+        '--epochs',
+        '1',
+        *vit_teacher,
+        '--kd-loss',
+        'kd',
+        'fitnet',
+        'crd',
+        *STAGES,
+        '--kd-deep-supervision',
+        '2',
+        '--crd-num-negatives',
+        '8',
+        '--aug-repeats',
+        '2',
+        '--model-ema',
+        '--output',
+        str(tmp_path),
+        '--experiment',
+        'ddp',
+    ]
     env = dict(os.environ, OMP_NUM_THREADS='1')
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = _summary(tmp_path / 'ddp' / 'summary.csv')
-    assert len(rows) == 1 and all(float(rows[0][f'train_{k}_loss']) > 0 for k in ('kd', 'fitnet', 'crd', 'aux'))
+    assert len(rows) == 1 and all(
+        float(rows[0][f'train_{k}_loss']) > 0 for k in ('kd', 'fitnet', 'crd', 'aux')
+    )
 
 
-def test_ddp_two_processes_train_as_one_at_the_same_global_batch(vit_teacher, image_folder, tmp_path):
+def test_ddp_two_processes_train_as_one_at_the_same_global_batch(
+    vit_teacher, image_folder, tmp_path
+):
     """A student without BatchNorm, no augmentation: 2 gloo processes x 24 images train exactly as 1 x 48 (one
     update per epoch over the whole set, so the sampler's split cannot matter), epoch losses to 1e-4."""
-    flags = [image_folder, '--model', 'test_vit', '--model-kwargs', 'img_size=32', *FAST, '--no-aug', '--epochs', '3',
-             *vit_teacher, '--kd-loss', 'kd', '--output', str(tmp_path)]
+    flags = [
+        image_folder,
+        '--model',
+        'test_vit',
+        '--model-kwargs',
+        'img_size=32',
+        *FAST,
+        '--no-aug',
+        '--epochs',
+        '3',
+        *vit_teacher,
+        '--kd-loss',
+        'kd',
+        '--output',
+        str(tmp_path),
+    ]
     _run_flags = flags + ['-b', '48', '--experiment', 'one']
     train_kd.main(_run_flags)
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29519',
-           os.path.join(ROOT, 'train_kd.py'), *flags, '-b', '24', '--experiment', 'two']
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS='1'),
-                            timeout=300)
+    cmd = [
+        sys.executable,
+        '-m',
+        'torch.distributed.run',
+        '--nproc_per_node=2',
+        '--master_port=29519',
+        os.path.join(ROOT, 'train_kd.py'),
+        *flags,
+        '-b',
+        '24',
+        '--experiment',
+        'two',
+    ]
+    result = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS='1'),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    one, two = _summary(tmp_path / 'one' / 'summary.csv'), _summary(tmp_path / 'two' / 'summary.csv')
+    one, two = (
+        _summary(tmp_path / 'one' / 'summary.csv'),
+        _summary(tmp_path / 'two' / 'summary.csv'),
+    )
     assert len(one) == len(two) == 3
     for a, b in zip(one, two):
         for key in ('train_loss', 'train_kd_loss', 'eval_loss'):
@@ -150,98 +316,234 @@ def test_ddp_two_processes_train_as_one_at_the_same_global_batch(vit_teacher, im
 def test_teacher_agreement_is_a_summary_column(vit_teacher, image_folder, tmp_path):
     """A student that is the teacher (same weights, no BatchNorm or dropout, lr ~0) agrees on every training view."""
     checkpoint = vit_teacher[vit_teacher.index('--teacher-checkpoint') + 1]
-    _run(image_folder, tmp_path, 'same', '--epochs', '1', *vit_teacher, '--model', 'test_vit', '--model-kwargs',
-         'img_size=32', '--initial-checkpoint', checkpoint, '--lr', '1e-12', '--weight-decay', '0', '--mixup', '0.5')
+    _run(
+        image_folder,
+        tmp_path,
+        'same',
+        '--epochs',
+        '1',
+        *vit_teacher,
+        '--model',
+        'test_vit',
+        '--model-kwargs',
+        'img_size=32',
+        '--initial-checkpoint',
+        checkpoint,
+        '--lr',
+        '1e-12',
+        '--weight-decay',
+        '0',
+        '--mixup',
+        '0.5',
+    )
     assert float(_summary(tmp_path / 'same' / 'summary.csv')[0]['train_teacher_agreement']) == 100.0
 
 
 def test_more_processes_than_gpus_is_one_line(monkeypatch):
     from timm_kd import KDError
     from timm_kd.runtime import init_process
+
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
     monkeypatch.setenv('LOCAL_WORLD_SIZE', '2')
-    with pytest.raises(KDError, match=r'torchrun started 2 processes on this machine but it has 1 GPU\(s\); pass '
-                                      r'--nproc_per_node 1, or --device cpu'):
+    with pytest.raises(
+        KDError,
+        match=r'torchrun started 2 processes on this machine but it has 1 GPU\(s\); pass '
+        r'--nproc_per_node 1, or --device cpu',
+    ):
         init_process(None)
 
 
 @pytest.fixture(scope='module')
 def vit_teacher(tmp_path_factory):
     import timm
+
     path = tmp_path_factory.mktemp('vit') / 'vit.pth'
     torch.save(timm.create_model('test_vit', num_classes=3, img_size=32).state_dict(), path)
-    return ['--teacher', 'test_vit', '--teacher-kwargs', 'img_size=32', '--teacher-checkpoint', str(path)]
+    return [
+        '--teacher',
+        'test_vit',
+        '--teacher-kwargs',
+        'img_size=32',
+        '--teacher-checkpoint',
+        str(path),
+    ]
 
 
 STAGES = ['--kd-student-stages', '2', '3', '--kd-teacher-stages', '1', '3']
 
 
-@pytest.mark.parametrize('method', ['kd', 'bkd', 'bkl', 'dkd', 'dist', 'ls', 'fitnet', 'at', 'cc', 'rkd', 'crd', 'review'])
-def test_every_method_trains_a_resnet_student_from_a_vit_teacher(method, vit_teacher, image_folder, tmp_path):
-    extra = {'crd': ['--crd-num-negatives', '8'], 'review': ['--review-warmup-epochs', '0']}.get(method, [])
-    _run(image_folder, tmp_path, method, '--epochs', '1', '--mixup', '0.2', *vit_teacher, '--kd-loss', method,
-         *STAGES, *extra)
+@pytest.mark.parametrize(
+    'method',
+    ['kd', 'bkd', 'bkl', 'dkd', 'dist', 'ls', 'fitnet', 'at', 'cc', 'rkd', 'crd', 'review'],
+)
+def test_every_method_trains_a_resnet_student_from_a_vit_teacher(
+    method, vit_teacher, image_folder, tmp_path
+):
+    extra = {'crd': ['--crd-num-negatives', '8'], 'review': ['--review-warmup-epochs', '0']}.get(
+        method, []
+    )
+    _run(
+        image_folder,
+        tmp_path,
+        method,
+        '--epochs',
+        '1',
+        '--mixup',
+        '0.2',
+        *vit_teacher,
+        '--kd-loss',
+        method,
+        *STAGES,
+        *extra,
+    )
     row = _summary(tmp_path / method / 'summary.csv')[0]
     assert float(row[f'train_{method}_loss']) > 0
-    assert abs(float(row['train_loss']) - float(row['train_task_loss']) - float(row[f'train_{method}_loss'])) < 1e-4
+    assert (
+        abs(
+            float(row['train_loss'])
+            - float(row['train_task_loss'])
+            - float(row[f'train_{method}_loss'])
+        )
+        < 1e-4
+    )
 
 
-def test_feature_losses_and_deep_supervision_save_parts_apart_and_resume(vit_teacher, image_folder, tmp_path):
+def test_feature_losses_and_deep_supervision_save_parts_apart_and_resume(
+    vit_teacher, image_folder, tmp_path
+):
     import timm
-    args = ['--kd-loss', 'kd', 'fitnet', 'crd', '--kd-loss-weight', '1', '0.5', '0.1', *STAGES,
-            '--kd-deep-supervision', '2', '3', '--crd-num-negatives', '8', *vit_teacher]
+
+    args = [
+        '--kd-loss',
+        'kd',
+        'fitnet',
+        'crd',
+        '--kd-loss-weight',
+        '1',
+        '0.5',
+        '0.1',
+        *STAGES,
+        '--kd-deep-supervision',
+        '2',
+        '3',
+        '--crd-num-negatives',
+        '8',
+        *vit_teacher,
+    ]
     _run(image_folder, tmp_path, 'fd', '--epochs', '1', *args)
     ckpt = _load(tmp_path / 'fd' / 'last.pth.tar')
-    assert set(ckpt['state_dict']) == set(timm.create_model('test_resnet', num_classes=3).state_dict())
+    assert set(ckpt['state_dict']) == set(
+        timm.create_model('test_resnet', num_classes=3).state_dict()
+    )
     kd_state = ckpt['task_state']['kd_losses']
-    assert any(k.startswith('fitnet.regressors') for k in kd_state) and 'crd._extra_state' in kd_state
-    assert set(ckpt['task_state']['aux_heads']) == {f'{i}.{p}.{w}' for i in (0, 1) for p in ('norm', 'fc')
-                                                    for w in ('weight', 'bias')}
+    assert (
+        any(k.startswith('fitnet.regressors') for k in kd_state) and 'crd._extra_state' in kd_state
+    )
+    assert set(ckpt['task_state']['aux_heads']) == {
+        f'{i}.{p}.{w}' for i in (0, 1) for p in ('norm', 'fc') for w in ('weight', 'bias')
+    }
     row = _summary(tmp_path / 'fd' / 'summary.csv')[0]
-    weighted = (float(row['train_task_loss']) + float(row['train_kd_loss']) + 0.5 * float(row['train_fitnet_loss'])
-                + 0.1 * float(row['train_crd_loss']) + float(row['train_aux_loss']))
+    weighted = (
+        float(row['train_task_loss'])
+        + float(row['train_kd_loss'])
+        + 0.5 * float(row['train_fitnet_loss'])
+        + 0.1 * float(row['train_crd_loss'])
+        + float(row['train_aux_loss'])
+    )
     assert abs(float(row['train_loss']) - weighted) < 1e-3
 
     from timm_kd import DistillationTask
+
     loaded = {}
     original = DistillationTask.load_task_state
 
     def spy(self, state, *a, **k):
         loaded.update(state or {})
         return original(self, state, *a, **k)
+
     DistillationTask.load_task_state = spy
     try:
-        _run(image_folder, tmp_path, 'fd', '--epochs', '2', *args, '--resume', str(tmp_path / 'fd' / 'last.pth.tar'))
+        _run(
+            image_folder,
+            tmp_path,
+            'fd',
+            '--epochs',
+            '2',
+            *args,
+            '--resume',
+            str(tmp_path / 'fd' / 'last.pth.tar'),
+        )
     finally:
         DistillationTask.load_task_state = original
-    assert torch.equal(loaded['kd_losses']['crd._extra_state']['memory_s'], kd_state['crd._extra_state']['memory_s'])
+    assert torch.equal(
+        loaded['kd_losses']['crd._extra_state']['memory_s'],
+        kd_state['crd._extra_state']['memory_s'],
+    )
     assert [r['epoch'] for r in _summary(tmp_path / 'fd' / 'summary.csv')] == ['0', '1']
     resumed = _load(tmp_path / 'fd' / 'last.pth.tar')['task_state']['kd_losses']
-    assert not torch.equal(resumed['crd._extra_state']['memory_s'], kd_state['crd._extra_state']['memory_s'])
+    assert not torch.equal(
+        resumed['crd._extra_state']['memory_s'], kd_state['crd._extra_state']['memory_s']
+    )
 
 
 def test_feature_stage_errors_are_one_line(vit_teacher, image_folder, tmp_path):
-    result = _cli(image_folder, '--model', 'test_resnet', *FAST, '--output', str(tmp_path), *vit_teacher,
-                  '--kd-loss', 'fitnet', '--kd-student-stages', '9')
+    result = _cli(
+        image_folder,
+        '--model',
+        'test_resnet',
+        *FAST,
+        '--output',
+        str(tmp_path),
+        *vit_teacher,
+        '--kd-loss',
+        'fitnet',
+        '--kd-student-stages',
+        '9',
+    )
     assert result.returncode == 2 and 'error: student stage 9 is out of range' in result.stderr
-    result = _cli(image_folder, '--model', 'test_resnet', *FAST, '--output', str(tmp_path), *vit_teacher,
-                  '--kd-loss', 'fitnet', '--kd-student-stages', '1', '2')
-    assert result.returncode == 2 and 'give --kd-student-stages and --kd-teacher-stages the same length' in result.stderr
+    result = _cli(
+        image_folder,
+        '--model',
+        'test_resnet',
+        *FAST,
+        '--output',
+        str(tmp_path),
+        *vit_teacher,
+        '--kd-loss',
+        'fitnet',
+        '--kd-student-stages',
+        '1',
+        '2',
+    )
+    assert (
+        result.returncode == 2
+        and 'give --kd-student-stages and --kd-teacher-stages the same length' in result.stderr
+    )
 
 
-def test_several_students_share_one_teacher_pass_and_resume_each(vit_teacher, image_folder, tmp_path, monkeypatch):
+def test_several_students_share_one_teacher_pass_and_resume_each(
+    vit_teacher, image_folder, tmp_path, monkeypatch
+):
     """Two students (their own model, lr, losses, stages) on one data stream: the teacher runs once per batch."""
     from timm_kd.teacher import Teacher
+
     calls = []
     forward = Teacher.forward
-    monkeypatch.setattr(Teacher, 'forward', lambda self, x, stages=None: calls.append(x.shape[0]) or forward(
-        self, x, stages))
+    monkeypatch.setattr(
+        Teacher,
+        'forward',
+        lambda self, x, stages=None: calls.append(x.shape[0]) or forward(self, x, stages),
+    )
     _run(image_folder, tmp_path, 'single', '--epochs', '1', *vit_teacher)
     single_batches = calls.count(8)
     calls.clear()
-    students = ['--student', '--model test_efficientnet --lr 0.02 --experiment effnet',
-                '--student', '--kd-loss kd fitnet ' + ' '.join(STAGES)]
+    students = [
+        '--student',
+        '--model test_efficientnet --lr 0.02 --experiment effnet',
+        '--student',
+        '--kd-loss kd fitnet ' + ' '.join(STAGES),
+    ]
     _run(image_folder, tmp_path, 'sweep', '--epochs', '1', *vit_teacher, *students)
     assert calls.count(8) == single_batches > 0  # one teacher pass per batch, not one per student
 
@@ -252,8 +554,12 @@ def test_several_students_share_one_teacher_pass_and_resume_each(vit_teacher, im
     assert 'train_fitnet_loss' not in _summary(first / 'summary.csv')[0]
     assert _load(first / 'last.pth.tar')['arch'] == 'test_efficientnet'
 
-    resumed = ['--student', f'--model test_efficientnet --lr 0.02 --experiment effnet --resume {first}/last.pth.tar',
-               '--student', f'--kd-loss kd fitnet {" ".join(STAGES)} --resume {second}/last.pth.tar']
+    resumed = [
+        '--student',
+        f'--model test_efficientnet --lr 0.02 --experiment effnet --resume {first}/last.pth.tar',
+        '--student',
+        f'--kd-loss kd fitnet {" ".join(STAGES)} --resume {second}/last.pth.tar',
+    ]
     _run(image_folder, tmp_path, 'sweep', '--epochs', '2', *vit_teacher, *resumed)
     for folder in (first, second):
         assert [r['epoch'] for r in _summary(folder / 'summary.csv')] == ['0', '1']
@@ -264,31 +570,68 @@ def test_fast_teacher_flags_train(vit_teacher, image_folder, tmp_path, monkeypat
     to keep the test fast; the inductor path is checked in test_teacher.py)."""
     compiled = []
     original = Teacher.compile
-    monkeypatch.setattr(Teacher, 'compile', lambda self, **kw: compiled.append(kw) or original(self, **kw))
-    _run(image_folder, tmp_path, 'fast', '--epochs', '1', *vit_teacher, '--teacher-fast', '--teacher-compile', 'eager',
-         '--torchcompile-mode', 'reduce-overhead')
+    monkeypatch.setattr(
+        Teacher, 'compile', lambda self, **kw: compiled.append(kw) or original(self, **kw)
+    )
+    _run(
+        image_folder,
+        tmp_path,
+        'fast',
+        '--epochs',
+        '1',
+        *vit_teacher,
+        '--teacher-fast',
+        '--teacher-compile',
+        'eager',
+        '--torchcompile-mode',
+        'reduce-overhead',
+    )
     assert compiled == [{'backend': 'eager', 'mode': 'reduce-overhead'}]
     row = _summary(tmp_path / 'fast' / 'summary.csv')[0]
     assert float(row['train_kd_loss']) > 0
-    assert yaml.safe_load((tmp_path / 'fast' / 'args.yaml').read_text())['teacher_fast'] is True  # flags as given
+    assert (
+        yaml.safe_load((tmp_path / 'fast' / 'args.yaml').read_text())['teacher_fast'] is True
+    )  # flags as given
 
 
 # --- timm train.py's epoch logic ---
+
 
 def test_summary_records_the_lr_each_epoch_trained_with(image_folder, tmp_path):
     """As timm: the row of epoch e holds the lr before the scheduler steps to e + 1 (cosine from 0.1 over 2 epochs:
     0.1, then 0.05), and the mean over parameter groups."""
     _run(image_folder, tmp_path, 'lr', '--epochs', '2', '--lr', '0.1', '--sched', 'cosine')
-    assert [float(r['lr']) for r in _summary(tmp_path / 'lr' / 'summary.csv')] == pytest.approx([0.1, 0.05])
+    assert [float(r['lr']) for r in _summary(tmp_path / 'lr' / 'summary.csv')] == pytest.approx(
+        [0.1, 0.05]
+    )
 
 
 def test_layer_decay_scales_the_lr_of_each_layer_group(image_folder, tmp_path):
-    _run(image_folder, tmp_path, 'ld', '--epochs', '1', '--model', 'test_vit', '--model-kwargs', 'img_size=32',
-         '--opt', 'adamw', '--lr', '0.01', '--layer-decay', '0.5')
+    _run(
+        image_folder,
+        tmp_path,
+        'ld',
+        '--epochs',
+        '1',
+        '--model',
+        'test_vit',
+        '--model-kwargs',
+        'img_size=32',
+        '--opt',
+        'adamw',
+        '--lr',
+        '0.01',
+        '--layer-decay',
+        '0.5',
+    )
     groups = _load(tmp_path / 'ld' / 'last.pth.tar')['optimizer']['param_groups']
     scales = sorted({g['lr_scale'] for g in groups})
-    assert len(scales) > 2 and scales[-1] == 1.0 and scales[-2] == 0.5  # the head at full lr, each layer below x0.5
-    assert all(g['lr'] == pytest.approx(g['lr_scale'] * 0.01) for g in groups)  # saved before the scheduler steps
+    assert (
+        len(scales) > 2 and scales[-1] == 1.0 and scales[-2] == 0.5
+    )  # the head at full lr, each layer below x0.5
+    assert all(
+        g['lr'] == pytest.approx(g['lr_scale'] * 0.01) for g in groups
+    )  # saved before the scheduler steps
 
 
 def test_validation_interval_stop_epoch_and_resume_auto(image_folder, tmp_path):
@@ -299,14 +642,21 @@ def test_validation_interval_stop_epoch_and_resume_auto(image_folder, tmp_path):
     assert [r['epoch'] for r in _summary(tmp_path / 'vi' / 'summary.csv')] == ['1']
     assert _load(tmp_path / 'vi' / 'last.pth.tar')['epoch'] == 1
     _run(image_folder, tmp_path, 'vi', *common)
-    assert [r['epoch'] for r in _summary(tmp_path / 'vi' / 'summary.csv')] == ['1', '2']  # the last epoch validates
+    assert [r['epoch'] for r in _summary(tmp_path / 'vi' / 'summary.csv')] == [
+        '1',
+        '2',
+    ]  # the last epoch validates
 
 
 def test_recovery_checkpoints_every_n_updates(image_folder, tmp_path):
-    _run(image_folder, tmp_path, 'rec', '--epochs', '1', '--recovery-interval', '2')  # 6 batches: updates 2, 4, 6
+    _run(
+        image_folder, tmp_path, 'rec', '--epochs', '1', '--recovery-interval', '2'
+    )  # 6 batches: updates 2, 4, 6
     # timm's saver names them epoch-update index and keeps the newest two
-    assert sorted(p.name for p in (tmp_path / 'rec').glob('recovery-*')) == ['recovery-0-3.pth.tar',
-                                                                             'recovery-0-5.pth.tar']
+    assert sorted(p.name for p in (tmp_path / 'rec').glob('recovery-*')) == [
+        'recovery-0-3.pth.tar',
+        'recovery-0-5.pth.tar',
+    ]
     assert _load(tmp_path / 'rec' / 'recovery-0-5.pth.tar')['epoch'] == 0
 
 
@@ -332,12 +682,15 @@ def test_log_wandb_offline_without_an_account(image_folder, tmp_path, monkeypatc
     assert len(runs) == 1 and list(runs[0].glob('*.wandb'))
 
 
-@pytest.mark.parametrize('extra, message', [
-    (['--torchscript'], 'error: --torchscript is not supported by timm-kd: '),
-    (['--kd-distill-type', 'token'], 'error: --kd-distill-type is not supported by timm-kd: '),
-    (['--model', 'no_such_model'], "error: unknown --model 'no_such_model'"),
-    (['--model-dtype', 'bfloat16', '--amp'], 'error: --model-dtype bfloat16 with --amp'),
-])
+@pytest.mark.parametrize(
+    'extra, message',
+    [
+        (['--torchscript'], 'error: --torchscript is not supported by timm-kd: '),
+        (['--kd-distill-type', 'token'], 'error: --kd-distill-type is not supported by timm-kd: '),
+        (['--model', 'no_such_model'], "error: unknown --model 'no_such_model'"),
+        (['--model-dtype', 'bfloat16', '--amp'], 'error: --model-dtype bfloat16 with --amp'),
+    ],
+)
 def test_timm_flags_that_cannot_apply_are_one_line_errors(image_folder, tmp_path, extra, message):
     result = _cli(image_folder, *FAST, '--output', str(tmp_path), '--model', 'test_resnet', *extra)
     assert result.returncode == 2 and 'Traceback' not in result.stderr
@@ -347,6 +700,19 @@ def test_timm_flags_that_cannot_apply_are_one_line_errors(image_folder, tmp_path
 def test_cuda_device_without_a_gpu_is_one_line(image_folder, tmp_path):
     if torch.cuda.is_available():
         pytest.skip('this machine has CUDA')
-    result = _cli(image_folder, *FAST[:-2], '--output', str(tmp_path), '--model', 'test_resnet', '--device', 'cuda')
+    result = _cli(
+        image_folder,
+        *FAST[:-2],
+        '--output',
+        str(tmp_path),
+        '--model',
+        'test_resnet',
+        '--device',
+        'cuda',
+    )
     assert result.returncode == 2 and 'Traceback' not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith('error: --device cuda: CUDA is not available')
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith('error: --device cuda: CUDA is not available')
+    )

@@ -1,4 +1,5 @@
 """Unlabeled images: KD terms only, never the hard-label loss; end to end through timm-kd-train."""
+
 import csv
 
 import numpy as np
@@ -12,8 +13,24 @@ from timm_kd import DistillationTask, Teacher, create_kd_student
 from timm_kd.train.loop import cli, main
 from timm_kd.unlabeled import labeled_mask
 
-FAST = ['--model', 'test_resnet', '--img-size', '32', '-b', '8', '--lr', '0.01', '--warmup-epochs', '0', '-j', '0',
-        '--device', 'cpu', '--epochs', '1']
+FAST = [
+    '--model',
+    'test_resnet',
+    '--img-size',
+    '32',
+    '-b',
+    '8',
+    '--lr',
+    '0.01',
+    '--warmup-epochs',
+    '0',
+    '-j',
+    '0',
+    '--device',
+    'cpu',
+    '--epochs',
+    '1',
+]
 
 
 @pytest.fixture(scope='module')
@@ -31,14 +48,22 @@ def unlabeled_folder(tmp_path_factory):
 def teacher(tmp_path_factory):
     path = tmp_path_factory.mktemp('t') / 'vit.pth'
     torch.save(timm.create_model('test_vit', num_classes=3, img_size=32).state_dict(), path)
-    return ['--teacher', 'test_vit', '--teacher-kwargs', 'img_size=32', '--teacher-checkpoint', str(path)]
+    return [
+        '--teacher',
+        'test_vit',
+        '--teacher-kwargs',
+        'img_size=32',
+        '--teacher-checkpoint',
+        str(path),
+    ]
 
 
 def _task():
     torch.manual_seed(0)
     teacher = Teacher(timm.create_model('test_vit', num_classes=3, img_size=32))
-    student = create_kd_student(timm.create_model('test_resnet', num_classes=3), teacher, ['kd'],
-                                input_size=(3, 32, 32))
+    student = create_kd_student(
+        timm.create_model('test_resnet', num_classes=3), teacher, ['kd'], input_size=(3, 32, 32)
+    )
     return DistillationTask(student, nn.CrossEntropyLoss(), teacher=teacher, verbose=False).train()
 
 
@@ -48,14 +73,23 @@ def test_unlabeled_rows_get_no_hard_label_loss():
     none = task(x, target, labeled=torch.zeros(4, dtype=torch.bool))
     assert none['task_loss'].item() == 0 and none['kd_loss'].item() > 0
     some = task(x, target, labeled=torch.tensor([True, False, True, False]))
-    expected = nn.CrossEntropyLoss(reduction='sum')(none['output'][[0, 2]], target[[0, 2]]) / 4  # per batch row
-    assert torch.allclose(some['task_loss'], expected) and torch.allclose(some['kd_loss'], none['kd_loss'])
+    expected = (
+        nn.CrossEntropyLoss(reduction='sum')(none['output'][[0, 2]], target[[0, 2]]) / 4
+    )  # per batch row
+    assert torch.allclose(some['task_loss'], expected) and torch.allclose(
+        some['kd_loss'], none['kd_loss']
+    )
 
 
 def test_after_mixing_a_row_is_labeled_only_with_a_labeled_partner():
     known = torch.tensor([True, True, False, True])
     assert labeled_mask(known, mixed=False).tolist() == [True, True, False, True]
-    assert labeled_mask(known, mixed=True).tolist() == [True, False, False, True]  # row i mixes with row 3 - i
+    assert labeled_mask(known, mixed=True).tolist() == [
+        True,
+        False,
+        False,
+        True,
+    ]  # row i mixes with row 3 - i
 
 
 def _rows(path):
@@ -63,25 +97,70 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
-def test_training_with_an_unlabeled_folder_and_with_no_labels_at_all(image_folder, unlabeled_folder, teacher,
-                                                                     tmp_path):
-    main([image_folder, *FAST, *teacher, '--unlabeled-data', str(unlabeled_folder), '--unlabeled-ratio', '0.5',
-          '--mixup', '0.5', '--output', str(tmp_path), '--experiment', 'semi'])
+def test_training_with_an_unlabeled_folder_and_with_no_labels_at_all(
+    image_folder, unlabeled_folder, teacher, tmp_path
+):
+    main(
+        [
+            image_folder,
+            *FAST,
+            *teacher,
+            '--unlabeled-data',
+            str(unlabeled_folder),
+            '--unlabeled-ratio',
+            '0.5',
+            '--mixup',
+            '0.5',
+            '--output',
+            str(tmp_path),
+            '--experiment',
+            'semi',
+        ]
+    )
     row = _rows(tmp_path / 'semi' / 'summary.csv')[0]
     assert float(row['train_kd_loss']) > 0 and float(row['train_task_loss']) > 0
-    main([image_folder, *FAST, *teacher, '--unlabeled-data', str(unlabeled_folder), '--train-fraction', '0',
-          '--ori-loss-weight', '0', '--num-classes', '3', '--output', str(tmp_path), '--experiment', 'kd_only'])
+    main(
+        [
+            image_folder,
+            *FAST,
+            *teacher,
+            '--unlabeled-data',
+            str(unlabeled_folder),
+            '--train-fraction',
+            '0',
+            '--ori-loss-weight',
+            '0',
+            '--num-classes',
+            '3',
+            '--output',
+            str(tmp_path),
+            '--experiment',
+            'kd_only',
+        ]
+    )
     row = _rows(tmp_path / 'kd_only' / 'summary.csv')[0]
     assert float(row['train_kd_loss']) > 0 and 'train_task_loss' not in row
 
 
-@pytest.mark.parametrize('extra, message', [
-    ([], '--unlabeled-data needs a teacher'),
-    (['--kd-loss', 'dkd'], "--kd-loss dkd uses each image's label"),
-])
-def test_unlabeled_runs_that_cannot_work_are_one_line(image_folder, unlabeled_folder, teacher, tmp_path, capsys,
-                                                     extra, message):
-    flags = [image_folder, *FAST, '--unlabeled-data', str(unlabeled_folder), '--output', str(tmp_path), *extra]
+@pytest.mark.parametrize(
+    'extra, message',
+    [
+        ([], '--unlabeled-data needs a teacher'),
+        (['--kd-loss', 'dkd'], "--kd-loss dkd uses each image's label"),
+    ],
+)
+def test_unlabeled_runs_that_cannot_work_are_one_line(
+    image_folder, unlabeled_folder, teacher, tmp_path, capsys, extra, message
+):
+    flags = [
+        image_folder,
+        *FAST,
+        '--unlabeled-data',
+        str(unlabeled_folder),
+        '--output',
+        str(tmp_path),
+        *extra,
+    ]
     with pytest.raises(SystemExit):
         cli(flags + (teacher if extra else []))
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
@@ -89,10 +168,23 @@ def test_unlabeled_runs_that_cannot_work_are_one_line(image_folder, unlabeled_fo
 
 def test_a_teacher_cache_covers_unlabeled_images(image_folder, unlabeled_folder, teacher, tmp_path):
     from timm_kd.cache import main as cache_main
-    flags = [image_folder, *FAST, *teacher, '--unlabeled-data', str(unlabeled_folder), '--mixup', '0.5',
-             '--output', str(tmp_path)]
+
+    flags = [
+        image_folder,
+        *FAST,
+        *teacher,
+        '--unlabeled-data',
+        str(unlabeled_folder),
+        '--mixup',
+        '0.5',
+        '--output',
+        str(tmp_path),
+    ]
     cache_main(['build', *flags, '--top-k', '3', '--out', str(tmp_path / 'cache')])
     main([*flags, '--experiment', 'live'])
     main([*flags, '--teacher-cache', str(tmp_path / 'cache'), '--experiment', 'cached'])
-    live, cached = _rows(tmp_path / 'live' / 'summary.csv'), _rows(tmp_path / 'cached' / 'summary.csv')
+    live, cached = (
+        _rows(tmp_path / 'live' / 'summary.csv'),
+        _rows(tmp_path / 'cached' / 'summary.csv'),
+    )
     assert all(float(live[0][k]) == pytest.approx(float(cached[0][k]), abs=1e-5) for k in live[0])

@@ -1,4 +1,5 @@
 """`python -m timm_kd.validate`: accuracy with the model's own preprocessing, ImageNet-ReaL, teacher agreement."""
+
 import json
 
 import numpy as np
@@ -21,7 +22,9 @@ def val_folder(tmp_path_factory):
         for _ in range(4):
             i += 1
             pixels = (rng.random((40, 40, 3)) * 80 + c * 60).astype('uint8')
-            Image.fromarray(pixels).save(root / 'validation' / f'class{c}' / f'ILSVRC2012_val_{i:08d}.JPEG')
+            Image.fromarray(pixels).save(
+                root / 'validation' / f'class{c}' / f'ILSVRC2012_val_{i:08d}.JPEG'
+            )
     return root
 
 
@@ -32,12 +35,33 @@ def test_accuracy_real_labels_and_teacher_agreement(val_folder, tmp_path):
     # ReaL: image i's reassessed labels; the first image gets no label (ReaL skips it), the rest get class 0
     (tmp_path / 'real.json').write_text(json.dumps([[]] + [[0]] * 11))
     out = tmp_path / 'results.json'
-    result = main([str(val_folder), '--model', 'test_resnet', '--checkpoint', str(tmp_path / 'student.pth'),
-                   '--real-labels', str(tmp_path / 'real.json'), '--teacher', 'test_resnet',
-                   '--teacher-checkpoint', str(tmp_path / 'student.pth'), '-b', '5', '-j', '0',
-                   '--results-file', str(out), '--device', 'cpu'])  # compared with CPU numbers below
+    result = main(
+        [
+            str(val_folder),
+            '--model',
+            'test_resnet',
+            '--checkpoint',
+            str(tmp_path / 'student.pth'),
+            '--real-labels',
+            str(tmp_path / 'real.json'),
+            '--teacher',
+            'test_resnet',
+            '--teacher-checkpoint',
+            str(tmp_path / 'student.pth'),
+            '-b',
+            '5',
+            '-j',
+            '0',
+            '--results-file',
+            str(out),
+            '--device',
+            'cpu',
+        ]
+    )  # compared with CPU numbers below
     assert json.loads(out.read_text()) == result and result['num_images'] == 12
-    assert result['data_config']['input_size'] == list(model.pretrained_cfg['input_size'])  # the model's own cfg
+    assert result['data_config']['input_size'] == list(
+        model.pretrained_cfg['input_size']
+    )  # the model's own cfg
 
     # the same numbers computed by hand with the same preprocessing
     config = timm.data.resolve_data_config({}, model=model)
@@ -49,16 +73,26 @@ def test_accuracy_real_labels_and_teacher_agreement(val_folder, tmp_path):
     with torch.no_grad():
         pred = model(x).argmax(1)
     assert result['top1'] == pytest.approx((pred == y).float().mean().item() * 100, abs=1e-3)
-    assert result['real_top1'] == pytest.approx((pred[1:] == 0).float().mean().item() * 100, abs=1e-3)
+    assert result['real_top1'] == pytest.approx(
+        (pred[1:] == 0).float().mean().item() * 100, abs=1e-3
+    )
     assert result['top5'] == 100.0  # 3 classes: top-5 covers them all
-    assert result['agreement'] == 100.0 and result['teacher_top1'] == result['top1']  # the teacher is the student
+    assert (
+        result['agreement'] == 100.0 and result['teacher_top1'] == result['top1']
+    )  # the teacher is the student
 
 
 def test_unreachable_weights_are_one_line(val_folder, capsys):
-    with pytest.raises(SystemExit) as info:  # conftest points the release files at a closed local port
+    with pytest.raises(
+        SystemExit
+    ) as info:  # conftest points the release files at a closed local port
         main([str(val_folder), '--model', 'resnet50.vkd'])
-    line = capsys.readouterr().err.strip().splitlines()[-1]  # (a subprocess test in test_pretrained counts lines)
-    assert info.value.code == 2 and line.startswith('error: cannot download the weights of resnet50.vkd from')
+    line = (
+        capsys.readouterr().err.strip().splitlines()[-1]
+    )  # (a subprocess test in test_pretrained counts lines)
+    assert info.value.code == 2 and line.startswith(
+        'error: cannot download the weights of resnet50.vkd from'
+    )
     assert 'TIMM_KD_RELEASE_URL' in line
     with pytest.raises(SystemExit) as info:  # a Hub name that is not in the (empty, offline) cache
         main([str(val_folder), '--model', 'hf-hub:nobody/nothing'])
@@ -76,8 +110,22 @@ def test_a_one_channel_student_is_scored_on_an_image_folder(tmp_path):
             Image.fromarray(pixels).save(tmp_path / 'validation' / f'class{c}' / f'{i}.png')
     torch.manual_seed(0)
     model = timm.create_model('test_resnet', num_classes=2, in_chans=1)
-    torch.save({'state_dict': model.state_dict(), 'args': {'input_size': [1, 32, 32], 'mean': [0.5], 'std': [0.25]}},
-               tmp_path / 'student.pth.tar')
-    result = main([str(tmp_path), '--model', 'test_resnet', '--checkpoint', str(tmp_path / 'student.pth.tar'),
-                   '-j', '0'])
+    torch.save(
+        {
+            'state_dict': model.state_dict(),
+            'args': {'input_size': [1, 32, 32], 'mean': [0.5], 'std': [0.25]},
+        },
+        tmp_path / 'student.pth.tar',
+    )
+    result = main(
+        [
+            str(tmp_path),
+            '--model',
+            'test_resnet',
+            '--checkpoint',
+            str(tmp_path / 'student.pth.tar'),
+            '-j',
+            '0',
+        ]
+    )
     assert result['num_images'] == 6 and result['data_config']['input_size'] == [1, 32, 32]

@@ -1,7 +1,8 @@
 """timm-kd: knowledge distillation for timm image classifiers, with VanillaKD's recipes (Hao et al., 2023)."""
+
 from .errors import KDError
-from .losses import create_kd_loss, list_kd_losses, register_kd_loss
 from .features import Features, FeatureSpec
+from .losses import create_kd_loss, list_kd_losses, register_kd_loss
 from .pretrained import add_pretrained_tag, register_vkd_checkpoints
 from .student import KDStudent, create_kd_student
 from .task import DistillationTask
@@ -11,6 +12,21 @@ __version__ = '0.1.0'
 
 register_vkd_checkpoints()  # timm.create_model('resnet50.vkd', pretrained=True) and friends
 
-__all__ = ['KDError', 'create_kd_loss', 'list_kd_losses', 'register_kd_loss', 'DistillationTask', 'Features',
-           'FeatureSpec', 'KDStudent', 'create_kd_student', 'add_pretrained_tag', 'register_vkd_checkpoints',
-           'InputAdapter', 'Teacher', 'TeacherOutput', 'create_teacher', '__version__']
+__all__ = [
+    'KDError',
+    'create_kd_loss',
+    'list_kd_losses',
+    'register_kd_loss',
+    'DistillationTask',
+    'Features',
+    'FeatureSpec',
+    'KDStudent',
+    'create_kd_student',
+    'add_pretrained_tag',
+    'register_vkd_checkpoints',
+    'InputAdapter',
+    'Teacher',
+    'TeacherOutput',
+    'create_teacher',
+    '__version__',
+]

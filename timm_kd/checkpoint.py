@@ -1,15 +1,17 @@
 """Safe loading of model weights: safetensors, or `torch.load(weights_only=True)`.
 
 Arbitrary pickles can run code when loaded. They are refused unless the caller opts in with
-`allow_pickle=True` (`--allow-unsafe-pickle` on the command line), and the refusal itself executes nothing:
-PyTorch's weights-only unpickler rejects the unknown global before calling it.
+`allow_pickle=True` (`--allow-unsafe-pickle` on the command line), and the refusal itself executes
+nothing: PyTorch's weights-only unpickler rejects the unknown global before calling it.
 """
+
 import argparse
 import os
 from typing import Any, Dict, Optional
 
 import torch
-from timm.models import get_pretrained_cfg, load_state_dict as timm_load_state_dict
+from timm.models import get_pretrained_cfg
+from timm.models import load_state_dict as timm_load_state_dict
 
 from .errors import KDError
 
@@ -25,35 +27,56 @@ def safe_globals():
 def load_state_dict(path: str, use_ema: bool = True, allow_pickle: bool = False) -> Dict[str, Any]:
     """Load model weights from a timm/timm-kd training checkpoint, a bare state_dict or `.safetensors`.
 
-    Training checkpoints give their EMA weights when `use_ema` and present (`state_dict_ema` / `model_ema`),
-    else `state_dict` / `model`. DDP `module.` prefixes are removed. Any failure is a one-line `KDError`.
+    Training checkpoints give their EMA weights when `use_ema` and present (`state_dict_ema` /
+    `model_ema`), else `state_dict` / `model`. DDP `module.` prefixes are removed. Any failure is a
+    one-line `KDError`.
     """
     if not path or not os.path.isfile(path):
-        raise KDError(f'checkpoint not found: {path!r}; pass the path of an existing .pth/.pth.tar/.safetensors file')
+        raise KDError(
+            f'checkpoint not found: {path!r}; pass the path of an existing '
+            '.pth/.pth.tar/.safetensors file'
+        )
     try:
         with safe_globals():
             state_dict = timm_load_state_dict(path, use_ema=use_ema, weights_only=not allow_pickle)
-    except Exception as e:  # torch, zipfile and safetensors raise many types for the same two causes
+    except (
+        Exception
+    ) as e:  # torch, zipfile and safetensors raise many types for the same two causes
         message = ' '.join(str(e).split())
-        if 'Unsupported global' in message:  # name the global that would run, not an allowed one torch met first
+        if (
+            'Unsupported global' in message
+        ):  # name the global that would run, not an allowed one torch met first
             allowed = {f'{g.__module__}.{g.__qualname__}' for g in SAFE_GLOBALS}
-            found = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in allowed]
+            found = [
+                g
+                for g in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+                if g not in allowed
+            ]
             raise KDError(
-                f'refusing to load {path!r}: it contains pickled code ({", ".join(found) or "unknown"}) that could '
-                f'run on load; convert it to .safetensors, or pass --allow-unsafe-pickle if you trust its source') \
-                from None
-        raise KDError(f'checkpoint {path!r} is corrupt or unreadable ({type(e).__name__}: {message[:120]}); '
-                      f're-download or re-export it') from None
-    if not isinstance(state_dict, dict) or not any(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise KDError(f'checkpoint {path!r} holds no model weights (no tensors found); '
-                      f'pass a training checkpoint, a state_dict or a .safetensors file')
+                f'refusing to load {path!r}: it contains pickled code '
+                f'({", ".join(found) or "unknown"}) that could '
+                'run on load; convert it to .safetensors, or pass --allow-unsafe-pickle if you '
+                'trust its source'
+            ) from None
+        raise KDError(
+            f'checkpoint {path!r} is corrupt or unreadable ({type(e).__name__}: {message[:120]}); '
+            f're-download or re-export it'
+        ) from None
+    if not isinstance(state_dict, dict) or not any(
+        isinstance(v, torch.Tensor) for v in state_dict.values()
+    ):
+        raise KDError(
+            f'checkpoint {path!r} holds no model weights (no tensors found); '
+            f'pass a training checkpoint, a state_dict or a .safetensors file'
+        )
     return state_dict
 
 
 def load_training_metadata(path: str) -> Dict[str, Any]:
     """What a timm/timm-kd checkpoint records besides weights: its `args` (as a dict), `epoch` and `metric`.
 
-    Empty for safetensors files and bare state_dicts. Loaded as safely as the weights (weights_only=True).
+    Empty for safetensors files and bare state_dicts. Loaded as safely as the weights
+    (weights_only=True).
     """
     if path.endswith('.safetensors'):
         return {}
@@ -65,8 +88,14 @@ def load_training_metadata(path: str) -> Dict[str, Any]:
     if not isinstance(checkpoint, dict):
         return {}
     args = checkpoint.get('args')
-    return {'args': vars(args) if isinstance(args, argparse.Namespace) else (args if isinstance(args, dict) else {}),
-            'epoch': checkpoint.get('epoch'), 'metric': checkpoint.get('metric'), 'saver': checkpoint.get('saver')}
+    return {
+        'args': vars(args)
+        if isinstance(args, argparse.Namespace)
+        else (args if isinstance(args, dict) else {}),
+        'epoch': checkpoint.get('epoch'),
+        'metric': checkpoint.get('metric'),
+        'saver': checkpoint.get('saver'),
+    }
 
 
 def checkpoint_num_classes(arch: str, state_dict: Dict[str, Any]) -> Optional[int]:

@@ -1,8 +1,9 @@
 """Datasets, loaders and mixup/cutmix for distillation, all built by timm.data.
 
-The options are plain dataclasses whose fields carry timm train.py's flag names, so `timm_kd.train` fills them
-from its flags and library users fill them by hand.
+The options are plain dataclasses whose fields carry timm train.py's flag names, so `timm_kd.train`
+fills them from its flags and library users fill them by hand.
 """
+
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
@@ -16,6 +17,7 @@ from .errors import KDError
 @dataclass
 class DatasetOptions:
     """Where the images come from (timm's `create_dataset` arguments) and which fraction of them to train on."""
+
     data_dir: str
     dataset: str = ''
     train_split: str = 'train'
@@ -28,17 +30,20 @@ class DatasetOptions:
     input_key: Optional[str] = None
     target_key: Optional[str] = None
     dataset_trust_remote_code: bool = False
-    epoch_repeats: float = 0.
+    epoch_repeats: float = 0.0
     train_fraction: float = 1.0
     batch_size: int = 128
     seed: int = 42
-    unlabeled_data: str = ''  # a folder of images or a timm dataset spec: KD terms only (timm_kd.unlabeled)
+    unlabeled_data: str = (
+        ''  # a folder of images or a timm dataset spec: KD terms only (timm_kd.unlabeled)
+    )
     unlabeled_ratio: Optional[float] = None
 
 
 @dataclass
 class LoaderOptions:
     """Batching, augmentation and mixup/cutmix of the training stream, and the validation batch size."""
+
     batch_size: int = 128
     validation_batch_size: Optional[int] = None
     workers: int = 4
@@ -48,22 +53,22 @@ class LoaderOptions:
     no_aug: bool = False
     train_crop_mode: Optional[str] = None
     scale: Sequence[float] = (0.08, 1.0)
-    ratio: Sequence[float] = (3. / 4., 4. / 3.)
+    ratio: Sequence[float] = (3.0 / 4.0, 4.0 / 3.0)
     hflip: float = 0.5
-    vflip: float = 0.
+    vflip: float = 0.0
     color_jitter: float = 0.4
     color_jitter_prob: Optional[float] = None
     grayscale_prob: Optional[float] = None
     gaussian_blur_prob: Optional[float] = None
     aa: Optional[str] = None
     aug_repeats: float = 0
-    reprob: float = 0.
+    reprob: float = 0.0
     remode: str = 'pixel'
     recount: int = 1
     resplit: bool = False
     train_interpolation: str = 'random'
-    mixup: float = 0.
-    cutmix: float = 0.
+    mixup: float = 0.0
+    cutmix: float = 0.0
     cutmix_minmax: Optional[Sequence[float]] = None
     mixup_prob: float = 1.0
     mixup_switch_prob: float = 0.5
@@ -83,35 +88,72 @@ class LoaderOptions:
 def create_datasets(opts: DatasetOptions, in_chans: int = 3) -> Tuple[Any, Optional[Any]]:
     """Train and eval datasets (ImageFolder/ImageTar when `dataset` is empty, else timm's `type/name`).
 
-    The eval set is None when `val_split` is empty (timm's train.py then picks the best epoch by training loss).
+    The eval set is None when `val_split` is empty (timm's train.py then picks the best epoch by
+    training loss).
     """
     if not opts.data_dir:
-        raise KDError('no dataset given; pass the dataset root as the first argument (or --data-dir DIR)')
+        raise KDError(
+            'no dataset given; pass the dataset root as the first argument (or --data-dir DIR)'
+        )
     if not opts.dataset and not os.path.isdir(opts.data_dir):
-        raise KDError(f'dataset folder {opts.data_dir!r} does not exist; pass an ImageFolder root with '
-                      f'{opts.train_split}/ and {opts.val_split}/ sub-folders')
-    common = dict(root=opts.data_dir, class_map=opts.class_map, download=opts.dataset_download,
-                  batch_size=opts.batch_size, input_img_mode=opts.input_img_mode or ('RGB' if in_chans == 3 else 'L'),
-                  input_key=opts.input_key, target_key=opts.target_key,
-                  trust_remote_code=opts.dataset_trust_remote_code)
+        raise KDError(
+            f'dataset folder {opts.data_dir!r} does not exist; pass an ImageFolder root with '
+            f'{opts.train_split}/ and {opts.val_split}/ sub-folders'
+        )
+    common = dict(
+        root=opts.data_dir,
+        class_map=opts.class_map,
+        download=opts.dataset_download,
+        batch_size=opts.batch_size,
+        input_img_mode=opts.input_img_mode or ('RGB' if in_chans == 3 else 'L'),
+        input_key=opts.input_key,
+        target_key=opts.target_key,
+        trust_remote_code=opts.dataset_trust_remote_code,
+    )
     try:
-        train = create_dataset(opts.dataset, split=opts.train_split, is_training=True, seed=opts.seed,
-                               repeats=opts.epoch_repeats, num_samples=opts.train_num_samples, **common)
-        evaluation = None if not opts.val_split else create_dataset(
-            opts.dataset, split=opts.val_split, is_training=False, num_samples=opts.val_num_samples, **common)
+        train = create_dataset(
+            opts.dataset,
+            split=opts.train_split,
+            is_training=True,
+            seed=opts.seed,
+            repeats=opts.epoch_repeats,
+            num_samples=opts.train_num_samples,
+            **common,
+        )
+        evaluation = (
+            None
+            if not opts.val_split
+            else create_dataset(
+                opts.dataset,
+                split=opts.val_split,
+                is_training=False,
+                num_samples=opts.val_num_samples,
+                **common,
+            )
+        )
     except (RuntimeError, OSError, AssertionError, ValueError) as e:
-        raise KDError(f'cannot open dataset {opts.dataset or "ImageFolder"!r} at {opts.data_dir!r} '
-                      f'({" ".join(str(e).split())[:160]}); check the path, --dataset and the split names') from None
+        raise KDError(
+            f'cannot open dataset {opts.dataset or "ImageFolder"!r} at {opts.data_dir!r} '
+            f'({" ".join(str(e).split())[:160]}); check the path, --dataset and the split names'
+        ) from None
     if len(train) == 0:
         raise KDError(f'the {opts.train_split!r} split at {opts.data_dir!r} holds no images')
     if opts.unlabeled_data:
         from .unlabeled import ImageFiles, WithUnlabeled
+
         if os.path.isdir(opts.unlabeled_data):
             unlabeled = ImageFiles(opts.unlabeled_data, common['input_img_mode'])
         else:
-            unlabeled = create_dataset(opts.unlabeled_data, split=opts.train_split, is_training=True, **common)
-        labeled = None if opts.train_fraction == 0 else train if opts.train_fraction == 1 else \
-            StratifiedSubset(train, opts.train_fraction, seed=opts.seed)
+            unlabeled = create_dataset(
+                opts.unlabeled_data, split=opts.train_split, is_training=True, **common
+            )
+        labeled = (
+            None
+            if opts.train_fraction == 0
+            else train
+            if opts.train_fraction == 1
+            else StratifiedSubset(train, opts.train_fraction, seed=opts.seed)
+        )
         return WithUnlabeled(labeled, unlabeled, opts.unlabeled_ratio, seed=opts.seed), evaluation
     if opts.train_fraction < 1:
         train = StratifiedSubset(train, opts.train_fraction, seed=opts.seed)
@@ -134,70 +176,136 @@ def mixup_args(opts: LoaderOptions, num_classes: int) -> Optional[Dict[str, Any]
     """timm Mixup arguments, or None when neither mixup nor cutmix is on."""
     if not (opts.mixup > 0 or opts.cutmix > 0 or opts.cutmix_minmax is not None):
         return None
-    return dict(mixup_alpha=opts.mixup, cutmix_alpha=opts.cutmix, cutmix_minmax=opts.cutmix_minmax,
-                prob=opts.mixup_prob, switch_prob=opts.mixup_switch_prob, mode=opts.mixup_mode,
-                label_smoothing=opts.smoothing, num_classes=num_classes)
+    return dict(
+        mixup_alpha=opts.mixup,
+        cutmix_alpha=opts.cutmix,
+        cutmix_minmax=opts.cutmix_minmax,
+        prob=opts.mixup_prob,
+        switch_prob=opts.mixup_switch_prob,
+        mode=opts.mixup_mode,
+        label_smoothing=opts.smoothing,
+        num_classes=num_classes,
+    )
 
 
 def create_loaders(
-        opts: LoaderOptions,
-        train_set: Any,
-        eval_set: Optional[Any],
-        data_config: Dict[str, Any],
-        num_classes: int,
-        device: torch.device,
-        *,
-        distributed: bool = False,
-        prefetcher: bool = False,
-        img_dtype: torch.dtype = torch.float32,
+    opts: LoaderOptions,
+    train_set: Any,
+    eval_set: Optional[Any],
+    data_config: Dict[str, Any],
+    num_classes: int,
+    device: torch.device,
+    *,
+    distributed: bool = False,
+    prefetcher: bool = False,
+    img_dtype: torch.dtype = torch.float32,
 ) -> Tuple[Any, Optional[Any], Optional[Callable]]:
     """Train loader, eval loader (None without an eval set), and the mixup function to apply per batch.
 
-    Mixup/cutmix always runs in the training process, after the loader (with the prefetcher too, where timm mixes
-    in the workers' collate): there its random draws are fixed by the per-update reseed, so the views replay
-    (`timm_kd.replay`), and sample indices (CRD) can be mapped to labels first.
+    Mixup/cutmix always runs in the training process, after the loader (with the prefetcher too,
+    where timm mixes in the workers' collate): there its random draws are fixed by the per-update
+    reseed, so the views replay (`timm_kd.replay`), and sample indices (CRD) can be mapped to labels
+    first.
     """
     if opts.aug_repeats and not distributed:
-        raise KDError(f'--aug-repeats {opts.aug_repeats:g} needs several processes (torchrun): timm spreads the copies '
-                      f'of an image over them; pass --aug-repeats 0 to train in one process')
+        raise KDError(
+            f'--aug-repeats {opts.aug_repeats:g} needs several processes (torchrun): timm spreads '
+            'the copies '
+            f'of an image over them; pass --aug-repeats 0 to train in one process'
+        )
     mix = mixup_args(opts, num_classes)
     mixup_fn = Mixup(**mix) if mix is not None else None
     train_interpolation = opts.train_interpolation
     if opts.no_aug or not train_interpolation:
         train_interpolation = data_config['interpolation']
-    common = dict(mean=data_config['mean'], std=data_config['std'], num_workers=opts.workers, distributed=distributed,
-                  pin_memory=opts.pin_mem, device=device, use_prefetcher=prefetcher, img_dtype=img_dtype)
+    common = dict(
+        mean=data_config['mean'],
+        std=data_config['std'],
+        num_workers=opts.workers,
+        distributed=distributed,
+        pin_memory=opts.pin_mem,
+        device=device,
+        use_prefetcher=prefetcher,
+        img_dtype=img_dtype,
+    )
     train_loader = create_loader(
-        train_set, input_size=data_config['input_size'], batch_size=opts.batch_size, is_training=True,
-        no_aug=opts.no_aug, re_prob=opts.reprob, re_mode=opts.remode, re_count=opts.recount, re_split=opts.resplit,
-        train_crop_mode=opts.train_crop_mode, scale=opts.scale, ratio=opts.ratio, hflip=opts.hflip, vflip=opts.vflip,
-        color_jitter=opts.color_jitter, color_jitter_prob=opts.color_jitter_prob, grayscale_prob=opts.grayscale_prob,
-        gaussian_blur_prob=opts.gaussian_blur_prob, auto_augment=opts.aa, num_aug_repeats=int(opts.aug_repeats),
-        interpolation=train_interpolation, worker_seeding=opts.worker_seeding,
-        use_multi_epochs_loader=opts.use_multi_epochs_loader, input_size_choices=opts.train_img_sizes,
-        batch_size_choices=opts.train_batch_sizes, batch_choice_weights=opts.train_size_probs,
-        batch_choice_seed=opts.seed, batch_choice_schedule=opts.train_size_schedule,
+        train_set,
+        input_size=data_config['input_size'],
+        batch_size=opts.batch_size,
+        is_training=True,
+        no_aug=opts.no_aug,
+        re_prob=opts.reprob,
+        re_mode=opts.remode,
+        re_count=opts.recount,
+        re_split=opts.resplit,
+        train_crop_mode=opts.train_crop_mode,
+        scale=opts.scale,
+        ratio=opts.ratio,
+        hflip=opts.hflip,
+        vflip=opts.vflip,
+        color_jitter=opts.color_jitter,
+        color_jitter_prob=opts.color_jitter_prob,
+        grayscale_prob=opts.grayscale_prob,
+        gaussian_blur_prob=opts.gaussian_blur_prob,
+        auto_augment=opts.aa,
+        num_aug_repeats=int(opts.aug_repeats),
+        interpolation=train_interpolation,
+        worker_seeding=opts.worker_seeding,
+        use_multi_epochs_loader=opts.use_multi_epochs_loader,
+        input_size_choices=opts.train_img_sizes,
+        batch_size_choices=opts.train_batch_sizes,
+        batch_choice_weights=opts.train_size_probs,
+        batch_choice_seed=opts.seed,
+        batch_choice_schedule=opts.train_size_schedule,
         batch_schedule_epochs=opts.epochs if opts.train_size_schedule == 'progressive' else None,
-        batch_schedule_spread=opts.train_size_schedule_spread, batch_schedule_random_mix=opts.train_size_random_mix,
-        num_batches=opts.train_batches_per_epoch, **common)
-    eval_loader = None if eval_set is None else create_loader(
-        eval_set, input_size=data_config['input_size'], batch_size=opts.validation_batch_size or opts.batch_size,
-        is_training=False, interpolation=data_config['interpolation'], crop_pct=data_config['crop_pct'], **common)
+        batch_schedule_spread=opts.train_size_schedule_spread,
+        batch_schedule_random_mix=opts.train_size_random_mix,
+        num_batches=opts.train_batches_per_epoch,
+        **common,
+    )
+    eval_loader = (
+        None
+        if eval_set is None
+        else create_loader(
+            eval_set,
+            input_size=data_config['input_size'],
+            batch_size=opts.validation_batch_size or opts.batch_size,
+            is_training=False,
+            interpolation=data_config['interpolation'],
+            crop_pct=data_config['crop_pct'],
+            **common,
+        )
+    )
     return train_loader, eval_loader, mixup_fn
 
 
-def create_eval_loader(dataset: str, root: str, split: str, data_config: Dict[str, Any], batch_size: int = 128,
-                       workers: int = 2) -> Any:
+def create_eval_loader(
+    dataset: str,
+    root: str,
+    split: str,
+    data_config: Dict[str, Any],
+    batch_size: int = 128,
+    workers: int = 2,
+) -> Any:
     """An evaluation loader of one split, preprocessed as `data_config` (a model's test-time config) says.
 
-    As timm's validate.py: ImageFolder images are read in the model's channel mode ('L' for one channel).
+    As timm's validate.py: ImageFolder images are read in the model's channel mode ('L' for one
+    channel).
     """
     mode = 'RGB' if data_config['input_size'][0] == 3 else 'L'
     images = create_dataset(dataset, root=root, split=split, is_training=False, input_img_mode=mode)
-    return create_loader(images, input_size=data_config['input_size'], batch_size=batch_size,
-                         interpolation=data_config['interpolation'], mean=data_config['mean'], std=data_config['std'],
-                         crop_pct=data_config['crop_pct'], crop_mode=data_config.get('crop_mode', 'center'),
-                         num_workers=workers, use_prefetcher=False)
+    return create_loader(
+        images,
+        input_size=data_config['input_size'],
+        batch_size=batch_size,
+        interpolation=data_config['interpolation'],
+        mean=data_config['mean'],
+        std=data_config['std'],
+        crop_pct=data_config['crop_pct'],
+        crop_mode=data_config.get('crop_mode', 'center'),
+        num_workers=workers,
+        use_prefetcher=False,
+    )
 
 
 def set_loader_epoch(loader: Any, epoch: int) -> None:
@@ -208,7 +316,9 @@ def set_loader_epoch(loader: Any, epoch: int) -> None:
     batch_sampler = loader.batch_sampler
     if hasattr(batch_sampler, 'set_epoch'):
         batch_sampler.set_epoch(epoch)
-    elif hasattr(getattr(batch_sampler, 'sampler', None), 'set_epoch'):  # replay.SlotSampler, or timm's own
+    elif hasattr(
+        getattr(batch_sampler, 'sampler', None), 'set_epoch'
+    ):  # replay.SlotSampler, or timm's own
         batch_sampler.sampler.set_epoch(epoch)
     elif hasattr(loader.sampler, 'set_epoch'):
         loader.sampler.set_epoch(epoch)
@@ -232,12 +342,15 @@ def dataset_targets(dataset: Any) -> torch.Tensor:
     samples = getattr(reader, 'samples', None) or getattr(dataset, 'samples', None)
     if samples is not None:
         return torch.as_tensor([s[1] for s in samples], dtype=torch.long)
-    raise KDError(f'cannot read the labels of {type(dataset).__name__} without loading it; this needs an '
-                  f'ImageFolder or a torchvision dataset')
+    raise KDError(
+        f'cannot read the labels of {type(dataset).__name__} without loading it; this needs an '
+        f'ImageFolder or a torchvision dataset'
+    )
 
 
 class _DatasetView(torch.utils.data.Dataset):
     """A wrapper over a dataset; the transform timm's loader assigns to it goes to the wrapped dataset."""
+
     dataset: Any
 
     @property
@@ -251,7 +364,8 @@ class _DatasetView(torch.utils.data.Dataset):
 
 class IndexedTargets(_DatasetView):
     """Yields (image, sample index) instead of (image, label), so losses that keep per-sample state (CRD's
-    memory bank) know which images are in the batch; the training loop maps the index back to its label with
+    memory bank) know which images are in the batch; the training loop maps the index back to its
+    label with
     `targets` before mixup."""
 
     def __init__(self, dataset: Any):
@@ -268,13 +382,15 @@ class IndexedTargets(_DatasetView):
 class StratifiedSubset(_DatasetView):
     """A seeded, class-stratified fraction of a dataset (VanillaKD's 30% / 60% ImageNet-1k subsets, Table 13).
 
-    Each class keeps round(fraction * its size) samples (at least one), drawn with `seed`, so the subset has the
-    full set's class balance and is the same on every rank and every run.
+    Each class keeps round(fraction * its size) samples (at least one), drawn with `seed`, so the
+    subset has the full set's class balance and is the same on every rank and every run.
     """
 
     def __init__(self, dataset: Any, fraction: float, seed: int = 0):
         if not 0 < fraction <= 1:
-            raise KDError(f'--train-fraction must be in (0, 1] (0 only with --unlabeled-data), got {fraction}')
+            raise KDError(
+                f'--train-fraction must be in (0, 1] (0 only with --unlabeled-data), got {fraction}'
+            )
         self.dataset = dataset
         targets = dataset_targets(dataset)
         g = torch.Generator().manual_seed(seed)

@@ -6,14 +6,16 @@
 
 `--teacher` may be given several times; the teacher flags that follow one (`--teacher-checkpoint`,
 `--teacher-kwargs`, `--teacher-no-ema`, `--teacher-mean`, `--teacher-std`, `--teacher-input-size`,
-`--teacher-dtype`, `--teacher-weight`) belong to it. Each teacher sees the student's batch through its own
-preprocessing (`InputAdapter`), one pass per teacher per batch, shared by all students. The target
-(`--teacher-ensemble prob`, the default) is the weighted mean of the teachers' probabilities at the KD temperature
-T (`--kd-temperature`, 1 when unset): the ensemble hands out the logits T * log(sum_i w_i softmax(z_i / T)),
-whose softmax at T is exactly that mixture (big_vision's and DeiT-style distillation average teachers'
-probabilities). `--teacher-ensemble logit` takes the weighted mean of the logits instead. Weights default to
-equal and are normalized. Feature losses need one teacher's feature maps and are refused with ensembles.
+`--teacher-dtype`, `--teacher-weight`) belong to it. Each teacher sees the student's batch through
+its own preprocessing (`InputAdapter`), one pass per teacher per batch, shared by all students. The
+target (`--teacher-ensemble prob`, the default) is the weighted mean of the teachers' probabilities
+at the KD temperature T (`--kd-temperature`, 1 when unset): the ensemble hands out the logits T *
+log(sum_i w_i softmax(z_i / T)), whose softmax at T is exactly that mixture (big_vision's and
+DeiT-style distillation average teachers' probabilities). `--teacher-ensemble logit` takes the
+weighted mean of the logits instead. Weights default to equal and are normalized. Feature losses
+need one teacher's feature maps and are refused with ensembles.
 """
+
 import argparse
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -27,9 +29,12 @@ from .teacher import TeacherOutput
 def _teacher_parser() -> argparse.ArgumentParser:
     """The flags one --teacher of an ensemble has for itself, as `<field>` (kd_flags.TEACHER_OWN_FLAGS)."""
     from .train.kd_flags import TEACHER_OWN_FLAGS
+
     p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for field, flags, options in TEACHER_OWN_FLAGS:
-        if field == 'dtype':  # unset: the shared --teacher-dtype (or --teacher-fast) applies to this teacher
+        if (
+            field == 'dtype'
+        ):  # unset: the shared --teacher-dtype (or --teacher-fast) applies to this teacher
             options = dict(options, default=None)
         p.add_argument(*flags, dest=field, **options)
     return p
@@ -40,18 +45,23 @@ def split_teachers(argv: List[str]) -> Tuple[List[str], Optional[List[Dict[str, 
     starts = [i for i, a in enumerate(argv) if a == '--teacher' or a.startswith('--teacher=')]
     if len(starts) < 2:
         return argv, None
-    rest, teachers = argv[:starts[0]], []
+    rest, teachers = argv[: starts[0]], []
     parser = _teacher_parser()
     for n, start in enumerate(starts):
         end = starts[n + 1] if n + 1 < len(starts) else len(argv)
         token = argv[start]
-        name, segment = (token.split('=', 1)[1], argv[start + 1:end]) if '=' in token else \
-            (argv[start + 1] if start + 1 < end else '', argv[start + 2:end])
+        name, segment = (
+            (token.split('=', 1)[1], argv[start + 1 : end])
+            if '=' in token
+            else (argv[start + 1] if start + 1 < end else '', argv[start + 2 : end])
+        )
         if not name or name.startswith('-'):
             raise KDError('--teacher needs a model name after it')
         own, others = parser.parse_known_args(segment)
         if own.weight < 0:
-            raise KDError(f'--teacher-weight {own.weight} of {name!r} is negative; pass a weight >= 0')
+            raise KDError(
+                f'--teacher-weight {own.weight} of {name!r} is negative; pass a weight >= 0'
+            )
         teachers.append(dict(name=name, **vars(own)))
         rest += others
     return rest, teachers
@@ -61,20 +71,32 @@ class EnsembleTeacher(nn.Module):
     """Several `Teacher`s answering as one: the weighted mixture of their probabilities at `temperature`
     (`mode='prob'`) or the weighted mean of their logits (`mode='logit'`)."""
 
-    def __init__(self, teachers: Sequence[nn.Module], weights: Sequence[float], mode: str = 'prob',
-                 temperature: float = 1.0):
+    def __init__(
+        self,
+        teachers: Sequence[nn.Module],
+        weights: Sequence[float],
+        mode: str = 'prob',
+        temperature: float = 1.0,
+    ):
         super().__init__()
         if mode not in ('prob', 'logit'):
             raise KDError(f'unknown --teacher-ensemble {mode!r}; choose prob or logit')
         total = float(sum(weights))
         if total <= 0:
-            raise KDError('the --teacher-weight values sum to 0; give at least one teacher a positive weight')
+            raise KDError(
+                'the --teacher-weight values sum to 0; give at least one teacher a positive weight'
+            )
         classes = {t.num_classes for t in teachers}
         if len(classes) > 1:
-            raise KDError(f'the ensemble\'s teachers predict different class counts {sorted(classes)}; use teachers '
-                          f'of one label set')
+            raise KDError(
+                f"the ensemble's teachers predict different class counts {sorted(classes)}; use "
+                'teachers '
+                f'of one label set'
+            )
         self.teachers = nn.ModuleList(teachers)
-        self.register_buffer('weights', torch.tensor([w / total for w in weights]), persistent=False)
+        self.register_buffer(
+            'weights', torch.tensor([w / total for w in weights]), persistent=False
+        )
         self.mode, self.temperature = mode, temperature
 
     @property
@@ -83,7 +105,10 @@ class EnsembleTeacher(nn.Module):
 
     @property
     def model(self) -> nn.Module:
-        raise KDError('feature losses need one teacher\'s feature maps; use logit losses with several --teacher')
+        raise KDError(
+            "feature losses need one teacher's feature maps; use logit losses with several "
+            '--teacher'
+        )
 
     def train(self, mode: bool = True) -> 'EnsembleTeacher':
         return super().train(False)
@@ -101,10 +126,17 @@ class EnsembleTeacher(nn.Module):
         t = self.temperature
         return t * torch.logsumexp(torch.log(w) + torch.log_softmax(stacked / t, dim=-1), dim=0)
 
-    def forward(self, images: torch.Tensor, stages: Optional[Sequence[int]] = None) -> TeacherOutput:
+    def forward(
+        self, images: torch.Tensor, stages: Optional[Sequence[int]] = None
+    ) -> TeacherOutput:
         if stages is not None:
-            raise KDError('feature losses need one teacher\'s feature maps; use logit losses with several --teacher')
+            raise KDError(
+                "feature losses need one teacher's feature maps; use logit losses with several "
+                '--teacher'
+            )
         return TeacherOutput(self.combine([teacher(images).logits for teacher in self.teachers]))
 
-    def forward_many(self, images: torch.Tensor, stage_sets: Sequence[Optional[Sequence[int]]]) -> List[TeacherOutput]:
+    def forward_many(
+        self, images: torch.Tensor, stage_sets: Sequence[Optional[Sequence[int]]]
+    ) -> List[TeacherOutput]:
         return [self(images)] * len(stage_sets)

@@ -1,8 +1,10 @@
 """The one exception type users see for bad input.
 
-Every message is a single line that names the problem and how to fix it; every command line entry point prints it
-as ``error: <message>`` and exits with status 2 instead of a traceback (`one_line_errors`).
+Every message is a single line that names the problem and how to fix it; every command line entry
+point prints it as ``error: <message>`` and exits with status 2 instead of a traceback
+(`one_line_errors`).
 """
+
 import contextlib
 import sys
 from typing import Iterator

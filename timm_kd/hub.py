@@ -4,14 +4,16 @@
     python -m timm_kd.hub push CHECKPOINT --model ARCH[.TAG] --repo-id ORG/NAME [--private] [--revision BRANCH]
         [--overwrite-card]
 
-CHECKPOINT is a timm-kd training checkpoint (its EMA weights when present; --no-ema for the raw ones), a bare
-state_dict, a .safetensors file, or a VanillaKD release file (ConvNeXt-V2 in FAIR's key layout included: keys are
-converted by the architecture's own timm `checkpoint_filter_fn`). Loading never runs pickled code. The folder
-holds `model.safetensors` and `config.json` (written by timm's `save_for_hf`, loadable by plain timm as
-`hf-hub:ORG/NAME`) with our KD metadata under a top-level "kd" key, and a `README.md` model card (card.py).
-Only the student is exported: KD projectors, embeddings and auxiliary heads live in the checkpoint's task
-state and never reach the weights.
+CHECKPOINT is a timm-kd training checkpoint (its EMA weights when present; --no-ema for the raw
+ones), a bare state_dict, a .safetensors file, or a VanillaKD release file (ConvNeXt-V2 in FAIR's
+key layout included: keys are converted by the architecture's own timm `checkpoint_filter_fn`).
+Loading never runs pickled code. The folder holds `model.safetensors` and `config.json` (written by
+timm's `save_for_hf`, loadable by plain timm as `hf-hub:ORG/NAME`) with our KD metadata under a
+top-level "kd" key, and a `README.md` model card (card.py). Only the student is exported: KD
+projectors, embeddings and auxiliary heads live in the checkpoint's task state and never reach the
+weights.
 """
+
 import argparse
 import json
 import os
@@ -30,12 +32,15 @@ from .errors import KDError, one_line_errors
 from .saver import non_finite_tensors
 
 
-def load_student(model_name: str, checkpoint: str, use_ema: bool = True, allow_pickle: bool = False) -> torch.nn.Module:
+def load_student(
+    model_name: str, checkpoint: str, use_ema: bool = True, allow_pickle: bool = False
+) -> torch.nn.Module:
     """A timm model of `model_name` with the weights of `checkpoint`, keys converted by timm's filter if needed.
 
-    A training checkpoint's recorded flags shape the model (`--in-chans`, `--model-kwargs`) and its preprocessing:
-    the model's pretrained cfg gets the input size, crop, interpolation and mean/std the student was trained and
-    validated with, at train and test size alike, so `validate` and `export` score and publish it as trained.
+    A training checkpoint's recorded flags shape the model (`--in-chans`, `--model-kwargs`) and its
+    preprocessing: the model's pretrained cfg gets the input size, crop, interpolation and mean/std
+    the student was trained and validated with, at train and test size alike, so `validate` and
+    `export` score and publish it as trained.
     """
     state_dict = load_state_dict(checkpoint, use_ema=use_ema, allow_pickle=allow_pickle)
     args = load_training_metadata(checkpoint).get('args') or {}
@@ -56,20 +61,32 @@ def load_student(model_name: str, checkpoint: str, use_ema: bool = True, allow_p
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
         first = ' '.join(str(e).split())[:200]
-        raise KDError(f'checkpoint {checkpoint!r} does not fit {model_name!r} ({first}); pass the architecture it was '
-                      f'trained with as --model') from None
+        raise KDError(
+            f'checkpoint {checkpoint!r} does not fit {model_name!r} ({first}); pass the '
+            'architecture it was '
+            f'trained with as --model'
+        ) from None
     bad = non_finite_tensors(model.state_dict())
     if bad:
-        raise KDError(f'checkpoint {checkpoint!r} holds non-finite weights ({bad[0]} and {len(bad) - 1} more): the run '
-                      f'diverged; use an earlier checkpoint of it')
+        raise KDError(
+            f'checkpoint {checkpoint!r} holds non-finite weights ({bad[0]} and {len(bad) - 1} '
+            'more): the run '
+            f'diverged; use an earlier checkpoint of it'
+        )
     if args:
         config = resolve_data_config(args, model=model)  # as training resolved it
-        model.pretrained_cfg = {**model.pretrained_cfg, **config, 'test_input_size': config['input_size'],
-                                'test_crop_pct': config['crop_pct']}
+        model.pretrained_cfg = {
+            **model.pretrained_cfg,
+            **config,
+            'test_input_size': config['input_size'],
+            'test_crop_pct': config['crop_pct'],
+        }
     return model.eval()
 
 
-def kd_metadata(model_name: str, training: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:
+def kd_metadata(
+    model_name: str, training: Dict[str, Any], overrides: Dict[str, Any]
+) -> Dict[str, Any]:
     """Teacher, loss, epochs, recipe and accuracy: from the model's `vkd`-style cfg, the training checkpoint's
     args and metric (`training`, as `load_training_metadata` returns them), then explicit overrides (later wins)."""
     cfg = get_pretrained_cfg(model_name, allow_unregistered=True)
@@ -79,23 +96,38 @@ def kd_metadata(model_name: str, training: Dict[str, Any], overrides: Dict[str, 
     args = training.get('args') or {}
     if args.get('teacher'):
         losses = args.get('kd_loss')
-        meta.update(teacher=args['teacher'], kd_loss=', '.join(losses) if isinstance(losses, list) else losses,
-                    epochs=args.get('epochs'), recipe=os.path.basename(args['config']) if args.get('config') else None,
-                    dataset=args.get('dataset') or None)  # a folder's name is no dataset name: --dataset names it
+        meta.update(
+            teacher=args['teacher'],
+            kd_loss=', '.join(losses) if isinstance(losses, list) else losses,
+            epochs=args.get('epochs'),
+            recipe=os.path.basename(args['config']) if args.get('config') else None,
+            dataset=args.get('dataset') or None,
+        )  # a folder's name is no dataset name: --dataset names it
     if training.get('metric') is not None and args.get('eval_metric', 'top1') == 'top1':
         meta.setdefault('top1', round(float(training['metric']), 3))
     meta.update({k: v for k, v in overrides.items() if v is not None})
     return {k: v for k, v in meta.items() if v is not None}
 
 
-def export(checkpoint: str, model_name: str, out: str, use_ema: bool = True, allow_pickle: bool = False,
-           hub_id: Optional[str] = None, **overrides: Any) -> str:
+def export(
+    checkpoint: str,
+    model_name: str,
+    out: str,
+    use_ema: bool = True,
+    allow_pickle: bool = False,
+    hub_id: Optional[str] = None,
+    **overrides: Any,
+) -> str:
     """Write `model.safetensors`, `config.json` and `README.md` for `checkpoint` into `out`; returns `out`."""
     model = load_student(model_name, checkpoint, use_ema=use_ema, allow_pickle=allow_pickle)
     training = load_training_metadata(checkpoint)
     meta = kd_metadata(model_name, training, overrides)
-    data_config = resolve_data_config({}, model=model) if training.get('args') else None  # as trained
-    save_for_hf(model, out, model_config={'kd': meta}, safe_serialization=True, data_config=data_config)
+    data_config = (
+        resolve_data_config({}, model=model) if training.get('args') else None
+    )  # as trained
+    save_for_hf(
+        model, out, model_config={'kd': meta}, safe_serialization=True, data_config=data_config
+    )
     config_path = os.path.join(out, 'config.json')
     with open(config_path) as f:
         config = json.load(f)
@@ -114,14 +146,23 @@ def export(checkpoint: str, model_name: str, out: str, use_ema: bool = True, all
     return out
 
 
-def push(checkpoint: str, model_name: str, repo_id: str, private: bool = False, revision: Optional[str] = None,
-         overwrite_card: bool = False, commit_message: str = 'Add distilled model (timm-kd)',
-         **export_kwargs: Any) -> str:
+def push(
+    checkpoint: str,
+    model_name: str,
+    repo_id: str,
+    private: bool = False,
+    revision: Optional[str] = None,
+    overwrite_card: bool = False,
+    commit_message: str = 'Add distilled model (timm-kd)',
+    **export_kwargs: Any,
+) -> str:
     """Export, then publish as timm's `push_to_hf_hub` does: the repo is created if needed and tagged as a timm
-    library model, and a README.md already in the repo is kept unless `overwrite_card`. The token comes from
+    library model, and a README.md already in the repo is kept unless `overwrite_card`. The token
+    comes from
     huggingface_hub's usual places (HF_TOKEN, `hf auth login`); it is never printed or written to the folder."""
     import huggingface_hub
     import timm
+
     try:
         api = huggingface_hub.HfApi(library_name='timm', library_version=timm.__version__)
         with tempfile.TemporaryDirectory() as tmp:
@@ -131,11 +172,15 @@ def push(checkpoint: str, model_name: str, repo_id: str, private: bool = False, 
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
             if not overwrite_card and api.file_exists(repo_id, 'README.md', revision=revision):
                 os.remove(os.path.join(tmp, 'README.md'))
-            api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision, commit_message=commit_message)
+            api.upload_folder(
+                repo_id=repo_id, folder_path=tmp, revision=revision, commit_message=commit_message
+            )
     except KDError:
         raise
     except Exception as e:  # huggingface_hub: offline mode, 401/403, network errors
-        raise KDError(f'cannot push to the Hugging Face Hub repo {repo_id} ({_hub_problem(e)})') from None
+        raise KDError(
+            f'cannot push to the Hugging Face Hub repo {repo_id} ({_hub_problem(e)})'
+        ) from None
     return f'https://huggingface.co/{repo_id}'
 
 
@@ -145,50 +190,95 @@ def _hub_problem(e: Exception) -> str:
     if type(e).__name__ == 'OfflineModeIsEnabled':
         return 'offline mode is on; unset HF_HUB_OFFLINE and retry'
     if status in (401, 403):
-        return (f'HTTP {status}: not authorized; log in with `hf auth login` or set HF_TOKEN to a token with write '
-                f'access')
-    return f'{type(e).__name__}: {" ".join(str(e).split())[:120]}; check the network and the repo id'
+        return (
+            f'HTTP {status}: not authorized; log in with `hf auth login` or set HF_TOKEN to a '
+            'token with write '
+            f'access'
+        )
+    return (
+        f'{type(e).__name__}: {" ".join(str(e).split())[:120]}; check the network and the repo id'
+    )
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest='command', required=True)
     for command in ('export', 'push'):
         p = sub.add_parser(command)
         p.add_argument('checkpoint')
-        p.add_argument('--model', required=True, help='timm architecture, optionally with tag (resnet50.vkd)')
-        p.add_argument('--no-ema', action='store_true', help='export the raw weights, not the EMA ones')
-        p.add_argument('--allow-unsafe-pickle', action='store_true', help='trusted files only: may run code')
+        p.add_argument(
+            '--model', required=True, help='timm architecture, optionally with tag (resnet50.vkd)'
+        )
+        p.add_argument(
+            '--no-ema', action='store_true', help='export the raw weights, not the EMA ones'
+        )
+        p.add_argument(
+            '--allow-unsafe-pickle', action='store_true', help='trusted files only: may run code'
+        )
         for key in ('teacher', 'kd-loss', 'recipe', 'dataset'):
-            p.add_argument(f'--{key}', default=None, help=f'KD metadata: {key} (default: from the checkpoint)')
-        p.add_argument('--license', default=None,
-                       help='license of the weights, as a Hub license id (default: none stated)')
+            p.add_argument(
+                f'--{key}', default=None, help=f'KD metadata: {key} (default: from the checkpoint)'
+            )
+        p.add_argument(
+            '--license',
+            default=None,
+            help='license of the weights, as a Hub license id (default: none stated)',
+        )
         p.add_argument('--epochs', type=int, default=None)
         p.add_argument('--top1', type=float, default=None)
         p.add_argument('--top5', type=float, default=None)
-        p.add_argument('--results', default=None, help='JSON written by `python -m timm_kd.validate` (top1, top5)')
+        p.add_argument(
+            '--results',
+            default=None,
+            help='JSON written by `python -m timm_kd.validate` (top1, top5)',
+        )
         if command == 'export':
             p.add_argument('--out', required=True, help='output folder')
         else:
             p.add_argument('--repo-id', required=True, help='ORG/NAME on the Hugging Face Hub')
             p.add_argument('--private', action='store_true')
-            p.add_argument('--revision', default=None, help='branch to upload to (created if needed)')
-            p.add_argument('--overwrite-card', action='store_true',
-                           help="replace the repo's README.md (kept by default, as timm's push_to_hf_hub does)")
+            p.add_argument(
+                '--revision', default=None, help='branch to upload to (created if needed)'
+            )
+            p.add_argument(
+                '--overwrite-card',
+                action='store_true',
+                help="replace the repo's README.md (kept by default, as timm's push_to_hf_hub "
+                'does)',
+            )
     args = parser.parse_args(argv)
-    overrides = dict(teacher=args.teacher, kd_loss=args.kd_loss, recipe=args.recipe, dataset=args.dataset,
-                     epochs=args.epochs, top1=args.top1, top5=args.top5, license=args.license)
+    overrides = dict(
+        teacher=args.teacher,
+        kd_loss=args.kd_loss,
+        recipe=args.recipe,
+        dataset=args.dataset,
+        epochs=args.epochs,
+        top1=args.top1,
+        top5=args.top5,
+        license=args.license,
+    )
     if args.results:
         with open(args.results) as f:
             results = json.load(f)
-        overrides.update({k: results[k] for k in ('top1', 'top5') if overrides.get(k) is None and k in results})
+        overrides.update(
+            {k: results[k] for k in ('top1', 'top5') if overrides.get(k) is None and k in results}
+        )
     common = dict(use_ema=not args.no_ema, allow_pickle=args.allow_unsafe_pickle, **overrides)
     with one_line_errors():
         if args.command == 'export':
             print(f'exported to {export(args.checkpoint, args.model, args.out, **common)}')
         else:
-            url = push(args.checkpoint, args.model, args.repo_id, private=args.private, revision=args.revision,
-                       overwrite_card=args.overwrite_card, **common)
+            url = push(
+                args.checkpoint,
+                args.model,
+                args.repo_id,
+                private=args.private,
+                revision=args.revision,
+                overwrite_card=args.overwrite_card,
+                **common,
+            )
             print(f'pushed to {url}')
 
 

@@ -3,9 +3,10 @@
     python -m timm_kd.recipes            # list them, with the first line of each
     timm-kd-train DATA --config resnet50_a2 --teacher ...   # use one by name
 
-Each file reproduces a table of VanillaKD (Hao et al., 2023); its header names the table and the global batch it
-was written for. A checkout also has them at `hparams/` (a link to this folder).
+Each file reproduces a table of VanillaKD (Hao et al., 2023); its header names the table and the
+global batch it was written for. A checkout also has them at `hparams/` (a link to this folder).
 """
+
 import argparse
 import os
 from typing import Dict, Optional
@@ -19,7 +20,7 @@ def list_recipes() -> Dict[str, str]:
     for file in sorted(os.listdir(RECIPE_DIR)):
         if file.endswith('.yaml'):
             with open(os.path.join(RECIPE_DIR, file)) as f:
-                out[file[:-len('.yaml')]] = f.readline().lstrip('# ').strip()
+                out[file[: -len('.yaml')]] = f.readline().lstrip('# ').strip()
     return out
 
 
@@ -33,12 +34,16 @@ def find_recipe(name: str) -> Optional[str]:
 
 
 def main(argv=None) -> None:
-    argparse.ArgumentParser(description='List the bundled recipes (use one with --config NAME).').parse_args(argv)
+    argparse.ArgumentParser(
+        description='List the bundled recipes (use one with --config NAME).'
+    ).parse_args(argv)
     recipes = list_recipes()
     width = max(map(len, recipes))
     for name, title in recipes.items():
         print(f'{name:<{width}}  {title}')
-    print(f'\n{len(recipes)} recipes in {RECIPE_DIR}; use one with: timm-kd-train DATA --config NAME')
+    print(
+        f'\n{len(recipes)} recipes in {RECIPE_DIR}; use one with: timm-kd-train DATA --config NAME'
+    )
 
 
 if __name__ == '__main__':

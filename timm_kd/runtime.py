@@ -1,4 +1,5 @@
 """Process-level setup for training: device and DDP, learning rate from batch size, AMP, output folder."""
+
 import logging
 import os
 from contextlib import nullcontext
@@ -20,6 +21,7 @@ _logger = logging.getLogger(__name__)
 @dataclass
 class Process:
     """Where this process trains: its device and its place among the DDP processes."""
+
     device: torch.device
     rank: int = 0
     local_rank: int = 0
@@ -35,52 +37,85 @@ def init_process(device: Optional[str] = None) -> Process:
     """CUDA when present (else CPU) if `device` is unset, and DDP under torchrun: nccl on GPU, gloo on CPU."""
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     if device.startswith('cuda') and not torch.cuda.is_available():
-        raise KDError(f'--device {device}: CUDA is not available on this machine; pass --device cpu or leave it unset')
+        raise KDError(
+            f'--device {device}: CUDA is not available on this machine; pass --device cpu or leave '
+            'it unset'
+        )
     local_processes = int(os.environ.get('LOCAL_WORLD_SIZE', 1))  # set by torchrun
     if device == 'cuda' and local_processes > torch.cuda.device_count():
-        raise KDError(f'torchrun started {local_processes} processes on this machine but it has '
-                      f'{torch.cuda.device_count()} GPU(s); pass --nproc_per_node {torch.cuda.device_count()}, or '
-                      f'--device cpu to train on the CPU')
+        raise KDError(
+            f'torchrun started {local_processes} processes on this machine but it has '
+            f'{torch.cuda.device_count()} GPU(s); pass --nproc_per_node '
+            f'{torch.cuda.device_count()}, or '
+            f'--device cpu to train on the CPU'
+        )
     info = init_distributed_device_so(device)
-    return Process(torch.device(info['device']), info['global_rank'], info['local_rank'], info['world_size'],
-                   info['distributed'])
+    return Process(
+        torch.device(info['device']),
+        info['global_rank'],
+        info['local_rank'],
+        info['world_size'],
+        info['distributed'],
+    )
 
 
-def resolve_lr(lr: Optional[float], lr_base: float, lr_base_size: int, global_batch: float, opt: str,
-               lr_base_scale: str = '') -> float:
+def resolve_lr(
+    lr: Optional[float],
+    lr_base: float,
+    lr_base_size: int,
+    global_batch: float,
+    opt: str,
+    lr_base_scale: str = '',
+) -> float:
     """`lr`, or `lr_base` scaled by global batch / `lr_base_size` (sqrt for adaptive optimizers, else linear).
 
-    This is how a recipe written for a global batch of 2048 (VanillaKD's 5e-3 LAMB) transfers to other sizes.
+    This is how a recipe written for a global batch of 2048 (VanillaKD's 5e-3 LAMB) transfers to
+    other sizes.
     """
     if lr:
         return lr
     ratio = global_batch / lr_base_size
-    scale = lr_base_scale or ('sqrt' if any(o in opt.lower() for o in ('ada', 'lamb')) else 'linear')
-    lr = lr_base * (ratio ** 0.5 if scale == 'sqrt' else ratio)
-    _logger.info(f'Learning rate {lr:.3e} = lr_base {lr_base} x ({global_batch:g}/{lr_base_size})'
-                 f'{"^0.5" if scale == "sqrt" else ""} ({scale} scaling)')
+    scale = lr_base_scale or (
+        'sqrt' if any(o in opt.lower() for o in ('ada', 'lamb')) else 'linear'
+    )
+    lr = lr_base * (ratio**0.5 if scale == 'sqrt' else ratio)
+    _logger.info(
+        f'Learning rate {lr:.3e} = lr_base {lr_base} x ({global_batch:g}/{lr_base_size})'
+        f'{"^0.5" if scale == "sqrt" else ""} ({scale} scaling)'
+    )
     return lr
 
 
-def amp_setup(amp: bool, amp_dtype: str, device: torch.device) -> Tuple[Callable, Optional[NativeScaler]]:
+def amp_setup(
+    amp: bool, amp_dtype: str, device: torch.device
+) -> Tuple[Callable, Optional[NativeScaler]]:
     """Autocast context factory and loss scaler (float16 on CUDA only) for --amp / --amp-dtype."""
     if not amp:
         return nullcontext, None
     dtype = torch.bfloat16 if amp_dtype == 'bfloat16' else torch.float16
-    scaler = NativeScaler(device=device.type) if device.type == 'cuda' and dtype == torch.float16 else None
+    scaler = (
+        NativeScaler(device=device.type)
+        if device.type == 'cuda' and dtype == torch.float16
+        else None
+    )
     return partial(torch.autocast, device_type=device.type, dtype=dtype), scaler
 
 
 def experiment_name(experiment: str, model: str, input_size: Sequence[int]) -> str:
     """EXPERIMENT, or timm's dated name: date-time, model, input size."""
-    return experiment or '-'.join([datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(model),
-                                   str(input_size[-1])])
+    return experiment or '-'.join(
+        [datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(model), str(input_size[-1])]
+    )
 
 
 def output_dir(output: str, name: str) -> str:
     """Folder for checkpoints, args.yaml and summary.csv: OUTPUT/NAME (OUTPUT defaults to ./output/train)."""
     try:
         return get_outdir(output or os.path.join('.', 'output', 'train'), name)
-    except OSError as e:  # NotADirectoryError (a file on the path), PermissionError, read-only file system
-        raise KDError(f'cannot create the output folder {os.path.join(output or "./output/train", name)!r} '
-                      f'({type(e).__name__}: {e.strerror}); pass an --output folder you can write to') from None
+    except (
+        OSError
+    ) as e:  # NotADirectoryError (a file on the path), PermissionError, read-only file system
+        raise KDError(
+            f'cannot create the output folder {os.path.join(output or "./output/train", name)!r} '
+            f'({type(e).__name__}: {e.strerror}); pass an --output folder you can write to'
+        ) from None

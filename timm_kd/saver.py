@@ -1,13 +1,15 @@
 """Checkpoints that are never lost: timm's `CheckpointSaver` ranking and history, with every file written
 durably and replaced atomically.
 
-timm's saver deletes `last.pth.tar` before renaming the new file over it and never fsyncs, so a kill in that
-gap, or a power cut before the page cache is flushed, leaves no loadable `last.pth.tar`. Here each file is
-written to a temporary name, fsynced, renamed over the old one (`os.replace`, atomic on POSIX), and the folder is
-fsynced: at every instant `last.pth.tar` is either the previous checkpoint or the new one. A full disk is one
-line, keeps the previous checkpoint and removes the temporary file. Weights that are not finite are never
-written (`NonFiniteError`): a run that diverged keeps its last good checkpoints.
+timm's saver deletes `last.pth.tar` before renaming the new file over it and never fsyncs, so a kill
+in that gap, or a power cut before the page cache is flushed, leaves no loadable `last.pth.tar`.
+Here each file is written to a temporary name, fsynced, renamed over the old one (`os.replace`,
+atomic on POSIX), and the folder is fsynced: at every instant `last.pth.tar` is either the previous
+checkpoint or the new one. A full disk is one line, keeps the previous checkpoint and removes the
+temporary file. Weights that are not finite are never written (`NonFiniteError`): a run that
+diverged keeps its last good checkpoints.
 """
+
 import os
 import shutil
 from typing import Any, Dict, Optional
@@ -35,15 +37,17 @@ def non_finite_tensors(state: Dict[str, Any]) -> list:
     finite = {}
     for device in devices:
         keys = [k for k in names if state[k].device == device]
-        finite.update(zip(keys, torch.stack([state[k].isfinite().all() for k in keys]).cpu().tolist()))
+        finite.update(
+            zip(keys, torch.stack([state[k].isfinite().all() for k in keys]).cpu().tolist())
+        )
     return [k for k in names if not finite[k]]
 
 
 class DurableCheckpointSaver(CheckpointSaver):
     """`CheckpointSaver` with atomic, fsynced files, a one-line full-disk error and a non-finite guard.
 
-    `extra_state` (a dict) is written into every checkpoint: the loop puts the position of a recovery checkpoint
-    there (`recovery_update`), so that `--resume` continues mid-epoch.
+    `extra_state` (a dict) is written into every checkpoint: the loop puts the position of a
+    recovery checkpoint there (`recovery_update`), so that `--resume` continues mid-epoch.
     """
 
     extra_state: Optional[Dict[str, Any]] = None
@@ -55,21 +59,32 @@ class DurableCheckpointSaver(CheckpointSaver):
         for which, model in models.items():
             bad = non_finite_tensors(model.state_dict())
             if bad:
-                raise NonFiniteError(f'the {which}weights are not finite in epoch {epoch} ({bad[0]} and '
-                                     f'{len(bad) - 1} more); nothing was saved and the last good checkpoints stay: '
-                                     f'resume from one with a lower --lr or with --clip-grad')
+                raise NonFiniteError(
+                    f'the {which}weights are not finite in epoch {epoch} ({bad[0]} and '
+                    f'{len(bad) - 1} more); nothing was saved and the last good checkpoints stay: '
+                    f'resume from one with a lower --lr or with --clip-grad'
+                )
         try:
             with open(save_path, 'wb') as f:
-                super()._save(f, epoch, metric)  # timm's checkpoint layout; torch.save writes into the open file
+                super()._save(
+                    f, epoch, metric
+                )  # timm's checkpoint layout; torch.save writes into the open file
                 f.flush()
                 os.fsync(f.fileno())
-        except (OSError, RuntimeError) as e:  # ENOSPC surfaces as RuntimeError from torch's zip writer
+        except (
+            OSError,
+            RuntimeError,
+        ) as e:  # ENOSPC surfaces as RuntimeError from torch's zip writer
             if os.path.exists(save_path):
                 os.remove(save_path)
-            free = shutil.disk_usage(os.path.dirname(save_path) or '.').free / 2 ** 20
-            raise KDError(f'cannot write checkpoint {save_path} ({" ".join(str(e).split())[:80]}; {free:.0f} MiB '
-                          f'free); free disk space or choose another --output: the previous checkpoints are kept, '
-                          f'resume from last.pth.tar') from None
+            free = shutil.disk_usage(os.path.dirname(save_path) or '.').free / 2**20
+            raise KDError(
+                f'cannot write checkpoint {save_path} ({" ".join(str(e).split())[:80]}; {free:.0f} '
+                'MiB '
+                'free); free disk space or choose another --output: the previous checkpoints are '
+                'kept, '
+                f'resume from last.pth.tar'
+            ) from None
 
     def state_dict(self, epoch=None, metric=None):
         return {**super().state_dict(epoch, metric), **(self.extra_state or {})}
@@ -83,7 +98,9 @@ class DurableCheckpointSaver(CheckpointSaver):
             self.best_metric, self.best_epoch = metric, epoch
 
     def _replace(self, src, dst):
-        os.replace(src, dst)  # atomic; timm deletes dst first (for Windows), which opens a gap with no file
+        os.replace(
+            src, dst
+        )  # atomic; timm deletes dst first (for Windows), which opens a gap with no file
         _fsync_dir(os.path.dirname(dst) or '.')
 
     def _duplicate(self, src, dst):

@@ -1,10 +1,12 @@
 """The trainable side of distillation: the student plus every part KD trains with it.
 
-`KDStudent` is the module DDP wraps and the optimizer sees: the student, the KD losses (their projectors,
-embeddings, fusion modules, CRD memory) and the deep-supervision heads. It runs the student once (through
-`forward_intermediates` only when features are needed) and returns the student's logits and each KD loss,
-unweighted. Only `KDStudent.student` is evaluated, averaged by EMA and exported; the rest is task state.
+`KDStudent` is the module DDP wraps and the optimizer sees: the student, the KD losses (their
+projectors, embeddings, fusion modules, CRD memory) and the deep-supervision heads. It runs the
+student once (through `forward_intermediates` only when features are needed) and returns the
+student's logits and each KD loss, unweighted. Only `KDStudent.student` is evaluated, averaged by
+EMA and exported; the rest is task state.
 """
+
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -33,13 +35,13 @@ class KDStudent(nn.Module):
     """student + KD losses + auxiliary heads; `forward` returns (student logits, {component: loss})."""
 
     def __init__(
-            self,
-            student: nn.Module,
-            kd_losses: Optional[Mapping[str, nn.Module]] = None,
-            student_stages: Sequence[int] = (),
-            aux_stages: Sequence[int] = (),
-            aux_heads: Optional[Sequence[nn.Module]] = None,
-            teacher_stages: Optional[Sequence[int]] = None,
+        self,
+        student: nn.Module,
+        kd_losses: Optional[Mapping[str, nn.Module]] = None,
+        student_stages: Sequence[int] = (),
+        aux_stages: Sequence[int] = (),
+        aux_heads: Optional[Sequence[nn.Module]] = None,
+        teacher_stages: Optional[Sequence[int]] = None,
     ):
         super().__init__()
         self.student = student
@@ -47,21 +49,35 @@ class KDStudent(nn.Module):
         self.student_stages = list(student_stages)
         self.aux_stages = list(aux_stages)
         self.aux_heads = nn.ModuleList(aux_heads or [])
-        self.teacher_stages = list(teacher_stages) if teacher_stages is not None else None  # None: logits only
+        self.teacher_stages = (
+            list(teacher_stages) if teacher_stages is not None else None
+        )  # None: logits only
         logit = [n for n, m in self.kd_losses.items() if m.kind == 'logit']
         if self.aux_heads and not logit:
-            raise KDError('deep supervision distills each auxiliary head with a logit loss; add one to --kd-loss '
-                          '(e.g. kd)')
+            raise KDError(
+                'deep supervision distills each auxiliary head with a logit loss; add one to '
+                '--kd-loss '
+                '(e.g. kd)'
+            )
         self.aux_loss = self.kd_losses[logit[0]] if logit else None
         self.needs_index = any(getattr(m, 'needs_index', False) for m in self.kd_losses.values())
-        self.needs_features = bool(self.aux_heads) or any(m.kind == 'feature' for m in self.kd_losses.values())
+        self.needs_features = bool(self.aux_heads) or any(
+            m.kind == 'feature' for m in self.kd_losses.values()
+        )
 
-    def forward(self, x: torch.Tensor, teacher: Optional[TeacherOutput] = None, target: Optional[torch.Tensor] = None,
-                index: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        teacher: Optional[TeacherOutput] = None,
+        target: Optional[torch.Tensor] = None,
+        index: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         if not self.needs_features:
             logits, features = self.student(x), None
         else:
-            logits, features = forward_features(self.student, x, self.student_stages + self.aux_stages)
+            logits, features = forward_features(
+                self.student, x, self.student_stages + self.aux_stages
+            )
         losses: Dict[str, torch.Tensor] = {}
         if teacher is None:
             return logits, losses
@@ -71,10 +87,14 @@ class KDStudent(nn.Module):
                 losses[f'{name}_loss'] = loss(logits, teacher.logits, target)
             else:
                 kwargs = {'index': index} if getattr(loss, 'needs_index', False) else {}
-                losses[f'{name}_loss'] = loss(Features(features.maps[:n], features.pre_logits), teacher.features,
-                                              **kwargs)
+                losses[f'{name}_loss'] = loss(
+                    Features(features.maps[:n], features.pre_logits), teacher.features, **kwargs
+                )
         if self.aux_heads:
-            aux = [self.aux_loss(head(m), teacher.logits, target) for head, m in zip(self.aux_heads, features.maps[n:])]
+            aux = [
+                self.aux_loss(head(m), teacher.logits, target)
+                for head, m in zip(self.aux_heads, features.maps[n:])
+            ]
             losses['aux_loss'] = torch.stack(aux).mean()
         return logits, losses
 
@@ -100,14 +120,23 @@ class KDStudent(nn.Module):
         """Layer-wise lr decay groups: the student's own, KD parts in the last group (as timm's KD task does)."""
         if not hasattr(self.student, 'group_matcher'):
             return {}
-        layer_map = group_parameters(self.student, self.student.group_matcher(coarse=coarse), reverse=True)
+        layer_map = group_parameters(
+            self.student, self.student.group_matcher(coarse=coarse), reverse=True
+        )
         last = max(layer_map.values(), default=0)
-        return lambda name: layer_map.get(name[len('student.'):], last) if name.startswith('student.') else last
+        return lambda name: (
+            layer_map.get(name[len('student.') :], last) if name.startswith('student.') else last
+        )
 
 
 @torch.no_grad()
-def _probe(student: nn.Module, teacher: Teacher, input_size: Sequence[int], student_stages: List[int],
-           teacher_stages: Optional[List[int]]) -> Tuple[FeatureSpec, Optional[FeatureSpec]]:
+def _probe(
+    student: nn.Module,
+    teacher: Teacher,
+    input_size: Sequence[int],
+    student_stages: List[int],
+    teacher_stages: Optional[List[int]],
+) -> Tuple[FeatureSpec, Optional[FeatureSpec]]:
     """Feature shapes of student and teacher (None without `teacher_stages`: aux heads only) from one forward
     pass on a zero batch (student in eval mode)."""
     device = next(student.parameters()).device
@@ -116,48 +145,65 @@ def _probe(student: nn.Module, teacher: Teacher, input_size: Sequence[int], stud
     student.eval()
     _, f_s = forward_features(student, x, student_stages)
     student.train(was_training)
-    return spec_of(f_s), spec_of(teacher(x, stages=teacher_stages).features) if teacher_stages else None
+    return spec_of(f_s), spec_of(
+        teacher(x, stages=teacher_stages).features
+    ) if teacher_stages else None
 
 
 def create_kd_student(
-        student: nn.Module,
-        teacher: Optional[Teacher],
-        loss_names: Sequence[str] = ('kd',),
-        loss_kwargs: Optional[Mapping[str, dict]] = None,
-        *,
-        input_size: Sequence[int] = (3, 224, 224),
-        student_stages: Sequence[int] = (-1,),
-        teacher_stages: Sequence[int] = (-1,),
-        aux_stages: Sequence[int] = (),
-        num_classes: Optional[int] = None,
-        num_samples: Optional[int] = None,
+    student: nn.Module,
+    teacher: Optional[Teacher],
+    loss_names: Sequence[str] = ('kd',),
+    loss_kwargs: Optional[Mapping[str, dict]] = None,
+    *,
+    input_size: Sequence[int] = (3, 224, 224),
+    student_stages: Sequence[int] = (-1,),
+    teacher_stages: Sequence[int] = (-1,),
+    aux_stages: Sequence[int] = (),
+    num_classes: Optional[int] = None,
+    num_samples: Optional[int] = None,
 ) -> KDStudent:
     """Build the KD losses by name (feature losses sized from probed shapes) and wrap them with the student.
 
-    `loss_kwargs[name]` holds each loss's hyperparameters. Feature losses get the student's and teacher's
-    `FeatureSpec`; losses that need the dataset size (crd) get `num_samples`.
+    `loss_kwargs[name]` holds each loss's hyperparameters. Feature losses get the student's and
+    teacher's `FeatureSpec`; losses that need the dataset size (crd) get `num_samples`.
     """
     loss_kwargs = loss_kwargs or {}
     if teacher is None:
         if aux_stages:
-            raise KDError('--kd-deep-supervision needs a teacher (--teacher): the auxiliary heads are distilled '
-                          'from it')
+            raise KDError(
+                '--kd-deep-supervision needs a teacher (--teacher): the auxiliary heads are '
+                'distilled '
+                'from it'
+            )
         return KDStudent(student)
     feature_names = [n for n in loss_names if get_kd_loss_class(n).kind == 'feature']
     s_stages = resolve_stages(student, student_stages, 'student') if feature_names else []
     t_stages = resolve_stages(teacher.model, teacher_stages, 'teacher') if feature_names else None
     a_stages = resolve_stages(student, aux_stages, 'student') if aux_stages else []
-    specs = _probe(student, teacher, input_size, s_stages + a_stages, t_stages) if s_stages + a_stages else None
+    specs = (
+        _probe(student, teacher, input_size, s_stages + a_stages, t_stages)
+        if s_stages + a_stages
+        else None
+    )
     losses = {}
     for name in loss_names:
         kwargs = dict(loss_kwargs.get(name, {}))
         if name in feature_names:
             n = len(s_stages)
-            kwargs.update(student=FeatureSpec(specs[0].map_shapes[:n], specs[0].pre_logits_dim), teacher=specs[1])
+            kwargs.update(
+                student=FeatureSpec(specs[0].map_shapes[:n], specs[0].pre_logits_dim),
+                teacher=specs[1],
+            )
             if loss_accepts(name, 'num_samples'):
                 if not num_samples:
-                    raise KDError(f'{name} needs the training set size (a map-style dataset with len())')
+                    raise KDError(
+                        f'{name} needs the training set size (a map-style dataset with len())'
+                    )
                 kwargs['num_samples'] = num_samples
         losses[name] = create_kd_loss(name, **kwargs)
-    heads = [AuxHead(specs[0].map_shapes[len(s_stages) + i][0], num_classes) for i in range(len(a_stages))]
+    heads = [
+        AuxHead(specs[0].map_shapes[len(s_stages) + i][0], num_classes)
+        for i in range(len(a_stages))
+    ]
     return KDStudent(student, losses, s_stages, a_stages, heads, t_stages)

@@ -1,8 +1,10 @@
 """The frozen teacher: the student's augmented batch in, teacher logits (and optionally features) out.
 
-`Teacher` is the one interface the distillation task talks to. Anything with the same `forward(images,
-stages=None) -> TeacherOutput` (an ensemble, a cache of teacher outputs) can stand in its place.
+`Teacher` is the one interface the distillation task talks to. Anything with the same
+`forward(images, stages=None) -> TeacherOutput` (an ensemble, a cache of teacher outputs) can stand
+in its place.
 """
+
 import logging
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
@@ -10,7 +12,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import resolve_data_config
-from timm.models import create_model, get_pretrained_cfg, is_model, parse_model_name, split_model_name_tag
+from timm.models import (
+    create_model,
+    get_pretrained_cfg,
+    is_model,
+    parse_model_name,
+    split_model_name_tag,
+)
 
 from .checkpoint import checkpoint_num_classes, load_state_dict
 from .errors import KDError
@@ -29,34 +37,41 @@ class TeacherOutput(NamedTuple):
 def _clone(out: TeacherOutput) -> TeacherOutput:
     if out.features is None:
         return TeacherOutput(out.logits.clone())
-    return TeacherOutput(out.logits.clone(), Features([m.clone() for m in out.features.maps],
-                                                      out.features.pre_logits.clone()))
+    return TeacherOutput(
+        out.logits.clone(),
+        Features([m.clone() for m in out.features.maps], out.features.pre_logits.clone()),
+    )
 
 
 class InputAdapter(nn.Module):
     """Converts a batch normalized for the student into the teacher's input, in one affine op plus a resize.
 
-    x_teacher = (x * std_s + mean_s - mean_t) / std_t = x * (std_s / std_t) + (mean_s - mean_t) / std_t,
-    and a resize to the teacher's resolution. Each step is skipped when student and teacher agree.
+    x_teacher = (x * std_s + mean_s - mean_t) / std_t = x * (std_s / std_t) + (mean_s - mean_t) /
+    std_t, and a resize to the teacher's resolution. Each step is skipped when student and teacher
+    agree.
     """
 
     def __init__(
-            self,
-            student_mean: Sequence[float],
-            student_std: Sequence[float],
-            teacher_mean: Sequence[float],
-            teacher_std: Sequence[float],
-            size: Optional[Tuple[int, int]] = None,
-            interpolation: str = 'bicubic',
+        self,
+        student_mean: Sequence[float],
+        student_std: Sequence[float],
+        teacher_mean: Sequence[float],
+        teacher_std: Sequence[float],
+        size: Optional[Tuple[int, int]] = None,
+        interpolation: str = 'bicubic',
     ):
         super().__init__()
-        s_mean, s_std, t_mean, t_std = (torch.tensor(v, dtype=torch.float64).view(1, -1, 1, 1)
-                                        for v in (student_mean, student_std, teacher_mean, teacher_std))
+        s_mean, s_std, t_mean, t_std = (
+            torch.tensor(v, dtype=torch.float64).view(1, -1, 1, 1)
+            for v in (student_mean, student_std, teacher_mean, teacher_std)
+        )
         self.renormalize = not (torch.equal(s_mean, t_mean) and torch.equal(s_std, t_std))
         self.register_buffer('scale', (s_std / t_std).float(), persistent=False)
         self.register_buffer('shift', ((s_mean - t_mean) / t_std).float(), persistent=False)
         self.size = tuple(size) if size is not None else None
-        self.interpolation = interpolation if interpolation in ('bilinear', 'bicubic', 'nearest') else 'bicubic'
+        self.interpolation = (
+            interpolation if interpolation in ('bilinear', 'bicubic', 'nearest') else 'bicubic'
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Resizing is linear with weights summing to one, so it commutes with the per-channel affine: apply the
@@ -67,8 +82,13 @@ class InputAdapter(nn.Module):
             x = self._affine(x)
         if resize:
             down = x.shape[-2] > self.size[0] or x.shape[-1] > self.size[1]
-            x = F.interpolate(x, size=self.size, mode=self.interpolation, align_corners=False,
-                              antialias=down and self.interpolation != 'nearest')
+            x = F.interpolate(
+                x,
+                size=self.size,
+                mode=self.interpolation,
+                align_corners=False,
+                antialias=down and self.interpolation != 'nearest',
+            )
         if self.renormalize and shrink:
             x = self._affine(x)
         return x
@@ -77,25 +97,28 @@ class InputAdapter(nn.Module):
         return torch.addcmul(self.shift.to(x.dtype), x, self.scale.to(x.dtype))
 
     def extra_repr(self) -> str:
-        return f'renormalize={self.renormalize}, size={self.size}, interpolation={self.interpolation}'
+        return (
+            f'renormalize={self.renormalize}, size={self.size}, interpolation={self.interpolation}'
+        )
 
 
 class Teacher(nn.Module):
     """A frozen timm model in eval mode that never builds an autograd graph.
 
-    It is deliberately not a `TrainingTask` component that DDP wraps, and the task never saves it. The fast
-    path, each part switchable: `inference_mode` (no autograd bookkeeping at all, on by default), weights cast
-    to `dtype` (bf16/fp16 halves weight memory and skips autocast's per-step weight casts), `channels_last`,
-    and `compile()` (adapter, cast and model as one graph, the frozen weights folded in as constants).
+    It is deliberately not a `TrainingTask` component that DDP wraps, and the task never saves it.
+    The fast path, each part switchable: `inference_mode` (no autograd bookkeeping at all, on by
+    default), weights cast to `dtype` (bf16/fp16 halves weight memory and skips autocast's per-step
+    weight casts), `channels_last`, and `compile()` (adapter, cast and model as one graph, the
+    frozen weights folded in as constants).
     """
 
     def __init__(
-            self,
-            model: nn.Module,
-            adapter: Optional[InputAdapter] = None,
-            dtype: torch.dtype = torch.float32,
-            channels_last: bool = False,
-            inference_mode: bool = True,
+        self,
+        model: nn.Module,
+        adapter: Optional[InputAdapter] = None,
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
+        inference_mode: bool = True,
     ):
         super().__init__()
         self.model = model.eval().requires_grad_(False).to(dtype=dtype)
@@ -115,20 +138,32 @@ class Teacher(nn.Module):
         """The teacher stays in eval mode whatever its parent asks (no dropout, frozen BN statistics)."""
         return super().train(False)
 
-    def compile(self, backend: str = 'inductor', mode: Optional[str] = None, freeze: bool = True,
-                **compile_kwargs) -> 'Teacher':
+    def compile(
+        self,
+        backend: str = 'inductor',
+        mode: Optional[str] = None,
+        freeze: bool = True,
+        **compile_kwargs,
+    ) -> 'Teacher':
         """torch.compile the teacher's whole inference (adapter, cast, model); calling it again is a no-op.
 
-        `freeze` (inductor only) folds the frozen weights into the graph as constants, which lets inductor fold
-        BatchNorm into convolutions and pre-pack weights. Safe here because the teacher never changes.
+        `freeze` (inductor only) folds the frozen weights into the graph as constants, which lets
+        inductor fold BatchNorm into convolutions and pre-pack weights. Safe here because the
+        teacher never changes.
         """
         if self._compiled is None:
             if backend == 'inductor' and freeze:
                 from torch._inductor import list_mode_options
-                compile_kwargs['options'] = {**(list_mode_options(mode) if mode else {}), 'freezing': True,
-                                             **compile_kwargs.get('options', {})}
+
+                compile_kwargs['options'] = {
+                    **(list_mode_options(mode) if mode else {}),
+                    'freezing': True,
+                    **compile_kwargs.get('options', {}),
+                }
                 mode = None
-            self._compiled = torch.compile(self._infer, backend=backend, mode=mode, **compile_kwargs)
+            self._compiled = torch.compile(
+                self._infer, backend=backend, mode=mode, **compile_kwargs
+            )
         return self
 
     def _infer(self, images: torch.Tensor, stages: Optional[Tuple[int, ...]]) -> TeacherOutput:
@@ -139,29 +174,40 @@ class Teacher(nn.Module):
             return TeacherOutput(*forward_features(self.model, x, stages))
         return TeacherOutput(self.model(x))
 
-    def forward(self, images: torch.Tensor, stages: Optional[Sequence[int]] = None) -> TeacherOutput:
+    def forward(
+        self, images: torch.Tensor, stages: Optional[Sequence[int]] = None
+    ) -> TeacherOutput:
         """Teacher logits for the student's batch; with `stages` also its `Features` at those stages."""
         stages = tuple(stages) if stages is not None else None
         with torch.inference_mode() if self.inference_mode else torch.no_grad():
             out = (self._compiled or self._infer)(images, stages)
-        if self.inference_mode:  # inference tensors cannot be saved for backward: hand out normal ones
+        if (
+            self.inference_mode
+        ):  # inference tensors cannot be saved for backward: hand out normal ones
             out = _clone(out)
         return out
 
-    def forward_many(self, images: torch.Tensor,
-                     stage_sets: Sequence[Optional[Sequence[int]]]) -> List[TeacherOutput]:
+    def forward_many(
+        self, images: torch.Tensor, stage_sets: Sequence[Optional[Sequence[int]]]
+    ) -> List[TeacherOutput]:
         """One teacher pass serving several students: `stage_sets[i]` is what student i asks for (None: logits).
 
-        The pass computes the union of the stages; each student gets its own stages, in its own order.
+        The pass computes the union of the stages; each student gets its own stages, in its own
+        order.
         """
         wanted = sorted({s for stages in stage_sets if stages is not None for s in stages})
         out = self(images, stages=wanted if wanted else None)
         if not wanted:
             return [out] * len(stage_sets)
         by_stage = dict(zip(wanted, out.features.maps))
-        return [TeacherOutput(out.logits) if stages is None else
-                TeacherOutput(out.logits, Features([by_stage[s] for s in stages], out.features.pre_logits))
-                for stages in stage_sets]
+        return [
+            TeacherOutput(out.logits)
+            if stages is None
+            else TeacherOutput(
+                out.logits, Features([by_stage[s] for s in stages], out.features.pre_logits)
+            )
+            for stages in stage_sets
+        ]
 
 
 def _parse_teacher_name(name: str) -> Tuple[Optional[str], str, str]:
@@ -181,90 +227,148 @@ def _has_pretrained_source(name: str) -> bool:
     return cfg is not None and bool(cfg.hf_hub_id or cfg.url or cfg.file or cfg.state_dict)
 
 
-def _create_teacher_model(name: str, checkpoint: Optional[str], in_chans: int, use_ema: bool,
-                          allow_pickle: bool, student_num_classes: int, model_kwargs: dict) -> nn.Module:
+def _create_teacher_model(
+    name: str,
+    checkpoint: Optional[str],
+    in_chans: int,
+    use_ema: bool,
+    allow_pickle: bool,
+    student_num_classes: int,
+    model_kwargs: dict,
+) -> nn.Module:
     source, arch, _ = _parse_teacher_name(name)
     if not source and not is_model(arch):
-        raise KDError(f'unknown teacher model {name!r}; see timm.list_models() / timm.list_pretrained() '
-                      f'for valid names')
+        raise KDError(
+            f'unknown teacher model {name!r}; see timm.list_models() / timm.list_pretrained() '
+            f'for valid names'
+        )
     try:
         if checkpoint:
             state_dict = load_state_dict(checkpoint, use_ema=use_ema, allow_pickle=allow_pickle)
             num_classes = checkpoint_num_classes(arch, state_dict) or student_num_classes
-            model = create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **model_kwargs)
+            model = create_model(
+                name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **model_kwargs
+            )
             try:
                 missing, unexpected = model.load_state_dict(state_dict, strict=False)
-                problem = f'{len(missing)} missing keys e.g. {missing[:2]}, {len(unexpected)} unexpected e.g. ' \
-                          f'{unexpected[:2]}' if missing or unexpected else ''
+                problem = (
+                    f'{len(missing)} missing keys e.g. {missing[:2]}, {len(unexpected)} unexpected '
+                    'e.g. '
+                    f'{unexpected[:2]}'
+                    if missing or unexpected
+                    else ''
+                )
             except RuntimeError as e:  # shape mismatches
-                problem = next((line.strip() for line in str(e).splitlines() if 'size mismatch' in line), str(e))
+                problem = next(
+                    (line.strip() for line in str(e).splitlines() if 'size mismatch' in line),
+                    str(e),
+                )
             if problem:
                 raise KDError(
-                    f'teacher checkpoint {checkpoint!r} does not fit architecture {name!r} ({problem[:200]}); pass the '
-                    f'--teacher architecture (and --teacher-kwargs) the checkpoint was trained with')
+                    f'teacher checkpoint {checkpoint!r} does not fit architecture {name!r} '
+                    f'({problem[:200]}); pass the '
+                    f'--teacher architecture (and --teacher-kwargs) the checkpoint was trained with'
+                )
             return model
         if not _has_pretrained_source(name):
-            raise KDError(f'teacher {name!r} has no pretrained weights in timm; pass --teacher-checkpoint PATH '
-                          f'or a name with a pretrained tag (timm.list_pretrained({arch + "*"!r}))')
+            raise KDError(
+                f'teacher {name!r} has no pretrained weights in timm; pass --teacher-checkpoint '
+                'PATH '
+                f'or a name with a pretrained tag (timm.list_pretrained({arch + "*"!r}))'
+            )
         return create_model(name, pretrained=True, in_chans=in_chans, **model_kwargs)
     except KDError:
         raise
     except RuntimeError as e:
-        raise KDError(f'could not create teacher {name!r}: {" ".join(str(e).split())[:200]}') from None
-    except Exception as e:  # hub/network errors come in many types (LocalEntryNotFoundError, OSError, HTTPError)
+        raise KDError(
+            f'could not create teacher {name!r}: {" ".join(str(e).split())[:200]}'
+        ) from None
+    except (
+        Exception
+    ) as e:  # hub/network errors come in many types (LocalEntryNotFoundError, OSError, HTTPError)
         offline = type(e).__name__ == 'LocalEntryNotFoundError' or 'offline' in str(e).lower()
-        reason = ('not in the local Hugging Face cache, and the Hub is unreachable or HF_HUB_OFFLINE=1' if offline
-                  else f'{type(e).__name__}: {" ".join(str(e).split())[:120]}')
-        raise KDError(f'no pretrained weights for teacher {name!r} ({reason}); download them once with network '
-                      f'access (cached under HF_HOME), or pass --teacher-checkpoint PATH') from None
+        reason = (
+            'not in the local Hugging Face cache, and the Hub is unreachable or HF_HUB_OFFLINE=1'
+            if offline
+            else f'{type(e).__name__}: {" ".join(str(e).split())[:120]}'
+        )
+        raise KDError(
+            f'no pretrained weights for teacher {name!r} ({reason}); download them once with '
+            'network '
+            f'access (cached under HF_HOME), or pass --teacher-checkpoint PATH'
+        ) from None
 
 
 def create_teacher(
-        name: str,
-        *,
-        num_classes: int,
-        student_mean: Sequence[float],
-        student_std: Sequence[float],
-        student_input_size: Sequence[int],
-        in_chans: int = 3,
-        checkpoint: Optional[str] = None,
-        use_ema: bool = True,
-        mean: Optional[Sequence[float]] = None,
-        std: Optional[Sequence[float]] = None,
-        input_size: Optional[Sequence[int]] = None,
-        dtype: str = 'float32',
-        channels_last: bool = False,
-        inference_mode: bool = True,
-        device: Optional[torch.device] = None,
-        allow_pickle: bool = False,
-        model_kwargs: Optional[dict] = None,
+    name: str,
+    *,
+    num_classes: int,
+    student_mean: Sequence[float],
+    student_std: Sequence[float],
+    student_input_size: Sequence[int],
+    in_chans: int = 3,
+    checkpoint: Optional[str] = None,
+    use_ema: bool = True,
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+    input_size: Optional[Sequence[int]] = None,
+    dtype: str = 'float32',
+    channels_last: bool = False,
+    inference_mode: bool = True,
+    device: Optional[torch.device] = None,
+    allow_pickle: bool = False,
+    model_kwargs: Optional[dict] = None,
 ) -> Teacher:
     """Build a frozen teacher from a timm name (pretrained weights) or a name plus `checkpoint`.
 
-    Preprocessing: a pretrained teacher uses its pretrained cfg's mean/std/input size. A teacher from a bare
-    architecture plus `checkpoint` is assumed to have been trained with the student's preprocessing (timm-kd-train
-    checkpoints are). `mean`, `std` and `input_size` (H W, or C H W) override either.
+    Preprocessing: a pretrained teacher uses its pretrained cfg's mean/std/input size. A teacher
+    from a bare architecture plus `checkpoint` is assumed to have been trained with the student's
+    preprocessing (timm-kd-train checkpoints are). `mean`, `std` and `input_size` (H W, or C H W)
+    override either.
     """
     if dtype not in DTYPES:
         raise KDError(f'unknown --teacher-dtype {dtype!r}; choose one of: {", ".join(DTYPES)}')
-    model = _create_teacher_model(name, checkpoint, in_chans, use_ema, allow_pickle, num_classes, model_kwargs or {})
+    model = _create_teacher_model(
+        name, checkpoint, in_chans, use_ema, allow_pickle, num_classes, model_kwargs or {}
+    )
     if model.num_classes != num_classes:
-        raise KDError(f'teacher {name!r} predicts {model.num_classes} classes but the student has {num_classes}; '
-                      f'use a teacher trained on the same label set (or set --num-classes to match)')
+        raise KDError(
+            f'teacher {name!r} predicts {model.num_classes} classes but the student has '
+            f'{num_classes}; '
+            f'use a teacher trained on the same label set (or set --num-classes to match)'
+        )
 
     source, _, tag = _parse_teacher_name(name)
     if checkpoint and not (source or tag):
-        data_config = dict(mean=tuple(student_mean), std=tuple(student_std), input_size=tuple(student_input_size),
-                           interpolation='bicubic')
+        data_config = dict(
+            mean=tuple(student_mean),
+            std=tuple(student_std),
+            input_size=tuple(student_input_size),
+            interpolation='bicubic',
+        )
     else:
         data_config = resolve_data_config({}, model=model)
     t_mean = tuple(mean) if mean else data_config['mean']
     t_std = tuple(std) if std else data_config['std']
     size = tuple(input_size)[-2:] if input_size else tuple(data_config['input_size'])[-2:]
-    adapter = InputAdapter(student_mean, student_std, t_mean, t_std, size=size,
-                           interpolation=data_config.get('interpolation', 'bicubic'))
-    _logger.info(f'Teacher {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, '
-                 f'{num_classes} classes, dtype {dtype}): input mean={t_mean} std={t_std}, '
-                 f'{adapter.extra_repr()}')
-    teacher = Teacher(model, adapter, dtype=DTYPES[dtype], channels_last=channels_last, inference_mode=inference_mode)
+    adapter = InputAdapter(
+        student_mean,
+        student_std,
+        t_mean,
+        t_std,
+        size=size,
+        interpolation=data_config.get('interpolation', 'bicubic'),
+    )
+    _logger.info(
+        f'Teacher {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, '
+        f'{num_classes} classes, dtype {dtype}): input mean={t_mean} std={t_std}, '
+        f'{adapter.extra_repr()}'
+    )
+    teacher = Teacher(
+        model,
+        adapter,
+        dtype=DTYPES[dtype],
+        channels_last=channels_last,
+        inference_mode=inference_mode,
+    )
     return teacher.to(device) if device is not None else teacher

@@ -1,16 +1,18 @@
 """Distillation from unlabeled images: they get the KD terms only, never the hard-label loss.
 
-SSLD (Cui et al., 2021) and "Knowledge distillation: a good teacher is patient and consistent" (Beyer et al.,
-2022) distill on images nobody labeled, with only the teacher's targets. `--unlabeled-data PATH` adds such images
-to the training stream: PATH is a folder of images (any layout, no classes) or a timm dataset spec
-(`torch/fashion_mnist`, read from the data root, its labels ignored). `--unlabeled-ratio R` takes R unlabeled
-images per labeled one each epoch (drawn without replacement while they last, seeded; all of them when unset).
-Unlabeled samples carry the label -1; the training loop turns that into a mask, and `DistillationTask` computes
-the hard-label loss on the labeled rows only (after mixup/cutmix, on the rows whose both sources are labeled),
-each weighing what it would in a fully labeled batch (the loss is their sum over the batch size), while every
-KD term sees the whole batch. With `--train-fraction 0` and `--ori-loss-weight 0` nothing labeled
-is needed at all.
+SSLD (Cui et al., 2021) and "Knowledge distillation: a good teacher is patient and consistent"
+(Beyer et al., 2022) distill on images nobody labeled, with only the teacher's targets.
+`--unlabeled-data PATH` adds such images to the training stream: PATH is a folder of images (any
+layout, no classes) or a timm dataset spec (`torch/fashion_mnist`, read from the data root, its
+labels ignored). `--unlabeled-ratio R` takes R unlabeled images per labeled one each epoch (drawn
+without replacement while they last, seeded; all of them when unset). Unlabeled samples carry the
+label -1; the training loop turns that into a mask, and `DistillationTask` computes the hard-label
+loss on the labeled rows only (after mixup/cutmix, on the rows whose both sources are labeled), each
+weighing what it would in a fully labeled batch (the loss is their sum over the batch size), while
+every KD term sees the whole batch. With `--train-fraction 0` and `--ori-loss-weight 0` nothing
+labeled is needed at all.
 """
+
 import os
 from typing import Any, Optional
 
@@ -28,11 +30,18 @@ class ImageFiles(torch.utils.data.Dataset):
     """Every image file under `root` (recursively, sorted), each with the label -1."""
 
     def __init__(self, root: str, img_mode: str = 'RGB'):
-        self.files = sorted(os.path.join(d, f) for d, _, names in os.walk(root) for f in names
-                            if f.lower().endswith(_EXTENSIONS))
+        self.files = sorted(
+            os.path.join(d, f)
+            for d, _, names in os.walk(root)
+            for f in names
+            if f.lower().endswith(_EXTENSIONS)
+        )
         if not self.files:
-            raise KDError(f'--unlabeled-data {root!r} holds no images ({", ".join(_EXTENSIONS)}); pass a folder of '
-                          f'images or a timm dataset spec')
+            raise KDError(
+                f'--unlabeled-data {root!r} holds no images ({", ".join(_EXTENSIONS)}); pass a '
+                'folder of '
+                f'images or a timm dataset spec'
+            )
         self.img_mode, self.transform = img_mode, None
         self.targets = torch.full((len(self.files),), UNLABELED)
 
@@ -47,17 +56,26 @@ class ImageFiles(torch.utils.data.Dataset):
 class WithUnlabeled(_DatasetView):
     """The labeled set followed by `count` images of the unlabeled one (a seeded draw), labeled -1."""
 
-    def __init__(self, labeled: Optional[Any], unlabeled: Any, ratio: Optional[float], seed: int = 0):
+    def __init__(
+        self, labeled: Optional[Any], unlabeled: Any, ratio: Optional[float], seed: int = 0
+    ):
         self.dataset, self.unlabeled = labeled, unlabeled
         n_labeled = len(labeled) if labeled is not None else 0
         count = len(unlabeled) if ratio is None else round(ratio * n_labeled)
         if count < 1:
-            raise KDError(f'--unlabeled-ratio {ratio} keeps no unlabeled image; pass a ratio > 0 or leave it unset')
+            raise KDError(
+                f'--unlabeled-ratio {ratio} keeps no unlabeled image; pass a ratio > 0 or leave it '
+                'unset'
+            )
         g = torch.Generator().manual_seed(seed)
-        draws = [torch.randperm(len(unlabeled), generator=g) for _ in range(-(-count // len(unlabeled)))]
+        draws = [
+            torch.randperm(len(unlabeled), generator=g) for _ in range(-(-count // len(unlabeled)))
+        ]
         self.picks = torch.cat(draws)[:count]
         self.n_labeled = n_labeled
-        labels = dataset_targets(labeled) if labeled is not None else torch.empty(0, dtype=torch.long)
+        labels = (
+            dataset_targets(labeled) if labeled is not None else torch.empty(0, dtype=torch.long)
+        )
         self.targets = torch.cat([labels, torch.full((count,), UNLABELED)])
 
     @property
@@ -82,12 +100,18 @@ class WithUnlabeled(_DatasetView):
 def check_unlabeled_run(has_teacher: bool, loss_names, needs_index: bool) -> None:
     """One line for runs that cannot use unlabeled images: no teacher, or a loss that needs every image's label."""
     if not has_teacher:
-        raise KDError('--unlabeled-data needs a teacher (--teacher or --teacher-cache): unlabeled images are trained '
-                      'on with the KD terms only')
+        raise KDError(
+            '--unlabeled-data needs a teacher (--teacher or --teacher-cache): unlabeled images are '
+            'trained '
+            'on with the KD terms only'
+        )
     for name in loss_names:
         if name == 'dkd' or needs_index:
-            raise KDError(f'--kd-loss {"crd" if needs_index else name} uses each image\'s label, which unlabeled '
-                          f'images lack; use kd, bkd, bkl, dist or a feature loss with --unlabeled-data')
+            raise KDError(
+                f"--kd-loss {'crd' if needs_index else name} uses each image's label, which "
+                'unlabeled '
+                f'images lack; use kd, bkd, bkl, dist or a feature loss with --unlabeled-data'
+            )
 
 
 def labeled_mask(known: torch.Tensor, mixed: bool) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """Pieces the experiments share: a training cell that runs once and resumes, and the demo teacher as --teacher."""
+
 import json
 import os
 from typing import Dict, List
@@ -15,7 +16,9 @@ def replace_flag(args: List[str], flag: str, value: str) -> List[str]:
     return args + [flag, value]
 
 
-def cell(name: str, train_args: List[str], data: str, output: str, workers: int) -> Dict[str, float]:
+def cell(
+    name: str, train_args: List[str], data: str, output: str, workers: int
+) -> Dict[str, float]:
     """Run one training cell unless its result.json exists; resumable through demo.run."""
     done = os.path.join(output, name, 'result.json')
     if os.path.isfile(done):
@@ -29,9 +32,17 @@ def cell(name: str, train_args: List[str], data: str, output: str, workers: int)
 
 def kd_args(teacher_checkpoint: str, temperature: float) -> List[str]:
     """The demo teacher as a --teacher of a student run."""
-    flags = ['--teacher', TEACHER[TEACHER.index('--model') + 1], '--teacher-checkpoint', teacher_checkpoint,
-             '--kd-temperature', str(temperature)]
+    flags = [
+        '--teacher',
+        TEACHER[TEACHER.index('--model') + 1],
+        '--teacher-checkpoint',
+        teacher_checkpoint,
+        '--kd-temperature',
+        str(temperature),
+    ]
     if '--model-kwargs' in TEACHER:
-        flags += ['--teacher-kwargs', *TEACHER[TEACHER.index('--model-kwargs') + 1:TEACHER.index('--epochs')]]
+        flags += [
+            '--teacher-kwargs',
+            *TEACHER[TEACHER.index('--model-kwargs') + 1 : TEACHER.index('--epochs')],
+        ]
     return flags
-

@@ -1,4 +1,5 @@
 """Correlation congruence."""
+
 import torch
 import torch.nn as nn
 
@@ -18,7 +19,9 @@ class CorrelationCongruence(nn.Module):
     Both embeddings are trained with the student and dropped from exported weights.
     """
 
-    def __init__(self, student: FeatureSpec, teacher: FeatureSpec, feat_dim: int = 128, scale: float = 0.02):
+    def __init__(
+        self, student: FeatureSpec, teacher: FeatureSpec, feat_dim: int = 128, scale: float = 0.02
+    ):
         super().__init__()
         self.embed_s = nn.Linear(student.pre_logits_dim, feat_dim)
         self.embed_t = nn.Linear(teacher.pre_logits_dim, feat_dim)

@@ -1,4 +1,5 @@
 """DIST: distillation from a stronger teacher by correlation, not by matching probabilities."""
+
 import torch
 import torch.nn as nn
 
@@ -22,17 +23,23 @@ class DIST(nn.Module):
         intra = T^2 * (1 - mean_j pearson(Y_s[:, j], Y_t[:, j]))      relation across images, per class
         loss = beta * inter + gamma * intra
 
-    eps=1e-8 is added to the product of the norms (not to each norm), as in the official VanillaKD code
-    (losses/dist.py); DIST's own repository does the same. Defaults beta=gamma=T=1 are VanillaKD's ImageNet
-    setting. `target` is ignored.
+    eps=1e-8 is added to the product of the norms (not to each norm), as in the official VanillaKD
+    code (losses/dist.py); DIST's own repository does the same. Defaults beta=gamma=T=1 are
+    VanillaKD's ImageNet setting. `target` is ignored.
     """
 
-    def __init__(self, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0, eps: float = 1e-8):
+    def __init__(
+        self, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0, eps: float = 1e-8
+    ):
         super().__init__()
         self.beta, self.gamma, self.temperature, self.eps = beta, gamma, temperature, eps
 
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                target: torch.Tensor = None) -> torch.Tensor:
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        target: torch.Tensor = None,
+    ) -> torch.Tensor:
         t = self.temperature
         y_s = (upcast(student_logits) / t).softmax(-1)
         y_t = (upcast(teacher_logits) / t).softmax(-1)

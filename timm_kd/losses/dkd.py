@@ -1,4 +1,5 @@
 """Decoupled knowledge distillation."""
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -15,18 +16,31 @@ class DecoupledKD(nn.Module):
         NCKD = T^2 * KL(p~_t || p~_s),     p~ = softmax over the non-target classes only
         both summed over their classes and averaged over the batch.
 
-    Dense targets (mixup/cutmix/label smoothing) use their argmax as the ground-truth class, as the official
-    VanillaKD code does (losses/dkd.py); its NCKD masks the target class by subtracting 1000 from its logit
-    before the softmax, which we reproduce (instead of -inf) so values match theirs to 1e-6.
-    Defaults alpha=1, beta=2, T=1 are VanillaKD's ImageNet setting (their Table 5 tunes lr/wd, not these).
+    Dense targets (mixup/cutmix/label smoothing) use their argmax as the ground-truth class, as the
+    official VanillaKD code does (losses/dkd.py); its NCKD masks the target class by subtracting
+    1000 from its logit before the softmax, which we reproduce (instead of -inf) so values match
+    theirs to 1e-6. Defaults alpha=1, beta=2, T=1 are VanillaKD's ImageNet setting (their Table 5
+    tunes lr/wd, not these).
     """
 
-    def __init__(self, alpha: float = 1.0, beta: float = 2.0, temperature: float = 1.0, mask_offset: float = 1000.):
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        beta: float = 2.0,
+        temperature: float = 1.0,
+        mask_offset: float = 1000.0,
+    ):
         super().__init__()
-        self.alpha, self.beta, self.temperature, self.mask_offset = alpha, beta, temperature, mask_offset
+        self.alpha, self.beta, self.temperature, self.mask_offset = (
+            alpha,
+            beta,
+            temperature,
+            mask_offset,
+        )
 
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                target: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
         t = self.temperature
         z_s, z_t = upcast(student_logits) / t, upcast(teacher_logits) / t
         gt = F.one_hot(hard_labels(target), z_s.shape[-1]).to(z_s.dtype)

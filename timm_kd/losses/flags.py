@@ -1,8 +1,10 @@
 """Command-line flags generated from the loss registry, and the per-loss configuration they resolve to.
 
-Every constructor argument with a default of a registered loss becomes `--<loss>-<arg>` (`--dkd-beta 8`,
-`--rkd-angle-weight 0`) and the YAML key `<loss>_<arg>`; the flag's type is the default's (int, float, bool, str).
+Every constructor argument with a default of a registered loss becomes `--<loss>-<arg>` (`--dkd-beta
+8`, `--rkd-angle-weight 0`) and the YAML key `<loss>_<arg>`; the flag's type is the default's (int,
+float, bool, str).
 """
+
 import argparse
 import inspect
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -16,8 +18,13 @@ _NOT_FLAGS = {'student', 'teacher', 'num_samples', 'base_kwargs'}
 def loss_hyperparameters(name: str) -> Dict[str, Any]:
     """Constructor arguments of a registered loss that become `--NAME-ARG` flags, with their defaults."""
     params = inspect.signature(get_kd_loss_class(name)).parameters.values()
-    return {q.name: q.default for q in params if q.name not in _NOT_FLAGS and q.default is not q.empty
-            and q.kind is q.POSITIONAL_OR_KEYWORD}
+    return {
+        q.name: q.default
+        for q in params
+        if q.name not in _NOT_FLAGS
+        and q.default is not q.empty
+        and q.kind is q.POSITIONAL_OR_KEYWORD
+    }
 
 
 def _flag_bool(value: str) -> bool:
@@ -42,32 +49,44 @@ def add_loss_hyperparameter_flags(p: argparse.ArgumentParser) -> None:
             flag = f'--{name}-{arg.replace("_", "-")}'
             if flag in p._option_string_actions:  # --kd-temperature is every loss's temperature
                 continue
-            g.add_argument(flag, dest=f'{name}_{arg}', default=None, metavar='V', type=_flag_type(default),
-                           help=f"{name}'s {arg.replace('_', ' ')} (the loss's default: {default})")
+            g.add_argument(
+                flag,
+                dest=f'{name}_{arg}',
+                default=None,
+                metavar='V',
+                type=_flag_type(default),
+                help=f"{name}'s {arg.replace('_', ' ')} (the loss's default: {default})",
+            )
 
 
 def kd_loss_config(
-        names: List[str],
-        weights: List[float],
-        *,
-        temperature: Optional[float] = None,
-        loss_kwargs: Optional[Mapping[str, Any]] = None,
-        flags: Mapping[str, Any] = {},
+    names: List[str],
+    weights: List[float],
+    *,
+    temperature: Optional[float] = None,
+    loss_kwargs: Optional[Mapping[str, Any]] = None,
+    flags: Mapping[str, Any] = {},
 ) -> Tuple[Dict[str, float], Dict[str, Dict[str, Any]]]:
     """Per-loss weights and keyword arguments.
 
-    `flags` maps generated flag destinations (`dkd_beta`) to values (None: unset). Precedence, lowest first: the
-    loss's own defaults, `temperature`, `key=value` in `loss_kwargs` (to every chosen loss that takes `key`), the
-    generated `--NAME-ARG` flags, `NAME.key=value` in `loss_kwargs`.
+    `flags` maps generated flag destinations (`dkd_beta`) to values (None: unset). Precedence,
+    lowest first: the loss's own defaults, `temperature`, `key=value` in `loss_kwargs` (to every
+    chosen loss that takes `key`), the generated `--NAME-ARG` flags, `NAME.key=value` in
+    `loss_kwargs`.
     """
     loss_kwargs = loss_kwargs or {}
     for name in names:
         if name not in list_kd_losses():
-            raise KDError(f'unknown --kd-loss {name!r}; choose one of: {", ".join(list_kd_losses())}')
+            raise KDError(
+                f'unknown --kd-loss {name!r}; choose one of: {", ".join(list_kd_losses())}'
+            )
     if len(set(names)) != len(names):
         raise KDError(f'--kd-loss lists a loss twice: {names}')
     if len(weights) not in (1, len(names)):
-        raise KDError(f'--kd-loss-weight has {len(weights)} values for {len(names)} losses; give one per loss or one')
+        raise KDError(
+            f'--kd-loss-weight has {len(weights)} values for {len(names)} losses; give one per '
+            'loss or one'
+        )
     kwargs: Dict[str, Dict[str, Any]] = {n: {} for n in names}
     if temperature is not None:
         for name in names:
@@ -90,7 +109,9 @@ def kd_loss_config(
         if '.' in key:
             name, arg = key.split('.', 1)
             if name not in names:
-                raise KDError(f'--kd-loss-kwargs {key}={value}: {name!r} is not in --kd-loss {names}')
+                raise KDError(
+                    f'--kd-loss-kwargs {key}={value}: {name!r} is not in --kd-loss {names}'
+                )
             kwargs[name][arg] = value
     for name in names:
         check_hyperparameters(name, kwargs[name])

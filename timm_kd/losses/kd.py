@@ -1,4 +1,5 @@
 """Vanilla logit distillation."""
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -13,9 +14,10 @@ class KLDivergenceKD(nn.Module):
         loss = T^2 * mean_batch( sum_classes p_t * (log p_t - log p_s) ),
         p_t = softmax(z_t / T),  log p_s = log_softmax(z_s / T)
 
-    i.e. KL(p_teacher || p_student), summed over classes and averaged over the batch. The T^2 factor keeps the
-    gradient scale independent of T. VanillaKD (Hao et al., 2023) uses T=1 with weight 1 next to the hard-label
-    loss; their official implementation computes exactly this quantity (KL summed over classes, batch mean).
+    i.e. KL(p_teacher || p_student), summed over classes and averaged over the batch. The T^2 factor
+    keeps the gradient scale independent of T. VanillaKD (Hao et al., 2023) uses T=1 with weight 1
+    next to the hard-label loss; their official implementation computes exactly this quantity (KL
+    summed over classes, batch mean).
 
     `target` is accepted for a uniform call signature and ignored: the loss depends on logits only.
     """
@@ -26,8 +28,12 @@ class KLDivergenceKD(nn.Module):
             raise ValueError(f'temperature must be > 0, got {temperature}')
         self.temperature = temperature
 
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                target: torch.Tensor = None) -> torch.Tensor:
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        target: torch.Tensor = None,
+    ) -> torch.Tensor:
         t = self.temperature
         log_p_s = F.log_softmax(upcast(student_logits) / t, dim=-1)
         log_p_t = F.log_softmax(upcast(teacher_logits) / t, dim=-1)

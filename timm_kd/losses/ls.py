@@ -1,4 +1,5 @@
 """Logit standardization, a pre-process for logit losses."""
+
 import torch
 import torch.nn as nn
 
@@ -16,21 +17,30 @@ class LogitStandardizedKD(nn.Module):
 
         loss = base( Z(z_s), Z(z_t), target ),   Z(z) = (z - mean(z)) / (std(z) + 1e-7)
 
-    Student and teacher logits are z-scored per image before the base logit loss (`kd` by default, or
-    `dkd`), so the student matches the teacher's logit *relations*, not its logit range. `temperature`
-    (default 2, the paper's ImageNet base temperature) and any other keyword (e.g. alpha, beta for dkd) go to
-    the base loss. Matches the official code's `normalize` (torch.std, unbiased) followed by its kd/dkd loss.
+    Student and teacher logits are z-scored per image before the base logit loss (`kd` by default,
+    or `dkd`), so the student matches the teacher's logit *relations*, not its logit range.
+    `temperature` (default 2, the paper's ImageNet base temperature) and any other keyword (e.g.
+    alpha, beta for dkd) go to the base loss. Matches the official code's `normalize` (torch.std,
+    unbiased) followed by its kd/dkd loss.
     """
 
-    def __init__(self, base: str = 'kd', temperature: float = 2.0, eps: float = 1e-7, **base_kwargs):
+    def __init__(
+        self, base: str = 'kd', temperature: float = 2.0, eps: float = 1e-7, **base_kwargs
+    ):
         super().__init__()
         if base == 'ls' or get_kd_loss_class(base).kind != 'logit':
-            raise ValueError(f"the base of 'ls' must be another logit loss (e.g. 'kd', 'dkd'), got {base!r}")
+            raise ValueError(
+                f"the base of 'ls' must be another logit loss (e.g. 'kd', 'dkd'), got {base!r}"
+            )
         self.base = create_kd_loss(base, temperature=temperature, **base_kwargs)
         self.eps = eps
 
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                target: torch.Tensor = None) -> torch.Tensor:
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        target: torch.Tensor = None,
+    ) -> torch.Tensor:
         z_s = standardize(upcast(student_logits), self.eps)
         z_t = standardize(upcast(teacher_logits), self.eps)
         return self.base(z_s, z_t, target)

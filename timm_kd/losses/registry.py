@@ -1,10 +1,13 @@
 """Name -> loss class registry, the single place `--kd-loss NAME` is resolved.
 
 Two kinds of loss are registered:
-- 'logit':   `loss(student_logits, teacher_logits, target)`; target is class indices or dense mixup rows.
-- 'feature': `loss(student_features, teacher_features)` on `timm_kd.features.Features`; created with the
+- 'logit':   `loss(student_logits, teacher_logits, target)`; target is class indices or dense mixup
+  rows.
+- 'feature': `loss(student_features, teacher_features)` on `timm_kd.features.Features`; created with
+  the
              `FeatureSpec`s of both sides (`student=`, `teacher=`) so their learnable parts can be sized.
 """
+
 import inspect
 from typing import Callable, Dict, List, Type
 
@@ -17,17 +20,22 @@ _KD_LOSSES: Dict[str, Type[nn.Module]] = {}
 KINDS = ('logit', 'feature')
 
 
-def register_kd_loss(name: str, kind: str = 'logit') -> Callable[[Type[nn.Module]], Type[nn.Module]]:
+def register_kd_loss(
+    name: str, kind: str = 'logit'
+) -> Callable[[Type[nn.Module]], Type[nn.Module]]:
     """Class decorator: make a loss available as `create_kd_loss(name)` and `--kd-loss name`."""
     if kind not in KINDS:
         raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
 
     def _register(cls: Type[nn.Module]) -> Type[nn.Module]:
         if name in _KD_LOSSES:
-            raise ValueError(f'KD loss {name!r} is already registered by {_KD_LOSSES[name].__name__}')
+            raise ValueError(
+                f'KD loss {name!r} is already registered by {_KD_LOSSES[name].__name__}'
+            )
         cls.kind = kind
         _KD_LOSSES[name] = cls
         return cls
+
     return _register
 
 
@@ -67,7 +75,11 @@ def check_hyperparameters(name: str, kwargs: dict) -> None:
     for key, value in kwargs.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             continue
-        bad = (key in _POSITIVE and not value > 0) or (key in _NON_NEGATIVE and not value >= 0) or value != value
+        bad = (
+            (key in _POSITIVE and not value > 0)
+            or (key in _NON_NEGATIVE and not value >= 0)
+            or value != value
+        )
         if bad:
             need = 'positive' if key in _POSITIVE else 'a number >= 0'
             flag = f'--{name}-{key.replace("_", "-")}'

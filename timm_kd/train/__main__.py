@@ -1,4 +1,5 @@
 """`python -m timm_kd.train` and `torchrun -m timm_kd.train`."""
+
 from .loop import cli
 
 cli()

@@ -1,5 +1,6 @@
 """Building a training run from parsed flags: the student, the teacher, the data, and each student's task,
 optimizer, schedule, EMA and checkpoint saver. `timm_kd.train.loop` wires these together."""
+
 import argparse
 import dataclasses
 import glob
@@ -37,7 +38,9 @@ DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.
 
 def options(cls: Type[T], args: argparse.Namespace, **overrides: Any) -> T:
     """A library options dataclass filled from the flags of the same names."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    values = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)
+    }
     return cls(**{**values, **overrides})
 
 
@@ -49,18 +52,32 @@ def loader_options(args: argparse.Namespace) -> LoaderOptions:
     return options(LoaderOptions, args)
 
 
-def replayable_loaders(args: argparse.Namespace, train_set: Any, eval_set: Optional[Any], data_config: Dict[str, Any],
-                       num_classes: int, process: Process) -> Tuple[Any, Optional[Any], Optional[Any], bool]:
+def replayable_loaders(
+    args: argparse.Namespace,
+    train_set: Any,
+    eval_set: Optional[Any],
+    data_config: Dict[str, Any],
+    num_classes: int,
+    process: Process,
+) -> Tuple[Any, Optional[Any], Optional[Any], bool]:
     """The training stream as training and `timm_kd.cache build` both read it: timm's loaders over replayable views
-    (`timm_kd.replay`) with timm's prefetcher unless --no-prefetcher, on every device as in timm's train.py.
+    (`timm_kd.replay`) with timm's prefetcher unless --no-prefetcher, on every device as in timm's
+    train.py.
 
-    Returns the train loader, the eval loader (None without `eval_set`), the mixup function, and whether the views
-    replay (not with scheduled batch sizes, `--train-img-sizes`).
+    Returns the train loader, the eval loader (None without `eval_set`), the mixup function, and
+    whether the views replay (not with scheduled batch sizes, `--train-img-sizes`).
     """
     train_loader, eval_loader, mixup_fn = create_loaders(
-        loader_options(args), ReplayableViews(train_set, args.seed), eval_set, data_config, num_classes,
-        process.device, distributed=process.distributed, prefetcher=not args.no_prefetcher,
-        img_dtype=model_dtype(args) or torch.float32)
+        loader_options(args),
+        ReplayableViews(train_set, args.seed),
+        eval_set,
+        data_config,
+        num_classes,
+        process.device,
+        distributed=process.distributed,
+        prefetcher=not args.no_prefetcher,
+        img_dtype=model_dtype(args) or torch.float32,
+    )
     return train_loader, eval_loader, mixup_fn, make_replayable(train_loader, process.rank)
 
 
@@ -76,34 +93,61 @@ def setup_process_flags(args: argparse.Namespace) -> None:
 
 def model_dtype(args: argparse.Namespace) -> Optional[torch.dtype]:
     if args.model_dtype and args.amp and args.model_dtype != 'float32':
-        raise KDError(f'--model-dtype {args.model_dtype} with --amp: AMP needs float32 weights; drop one of them')
+        raise KDError(
+            f'--model-dtype {args.model_dtype} with --amp: AMP needs float32 weights; drop one of '
+            'them'
+        )
     return DTYPES[args.model_dtype] if args.model_dtype else None
 
 
 def create_student(args: argparse.Namespace, in_chans: int, process: Process) -> torch.nn.Module:
     """The student as timm's train.py creates it (pretrained path, BatchNorm overrides, head init, dtype, layout)."""
-    overlay = dict(pretrained_cfg_overlay=dict(file=args.pretrained_path, num_classes=-1)) if args.pretrained_path \
+    overlay = (
+        dict(pretrained_cfg_overlay=dict(file=args.pretrained_path, num_classes=-1))
+        if args.pretrained_path
         else {}
+    )
     if args.sync_bn and process.device.type != 'cuda':
-        raise KDError('--sync-bn needs CUDA devices (SyncBatchNorm has no CPU implementation); drop it, or run with '
-                      '--device cuda under torchrun')
+        raise KDError(
+            '--sync-bn needs CUDA devices (SyncBatchNorm has no CPU implementation); drop it, or '
+            'run with '
+            '--device cuda under torchrun'
+        )
     try:
         student = create_model(
-            args.model, pretrained=args.pretrained, in_chans=in_chans, num_classes=args.num_classes,
-            drop_rate=args.drop, drop_path_rate=args.drop_path, drop_block_rate=args.drop_block, global_pool=args.gp,
-            bn_momentum=args.bn_momentum, bn_eps=args.bn_eps, checkpoint_path=args.initial_checkpoint or None,
-            **overlay, **args.model_kwargs)
+            args.model,
+            pretrained=args.pretrained,
+            in_chans=in_chans,
+            num_classes=args.num_classes,
+            drop_rate=args.drop,
+            drop_path_rate=args.drop_path,
+            drop_block_rate=args.drop_block,
+            global_pool=args.gp,
+            bn_momentum=args.bn_momentum,
+            bn_eps=args.bn_eps,
+            checkpoint_path=args.initial_checkpoint or None,
+            **overlay,
+            **args.model_kwargs,
+        )
     except Exception as e:
         if isinstance(e, RuntimeError) and 'Unknown model' in str(e):
-            raise KDError(f'unknown --model {args.model!r}; list names with python -c "import timm; '
-                          f'print(timm.list_models())"') from None
+            raise KDError(
+                f'unknown --model {args.model!r}; list names with python -c "import timm; '
+                f'print(timm.list_models())"'
+            ) from None
         # a missing, corrupt or unsafe file gets its own line; checked only on failure, so a good file is read once
         check_checkpoint('--initial-checkpoint', args.initial_checkpoint, args.allow_unsafe_pickle)
         check_checkpoint('--pretrained-path', args.pretrained_path, args.allow_unsafe_pickle)
-        if isinstance(e, RuntimeError) and 'state_dict' in str(e):  # the weights do not fit the architecture
-            raise KDError(f'--initial-checkpoint {args.initial_checkpoint!r} does not fit --model {args.model!r} '
-                          f'({_first_line(e)}); pass the checkpoint of a {args.model} or the --model it was trained '
-                          f'with') from None
+        if isinstance(e, RuntimeError) and 'state_dict' in str(
+            e
+        ):  # the weights do not fit the architecture
+            raise KDError(
+                f'--initial-checkpoint {args.initial_checkpoint!r} does not fit --model '
+                f'{args.model!r} '
+                f'({_first_line(e)}); pass the checkpoint of a {args.model} or the --model it was '
+                'trained '
+                f'with'
+            ) from None
         raise
     if args.head_init_scale is not None:
         with torch.no_grad():
@@ -135,29 +179,54 @@ def check_checkpoint(flag: str, path: Optional[str], allow_pickle: bool = False)
         raise KDError(f'{flag}: {e}') from None
 
 
-def build_teacher(args: argparse.Namespace, num_classes: int, in_chans: int, data_config: Dict[str, Any],
-                  device: torch.device):
+def build_teacher(
+    args: argparse.Namespace,
+    num_classes: int,
+    in_chans: int,
+    data_config: Dict[str, Any],
+    device: torch.device,
+):
     """The `Teacher`, an `EnsembleTeacher` when `--teacher` was given several times, or None."""
     if not args.teacher:
         return None
     own = {field: getattr(args, f'teacher_{field}') for field, _, _ in TEACHER_OWN_FLAGS}
     specs = args.teachers or [dict(name=args.teacher, **own)]
-    teachers = [create_teacher(
-        spec['name'], num_classes=num_classes, in_chans=in_chans, checkpoint=spec['checkpoint'],
-        use_ema=not spec['no_ema'], student_mean=data_config['mean'], student_std=data_config['std'],
-        student_input_size=data_config['input_size'], mean=spec['mean'], std=spec['std'],
-        input_size=spec['input_size'], dtype=spec['dtype'] or args.teacher_dtype,
-        channels_last=args.channels_last or args.teacher_channels_last, inference_mode=args.teacher_inference_mode,
-        device=device, allow_pickle=args.allow_unsafe_pickle, model_kwargs=spec['kwargs']) for spec in specs]
+    teachers = [
+        create_teacher(
+            spec['name'],
+            num_classes=num_classes,
+            in_chans=in_chans,
+            checkpoint=spec['checkpoint'],
+            use_ema=not spec['no_ema'],
+            student_mean=data_config['mean'],
+            student_std=data_config['std'],
+            student_input_size=data_config['input_size'],
+            mean=spec['mean'],
+            std=spec['std'],
+            input_size=spec['input_size'],
+            dtype=spec['dtype'] or args.teacher_dtype,
+            channels_last=args.channels_last or args.teacher_channels_last,
+            inference_mode=args.teacher_inference_mode,
+            device=device,
+            allow_pickle=args.allow_unsafe_pickle,
+            model_kwargs=spec['kwargs'],
+        )
+        for spec in specs
+    ]
     if len(teachers) == 1:
         return teachers[0]
-    return EnsembleTeacher(teachers, [spec['weight'] for spec in specs], mode=args.teacher_ensemble,
-                           temperature=args.kd_temperature or 1.0).to(device)
+    return EnsembleTeacher(
+        teachers,
+        [spec['weight'] for spec in specs],
+        mode=args.teacher_ensemble,
+        temperature=args.kd_temperature or 1.0,
+    ).to(device)
 
 
 @dataclass
 class StudentJob:
     """What the training script keeps per student besides its training state: flags, output, saver, best."""
+
     args: argparse.Namespace
     run: StudentRun
     start_epoch: int
@@ -165,7 +234,9 @@ class StudentJob:
     out_dir: str = ''
     saver: Optional[DurableCheckpointSaver] = None
     best: Tuple[Optional[float], Optional[int]] = (None, None)
-    skip_batches: int = 0  # resumed from a mid-epoch recovery checkpoint: batches of start_epoch already trained
+    skip_batches: int = (
+        0  # resumed from a mid-epoch recovery checkpoint: batches of start_epoch already trained
+    )
 
 
 def resume_path(args: argparse.Namespace) -> str:
@@ -176,83 +247,153 @@ def resume_path(args: argparse.Namespace) -> str:
     if not args.experiment:
         raise KDError('--resume auto needs --experiment NAME, the folder to resume from')
     folder = os.path.join(args.output or os.path.join('.', 'output', 'train'), args.experiment)
-    found = glob.glob(os.path.join(folder, 'recovery-*.pth.tar')) + glob.glob(os.path.join(folder, 'last.pth.tar'))
+    found = glob.glob(os.path.join(folder, 'recovery-*.pth.tar')) + glob.glob(
+        os.path.join(folder, 'last.pth.tar')
+    )
     return max(found, key=os.path.getmtime) if found else ''
 
 
-def resume_student(args: argparse.Namespace, resume: str, task, optimizer, loss_scaler,
-                   primary: bool) -> Tuple[int, int, Optional[Dict[str, Any]]]:
+def resume_student(
+    args: argparse.Namespace, resume: str, task, optimizer, loss_scaler, primary: bool
+) -> Tuple[int, int, Optional[Dict[str, Any]]]:
     """Restore a student from `resume`; returns the epoch to start at, the batches of it already trained (a
     mid-epoch recovery checkpoint) and that epoch's running loss sums (None at an epoch boundary)."""
     if not os.path.isfile(resume):
-        raise KDError(f'--resume checkpoint not found: {resume!r}; pass OUTPUT/EXPERIMENT/last.pth.tar')
+        raise KDError(
+            f'--resume checkpoint not found: {resume!r}; pass OUTPUT/EXPERIMENT/last.pth.tar'
+        )
     try:
-        start_epoch = resume_task_checkpoint(
-            task, resume, optimizer=None if args.no_resume_opt else optimizer,
-            loss_scaler=None if args.no_resume_opt else loss_scaler, log_info=primary) or 0
+        start_epoch = (
+            resume_task_checkpoint(
+                task,
+                resume,
+                optimizer=None if args.no_resume_opt else optimizer,
+                loss_scaler=None if args.no_resume_opt else loss_scaler,
+                log_info=primary,
+            )
+            or 0
+        )
     except Exception as e:
-        check_checkpoint('--resume', resume, args.allow_unsafe_pickle)  # a corrupt or unsafe file: its own line
-        if isinstance(e, (RuntimeError, KeyError, ValueError)):  # weights or KD parts of another model / loss set
-            raise KDError(f'--resume {resume!r} does not fit this run ({_first_line(e)}); resume with the --model, '
-                          f'--kd-loss and stage flags it was trained with') from None
+        check_checkpoint(
+            '--resume', resume, args.allow_unsafe_pickle
+        )  # a corrupt or unsafe file: its own line
+        if isinstance(
+            e, (RuntimeError, KeyError, ValueError)
+        ):  # weights or KD parts of another model / loss set
+            raise KDError(
+                f'--resume {resume!r} does not fit this run ({_first_line(e)}); resume with the '
+                '--model, '
+                f'--kd-loss and stage flags it was trained with'
+            ) from None
         raise
     saver_state = load_training_metadata(resume).get('saver') or {}
     if saver_state.get('recovery_update') is None:
         return start_epoch, 0, None
     # written mid-epoch: continue that epoch after its trained batches; the sums are over all ranks, rank 0 has them
     sums = saver_state.get('partial_sums') or {}
-    partial = {'sums': {k: v if primary else 0. for k, v in sums.items()},
-               'count': saver_state.get('partial_count', 0.) if primary else 0.}
+    partial = {
+        'sums': {k: v if primary else 0.0 for k, v in sums.items()},
+        'count': saver_state.get('partial_count', 0.0) if primary else 0.0,
+    }
     return start_epoch - 1, (saver_state['recovery_update'] + 1) * args.grad_accum_steps, partial
 
 
-def setup_student(args: argparse.Namespace, args_text: str, kd_student, loss_weights: Dict[str, float],
-                  teacher: Optional[Teacher], data_config: Dict[str, Any], updates_per_epoch: int,
-                  global_batch: float, process: Process, decreasing: bool) -> StudentJob:
+def setup_student(
+    args: argparse.Namespace,
+    args_text: str,
+    kd_student,
+    loss_weights: Dict[str, float],
+    teacher: Optional[Teacher],
+    data_config: Dict[str, Any],
+    updates_per_epoch: int,
+    global_batch: float,
+    process: Process,
+    decreasing: bool,
+) -> StudentJob:
     """One student's task, optimizer, schedule, EMA and (on the primary process) checkpoint saver."""
     device, primary = process.device, process.is_primary
     criterion = create_classification_loss(
-        loss_type='bce' if args.bce_loss else 'ce', smoothing=args.smoothing,
+        loss_type='bce' if args.bce_loss else 'ce',
+        smoothing=args.smoothing,
         soft_targets=mixup_args(loader_options(args), args.num_classes) is not None,
-        bce_target_thresh=args.bce_target_thresh, bce_sum=args.bce_sum, pos_weight=args.bce_pos_weight)
-    task = DistillationTask(kd_student, criterion, teacher=teacher, kd_loss_weights=loss_weights,
-                            ori_loss_weight=args.ori_loss_weight, aux_loss_weight=args.kd_deep_supervision_weight,
-                            device=device, verbose=primary).to(device)
+        bce_target_thresh=args.bce_target_thresh,
+        bce_sum=args.bce_sum,
+        pos_weight=args.bce_pos_weight,
+    )
+    task = DistillationTask(
+        kd_student,
+        criterion,
+        teacher=teacher,
+        kd_loss_weights=loss_weights,
+        ori_loss_weight=args.ori_loss_weight,
+        aux_loss_weight=args.kd_deep_supervision_weight,
+        device=device,
+        verbose=primary,
+    ).to(device)
 
-    args.lr = resolve_lr(args.lr, args.lr_base, args.lr_base_size, global_batch, args.opt, args.lr_base_scale)
+    args.lr = resolve_lr(
+        args.lr, args.lr_base, args.lr_base_size, global_batch, args.opt, args.lr_base_scale
+    )
     optimizer = create_optimizer_v2(kd_student, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
     _, loss_scaler = amp_setup(args.amp, args.amp_dtype, device)
     resume = resume_path(args)
-    start_epoch, skip_batches, partial = resume_student(args, resume, task, optimizer, loss_scaler, primary) \
-        if resume else (0, 0, None)
+    start_epoch, skip_batches, partial = (
+        resume_student(args, resume, task, optimizer, loss_scaler, primary)
+        if resume
+        else (0, 0, None)
+    )
     if args.model_ema:
-        task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
-                       device='cpu' if args.model_ema_force_cpu else None)
+        task.setup_ema(
+            decay=args.model_ema_decay,
+            use_warmup=args.model_ema_warmup,
+            device='cpu' if args.model_ema_force_cpu else None,
+        )
         if resume:
             load_task_ema_checkpoint(task, resume)
     if args.torchcompile:
         task.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
     if process.distributed:
-        task.prepare_distributed(device_ids=[device.index] if device.type == 'cuda' else None,
-                                 broadcast_buffers=not args.no_ddp_bb)
+        task.prepare_distributed(
+            device_ids=[device.index] if device.type == 'cuda' else None,
+            broadcast_buffers=not args.no_ddp_bb,
+        )
 
     lr_scheduler, num_epochs = create_scheduler_v2(
-        optimizer, **scheduler_kwargs(args, decreasing_metric=decreasing), updates_per_epoch=updates_per_epoch)
+        optimizer,
+        **scheduler_kwargs(args, decreasing_metric=decreasing),
+        updates_per_epoch=updates_per_epoch,
+    )
     start_epoch = args.start_epoch if args.start_epoch is not None else start_epoch
     if lr_scheduler is not None and start_epoch > 0:
         if args.sched_on_updates:
             lr_scheduler.step_update(start_epoch * updates_per_epoch)
         else:
             lr_scheduler.step(start_epoch)
-    run = StudentRun(task, optimizer, lr_scheduler, loss_scaler, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
-                     partial=partial)
+    run = StudentRun(
+        task,
+        optimizer,
+        lr_scheduler,
+        loss_scaler,
+        clip_grad=args.clip_grad,
+        clip_mode=args.clip_mode,
+        partial=partial,
+    )
     job = StudentJob(args, run, start_epoch, num_epochs, skip_batches=skip_batches)
     if primary:
-        job.out_dir = output_dir(args.output, experiment_name(args.experiment, args.model, data_config['input_size']))
+        job.out_dir = output_dir(
+            args.output, experiment_name(args.experiment, args.model, data_config['input_size'])
+        )
         job.saver = DurableCheckpointSaver(
-            model=kd_student.student, optimizer=optimizer, args=args, amp_scaler=loss_scaler,
-            checkpoint_dir=job.out_dir, recovery_dir=job.out_dir, decreasing=decreasing,
-            max_history=args.checkpoint_hist, task=task)
+            model=kd_student.student,
+            optimizer=optimizer,
+            args=args,
+            amp_scaler=loss_scaler,
+            checkpoint_dir=job.out_dir,
+            recovery_dir=job.out_dir,
+            decreasing=decreasing,
+            max_history=args.checkpoint_hist,
+            task=task,
+        )
         if resume:
             with safe_globals():
                 job.saver.load_state_dict_from_checkpoint(resume)
@@ -266,6 +407,9 @@ def check_same_start(jobs: List[StudentJob]) -> Tuple[int, int]:
     """The (epoch, batches already trained in it) every student resumes at; they share one data stream."""
     starts = sorted({(job.start_epoch, job.skip_batches) for job in jobs})
     if len(starts) > 1:
-        raise KDError(f'the students resume from different points {starts} (epoch, batch); one data stream needs one '
-                      f'start: resume every student from checkpoints of the same epoch')
+        raise KDError(
+            f'the students resume from different points {starts} (epoch, batch); one data stream '
+            'needs one '
+            f'start: resume every student from checkpoints of the same epoch'
+        )
     return starts[0]

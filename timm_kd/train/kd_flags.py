@@ -1,9 +1,10 @@
 """timm-kd's own flags (teacher, losses, data scale) and how timm's KD flags map onto them.
 
-Our flags carry the VanillaKD paper's defaults (T=1, weights 1:1). timm's flag names keep timm's meaning:
-`--kd-model-name` leaves the temperature at timm's 4 unless `--kd-temperature` is given, and
-`--task-loss-weight W` alone gives the KD term weight 1 - W, as timm's distillation task does.
+Our flags carry the VanillaKD paper's defaults (T=1, weights 1:1). timm's flag names keep timm's
+meaning: `--kd-model-name` leaves the temperature at timm's 4 unless `--kd-temperature` is given,
+and `--task-loss-weight W` alone gives the KD term weight 1 - W, as timm's distillation task does.
 """
+
 import argparse
 from typing import Any, Dict, Tuple
 
@@ -19,88 +20,266 @@ TIMM_KD_TEMPERATURE = 4.0  # timm train.py's --kd-temperature default
 # The flags each --teacher has for itself: (field, flag names, argparse options). Here they are `teacher_<field>`;
 # with several --teacher, `timm_kd.ensemble.split_teachers` reads them per teacher as `<field>`.
 TEACHER_OWN_FLAGS = (
-    ('checkpoint', ('--teacher-checkpoint', '--teacher-pretrained'), dict(
-        default=None, metavar='PATH',
-        help='teacher weights: a timm/timm-kd checkpoint (EMA preferred), a state_dict or .safetensors')),
-    ('weight', ('--teacher-weight',), dict(
-        type=float, default=1.0, metavar='W',
-        help='share of the --teacher before it in an ensemble (several --teacher; default equal)')),
-    ('kwargs', ('--teacher-kwargs',), dict(
-        nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
-        help='timm.create_model arguments of the teacher')),
-    ('no_ema', ('--teacher-no-ema',), dict(
-        action='store_true', default=False, help='load the raw, not the EMA, weights of --teacher-checkpoint')),
-    ('mean', ('--teacher-mean',), dict(
-        type=float, nargs='+', default=None, metavar='MEAN',
-        help="teacher normalization mean (its pretrained cfg's if unset)")),
-    ('std', ('--teacher-std',), dict(
-        type=float, nargs='+', default=None, metavar='STD',
-        help="teacher normalization std (its pretrained cfg's if unset)")),
-    ('input_size', ('--teacher-input-size',), dict(
-        type=int, nargs='+', default=None, metavar='N',
-        help="teacher input H W (or C H W); its pretrained cfg's if unset")),
-    ('dtype', ('--teacher-dtype',), dict(
-        default='float32', choices=['float32', 'bfloat16', 'float16'], help='cast the teacher weights to this dtype')),
+    (
+        'checkpoint',
+        ('--teacher-checkpoint', '--teacher-pretrained'),
+        dict(
+            default=None,
+            metavar='PATH',
+            help='teacher weights: a timm/timm-kd checkpoint (EMA preferred), a state_dict or '
+            '.safetensors',
+        ),
+    ),
+    (
+        'weight',
+        ('--teacher-weight',),
+        dict(
+            type=float,
+            default=1.0,
+            metavar='W',
+            help='share of the --teacher before it in an ensemble (several --teacher; default '
+            'equal)',
+        ),
+    ),
+    (
+        'kwargs',
+        ('--teacher-kwargs',),
+        dict(
+            nargs='*',
+            default={},
+            action=ParseKwargs,
+            metavar='KEY=VALUE',
+            help='timm.create_model arguments of the teacher',
+        ),
+    ),
+    (
+        'no_ema',
+        ('--teacher-no-ema',),
+        dict(
+            action='store_true',
+            default=False,
+            help='load the raw, not the EMA, weights of --teacher-checkpoint',
+        ),
+    ),
+    (
+        'mean',
+        ('--teacher-mean',),
+        dict(
+            type=float,
+            nargs='+',
+            default=None,
+            metavar='MEAN',
+            help="teacher normalization mean (its pretrained cfg's if unset)",
+        ),
+    ),
+    (
+        'std',
+        ('--teacher-std',),
+        dict(
+            type=float,
+            nargs='+',
+            default=None,
+            metavar='STD',
+            help="teacher normalization std (its pretrained cfg's if unset)",
+        ),
+    ),
+    (
+        'input_size',
+        ('--teacher-input-size',),
+        dict(
+            type=int,
+            nargs='+',
+            default=None,
+            metavar='N',
+            help="teacher input H W (or C H W); its pretrained cfg's if unset",
+        ),
+    ),
+    (
+        'dtype',
+        ('--teacher-dtype',),
+        dict(
+            default='float32',
+            choices=['float32', 'bfloat16', 'float16'],
+            help='cast the teacher weights to this dtype',
+        ),
+    ),
 )
 
 
 def add_kd_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group('Teacher (timm-kd)')
-    g.add_argument('--teacher', default=None, metavar='NAME',
-                   help='teacher: timm name with tag, or hf-hub:org/name; none = plain training')
+    g.add_argument(
+        '--teacher',
+        default=None,
+        metavar='NAME',
+        help='teacher: timm name with tag, or hf-hub:org/name; none = plain training',
+    )
     for field, flags, options in TEACHER_OWN_FLAGS:
         g.add_argument(*flags, dest=f'teacher_{field}', **options)
-    g.add_argument('--teacher-ensemble', choices=('prob', 'logit'), default='prob',
-                   help='ensemble target: the weighted mean of probabilities at --kd-temperature, or of logits')
-    g.add_argument('--teachers', default=None, help=argparse.SUPPRESS)  # set from several --teacher (args.yaml)
-    g.add_argument('--unlabeled-data', default='', metavar='PATH',
-                   help='images with no labels, trained on with the KD terms only: a folder of images or a timm '
-                        'dataset spec read from the data root')
-    g.add_argument('--unlabeled-ratio', type=float, default=None, metavar='R',
-                   help='unlabeled images per labeled one each epoch (default: all of them)')
-    g.add_argument('--teacher-cache', default=None, metavar='DIR',
-                   help='train from the teacher outputs stored by `python -m timm_kd.cache build` (no teacher runs; '
-                        'logit losses and deep supervision only)')
-    g.add_argument('--teacher-channels-last', action='store_true', default=False,
-                   help='teacher in channels_last (implied by --channels-last)')
-    g.add_argument('--teacher-compile', nargs='?', type=str, default=None, const='inductor', metavar='BACKEND',
-                   help='torch.compile the teacher only, its frozen weights folded into the graph')
-    g.add_argument('--no-teacher-inference-mode', dest='teacher_inference_mode', action='store_false', default=True,
-                   help='run the teacher under no_grad instead of inference_mode')
-    g.add_argument('--teacher-fast', action='store_true', default=False,
-                   help='--teacher-dtype bfloat16 --teacher-channels-last --teacher-compile')
-    g.add_argument('--student', dest='students', action='append', default=[], metavar='"FLAGS"',
-                   help='one more student on the same data stream and teacher pass: repeat, each a quoted string of '
-                        'its own flags, e.g. --student="--model resnet18 --lr 0.4"')
+    g.add_argument(
+        '--teacher-ensemble',
+        choices=('prob', 'logit'),
+        default='prob',
+        help='ensemble target: the weighted mean of probabilities at --kd-temperature, or of '
+        'logits',
+    )
+    g.add_argument(
+        '--teachers', default=None, help=argparse.SUPPRESS
+    )  # set from several --teacher (args.yaml)
+    g.add_argument(
+        '--unlabeled-data',
+        default='',
+        metavar='PATH',
+        help='images with no labels, trained on with the KD terms only: a folder of images or a '
+        'timm '
+        'dataset spec read from the data root',
+    )
+    g.add_argument(
+        '--unlabeled-ratio',
+        type=float,
+        default=None,
+        metavar='R',
+        help='unlabeled images per labeled one each epoch (default: all of them)',
+    )
+    g.add_argument(
+        '--teacher-cache',
+        default=None,
+        metavar='DIR',
+        help='train from the teacher outputs stored by `python -m timm_kd.cache build` (no teacher '
+        'runs; '
+        'logit losses and deep supervision only)',
+    )
+    g.add_argument(
+        '--teacher-channels-last',
+        action='store_true',
+        default=False,
+        help='teacher in channels_last (implied by --channels-last)',
+    )
+    g.add_argument(
+        '--teacher-compile',
+        nargs='?',
+        type=str,
+        default=None,
+        const='inductor',
+        metavar='BACKEND',
+        help='torch.compile the teacher only, its frozen weights folded into the graph',
+    )
+    g.add_argument(
+        '--no-teacher-inference-mode',
+        dest='teacher_inference_mode',
+        action='store_false',
+        default=True,
+        help='run the teacher under no_grad instead of inference_mode',
+    )
+    g.add_argument(
+        '--teacher-fast',
+        action='store_true',
+        default=False,
+        help='--teacher-dtype bfloat16 --teacher-channels-last --teacher-compile',
+    )
+    g.add_argument(
+        '--student',
+        dest='students',
+        action='append',
+        default=[],
+        metavar='"FLAGS"',
+        help='one more student on the same data stream and teacher pass: repeat, each a quoted '
+        'string of '
+        'its own flags, e.g. --student="--model resnet18 --lr 0.4"',
+    )
 
     g = p.add_argument_group('Distillation losses (timm-kd; the paper: kd, T=1, weights 1:1)')
-    g.add_argument('--kd-loss', nargs='+', default=['kd'], metavar='NAME',
-                   help=f'one or more distillation losses: {", ".join(list_kd_losses())}')
-    g.add_argument('--kd-loss-weight', type=float, nargs='+', default=None, metavar='W',
-                   help='one weight per --kd-loss, or one for all (1 if unset)')
-    g.add_argument('--ori-loss-weight', type=float, default=None, metavar='W',
-                   help='weight of the hard-label loss, 0 drops it (1 if unset)')
-    g.add_argument('--kd-loss-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
-                   help='loss hyperparameters: key=value (every chosen loss that takes it) or loss.key=value')
-    g.add_argument('--kd-student-stages', type=int, nargs='+', default=[-1], metavar='I',
-                   help='student stages (feature_info indices, -1 the last) of the feature losses')
-    g.add_argument('--kd-teacher-stages', type=int, nargs='+', default=[-1], metavar='I',
-                   help='teacher stages, paired one to one with --kd-student-stages')
-    g.add_argument('--kd-deep-supervision', type=int, nargs='*', default=[], metavar='I',
-                   help='student stages that get an auxiliary head distilled by the first logit loss')
-    g.add_argument('--kd-deep-supervision-weight', type=float, default=1.0, metavar='W',
-                   help='weight of the auxiliary heads')
-    g.add_argument('--allow-unsafe-pickle', action='store_true', default=False,
-                   help='allow checkpoints that need arbitrary pickle (runs code from the file: trusted files only)')
+    g.add_argument(
+        '--kd-loss',
+        nargs='+',
+        default=['kd'],
+        metavar='NAME',
+        help=f'one or more distillation losses: {", ".join(list_kd_losses())}',
+    )
+    g.add_argument(
+        '--kd-loss-weight',
+        type=float,
+        nargs='+',
+        default=None,
+        metavar='W',
+        help='one weight per --kd-loss, or one for all (1 if unset)',
+    )
+    g.add_argument(
+        '--ori-loss-weight',
+        type=float,
+        default=None,
+        metavar='W',
+        help='weight of the hard-label loss, 0 drops it (1 if unset)',
+    )
+    g.add_argument(
+        '--kd-loss-kwargs',
+        nargs='*',
+        default={},
+        action=ParseKwargs,
+        metavar='KEY=VALUE',
+        help='loss hyperparameters: key=value (every chosen loss that takes it) or loss.key=value',
+    )
+    g.add_argument(
+        '--kd-student-stages',
+        type=int,
+        nargs='+',
+        default=[-1],
+        metavar='I',
+        help='student stages (feature_info indices, -1 the last) of the feature losses',
+    )
+    g.add_argument(
+        '--kd-teacher-stages',
+        type=int,
+        nargs='+',
+        default=[-1],
+        metavar='I',
+        help='teacher stages, paired one to one with --kd-student-stages',
+    )
+    g.add_argument(
+        '--kd-deep-supervision',
+        type=int,
+        nargs='*',
+        default=[],
+        metavar='I',
+        help='student stages that get an auxiliary head distilled by the first logit loss',
+    )
+    g.add_argument(
+        '--kd-deep-supervision-weight',
+        type=float,
+        default=1.0,
+        metavar='W',
+        help='weight of the auxiliary heads',
+    )
+    g.add_argument(
+        '--allow-unsafe-pickle',
+        action='store_true',
+        default=False,
+        help='allow checkpoints that need arbitrary pickle (runs code from the file: trusted files '
+        'only)',
+    )
     add_loss_hyperparameter_flags(p)
 
     g = p.add_argument_group('Data scale and stopping (timm-kd)')
-    g.add_argument('--train-fraction', type=float, default=1.0, metavar='F',
-                   help='train on a stratified, seeded fraction F of the training set (VanillaKD Table 13)')
-    g.add_argument('--train-fraction-keep-steps', action='store_true', default=False,
-                   help='divide --epochs by F so the number of optimizer steps stays that of the full set')
-    g.add_argument('--stop-epoch', type=int, default=None, metavar='N',
-                   help='stop before epoch N without shortening the schedule (resume later to continue)')
+    g.add_argument(
+        '--train-fraction',
+        type=float,
+        default=1.0,
+        metavar='F',
+        help='train on a stratified, seeded fraction F of the training set (VanillaKD Table 13)',
+    )
+    g.add_argument(
+        '--train-fraction-keep-steps',
+        action='store_true',
+        default=False,
+        help='divide --epochs by F so the number of optimizer steps stays that of the full set',
+    )
+    g.add_argument(
+        '--stop-epoch',
+        type=int,
+        default=None,
+        metavar='N',
+        help='stop before epoch N without shortening the schedule (resume later to continue)',
+    )
 
 
 def resolve_timm_kd(args: argparse.Namespace) -> None:
@@ -108,24 +287,31 @@ def resolve_timm_kd(args: argparse.Namespace) -> None:
     student's arguments parsed over these) changes nothing.
 
     - `--kd-model-name` is the teacher; with it the temperature defaults to timm's 4.
-    - `--distill-loss-weight D`: KD weight D. `--task-loss-weight W`: hard-label weight W, and KD weight 1 - W
-      unless D (or --kd-loss-weight) is given.
+    - `--distill-loss-weight D`: KD weight D. `--task-loss-weight W`: hard-label weight W, and KD
+      weight 1 - W unless D (or --kd-loss-weight) is given.
     - Unset ours default to the paper's: weights 1:1.
     """
     if args.kd_model_name:
         if args.teacher and args.teacher != args.kd_model_name:
-            raise KDError(f'--teacher {args.teacher!r} and --kd-model-name {args.kd_model_name!r} name two teachers; '
-                          f'give one')
+            raise KDError(
+                f'--teacher {args.teacher!r} and --kd-model-name {args.kd_model_name!r} name two '
+                'teachers; '
+                f'give one'
+            )
         args.teacher = args.kd_model_name
         if args.kd_temperature is None:
             args.kd_temperature = TIMM_KD_TEMPERATURE
     if args.task_loss_weight is not None:
         if args.ori_loss_weight is not None and args.ori_loss_weight != args.task_loss_weight:
-            raise KDError('--ori-loss-weight and --task-loss-weight both set the hard-label weight; give one')
+            raise KDError(
+                '--ori-loss-weight and --task-loss-weight both set the hard-label weight; give one'
+            )
         args.ori_loss_weight = args.task_loss_weight
     if args.distill_loss_weight is not None:
         if args.kd_loss_weight is not None and args.kd_loss_weight != [args.distill_loss_weight]:
-            raise KDError('--kd-loss-weight and --distill-loss-weight both set the KD weight; give one')
+            raise KDError(
+                '--kd-loss-weight and --distill-loss-weight both set the KD weight; give one'
+            )
         args.kd_loss_weight = [args.distill_loss_weight]
     elif args.task_loss_weight is not None and args.kd_loss_weight is None:
         args.kd_loss_weight = [1.0 - args.task_loss_weight]
@@ -138,5 +324,10 @@ def resolve_timm_kd(args: argparse.Namespace) -> None:
 
 def loss_config(args: argparse.Namespace) -> Tuple[Dict[str, float], Dict[str, Dict[str, Any]]]:
     """(weight, kwargs) of each distillation loss a student's flags ask for (after `resolve_timm_kd`)."""
-    return kd_loss_config(args.kd_loss, args.kd_loss_weight, temperature=args.kd_temperature,
-                          loss_kwargs=args.kd_loss_kwargs, flags=vars(args))
+    return kd_loss_config(
+        args.kd_loss,
+        args.kd_loss_weight,
+        temperature=args.kd_temperature,
+        loss_kwargs=args.kd_loss_kwargs,
+        flags=vars(args),
+    )

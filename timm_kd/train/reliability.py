@@ -1,17 +1,21 @@
 """What keeps a long run safe: random streams derived from (seed, epoch), honest records across crashes, and
 preemption by SIGTERM/SIGINT.
 
-- `reseed(seed, epoch, rank, update)`: at the start of every epoch (and after every recovery checkpoint) the
-  Python, NumPy and torch generators are seeded from (seed, epoch[, update], rank). Everything random in a
-  training epoch draws from them: the sampler's order, the loader workers' seeds (hence crops, flips,
-  RandAugment, random erasing), mixup/cutmix, dropout and drop-path, CRD's negatives. A run resumed at an epoch
-  boundary therefore trains exactly as the uninterrupted one, with nothing to save.
-- `truncate_summary(path, start_epoch)`: a resumed run drops the rows of `summary.csv` from the epoch it
-  restarts at, so a kill between the row and the checkpoint never leaves two rows for one epoch.
-- `Preemption`: the first SIGTERM or SIGINT sets a flag; the loop finishes the current step, writes a recovery
-  checkpoint and exits with one line saying how to resume. Under torchrun the ranks agree (an all-reduce of the
-  flag at log intervals, so the step itself stays free of host syncs) before anyone writes.
+- `reseed(seed, epoch, rank, update)`: at the start of every epoch (and after every recovery
+  checkpoint) the Python, NumPy and torch generators are seeded from (seed, epoch[, update], rank).
+  Everything random in a training epoch draws from them: the sampler's order, the loader workers'
+  seeds (hence crops, flips, RandAugment, random erasing), mixup/cutmix, dropout and drop-path,
+  CRD's negatives. A run resumed at an epoch boundary therefore trains exactly as the uninterrupted
+  one, with nothing to save.
+- `truncate_summary(path, start_epoch)`: a resumed run drops the rows of `summary.csv` from the
+  epoch it restarts at, so a kill between the row and the checkpoint never leaves two rows for one
+  epoch.
+- `Preemption`: the first SIGTERM or SIGINT sets a flag; the loop finishes the current step, writes
+  a recovery checkpoint and exits with one line saying how to resume. Under torchrun the ranks agree
+  (an all-reduce of the flag at log intervals, so the step itself stays free of host syncs) before
+  anyone writes.
 """
+
 import csv
 import os
 import signal
@@ -25,7 +29,7 @@ from timm.utils import random_seed
 def reseed(seed: int, epoch: int, rank: int = 0, update: Optional[int] = None) -> None:
     """Seed every generator from (seed, epoch, update, rank): distinct per rank, reproducible per position."""
     mixed = (seed * 1_000_003 + epoch) * 1_000_003 + (0 if update is None else update + 1)
-    random_seed(mixed % (2 ** 31 - 65_536), rank)  # random_seed adds the rank; NumPy takes < 2**32
+    random_seed(mixed % (2**31 - 65_536), rank)  # random_seed adds the rank; NumPy takes < 2**32
 
 
 def truncate_summary(path: str, start_epoch: int) -> None:
