@@ -39,7 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kd_step import sgd_step  # noqa: E402
 
 from timm_kd import DistillationTask, KDStudent, create_kd_loss  # noqa: E402
-from timm_kd.cache import CachedTeacher, TeacherCache, build  # noqa: E402
+from timm_kd.cache import CachedTeacher, TeacherCache
+from timm_kd.cli.cache import build  # noqa: E402
 from timm_kd.data import (
     DatasetOptions,
     LoaderOptions,
@@ -47,9 +48,9 @@ from timm_kd.data import (
     create_loaders,
     set_loader_epoch,
 )  # noqa
+from timm_kd.reliability import reseed  # noqa: E402
 from timm_kd.replay import ReplayableViews, make_replayable  # noqa: E402
 from timm_kd.teacher import create_teacher  # noqa: E402
-from timm_kd.train.reliability import reseed  # noqa: E402
 
 PRESETS = {
     'cpu': dict(

@@ -9,10 +9,10 @@ import pytest
 import timm
 import torch
 
-from timm_kd.cache import main as cache_main
 from timm_kd.cache import rebuild_logits, top_k_loss_error
-from timm_kd.train.loop import cli
-from timm_kd.train.loop import main as train_main
+from timm_kd.cli.cache import main as cache_main
+from timm_kd.cli.train.loop import cli
+from timm_kd.cli.train.loop import main as train_main
 
 FAST = [
     '--model',

@@ -4,17 +4,10 @@ import pytest
 import torch
 
 from timm_kd import KDError
-from timm_kd.data import (
-    IndexedTargets,
-    StratifiedSubset,
-    create_datasets,
-    create_loaders,
-    dataset_num_classes,
-    dataset_targets,
-    disable_mixup,
-)
-from timm_kd.train import parse_args
-from timm_kd.train.build import dataset_options, loader_options
+from timm_kd.cli.train import parse_args
+from timm_kd.cli.train.build import dataset_options, loader_options
+from timm_kd.data import create_datasets, create_loaders, dataset_num_classes, disable_mixup
+from timm_kd.dataset_views import IndexedTargets, StratifiedSubset, dataset_targets
 
 
 class _Labels(torch.utils.data.Dataset):

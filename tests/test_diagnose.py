@@ -5,7 +5,7 @@ import json
 import timm
 import torch
 
-from timm_kd.diagnose import expected_calibration_error, linear_cka, main
+from timm_kd.cli.diagnose import expected_calibration_error, linear_cka, main
 from timm_kd.features import num_stages
 
 

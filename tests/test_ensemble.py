@@ -7,9 +7,10 @@ import timm
 import torch
 
 from timm_kd import InputAdapter, KDError, Teacher
-from timm_kd.ensemble import EnsembleTeacher, split_teachers
-from timm_kd.train.config import parse_args
-from timm_kd.train.loop import cli, main
+from timm_kd.cli.train.config import parse_args
+from timm_kd.cli.train.kd_flags import split_teachers
+from timm_kd.cli.train.loop import cli, main
+from timm_kd.ensemble import EnsembleTeacher
 
 FAST = [
     '--model',
@@ -149,8 +150,8 @@ def test_a_cnn_and_a_vit_teacher_at_different_sizes_train_a_student(image_folder
     )
 
 
-def test_the_teacher_cache_stores_the_ensemble_output(image_folder, tmp_path):
-    from timm_kd.cache import main as cache_main
+def test_the_teacher_cache_stores_the_ensemble_output(image_folder, tmp_path, capsys):
+    from timm_kd.cli.cache import main as cache_main
 
     torch.save(timm.create_model('test_resnet', num_classes=3).state_dict(), tmp_path / 'cnn.pth')
     torch.save(
@@ -182,3 +183,11 @@ def test_the_teacher_cache_stores_the_ensemble_output(image_folder, tmp_path):
         with open(tmp_path / name / 'summary.csv') as f:
             rows.append(next(csv.DictReader(f)))
     assert all(float(rows[0][k]) == pytest.approx(float(rows[1][k]), abs=1e-5) for k in rows[0])
+    # the cache holds the mixture at T=1: a run at T=4 is refused, with or without naming the teachers
+    data_only = [image_folder, *FAST, '--mixup', '0.5', '--output', str(tmp_path)]
+    for run_flags in (flags, data_only):
+        with pytest.raises(SystemExit) as info:
+            cli([*run_flags, '--teacher-cache', str(tmp_path / 'cache'), '--kd-temperature', '4'])
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert info.value.code == 2, line
+        assert 'other target (temperature: the cache has 1.0, this run 4.0)' in line, line

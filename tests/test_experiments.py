@@ -3,8 +3,8 @@
 import csv
 import os
 
-from timm_kd.experiments.pitfall import main as pitfall
-from timm_kd.experiments.pitfall import summarize
+from timm_kd.cli.experiments.pitfall import main as pitfall
+from timm_kd.cli.experiments.pitfall import summarize
 
 
 def test_summary_table_and_plot_from_rows(tmp_path):

@@ -5,7 +5,7 @@ import struct
 import numpy as np
 from PIL import Image
 
-from timm_kd.experiments.topk import write_pairs
+from timm_kd.cli.experiments.topk import write_pairs
 
 
 def _idx_files(raw, prefix, images, labels):
@@ -49,7 +49,7 @@ def test_pairs_put_two_items_side_by_side_labelled_by_both_classes(tmp_path):
 
 
 def test_the_table_gives_loss_error_and_top1_per_k_and_temperature(tmp_path):
-    from timm_kd.experiments.topk import plot, table
+    from timm_kd.cli.experiments.topk import plot, table
 
     results = {
         'teacher': {'top1': 79.0},

@@ -12,8 +12,8 @@ import pytest
 from conftest import ROOT
 
 from timm_kd import KDError
+from timm_kd.cli.train import parse_args
 from timm_kd.runtime import resolve_lr
-from timm_kd.train import parse_args
 
 HPARAMS = os.path.join(ROOT, 'timm_kd', 'hparams')
 

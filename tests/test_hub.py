@@ -13,7 +13,8 @@ import yaml
 from conftest import ROOT, fair_convnextv2_layout
 from safetensors.torch import load_file
 
-from timm_kd.hub import export, main
+from timm_kd.cli.hub import main
+from timm_kd.hub import export
 
 sys.path.insert(0, ROOT)
 import train_kd  # noqa: E402
@@ -386,7 +387,7 @@ def test_validate_and_export_use_the_preprocessing_the_checkpoint_records(
     kd_checkpoint, image_folder, tmp_path
 ):
     """The student trained at 32 px is scored and published at 32 px, not at the architecture's default size."""
-    from timm_kd.validate import main as validate_main
+    from timm_kd.cli.validate import main as validate_main
 
     assert timm.create_model('test_resnet').pretrained_cfg['input_size'] != (3, 32, 32)
     result = validate_main(

@@ -4,11 +4,11 @@ import random
 
 import torch
 
+from timm_kd.cli.train.build import dataset_options, loader_options
+from timm_kd.cli.train.config import parse_args
 from timm_kd.data import create_datasets, create_loaders, set_loader_epoch
+from timm_kd.reliability import reseed
 from timm_kd.replay import ReplayableViews, make_replayable
-from timm_kd.train.build import dataset_options, loader_options
-from timm_kd.train.config import parse_args
-from timm_kd.train.reliability import reseed
 
 AUG = [
     '--aa',

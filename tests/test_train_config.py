@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from timm_kd import KDError
-from timm_kd.train import build_parser, parse_args
-from timm_kd.train.kd_flags import loss_config as kd_loss_config
+from timm_kd.cli.train import build_parser, parse_args
+from timm_kd.cli.train.kd_flags import loss_config as kd_loss_config
 
 
 def test_defaults_follow_the_paper():

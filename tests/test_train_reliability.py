@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import ROOT
 
-from timm_kd.train.reliability import reseed, truncate_summary
+from timm_kd.reliability import reseed, truncate_summary
 
 FAST = [
     '--model',
@@ -321,7 +321,7 @@ BAD_INPUTS = [  # (flags, what the one line must name, the fix it must give)
 def test_every_bad_input_is_one_line_exit_2_and_writes_nothing(
     flags, names, fix, bad_files, image_folder, tmp_path, capsys
 ):
-    from timm_kd.train.loop import cli
+    from timm_kd.cli.train.loop import cli
 
     flags = [f.replace('{root}', str(bad_files)) for f in flags]
     out = [] if '--output' in flags else ['--output', str(tmp_path / 'out')]

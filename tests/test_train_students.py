@@ -4,9 +4,9 @@ import pytest
 import yaml
 
 from timm_kd import KDError
-from timm_kd.train import parse_args
-from timm_kd.train.kd_flags import loss_config as kd_loss_config
-from timm_kd.train.students import student_args
+from timm_kd.cli.train import parse_args
+from timm_kd.cli.train.kd_flags import loss_config as kd_loss_config
+from timm_kd.cli.train.students import student_args
 
 
 def test_each_student_overrides_its_own_flags_over_the_shared_ones():

@@ -10,7 +10,7 @@ from PIL import Image
 from torch import nn
 
 from timm_kd import DistillationTask, Teacher, create_kd_student
-from timm_kd.train.loop import cli, main
+from timm_kd.cli.train.loop import cli, main
 from timm_kd.unlabeled import labeled_mask
 
 FAST = [
@@ -167,7 +167,7 @@ def test_unlabeled_runs_that_cannot_work_are_one_line(
 
 
 def test_a_teacher_cache_covers_unlabeled_images(image_folder, unlabeled_folder, teacher, tmp_path):
-    from timm_kd.cache import main as cache_main
+    from timm_kd.cli.cache import main as cache_main
 
     flags = [
         image_folder,

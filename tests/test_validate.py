@@ -8,7 +8,7 @@ import timm
 import torch
 from PIL import Image
 
-from timm_kd.validate import main
+from timm_kd.cli.validate import main
 
 
 @pytest.fixture(scope='module')

@@ -5,51 +5,55 @@ fills them from its flags and library users fill them by hand.
 """
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from timm.data import Mixup, create_dataset, create_loader
 
+from .dataset_views import DatasetView, StratifiedSubset
 from .errors import KDError
+from .identity import NOT_IDENTITY
+from .unlabeled import ImageFiles, WithUnlabeled
 
 
-@dataclass
+@dataclass(frozen=True)
 class DatasetOptions:
     """Where the images come from (timm's `create_dataset` arguments) and which fraction of them to train on."""
 
-    data_dir: str
+    data_dir: str = field(
+        metadata=NOT_IDENTITY
+    )  # the dataset's files are identified relative to it
     dataset: str = ''
     train_split: str = 'train'
-    val_split: str = 'validation'
+    val_split: str = field(default='validation', metadata=NOT_IDENTITY)
     class_map: str = ''
-    dataset_download: bool = False
+    dataset_download: bool = field(default=False, metadata=NOT_IDENTITY)
     train_num_samples: Optional[int] = None
-    val_num_samples: Optional[int] = None
+    val_num_samples: Optional[int] = field(default=None, metadata=NOT_IDENTITY)
     input_img_mode: Optional[str] = None
     input_key: Optional[str] = None
     target_key: Optional[str] = None
-    dataset_trust_remote_code: bool = False
+    dataset_trust_remote_code: bool = field(default=False, metadata=NOT_IDENTITY)
     epoch_repeats: float = 0.0
     train_fraction: float = 1.0
     batch_size: int = 128
     seed: int = 42
-    unlabeled_data: str = (
-        ''  # a folder of images or a timm dataset spec: KD terms only (timm_kd.unlabeled)
-    )
+    # a folder of images or a timm dataset spec: KD terms only (timm_kd.unlabeled)
+    unlabeled_data: str = ''
     unlabeled_ratio: Optional[float] = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoaderOptions:
     """Batching, augmentation and mixup/cutmix of the training stream, and the validation batch size."""
 
     batch_size: int = 128
-    validation_batch_size: Optional[int] = None
-    workers: int = 4
-    pin_mem: bool = False
+    validation_batch_size: Optional[int] = field(default=None, metadata=NOT_IDENTITY)
+    workers: int = field(default=4, metadata=NOT_IDENTITY)
+    pin_mem: bool = field(default=False, metadata=NOT_IDENTITY)
     worker_seeding: str = 'all'
-    use_multi_epochs_loader: bool = False
+    use_multi_epochs_loader: bool = field(default=False, metadata=NOT_IDENTITY)
     no_aug: bool = False
     train_crop_mode: Optional[str] = None
     scale: Sequence[float] = (0.08, 1.0)
@@ -82,7 +86,7 @@ class LoaderOptions:
     train_size_random_mix: float = 0.1
     train_batches_per_epoch: Optional[int] = None
     seed: int = 42
-    epochs: int = 300
+    epochs: int = field(default=300, metadata=NOT_IDENTITY)
 
 
 def create_datasets(opts: DatasetOptions, in_chans: int = 3) -> Tuple[Any, Optional[Any]]:
@@ -139,8 +143,6 @@ def create_datasets(opts: DatasetOptions, in_chans: int = 3) -> Tuple[Any, Optio
     if len(train) == 0:
         raise KDError(f'the {opts.train_split!r} split at {opts.data_dir!r} holds no images')
     if opts.unlabeled_data:
-        from .unlabeled import ImageFiles, WithUnlabeled
-
         if os.path.isdir(opts.unlabeled_data):
             unlabeled = ImageFiles(opts.unlabeled_data, common['input_img_mode'])
         else:
@@ -162,7 +164,7 @@ def create_datasets(opts: DatasetOptions, in_chans: int = 3) -> Tuple[Any, Optio
 
 def dataset_num_classes(dataset: Any) -> Optional[int]:
     """Number of classes a dataset declares (ImageFolder readers and torchvision datasets), None if unknown."""
-    while isinstance(dataset, _DatasetView) and dataset.dataset is not None:
+    while isinstance(dataset, DatasetView) and dataset.dataset is not None:
         dataset = dataset.dataset
     reader = getattr(dataset, 'reader', None)
     class_to_idx = getattr(reader, 'class_to_idx', None) or getattr(dataset, 'class_to_idx', None)
@@ -328,82 +330,3 @@ def disable_mixup(mixup_fn: Optional[Callable]) -> None:
     """Stop mixup/cutmix (timm's --mixup-off-epoch): the per-batch function keeps label smoothing only."""
     if mixup_fn is not None:
         mixup_fn.mixup_enabled = False
-
-
-def dataset_targets(dataset: Any) -> torch.Tensor:
-    """The class index of every sample, read from the dataset's metadata (no image is decoded).
-
-    Knows timm's ImageDataset (reader.samples / reader.targets) and torchvision datasets (.targets).
-    """
-    reader = getattr(dataset, 'reader', None)
-    for source in (getattr(dataset, 'targets', None), getattr(reader, 'targets', None)):
-        if source is not None:
-            return torch.as_tensor(list(source), dtype=torch.long)
-    samples = getattr(reader, 'samples', None) or getattr(dataset, 'samples', None)
-    if samples is not None:
-        return torch.as_tensor([s[1] for s in samples], dtype=torch.long)
-    raise KDError(
-        f'cannot read the labels of {type(dataset).__name__} without loading it; this needs an '
-        f'ImageFolder or a torchvision dataset'
-    )
-
-
-class _DatasetView(torch.utils.data.Dataset):
-    """A wrapper over a dataset; the transform timm's loader assigns to it goes to the wrapped dataset."""
-
-    dataset: Any
-
-    @property
-    def transform(self):
-        return self.dataset.transform
-
-    @transform.setter
-    def transform(self, value) -> None:
-        self.dataset.transform = value
-
-
-class IndexedTargets(_DatasetView):
-    """Yields (image, sample index) instead of (image, label), so losses that keep per-sample state (CRD's
-    memory bank) know which images are in the batch; the training loop maps the index back to its
-    label with
-    `targets` before mixup."""
-
-    def __init__(self, dataset: Any):
-        self.dataset = dataset
-        self.targets = dataset_targets(dataset)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        return self.dataset[index][0], index
-
-
-class StratifiedSubset(_DatasetView):
-    """A seeded, class-stratified fraction of a dataset (VanillaKD's 30% / 60% ImageNet-1k subsets, Table 13).
-
-    Each class keeps round(fraction * its size) samples (at least one), drawn with `seed`, so the
-    subset has the full set's class balance and is the same on every rank and every run.
-    """
-
-    def __init__(self, dataset: Any, fraction: float, seed: int = 0):
-        if not 0 < fraction <= 1:
-            raise KDError(
-                f'--train-fraction must be in (0, 1] (0 only with --unlabeled-data), got {fraction}'
-            )
-        self.dataset = dataset
-        targets = dataset_targets(dataset)
-        g = torch.Generator().manual_seed(seed)
-        keep = []
-        for c in targets.unique():
-            members = (targets == c).nonzero().flatten()
-            n = max(1, round(fraction * len(members)))
-            keep.append(members[torch.randperm(len(members), generator=g)[:n]])
-        self.indices = torch.cat(keep).sort().values
-        self.targets = targets[self.indices]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int):
-        return self.dataset[int(self.indices[index])]

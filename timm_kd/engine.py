@@ -18,7 +18,7 @@ from .unlabeled import labeled_mask
 _logger = logging.getLogger(__name__)
 
 
-def _to_device(input, target, device, channels_last, dtype=None):
+def to_device(input, target, device, channels_last, dtype=None):
     input, target = (
         input.to(device, dtype=dtype, non_blocking=True),
         target.to(device, non_blocking=True),
@@ -175,7 +175,7 @@ def train_one_epoch(
                 if after_skip is not None:
                     after_skip()
             continue
-        input, target = _to_device(input, target, device, channels_last, input_dtype)
+        input, target = to_device(input, target, device, channels_last, input_dtype)
         index = None
         if labels is not None:
             index, target = target, labels[target]
@@ -297,7 +297,7 @@ def validate(
     model.eval()
     evaluator = task.create_evaluator(max_samples=evaluation_sample_limit(loader))
     for input, target in loader:
-        input, target = _to_device(input, target, device, channels_last, input_dtype)
+        input, target = to_device(input, target, device, channels_last, input_dtype)
         with amp_autocast():
             output = model(input)
         evaluator.update(output.float(), target)

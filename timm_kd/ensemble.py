@@ -16,55 +16,14 @@ weighted mean of the logits instead. Weights default to equal and are normalized
 need one teacher's feature maps and are refused with ensembles.
 """
 
-import argparse
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
 from .errors import KDError
-from .teacher import TeacherOutput
-
-
-def _teacher_parser() -> argparse.ArgumentParser:
-    """The flags one --teacher of an ensemble has for itself, as `<field>` (kd_flags.TEACHER_OWN_FLAGS)."""
-    from .train.kd_flags import TEACHER_OWN_FLAGS
-
-    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    for field, flags, options in TEACHER_OWN_FLAGS:
-        if (
-            field == 'dtype'
-        ):  # unset: the shared --teacher-dtype (or --teacher-fast) applies to this teacher
-            options = dict(options, default=None)
-        p.add_argument(*flags, dest=field, **options)
-    return p
-
-
-def split_teachers(argv: List[str]) -> Tuple[List[str], Optional[List[Dict[str, Any]]]]:
-    """With `--teacher` given twice or more: the other arguments, and one dict per teacher of its own flags."""
-    starts = [i for i, a in enumerate(argv) if a == '--teacher' or a.startswith('--teacher=')]
-    if len(starts) < 2:
-        return argv, None
-    rest, teachers = argv[: starts[0]], []
-    parser = _teacher_parser()
-    for n, start in enumerate(starts):
-        end = starts[n + 1] if n + 1 < len(starts) else len(argv)
-        token = argv[start]
-        name, segment = (
-            (token.split('=', 1)[1], argv[start + 1 : end])
-            if '=' in token
-            else (argv[start + 1] if start + 1 < end else '', argv[start + 2 : end])
-        )
-        if not name or name.startswith('-'):
-            raise KDError('--teacher needs a model name after it')
-        own, others = parser.parse_known_args(segment)
-        if own.weight < 0:
-            raise KDError(
-                f'--teacher-weight {own.weight} of {name!r} is negative; pass a weight >= 0'
-            )
-        teachers.append(dict(name=name, **vars(own)))
-        rest += others
-    return rest, teachers
+from .run import TeacherSetup
+from .teacher import TeacherOutput, create_teacher
 
 
 class EnsembleTeacher(nn.Module):
@@ -140,3 +99,47 @@ class EnsembleTeacher(nn.Module):
         self, images: torch.Tensor, stage_sets: Sequence[Optional[Sequence[int]]]
     ) -> List[TeacherOutput]:
         return [self(images)] * len(stage_sets)
+
+
+def create_teachers(
+    setup: TeacherSetup,
+    num_classes: int,
+    in_chans: int,
+    data_config: Dict[str, Any],
+    device: torch.device,
+) -> Optional[nn.Module]:
+    """The `Teacher` of `setup`, an `EnsembleTeacher` when it has several members, or None.
+
+    Each member sees the student's batch (normalized and sized by `data_config`) through its own
+    preprocessing."""
+    if not setup.members:
+        return None
+    teachers = [
+        create_teacher(
+            spec.name,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            checkpoint=spec.checkpoint,
+            use_ema=not spec.no_ema,
+            student_mean=data_config['mean'],
+            student_std=data_config['std'],
+            student_input_size=data_config['input_size'],
+            mean=spec.mean,
+            std=spec.std,
+            input_size=spec.input_size,
+            dtype=spec.dtype or setup.dtype,
+            channels_last=setup.channels_last,
+            inference_mode=setup.inference_mode,
+            device=device,
+            allow_pickle=setup.allow_pickle,
+            model_kwargs=dict(spec.kwargs),
+        )
+        for spec in setup.members
+    ]
+    if len(teachers) == 1:
+        return teachers[0]
+    weights = [spec.weight for spec in setup.members]
+    ensemble = EnsembleTeacher(
+        teachers, weights, mode=setup.ensemble, temperature=setup.temperature
+    )
+    return ensemble.to(device)

@@ -7,7 +7,7 @@ depend on the worker count and on everything that ran before. Here the sampler t
 its slot, (epoch, position in this process's epoch stream), and the dataset draws that sample's
 augmentation from generators seeded by (seed, epoch, rank, position), inside a fork of the random
 state so nothing else is disturbed. Mixup/cutmix runs in the training process after the per-update
-reseed (`timm_kd.train.reliability.reseed`), so its mode, lambda and pairing are fixed by (seed,
+reseed (`timm_kd.reliability.reseed`), so its mode, lambda and pairing are fixed by (seed,
 epoch, update) too. Repeated augmentation needs nothing more: each copy of an image has its own
 slot. timm's prefetcher (on unless --no-prefetcher) erases whole batches in the training process, on
 the device, drawing from Python's `random` and the device's generator: there each batch's erasing is
@@ -25,7 +25,7 @@ from typing import Any, Iterator, Sequence, Tuple
 import numpy as np
 import torch
 
-from .data import _DatasetView
+from .dataset_views import DatasetView
 
 _MIX = 1_000_003  # a prime that spreads (seed, epoch, rank, position) over the seed space
 
@@ -72,7 +72,7 @@ class SlotSampler:
         return len(self.sampler)
 
 
-class ReplayableViews(_DatasetView):
+class ReplayableViews(DatasetView):
     """A dataset whose item (epoch, rank, position, index) is `dataset[index]` with its augmentation seeded by the
     slot; a plain index (validation, tools) passes through unseeded."""
 

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import torch
 from PIL import Image
 
-from .data import _DatasetView, dataset_targets
+from .dataset_views import DatasetView, dataset_targets
 from .errors import KDError
 
 UNLABELED = -1
@@ -53,7 +53,7 @@ class ImageFiles(torch.utils.data.Dataset):
         return (self.transform(image) if self.transform is not None else image), UNLABELED
 
 
-class WithUnlabeled(_DatasetView):
+class WithUnlabeled(DatasetView):
     """The labeled set followed by `count` images of the unlabeled one (a seeded draw), labeled -1."""
 
     def __init__(

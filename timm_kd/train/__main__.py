@@ -1,5 +1,5 @@
-"""`python -m timm_kd.train` and `torchrun -m timm_kd.train`."""
+"""`python -m timm_kd.train`: the program is `timm_kd.cli.train`."""
 
-from .loop import cli
+from ..cli.train import cli
 
 cli()

@@ -1,4 +1,5 @@
-"""Export distilled students as timm Hugging Face Hub folders, and publish them.
+"""Distilled students as timm Hugging Face Hub folders: load a checkpoint, export it with a
+model card, push it (the program `python -m timm_kd.hub` is `timm_kd.cli.hub`).
 
     python -m timm_kd.hub export CHECKPOINT --model ARCH[.TAG] --out DIR
     python -m timm_kd.hub push CHECKPOINT --model ARCH[.TAG] --repo-id ORG/NAME [--private] [--revision BRANCH]
@@ -14,7 +15,6 @@ projectors, embeddings and auxiliary heads live in the checkpoint's task state a
 weights.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -26,10 +26,10 @@ from timm.data import resolve_data_config
 from timm.models import create_model, get_pretrained_cfg, split_model_name_tag
 from timm.models._hub import save_for_hf
 
-from .card import model_card
-from .checkpoint import checkpoint_num_classes, load_state_dict, load_training_metadata
-from .errors import KDError, one_line_errors
-from .saver import non_finite_tensors
+from ..card import model_card
+from ..checkpoint import checkpoint_num_classes, load_state_dict, load_training_metadata
+from ..errors import KDError
+from ..saver import non_finite_tensors
 
 
 def load_student(
@@ -198,89 +198,3 @@ def _hub_problem(e: Exception) -> str:
     return (
         f'{type(e).__name__}: {" ".join(str(e).split())[:120]}; check the network and the repo id'
     )
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = parser.add_subparsers(dest='command', required=True)
-    for command in ('export', 'push'):
-        p = sub.add_parser(command)
-        p.add_argument('checkpoint')
-        p.add_argument(
-            '--model', required=True, help='timm architecture, optionally with tag (resnet50.vkd)'
-        )
-        p.add_argument(
-            '--no-ema', action='store_true', help='export the raw weights, not the EMA ones'
-        )
-        p.add_argument(
-            '--allow-unsafe-pickle', action='store_true', help='trusted files only: may run code'
-        )
-        for key in ('teacher', 'kd-loss', 'recipe', 'dataset'):
-            p.add_argument(
-                f'--{key}', default=None, help=f'KD metadata: {key} (default: from the checkpoint)'
-            )
-        p.add_argument(
-            '--license',
-            default=None,
-            help='license of the weights, as a Hub license id (default: none stated)',
-        )
-        p.add_argument('--epochs', type=int, default=None)
-        p.add_argument('--top1', type=float, default=None)
-        p.add_argument('--top5', type=float, default=None)
-        p.add_argument(
-            '--results',
-            default=None,
-            help='JSON written by `python -m timm_kd.validate` (top1, top5)',
-        )
-        if command == 'export':
-            p.add_argument('--out', required=True, help='output folder')
-        else:
-            p.add_argument('--repo-id', required=True, help='ORG/NAME on the Hugging Face Hub')
-            p.add_argument('--private', action='store_true')
-            p.add_argument(
-                '--revision', default=None, help='branch to upload to (created if needed)'
-            )
-            p.add_argument(
-                '--overwrite-card',
-                action='store_true',
-                help="replace the repo's README.md (kept by default, as timm's push_to_hf_hub "
-                'does)',
-            )
-    args = parser.parse_args(argv)
-    overrides = dict(
-        teacher=args.teacher,
-        kd_loss=args.kd_loss,
-        recipe=args.recipe,
-        dataset=args.dataset,
-        epochs=args.epochs,
-        top1=args.top1,
-        top5=args.top5,
-        license=args.license,
-    )
-    if args.results:
-        with open(args.results) as f:
-            results = json.load(f)
-        overrides.update(
-            {k: results[k] for k in ('top1', 'top5') if overrides.get(k) is None and k in results}
-        )
-    common = dict(use_ema=not args.no_ema, allow_pickle=args.allow_unsafe_pickle, **overrides)
-    with one_line_errors():
-        if args.command == 'export':
-            print(f'exported to {export(args.checkpoint, args.model, args.out, **common)}')
-        else:
-            url = push(
-                args.checkpoint,
-                args.model,
-                args.repo_id,
-                private=args.private,
-                revision=args.revision,
-                overwrite_card=args.overwrite_card,
-                **common,
-            )
-            print(f'pushed to {url}')
-
-
-if __name__ == '__main__':
-    main()

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Tuple
 
 from timm.utils import ParseKwargs
 
-from ..errors import KDError
+from ...errors import KDError
 
 
 def _add_dataset(p: argparse.ArgumentParser) -> None:

@@ -7,10 +7,11 @@ import glob
 import importlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar
 
 import torch
+from timm.data import resolve_data_config
 from timm.layers import set_fast_norm
 from timm.loss import create_classification_loss
 from timm.models import create_model
@@ -19,16 +20,23 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.task import load_task_ema_checkpoint, resume_task_checkpoint
 from timm.utils import set_jit_fuser
 
-from ..checkpoint import load_state_dict, load_training_metadata, safe_globals
-from ..data import DatasetOptions, LoaderOptions, create_loaders, mixup_args
-from ..engine import StudentRun
-from ..ensemble import EnsembleTeacher
-from ..errors import KDError
-from ..replay import ReplayableViews, make_replayable
-from ..runtime import Process, amp_setup, experiment_name, output_dir, resolve_lr
-from ..saver import DurableCheckpointSaver
-from ..task import DistillationTask
-from ..teacher import Teacher, create_teacher
+from ...checkpoint import load_state_dict, load_training_metadata, safe_globals
+from ...data import (
+    DatasetOptions,
+    LoaderOptions,
+    create_datasets,
+    create_loaders,
+    dataset_num_classes,
+    mixup_args,
+)
+from ...engine import StudentRun
+from ...errors import KDError
+from ...replay import ReplayableViews, make_replayable
+from ...run import ProcessSpec, RunSpec, TeacherSetup, TeacherSpec, freeze
+from ...runtime import Process, amp_setup, experiment_name, output_dir, resolve_lr
+from ...saver import DurableCheckpointSaver
+from ...task import DistillationTask
+from ...teacher import Teacher
 from .kd_flags import TEACHER_OWN_FLAGS
 
 _logger = logging.getLogger(__name__)
@@ -38,9 +46,8 @@ DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.
 
 def options(cls: Type[T], args: argparse.Namespace, **overrides: Any) -> T:
     """A library options dataclass filled from the flags of the same names."""
-    values = {
-        f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)
-    }
+    fields = [f.name for f in dataclasses.fields(cls) if hasattr(args, f.name)]
+    values = {name: freeze(getattr(args, name)) for name in fields}
     return cls(**{**values, **overrides})
 
 
@@ -100,7 +107,9 @@ def model_dtype(args: argparse.Namespace) -> Optional[torch.dtype]:
     return DTYPES[args.model_dtype] if args.model_dtype else None
 
 
-def create_student(args: argparse.Namespace, in_chans: int, process: Process) -> torch.nn.Module:
+def create_student(
+    args: argparse.Namespace, in_chans: int, process: Process, num_classes: Optional[int]
+) -> torch.nn.Module:
     """The student as timm's train.py creates it (pretrained path, BatchNorm overrides, head init, dtype, layout)."""
     overlay = (
         dict(pretrained_cfg_overlay=dict(file=args.pretrained_path, num_classes=-1))
@@ -118,7 +127,7 @@ def create_student(args: argparse.Namespace, in_chans: int, process: Process) ->
             args.model,
             pretrained=args.pretrained,
             in_chans=in_chans,
-            num_classes=args.num_classes,
+            num_classes=num_classes,
             drop_rate=args.drop,
             drop_path_rate=args.drop_path,
             drop_block_rate=args.drop_block,
@@ -179,48 +188,93 @@ def check_checkpoint(flag: str, path: Optional[str], allow_pickle: bool = False)
         raise KDError(f'{flag}: {e}') from None
 
 
-def build_teacher(
-    args: argparse.Namespace,
-    num_classes: int,
-    in_chans: int,
-    data_config: Dict[str, Any],
-    device: torch.device,
-):
-    """The `Teacher`, an `EnsembleTeacher` when `--teacher` was given several times, or None."""
-    if not args.teacher:
-        return None
+def teacher_setup(args: argparse.Namespace) -> TeacherSetup:
+    """Who teaches, from the flags: one --teacher with its --teacher-* flags, several (an
+    ensemble, each with its own), or none."""
     own = {field: getattr(args, f'teacher_{field}') for field, _, _ in TEACHER_OWN_FLAGS}
-    specs = args.teachers or [dict(name=args.teacher, **own)]
-    teachers = [
-        create_teacher(
-            spec['name'],
-            num_classes=num_classes,
-            in_chans=in_chans,
+    specs = args.teachers or ([dict(name=args.teacher, **own)] if args.teacher else [])
+    members = tuple(
+        TeacherSpec(
+            name=spec['name'],
             checkpoint=spec['checkpoint'],
-            use_ema=not spec['no_ema'],
-            student_mean=data_config['mean'],
-            student_std=data_config['std'],
-            student_input_size=data_config['input_size'],
-            mean=spec['mean'],
-            std=spec['std'],
-            input_size=spec['input_size'],
-            dtype=spec['dtype'] or args.teacher_dtype,
-            channels_last=args.channels_last or args.teacher_channels_last,
-            inference_mode=args.teacher_inference_mode,
-            device=device,
-            allow_pickle=args.allow_unsafe_pickle,
-            model_kwargs=spec['kwargs'],
+            weight=spec['weight'],
+            kwargs=freeze(spec['kwargs']),
+            no_ema=spec['no_ema'],
+            mean=freeze(spec['mean']),
+            std=freeze(spec['std']),
+            input_size=freeze(spec['input_size']),
+            dtype=spec['dtype'],
         )
         for spec in specs
-    ]
-    if len(teachers) == 1:
-        return teachers[0]
-    return EnsembleTeacher(
-        teachers,
-        [spec['weight'] for spec in specs],
-        mode=args.teacher_ensemble,
+    )
+    return TeacherSetup(
+        members=members,
+        ensemble=args.teacher_ensemble,
         temperature=args.kd_temperature or 1.0,
-    ).to(device)
+        dtype=args.teacher_dtype,
+        amp=args.amp,
+        amp_dtype=args.amp_dtype,
+        channels_last=args.channels_last or args.teacher_channels_last,
+        compile=args.teacher_compile,
+        compile_mode=args.torchcompile_mode,
+        inference_mode=args.teacher_inference_mode,
+        allow_pickle=args.allow_unsafe_pickle,
+        cache=args.teacher_cache,
+    )
+
+
+def run_spec(args: argparse.Namespace, num_classes: int, data_config: Dict[str, Any]) -> RunSpec:
+    """The typed run of the flags, with the derived class count and the student's data config."""
+    process = ProcessSpec(
+        seed=args.seed,
+        device=args.device,
+        model_dtype=args.model_dtype,
+        channels_last=args.channels_last,
+        prefetcher=not args.no_prefetcher,
+        grad_accum_steps=args.grad_accum_steps,
+    )
+    return RunSpec(
+        data=dataset_options(args),
+        views=loader_options(args),
+        process=process,
+        teachers=teacher_setup(args),
+        num_classes=num_classes,
+        data_config=freeze(data_config),
+    )
+
+
+@dataclass
+class Setup:
+    """What training and `cache build` both start from: the datasets, the students (only for the
+    data config, in a cache build) and the typed run."""
+
+    run: RunSpec
+    train_set: Any
+    eval_set: Optional[Any]
+    in_chans: int
+    models: List[torch.nn.Module]
+
+
+def setup_run(
+    args: argparse.Namespace,
+    student_flags: List[argparse.Namespace],
+    process: Process,
+    with_eval: bool = True,
+) -> Setup:
+    """Datasets, the students (the first resolves the stream's preprocessing) and the typed run."""
+    in_chans = args.in_chans or (args.input_size[0] if args.input_size else 3)
+    data = dataset_options(args)
+    train_set, eval_set = create_datasets(
+        data if with_eval else replace(data, val_split=''), in_chans
+    )
+    num_classes = args.num_classes or dataset_num_classes(train_set)
+    models = []
+    for sargs in student_flags:
+        models.append(create_student(sargs, in_chans, process, num_classes))
+        num_classes = models[-1].num_classes
+    data_config = resolve_data_config(vars(args), model=models[0], verbose=process.is_primary)
+    run = run_spec(args, num_classes, data_config)
+    return Setup(run, train_set, eval_set, in_chans, models)
 
 
 @dataclass
@@ -315,7 +369,7 @@ def setup_student(
     criterion = create_classification_loss(
         loss_type='bce' if args.bce_loss else 'ce',
         smoothing=args.smoothing,
-        soft_targets=mixup_args(loader_options(args), args.num_classes) is not None,
+        soft_targets=mixup_args(loader_options(args), 0) is not None,
         bce_target_thresh=args.bce_target_thresh,
         bce_sum=args.bce_sum,
         pos_weight=args.bce_pos_weight,
@@ -331,10 +385,11 @@ def setup_student(
         verbose=primary,
     ).to(device)
 
-    args.lr = resolve_lr(
+    lr = resolve_lr(
         args.lr, args.lr_base, args.lr_base_size, global_batch, args.opt, args.lr_base_scale
     )
-    optimizer = create_optimizer_v2(kd_student, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
+    opt_kwargs = {**optimizer_kwargs(cfg=args), 'lr': lr}  # the flags stay as given
+    optimizer = create_optimizer_v2(kd_student, **opt_kwargs, **args.opt_kwargs)
     _, loss_scaler = amp_setup(args.amp, args.amp_dtype, device)
     resume = resume_path(args)
     start_epoch, skip_batches, partial = (

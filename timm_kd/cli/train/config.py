@@ -14,10 +14,9 @@ from typing import List, Optional, Tuple
 
 import yaml
 
-from ..ensemble import split_teachers
-from ..errors import KDError
-from ..recipes import find_recipe
-from .kd_flags import add_kd_flags, loss_config, resolve_timm_kd
+from ...errors import KDError
+from ...hparams import find_recipe
+from .kd_flags import add_kd_flags, loss_config, resolve_timm_kd, split_teachers
 from .timm_flags import add_timm_flags, refuse_unsupported
 
 # Keys of an args.yaml that describe a finished run rather than a setting (written by timm's train.py, by earlier

@@ -98,9 +98,9 @@ def loss_error(
     """The KD loss's relative error against K: the teacher and the scratch student on the test pairs."""
     from timm.data import resolve_data_config
 
-    from ..cache import top_k_loss_error
-    from ..data import create_eval_loader
-    from ..hub import load_student
+    from ...cache import top_k_loss_error
+    from ...data import create_eval_loader
+    from ...hub import load_student
 
     teacher = load_student(
         TEACHER[TEACHER.index('--model') + 1], os.path.join(output, 'teacher', 'last.pth.tar')

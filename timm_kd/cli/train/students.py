@@ -13,7 +13,7 @@ from typing import List, Tuple
 
 import yaml
 
-from ..errors import KDError
+from ...errors import KDError
 from .config import build_parser, finish_args
 
 SHARED_BY_STUDENTS = {

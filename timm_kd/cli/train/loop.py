@@ -8,36 +8,32 @@ from typing import Any, Dict, List, Optional
 
 import torch
 import torchvision
-from timm.data import resolve_data_config
 from timm.utils import distribute_bn, random_seed, setup_default_logging, update_summary
 
-from ..cache import CachedTeacher, TeacherCache, check_logit_losses_only, fingerprint
-from ..data import (
-    IndexedTargets,
-    create_datasets,
-    dataset_num_classes,
+from ...cache import CachedTeacher, TeacherCache, check_logit_losses_only
+from ...data import (
     disable_mixup,
     set_loader_epoch,
 )
-from ..engine import check_finite, train_one_epoch, validate
-from ..errors import Interrupted, one_line_errors
-from ..runtime import amp_setup, init_process
-from ..student import create_kd_student
-from ..unlabeled import check_unlabeled_run
+from ...dataset_views import IndexedTargets
+from ...engine import check_finite, train_one_epoch, validate
+from ...ensemble import create_teachers
+from ...errors import Interrupted, one_line_errors
+from ...reliability import Preemption, reseed, truncate_summary
+from ...runtime import amp_setup, init_process
+from ...student import create_kd_student
+from ...unlabeled import check_unlabeled_run
 from .build import (
     StudentJob,
-    build_teacher,
     check_same_start,
-    create_student,
-    dataset_options,
     model_dtype,
     replayable_loaders,
     setup_process_flags,
+    setup_run,
     setup_student,
 )
 from .config import parse_args
 from .kd_flags import loss_config
-from .reliability import Preemption, reseed, truncate_summary
 from .students import student_args
 
 _logger = logging.getLogger('timm_kd.train')
@@ -72,27 +68,18 @@ def main(argv: Optional[List[str]] = None) -> Any:
     random_seed(args.seed, process.rank)
     students = student_args(args, args_text)
 
-    in_chans = args.in_chans or (args.input_size[0] if args.input_size else 3)
-    train_set, eval_set = create_datasets(dataset_options(args), in_chans)
-    num_classes = args.num_classes or dataset_num_classes(train_set)
-    models = []
-    for sargs, _ in students:
-        sargs.num_classes = num_classes
-        models.append(create_student(sargs, in_chans, process))
-        num_classes = models[-1].num_classes
-    # one data stream: its preprocessing is resolved from the first student
-    data_config = resolve_data_config(vars(args), model=models[0], verbose=primary)
-    if (
-        args.teacher_cache
-    ):  # no teacher runs: its answers for every view were stored by `timm_kd.cache build`
-        cache = TeacherCache(args.teacher_cache)
-        check_logit_losses_only(students)
+    setup = setup_run(args, [sargs for sargs, _ in students], process)
+    run, train_set, eval_set, models = setup.run, setup.train_set, setup.eval_set, setup.models
+    num_classes, data_config = run.num_classes, run.student_data_config
+    if run.teachers.cache:  # no teacher runs: its answers were stored by `timm_kd.cache build`
+        cache = TeacherCache(run.teachers.cache)
+        check_logit_losses_only([n for sargs, _ in students for n in sargs.kd_loss])
         teacher = CachedTeacher(cache, process.rank, device)
     else:
-        with torch.random.fork_rng(
-            devices=[]
-        ):  # the teacher's (discarded) random init leaves training's stream alone
-            teacher = build_teacher(args, num_classes, in_chans, data_config, device)
+        with torch.random.fork_rng(devices=[]):  # the teacher's random init leaves training's alone
+            teacher = create_teachers(
+                run.teachers, num_classes, setup.in_chans, data_config, device
+            )
     loss_configs = [
         loss_config(sargs) if teacher is not None else ({}, {}) for sargs, _ in students
     ]
@@ -155,12 +142,7 @@ def main(argv: Optional[List[str]] = None) -> Any:
     (start_epoch, skip_batches), num_epochs = check_same_start(jobs), jobs[0].num_epochs
     stop_epoch = min(num_epochs, args.stop_epoch) if args.stop_epoch else num_epochs
     if args.teacher_cache:
-        cache.check(
-            fingerprint(args, data_config, base_set, num_classes, process.world_size),
-            range(start_epoch, stop_epoch),
-            process.rank,
-            has_teacher=bool(args.teacher),
-        )
+        cache.check(run, base_set, process.world_size, range(start_epoch, stop_epoch), process.rank)
     amp_autocast, _ = amp_setup(args.amp, args.amp_dtype, device)
     eval_kwargs = dict(
         device=device,

@@ -6,13 +6,13 @@ and `--task-loss-weight W` alone gives the KD term weight 1 - W, as timm's disti
 """
 
 import argparse
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from timm.utils import ParseKwargs
 
-from ..errors import KDError
-from ..losses import list_kd_losses
-from ..losses.flags import add_loss_hyperparameter_flags, kd_loss_config
+from ...errors import KDError
+from ...losses import list_kd_losses
+from ...losses.config import kd_loss_config, loss_hyperparameters
 
 TIMM_KD_TEMPERATURE = 4.0  # timm train.py's --kd-temperature default
 
@@ -104,6 +104,38 @@ TEACHER_OWN_FLAGS = (
         ),
     ),
 )
+
+
+def _flag_bool(value: str) -> bool:
+    if str(value).lower() not in ('true', 'false', '1', '0', 'yes', 'no'):
+        raise argparse.ArgumentTypeError(f'expected true or false, got {value!r}')
+    return str(value).lower() in ('true', '1', 'yes')
+
+
+def _flag_type(default: Any):
+    if isinstance(default, bool):
+        return _flag_bool
+    if isinstance(default, int):
+        return int
+    return float if isinstance(default, float) else str
+
+
+def add_loss_hyperparameter_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per loss hyperparameter: --dkd-beta, --rkd-angle-weight, ... (unset: the loss's own default)."""
+    g = p.add_argument_group('Loss hyperparameters (used when the loss is in --kd-loss)')
+    for name in list_kd_losses():
+        for arg, default in loss_hyperparameters(name).items():
+            flag = f'--{name}-{arg.replace("_", "-")}'
+            if flag in p._option_string_actions:  # --kd-temperature is every loss's temperature
+                continue
+            g.add_argument(
+                flag,
+                dest=f'{name}_{arg}',
+                default=None,
+                metavar='V',
+                type=_flag_type(default),
+                help=f"{name}'s {arg.replace('_', ' ')} (the loss's default: {default})",
+            )
 
 
 def add_kd_flags(p: argparse.ArgumentParser) -> None:
@@ -331,3 +363,43 @@ def loss_config(args: argparse.Namespace) -> Tuple[Dict[str, float], Dict[str, D
         loss_kwargs=args.kd_loss_kwargs,
         flags=vars(args),
     )
+
+
+def _teacher_parser() -> argparse.ArgumentParser:
+    """The flags one --teacher of an ensemble has for itself, as `<field>` (kd_flags.TEACHER_OWN_FLAGS)."""
+
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for field, flags, options in TEACHER_OWN_FLAGS:
+        if (
+            field == 'dtype'
+        ):  # unset: the shared --teacher-dtype (or --teacher-fast) applies to this teacher
+            options = dict(options, default=None)
+        p.add_argument(*flags, dest=field, **options)
+    return p
+
+
+def split_teachers(argv: List[str]) -> Tuple[List[str], Optional[List[Dict[str, Any]]]]:
+    """With `--teacher` given twice or more: the other arguments, and one dict per teacher of its own flags."""
+    starts = [i for i, a in enumerate(argv) if a == '--teacher' or a.startswith('--teacher=')]
+    if len(starts) < 2:
+        return argv, None
+    rest, teachers = argv[: starts[0]], []
+    parser = _teacher_parser()
+    for n, start in enumerate(starts):
+        end = starts[n + 1] if n + 1 < len(starts) else len(argv)
+        token = argv[start]
+        name, segment = (
+            (token.split('=', 1)[1], argv[start + 1 : end])
+            if '=' in token
+            else (argv[start + 1] if start + 1 < end else '', argv[start + 2 : end])
+        )
+        if not name or name.startswith('-'):
+            raise KDError('--teacher needs a model name after it')
+        own, others = parser.parse_known_args(segment)
+        if own.weight < 0:
+            raise KDError(
+                f'--teacher-weight {own.weight} of {name!r} is negative; pass a weight >= 0'
+            )
+        teachers.append(dict(name=name, **vars(own)))
+        rest += others
+    return rest, teachers

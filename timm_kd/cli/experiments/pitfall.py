@@ -24,7 +24,7 @@ from .common import cell, kd_args, replace_flag
 
 
 def _train_size(data: str, dataset_args: List[str], fraction: float) -> int:
-    from ..data import create_datasets
+    from ...data import create_datasets
     from ..train.build import dataset_options
     from ..train.config import parse_args
 

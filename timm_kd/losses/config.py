@@ -1,11 +1,10 @@
-"""Command-line flags generated from the loss registry, and the per-loss configuration they resolve to.
+"""The per-loss configuration (weights and keyword arguments) that a run's loss settings resolve to.
 
 Every constructor argument with a default of a registered loss becomes `--<loss>-<arg>` (`--dkd-beta
 8`, `--rkd-angle-weight 0`) and the YAML key `<loss>_<arg>`; the flag's type is the default's (int,
 float, bool, str).
 """
 
-import argparse
 import inspect
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -25,38 +24,6 @@ def loss_hyperparameters(name: str) -> Dict[str, Any]:
         and q.default is not q.empty
         and q.kind is q.POSITIONAL_OR_KEYWORD
     }
-
-
-def _flag_bool(value: str) -> bool:
-    if str(value).lower() not in ('true', 'false', '1', '0', 'yes', 'no'):
-        raise argparse.ArgumentTypeError(f'expected true or false, got {value!r}')
-    return str(value).lower() in ('true', '1', 'yes')
-
-
-def _flag_type(default: Any):
-    if isinstance(default, bool):
-        return _flag_bool
-    if isinstance(default, int):
-        return int
-    return float if isinstance(default, float) else str
-
-
-def add_loss_hyperparameter_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per loss hyperparameter: --dkd-beta, --rkd-angle-weight, ... (unset: the loss's own default)."""
-    g = p.add_argument_group('Loss hyperparameters (used when the loss is in --kd-loss)')
-    for name in list_kd_losses():
-        for arg, default in loss_hyperparameters(name).items():
-            flag = f'--{name}-{arg.replace("_", "-")}'
-            if flag in p._option_string_actions:  # --kd-temperature is every loss's temperature
-                continue
-            g.add_argument(
-                flag,
-                dest=f'{name}_{arg}',
-                default=None,
-                metavar='V',
-                type=_flag_type(default),
-                help=f"{name}'s {arg.replace('_', ' ')} (the loss's default: {default})",
-            )
 
 
 def kd_loss_config(

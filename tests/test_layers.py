@@ -1,0 +1,120 @@
+"""The package's layers: the library below, the programs (`timm_kd.cli`) above, launchers for `-m`.
+
+Read from the source (every import, function-local ones included), so a shortcut taken anywhere
+fails here rather than in review.
+"""
+
+import ast
+import os
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'timm_kd')
+# `python -m timm_kd.X` keeps working through these: each only imports its program and calls it.
+LAUNCHERS = {
+    'timm_kd.train',
+    'timm_kd.train.__main__',
+    'timm_kd.cache.__main__',
+    'timm_kd.hub.__main__',
+    'timm_kd.experiments',
+    'timm_kd.experiments.__main__',
+    'timm_kd.validate',
+    'timm_kd.diagnose',
+    'timm_kd.demo',
+    'timm_kd.recipes',
+}
+
+
+def _modules():
+    out = {}
+    for folder, _, files in os.walk(ROOT):
+        for file in files:
+            if file.endswith('.py'):
+                path = os.path.join(folder, file)
+                parts = os.path.relpath(path, os.path.dirname(ROOT))[:-3].split(os.sep)
+                if parts[-1] == '__init__':
+                    parts = parts[:-1]
+                with open(path) as f:
+                    out['.'.join(parts)] = (ast.parse(f.read()), file == '__init__.py')
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(name):
+    """The timm_kd modules `name` imports anywhere in its body."""
+    tree, is_package = MODULES[name]
+    package = name if is_package else name.rpartition('.')[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith('timm_kd'))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split('.')[: len(package.split('.')) - node.level + 1]
+                target = '.'.join(base + ([node.module] if node.module else []))
+            elif node.module and node.module.startswith('timm_kd'):
+                target = node.module
+            else:
+                continue
+            for alias in node.names:  # `from .pkg import module` imports the module
+                sub = f'{target}.{alias.name}'
+                found.add(sub if sub in MODULES else target)
+    return {m for m in found if m in MODULES and m != name}
+
+
+def _is_program(name):
+    return name == 'timm_kd.cli' or name.startswith('timm_kd.cli.') or name in LAUNCHERS
+
+
+LIBRARY = sorted(m for m in MODULES if not _is_program(m))
+
+
+@pytest.mark.parametrize('name', LIBRARY)
+def test_the_library_imports_no_program_and_parses_no_flags(name):
+    assert not [m for m in _imports(name) if _is_program(m)], name
+    tree, _ = MODULES[name]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == 'ArgumentParser':
+            pytest.fail(f'{name} builds a parser (line {node.lineno})')
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for arg in node.args.args + node.args.kwonlyargs:
+                text = ast.unparse(arg.annotation) if arg.annotation else ''
+                assert 'Namespace' not in text, f'{name}.{node.name} takes a Namespace'
+
+
+def test_no_module_imports_a_launcher_or_a_main_module():
+    for name in MODULES:
+        bad = [m for m in _imports(name) if m in LAUNCHERS or m.endswith('__main__')]
+        assert not bad, f'{name} imports {bad}'
+    for name, (tree, _) in MODULES.items():  # only launchers run as __main__
+        runs_as_main = any(
+            isinstance(node, ast.If) and '__main__' in ast.unparse(node.test) for node in tree.body
+        )
+        assert not runs_as_main or name in LAUNCHERS, name
+
+
+def test_no_import_cycle_between_modules():
+    graph = {name: _imports(name) for name in MODULES}
+    state = {}
+
+    def visit(name, path):
+        state[name] = 'open'
+        for dep in sorted(graph[name]):
+            if state.get(dep) == 'open':
+                cycle = path[path.index(dep) :] + [dep] if dep in path else [name, dep]
+                pytest.fail(f'import cycle: {" -> ".join(cycle)}')
+            if dep not in state:
+                visit(dep, path + [dep])
+        state[name] = 'done'
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_the_checker_sees_a_function_local_import():
+    # a check that could not fail would prove nothing: the cache program's imports are found
+    assert 'timm_kd.cli.train.build' in _imports('timm_kd.cli.cache')
+    assert 'timm_kd.dataset_views' in _imports('timm_kd.unlabeled')

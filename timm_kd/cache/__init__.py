@@ -1,0 +1,272 @@
+"""Teacher-output cache: run the teacher once, distill many times at the cost of plain training.
+
+    python -m timm_kd.cache build DATA [timm-kd-train flags: --model, --teacher, data, augmentation, --epochs, ...]
+        --top-k K --out DIR [--value-dtype float32|float16]
+    timm-kd-train DATA [the same flags] --teacher-cache DIR
+
+The views are replayable (`timm_kd.replay`): epoch e's slot p is the same image, augmentation and
+mixup in every run with the same data flags, so the teacher's answer for it can be computed once.
+`build` runs the data stream and the teacher exactly as training would (same reseeds, mixup in the
+training process, the teacher under the same autocast) and stores, per (epoch, rank, slot), the
+top-K teacher logits (values and class indices) and the log-sum-exp of the other C-K logits.
+Training with `--teacher-cache` builds no teacher: each batch's teacher logits are rebuilt from the
+cache (`rebuild_logits`), and every logit loss and deep supervision reads them.
+
+Rebuilding: the K stored logits are exact; each of the C-K others gets the value m = LSE(tail) -
+log(C-K), the logit that, shared by all of them, gives the tail the mass it had at T=1. So with K =
+C the targets are exact at every temperature (a cached run equals the live one); with K < C the
+tail's total mass is exact at T=1 and its shape inside is flattened (see the README for the measured
+effect).
+
+Files: `manifest.json` (format, fingerprint of everything that fixes the views and the teacher, K,
+classes, slots per rank, epochs done) and per epoch and rank
+`epoch-E-rank-R.{values,indices,tail}.npy`, memory-mapped, written under temporary names and renamed
+when the epoch is complete: a killed build resumes at the first epoch without files; under torchrun
+every rank builds its own shard.
+"""
+
+import hashlib
+import json
+import logging
+import math
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..dataset_views import dataset_targets
+from ..errors import KDError
+from ..identity import identity
+from ..losses import create_kd_loss, get_kd_loss_class
+from ..run import RunSpec
+from ..teacher import TeacherOutput
+
+_logger = logging.getLogger(__name__)
+FORMAT = 2  # 2: the fingerprint is the typed run's identity, with a 'target' part
+
+
+def dataset_signature(dataset: Any, root: str) -> str:
+    """A hash of the training set's files (paths relative to the data root) and labels, or of its labels alone."""
+    digest = hashlib.sha256()
+    samples = getattr(getattr(dataset, 'reader', None), 'samples', None) or getattr(
+        dataset, 'samples', None
+    )
+    if samples is not None:
+        for path, target in samples:
+            digest.update(f'{os.path.relpath(str(path), root)}\t{int(target)}\n'.encode())
+    else:
+        digest.update(dataset_targets(dataset).numpy().tobytes())
+    return f'{len(dataset)}:{digest.hexdigest()[:16]}'
+
+
+def fingerprint(run: RunSpec, dataset: Any, world_size: int) -> Dict[str, Dict[str, Any]]:
+    """What fixes each slot's view ('views'), the teachers' answer to it ('teacher') and what that
+    answer depends on besides the teachers ('target': an ensemble's mixing temperature), field by
+    field from the typed run (`timm_kd.identity`)."""
+    views: Dict[str, Any] = {'dataset files': dataset_signature(dataset, run.data.data_dir)}
+    for name in ('data', 'views', 'process'):  # a flag shared by two sections is one key
+        for key, value in identity(getattr(run, name)).items():
+            views[key if views.get(key, value) == value else f'{name} {key}'] = value
+    views.update(
+        world_size=world_size,
+        num_classes=run.num_classes,
+        **{f'student {k}': v for k, v in run.data_config},
+    )
+    parts = {
+        'views': views,
+        'teacher': identity(run.teachers),
+        'target': run.teachers.target_identity(),
+    }
+    return json.loads(json.dumps(parts, default=list))  # tuples -> lists
+
+
+def first_difference(
+    built: Dict[str, Dict[str, Any]],
+    now: Dict[str, Dict[str, Any]],
+    parts: Sequence[str] = ('views', 'teacher', 'target'),
+) -> Optional[str]:
+    """The first setting, in `parts` of two fingerprints, where they differ: 'views (mixup: the cache has ...)'."""
+    for part in parts:
+        for key in sorted(set(built[part]) | set(now[part])):
+            if built[part].get(key) != now[part].get(key):
+                return f'{part} ({key}: the cache has {built[part].get(key)!r}, this run {now[part].get(key)!r})'
+    return None
+
+
+def rebuild_logits(
+    values: torch.Tensor, indices: torch.Tensor, tail: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    """Full teacher logits from the top-K values/indices and the tail's log-sum-exp (exact when K = C)."""
+    n, k = values.shape
+    if k == num_classes:  # every class is stored
+        logits = values.new_zeros(n, num_classes, dtype=torch.float32)
+    else:
+        logits = (tail.float() - math.log(num_classes - k)).unsqueeze(1).repeat(1, num_classes)
+    return logits.scatter_(1, indices.long(), values.float())
+
+
+def top_k_logits(logits: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the cache stores of each row of logits: the top-K values and indices, and the other logits' log-sum-exp."""
+    top = logits.topk(k, dim=1)
+    return top.values, top.indices, logits.scatter(1, top.indices, float('-inf')).logsumexp(1)
+
+
+def top_k_loss_error(
+    teacher_logits: torch.Tensor,
+    student_logits: torch.Tensor,
+    ks: Sequence[int],
+    temperatures: Sequence[float],
+) -> List[Dict[str, float]]:
+    """How far the vanilla KD loss (mean over rows) moves when the teacher's logits keep only their top K.
+
+    For each K and T: the loss from the full logits, from `rebuild_logits` of the top K, and the
+    relative error.
+    """
+    classes, rows = teacher_logits.shape[1], []
+    for k in ks:
+        rebuilt = rebuild_logits(*top_k_logits(teacher_logits, k), classes)
+        for temperature in temperatures:
+            kd = create_kd_loss('kd', temperature=temperature)
+            exact, approx = (
+                kd(student_logits, teacher_logits, None).item(),
+                kd(student_logits, rebuilt, None).item(),
+            )
+            rows.append(
+                dict(
+                    k=k,
+                    temperature=temperature,
+                    exact=round(exact, 5),
+                    top_k=round(approx, 5),
+                    relative_error=round(abs(approx - exact) / exact, 5),
+                )
+            )
+    return rows
+
+
+def _files(root: str, epoch: int, rank: int) -> Dict[str, str]:
+    return {
+        part: os.path.join(root, f'epoch-{epoch:04d}-rank-{rank}.{part}.npy')
+        for part in ('values', 'indices', 'tail')
+    }
+
+
+class TeacherCache:
+    """A built cache: its manifest, and the teacher's answers of one (epoch, rank) as memory-mapped arrays."""
+
+    def __init__(self, root: str):
+        path = os.path.join(root, 'manifest.json')
+        if not os.path.isfile(path):
+            raise KDError(
+                f'--teacher-cache {root!r} holds no manifest.json; build it with python -m '
+                'timm_kd.cache '
+                f'build DATA ... --out {root}'
+            )
+        with open(path) as f:
+            self.manifest = json.load(f)
+        if self.manifest.get('format') != FORMAT:
+            raise KDError(
+                f'--teacher-cache {root!r} has format {self.manifest.get("format")}, this timm-kd '
+                'reads '
+                f'{FORMAT}; rebuild it'
+            )
+        self.root = root
+
+    def check(self, run: RunSpec, dataset: Any, world_size: int, epochs: Sequence[int], rank: int):
+        """One line for a run whose views, teachers or targets differ from the cache's, or whose
+        epochs it lacks. A run that names no teacher is compared on its views and on what the
+        cached target depends on (an ensemble's temperature against this run's KD temperature)."""
+        built, now = self.manifest['fingerprint'], fingerprint(run, dataset, world_size)
+        if not run.teachers.members:
+            now['target'] = {
+                k: v
+                for k, v in {'temperature': run.teachers.temperature}.items()
+                if k in built.get('target', {})
+            }
+        parts = ('views', 'teacher', 'target') if run.teachers.members else ('views', 'target')
+        diff = first_difference(built, now, parts)
+        if diff:
+            raise KDError(
+                f"--teacher-cache {self.root!r} was built for other {diff}; train with the cache's "
+                'setting or rebuild the cache'
+            )
+        missing = [e for e in epochs if not os.path.isfile(_files(self.root, e, rank)['values'])]
+        if missing:
+            raise KDError(
+                f'--teacher-cache {self.root!r} lacks epoch {missing[0]} (it covers '
+                f'{len(self.manifest["epochs"])} epochs); build more with --epochs '
+                f'{max(epochs) + 1}, or train fewer epochs'
+            )
+
+    def open(self, epoch: int, rank: int) -> Dict[str, np.ndarray]:
+        return {
+            part: np.load(path, mmap_mode='r')
+            for part, path in _files(self.root, epoch, rank).items()
+        }
+
+
+class CachedTeacher(nn.Module):
+    """Stands in for `Teacher` in training: hands out the cached logits of the slots of each batch, in order."""
+
+    def __init__(self, cache: TeacherCache, rank: int, device: torch.device):
+        super().__init__()
+        self.cache, self.rank, self.device = cache, rank, device
+        self.arrays: Dict[str, np.ndarray] = {}
+        self.cursor = 0
+
+    @property
+    def num_classes(self) -> int:
+        return self.cache.manifest['num_classes']
+
+    def train(self, mode: bool = True) -> 'CachedTeacher':
+        return super().train(False)
+
+    def compile(self, *args: Any, **kwargs: Any) -> 'CachedTeacher':
+        return self  # nothing runs
+
+    def start_epoch(self, epoch: int, skip_samples: int = 0) -> None:
+        self.arrays, self.cursor = self.cache.open(epoch, self.rank), skip_samples
+
+    def forward(
+        self, images: torch.Tensor, stages: Optional[Sequence[int]] = None
+    ) -> TeacherOutput:
+        if stages is not None:
+            raise KDError('feature losses need the live teacher: --teacher-cache holds logits only')
+        n = images.shape[0]
+        rows = slice(self.cursor, self.cursor + n)
+        self.cursor += n
+        parts = {
+            k: torch.from_numpy(np.array(v[rows])).to(
+                self.device, non_blocking=True
+            )  # a copy off the map
+            for k, v in self.arrays.items()
+        }
+        return TeacherOutput(
+            rebuild_logits(parts['values'], parts['indices'], parts['tail'], self.num_classes)
+        )
+
+    def forward_many(
+        self, images: torch.Tensor, stage_sets: Sequence[Optional[Sequence[int]]]
+    ) -> List[TeacherOutput]:
+        return [self(images)] * len(stage_sets)
+
+
+def check_logit_losses_only(loss_names: Sequence[str]) -> None:
+    """One line for feature losses, which need the live teacher's feature maps, under --teacher-cache."""
+    features = [n for n in loss_names if get_kd_loss_class(n).kind == 'feature']
+    if features:
+        raise KDError(
+            f"--kd-loss {features[0]} is a feature loss: it needs the live teacher's feature maps, "
+            'which --teacher-cache does not store; use logit losses (kd, bkd, bkl, dist, dkd, ls) or '
+            'drop --teacher-cache'
+        )
+
+
+def write_manifest(root: str, manifest: Dict[str, Any]) -> None:
+    tmp = os.path.join(root, 'manifest.json.tmp')
+    with open(tmp, 'w') as f:
+        json.dump(manifest, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(root, 'manifest.json'))

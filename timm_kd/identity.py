@@ -1,0 +1,45 @@
+"""What identifies a run: its typed description (`timm_kd.run`) field by field.
+
+Every dataclass field counts unless its metadata says otherwise: `NOT_IDENTITY` for what does not
+change what a run computes (worker counts, validation settings, paths, logging), `FILE` for a path
+whose file content counts rather than its name. A new field is therefore covered by construction.
+"""
+
+import dataclasses
+import hashlib
+from typing import Any, Dict
+
+NOT_IDENTITY = {'identity': False}
+FILE = {'identity': 'file'}
+
+
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def identity(value: Any, prefix: str = '') -> Any:
+    """The part of a run value that identifies it, as a flat dict: a field's key is its name (or
+    its metadata 'label'), nested dataclasses prefix theirs ('teacher checkpoint'), a tuple of
+    several dataclasses numbers them ('teacher 2 checkpoint'); files by content hash, tuples as
+    lists."""
+    out: Dict[str, Any] = {}
+    for f in dataclasses.fields(value):
+        kind = f.metadata.get('identity', True)
+        if kind is False:
+            continue
+        v = getattr(value, f.name)
+        key = ' '.join(p for p in (prefix, f.metadata.get('label', f.name)) if p)
+        if dataclasses.is_dataclass(v):
+            out.update(identity(v, key))
+        elif isinstance(v, tuple) and v and all(dataclasses.is_dataclass(x) for x in v):
+            for i, item in enumerate(v):
+                out.update(identity(item, key if len(v) == 1 else f'{key} {i + 1}'))
+        elif kind == 'file':
+            out[key] = sha256(v) if v else None
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,106 @@
+"""The run as one frozen, typed value: what the data stream is and who teaches on it.
+
+A program (`timm_kd.cli.train`, `timm_kd.cli.cache`) translates its flags once into a `RunSpec`;
+the library below takes that value (or plain arguments) and never a parser's namespace. Values that
+are derived rather than given (the class count read from the data, the student's resolved data
+config) are computed before the value is built, so nothing changes it afterwards.
+
+Whether two runs are "the same" is decided from this value field by field (`identity`): every field
+counts unless its metadata says otherwise (`NOT_IDENTITY`: worker counts, validation settings,
+paths; `FILE`: a path whose file content counts rather than its name), so a new field is covered by
+construction. The teacher-output cache (`timm_kd.cache.fingerprint`) is built on it.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from .data import DatasetOptions, LoaderOptions
+from .identity import FILE, NOT_IDENTITY
+
+
+def _frozen(value: Any) -> Any:
+    """Lists and dicts (as parsed from flags or YAML) as tuples, so the run is hashable and frozen."""
+    if isinstance(value, Mapping):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """One teacher: a timm name (or hf-hub:/local-dir:), its weights and its own preprocessing."""
+
+    name: str = field(metadata={'label': ''})  # the key is the member's own: 'teacher'
+    checkpoint: Optional[str] = field(default=None, metadata=FILE)
+    weight: float = 1.0  # its share in an ensemble
+    kwargs: Tuple[Tuple[str, Any], ...] = ()  # timm.create_model arguments
+    no_ema: bool = False
+    mean: Optional[Tuple[float, ...]] = None
+    std: Optional[Tuple[float, ...]] = None
+    input_size: Optional[Tuple[int, ...]] = None
+    dtype: Optional[str] = None  # None: the setup's dtype
+
+
+@dataclass(frozen=True)
+class TeacherSetup:
+    """Who teaches and how: one teacher, an ensemble of several, or none; and how they run.
+
+    `temperature` is the KD temperature the targets are read at: an ensemble in 'prob' mode mixes
+    its teachers' probabilities at it, so its target depends on it (`target_identity`).
+    """
+
+    members: Tuple[TeacherSpec, ...] = field(default=(), metadata={'label': 'teacher'})
+    ensemble: str = 'prob'
+    temperature: float = field(default=1.0, metadata=NOT_IDENTITY)  # see target_identity
+    dtype: str = 'float32'
+    amp: bool = False  # the teacher runs under the training's autocast
+    amp_dtype: str = 'float16'
+    channels_last: bool = field(default=False, metadata=NOT_IDENTITY)
+    compile: Optional[str] = field(default=None, metadata=NOT_IDENTITY)
+    compile_mode: Optional[str] = field(default=None, metadata=NOT_IDENTITY)
+    inference_mode: bool = field(default=True, metadata=NOT_IDENTITY)
+    allow_pickle: bool = field(default=False, metadata=NOT_IDENTITY)
+    cache: Optional[str] = field(default=None, metadata=NOT_IDENTITY)  # train from a built cache
+
+    def target_identity(self) -> Dict[str, Any]:
+        """What the teachers' target depends on beyond the teachers: an ensemble of probabilities
+        mixes at the temperature; one teacher's logits (or a mean of logits) do not."""
+        if len(self.members) > 1 and self.ensemble == 'prob':
+            return {'temperature': self.temperature}
+        return {}
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """How the stream is run in each process: seed, precision, layout, accumulation."""
+
+    seed: int = 42
+    device: Optional[str] = field(default=None, metadata=NOT_IDENTITY)
+    model_dtype: Optional[str] = None
+    channels_last: bool = field(default=False, metadata=NOT_IDENTITY)
+    prefetcher: bool = True  # timm's prefetcher erases whole batches on the device
+    grad_accum_steps: int = 1  # the per-update reseeds fall at update boundaries
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """The data stream (where the images come from, their views, the process settings), the
+    teachers, and the derived facts the stream needs: the class count and the student's data
+    config (input size, mean/std, interpolation, crop)."""
+
+    data: DatasetOptions
+    views: LoaderOptions
+    process: ProcessSpec
+    teachers: TeacherSetup
+    num_classes: int
+    data_config: Tuple[Tuple[str, Any], ...] = ()
+
+    @property
+    def student_data_config(self) -> Dict[str, Any]:
+        return dict(self.data_config)
+
+
+def freeze(value: Any) -> Any:
+    """A parsed flag value (list, dict) as the frozen form the run holds."""
+    return _frozen(value)
