@@ -3,6 +3,7 @@ import http.server
 import os
 import re
 import threading
+from types import SimpleNamespace
 
 os.environ['HF_HUB_OFFLINE'] = '1'  # tests never touch the network
 
@@ -53,6 +54,23 @@ def file_server(tmp_path):
     server.root.mkdir()
     yield server
     server.server.shutdown()
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run a program's `cli(argv)` in-process and end as its console script would: returns its exit
+    status and stderr (the one-line errors), without the start-up of a subprocess."""
+
+    def run(cli, *args):
+        capsys.readouterr()
+        try:
+            cli([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        return SimpleNamespace(returncode=code, stderr=capsys.readouterr().err)
+
+    return run
 
 
 @pytest.fixture(autouse=True)

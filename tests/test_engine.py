@@ -1,6 +1,5 @@
 """engine.train_one_epoch: one teacher pass for every student, sample-weighted epoch means, no host reads per step."""
 
-import numpy as np
 import pytest
 import timm
 import torch
@@ -10,6 +9,7 @@ from timm.loss import SoftTargetCrossEntropy
 
 from timm_kd import DistillationTask, Teacher, create_kd_student
 from timm_kd.engine import StudentRun, train_one_epoch
+from timm_kd.stream import TrainingStream
 
 # Python-level reads of a tensor's value: each one waits for the device to finish (a host-device sync on CUDA)
 HOST_READS = ('item', 'tolist', 'cpu', 'numpy', '__bool__', '__float__', '__int__')
@@ -56,18 +56,15 @@ def _loader(num_batches: int, last: int = 2):  # mixup needs even batches
     ]
 
 
+def _stream(loader, mixup=None, grad_accum_steps=1):
+    return TrainingStream(
+        loader, mixup, device=torch.device('cpu'), seed=2, grad_accum_steps=grad_accum_steps
+    )
+
+
 def _epoch(runs, teacher, loader, **kwargs):
     mixup = Mixup(mixup_alpha=0.4, cutmix_alpha=1.0, num_classes=4)
-    return train_one_epoch(
-        0,
-        runs,
-        loader,
-        device=torch.device('cpu'),
-        num_epochs=1,
-        teacher=teacher,
-        mixup_fn=mixup,
-        **kwargs,
-    )
+    return train_one_epoch(0, runs, _stream(loader, mixup), num_epochs=1, teacher=teacher, **kwargs)
 
 
 def test_one_teacher_pass_per_batch_serves_every_student():
@@ -84,13 +81,11 @@ def test_epoch_metrics_are_the_sample_weighted_mean_of_the_steps():
     teacher, runs = _runs(
         lr=0.0
     )  # weights stay put, so each batch's loss can be recomputed afterwards
-    np.random.seed(2)  # timm's Mixup draws from numpy
     metrics = _epoch(runs, teacher, _loader(3))
-    np.random.seed(2)  # the same mixup draws
     mixup = Mixup(mixup_alpha=0.4, cutmix_alpha=1.0, num_classes=4)
     sums, count = [0.0, 0.0], 0
-    for x, y in _loader(3):  # a fresh copy: mixup mixes in place
-        x, y = mixup(x, y)
+    for _, batch in _stream(_loader(3), mixup).epoch(0):  # the same mixup draws (seeded stream)
+        x, y = batch.input, batch.target
         for i, run in enumerate(runs):
             sums[i] += run.task(x, y)['kd_loss'].item() * x.shape[0]
         count += x.shape[0]
@@ -154,9 +149,7 @@ def test_accumulation_averages_each_window_including_a_short_last_one(num_batche
     fewer batches (5 batches, accumulation 2: windows of 2, 2 and 1) and is averaged over those, as timm does."""
     loader = _loader(num_batches, last=4)
     run = _plain_run()
-    train_one_epoch(
-        0, [run], loader, device=torch.device('cpu'), num_epochs=1, grad_accum_steps=accum
-    )
+    train_one_epoch(0, [run], _stream(loader, grad_accum_steps=accum), num_epochs=1)
 
     reference = _plain_run()
     windows = [loader[i : i + accum] for i in range(0, num_batches, accum)]
@@ -178,7 +171,7 @@ def _one_step_update(clip_mode: str, clip_grad: float):
     grads = [p.grad.clone() for p in raw.task.kd_student.student.parameters()]
     run = _plain_run(clip_grad=clip_grad, clip_mode=clip_mode)
     before = _weights(run)
-    train_one_epoch(0, [run], [(x, y)], device=torch.device('cpu'), num_epochs=1)
+    train_one_epoch(0, [run], _stream([(x, y)]), num_epochs=1)
     return [(b - a) / 0.1 for a, b in zip(_weights(run), before)], grads
 
 
@@ -208,5 +201,5 @@ def test_second_order_optimizers_get_the_graph_of_the_gradients():
     run = _plain_run(opt='adahessian')
     assert run.optimizer.is_second_order
     before = _weights(run)
-    train_one_epoch(0, [run], _loader(2, last=4), device=torch.device('cpu'), num_epochs=1)
+    train_one_epoch(0, [run], _stream(_loader(2, last=4)), num_epochs=1)
     assert any(not torch.equal(a, b) for a, b in zip(before, _weights(run)))

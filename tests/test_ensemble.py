@@ -191,3 +191,16 @@ def test_the_teacher_cache_stores_the_ensemble_output(image_folder, tmp_path, ca
         line = capsys.readouterr().err.strip().splitlines()[-1]
         assert info.value.code == 2, line
         assert 'other target (temperature: the cache has 1.0, this run 4.0)' in line, line
+
+
+def test_live_ensemble_and_cached_teachers_share_one_interface(tmp_path):
+    from timm_kd.cache import CachedTeacher
+    from timm_kd.teacher import TeacherLike
+
+    live = Teacher(timm.create_model('test_resnet', num_classes=3))
+    ensemble = EnsembleTeacher([live, live], [1.0, 1.0])
+    manifest = type('Cache', (), {'manifest': {'num_classes': 3}})()  # the interface only
+    cached = CachedTeacher(manifest, 0, torch.device('cpu'))
+    for teacher in (live, ensemble, cached):
+        assert isinstance(teacher, TeacherLike), type(teacher).__name__
+    assert not isinstance(torch.nn.Linear(2, 2), TeacherLike)

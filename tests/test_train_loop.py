@@ -200,10 +200,9 @@ def _cli(*args, env=None):
         (['--resume', '/nonexistent.pth'], 'error: --resume checkpoint not found'),
     ],
 )
-def test_cli_bad_input_is_one_line_error(image_folder, tmp_path, extra, message):
-    env = dict(os.environ, HF_HOME=str(tmp_path / 'hf'))
-    result = _cli(
-        image_folder, '--model', 'test_resnet', *FAST, '--output', str(tmp_path), *extra, env=env
+def test_cli_bad_input_is_one_line_error(image_folder, tmp_path, run_cli, extra, message):
+    result = run_cli(
+        train_kd.cli, image_folder, '--model', 'test_resnet', *FAST, '--output', tmp_path, *extra
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(message)
@@ -487,8 +486,9 @@ def test_feature_losses_and_deep_supervision_save_parts_apart_and_resume(
     )
 
 
-def test_feature_stage_errors_are_one_line(vit_teacher, image_folder, tmp_path):
-    result = _cli(
+def test_feature_stage_errors_are_one_line(vit_teacher, image_folder, tmp_path, run_cli):
+    result = run_cli(
+        train_kd.cli,
         image_folder,
         '--model',
         'test_resnet',
@@ -502,7 +502,8 @@ def test_feature_stage_errors_are_one_line(vit_teacher, image_folder, tmp_path):
         '9',
     )
     assert result.returncode == 2 and 'error: student stage 9 is out of range' in result.stderr
-    result = _cli(
+    result = run_cli(
+        train_kd.cli,
         image_folder,
         '--model',
         'test_resnet',
@@ -691,16 +692,21 @@ def test_log_wandb_offline_without_an_account(image_folder, tmp_path, monkeypatc
         (['--model-dtype', 'bfloat16', '--amp'], 'error: --model-dtype bfloat16 with --amp'),
     ],
 )
-def test_timm_flags_that_cannot_apply_are_one_line_errors(image_folder, tmp_path, extra, message):
-    result = _cli(image_folder, *FAST, '--output', str(tmp_path), '--model', 'test_resnet', *extra)
+def test_timm_flags_that_cannot_apply_are_one_line_errors(
+    image_folder, tmp_path, run_cli, extra, message
+):
+    result = run_cli(
+        train_kd.cli, image_folder, *FAST, '--output', tmp_path, '--model', 'test_resnet', *extra
+    )
     assert result.returncode == 2 and 'Traceback' not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(message)
 
 
-def test_cuda_device_without_a_gpu_is_one_line(image_folder, tmp_path):
+def test_cuda_device_without_a_gpu_is_one_line(image_folder, tmp_path, run_cli):
     if torch.cuda.is_available():
         pytest.skip('this machine has CUDA')
-    result = _cli(
+    result = run_cli(
+        train_kd.cli,
         image_folder,
         *FAST[:-2],
         '--output',

@@ -311,19 +311,17 @@ def create_eval_loader(
 
 
 def set_loader_epoch(loader: Any, epoch: int) -> None:
-    """Tell the dataset and the (batch) sampler which epoch starts: distributed shuffling, repeated augmentation
-    and scheduled resolutions draw from it."""
-    if hasattr(loader.dataset, 'set_epoch'):
-        loader.dataset.set_epoch(epoch)
-    batch_sampler = loader.batch_sampler
-    if hasattr(batch_sampler, 'set_epoch'):
-        batch_sampler.set_epoch(epoch)
-    elif hasattr(
-        getattr(batch_sampler, 'sampler', None), 'set_epoch'
-    ):  # replay.SlotSampler, or timm's own
-        batch_sampler.sampler.set_epoch(epoch)
-    elif hasattr(loader.sampler, 'set_epoch'):
-        loader.sampler.set_epoch(epoch)
+    """Tell the dataset and the (batch) sampler which epoch starts: distributed shuffling, repeated
+    augmentation and scheduled resolutions draw from it (any other iterable of batches: nothing)."""
+    dataset = getattr(loader, 'dataset', None)
+    if hasattr(dataset, 'set_epoch'):
+        dataset.set_epoch(epoch)
+    batch_sampler = getattr(loader, 'batch_sampler', None)
+    inner = getattr(batch_sampler, 'sampler', None)  # replay.SlotSampler, or timm's own
+    for sampler in (batch_sampler, inner, getattr(loader, 'sampler', None)):
+        if hasattr(sampler, 'set_epoch'):
+            sampler.set_epoch(epoch)
+            return
 
 
 def disable_mixup(mixup_fn: Optional[Callable]) -> None:

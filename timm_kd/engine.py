@@ -13,19 +13,10 @@ from timm.task import evaluation_sample_limit
 from timm.utils import dispatch_clip_grad, reduce_tensor
 
 from .errors import NonFiniteError
-from .unlabeled import labeled_mask
+from .stream import Batch, TrainingStream, to_device
+from .teacher import TeacherLike
 
 _logger = logging.getLogger(__name__)
-
-
-def to_device(input, target, device, channels_last, dtype=None):
-    input, target = (
-        input.to(device, dtype=dtype, non_blocking=True),
-        target.to(device, non_blocking=True),
-    )
-    if channels_last:
-        input = input.contiguous(memory_format=torch.channels_last)
-    return input, target
 
 
 def _format_eta(seconds: float) -> str:
@@ -70,6 +61,44 @@ class StudentRun:
         lrs = [group['lr'] for group in self.optimizer.param_groups]
         return sum(lrs) / len(lrs)
 
+    def start_epoch(self, epoch: int, updates_per_epoch: int, device: torch.device) -> None:
+        self.task.train()
+        self.task.set_epoch(epoch)
+        self.num_updates = epoch * updates_per_epoch
+        self.sums, self.count = {}, torch.zeros((), device=device)
+        self.optimizer.zero_grad()
+
+    def resume_mid_epoch(self, updates_done: int, device: torch.device) -> None:
+        """After a mid-epoch recovery checkpoint: the updates already made this epoch, the lr the
+        uninterrupted run trains the next batch with, and the epoch's running sums so far."""
+        self.num_updates += updates_done
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step_update(num_updates=self.num_updates)
+        if self.partial:
+            self.sums = {k: torch.tensor(v, device=device) for k, v in self.partial['sums'].items()}
+            self.count = torch.tensor(self.partial['count'], device=device)
+            self.partial = None
+
+    def finish_update(self) -> None:
+        """After an optimizer step: clear the gradients, count the update, EMA and lr per update."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.num_updates += 1
+        self.task.update_ema(step=self.num_updates)
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step_update(num_updates=self.num_updates)
+
+    def add_to_sums(self, result: Dict[str, torch.Tensor], teacher_out: Any, n: int) -> None:
+        """Sample-weighted sums of the loss components, and the top-1 agreement with the teacher on
+        the training views (in percent), on the device."""
+        for key, value in result.items():
+            if key.endswith('loss'):
+                self.sums[key] = self.sums.get(key, 0.0) + value.detach().float() * n
+        if teacher_out is not None:
+            same = result['output'].detach().argmax(-1) == teacher_out.logits.argmax(-1)
+            agree = same.sum() * 100.0
+            self.sums['teacher_agreement'] = self.sums.get('teacher_agreement', 0.0) + agree
+        self.count += n
+
     def backward_and_step(self, loss: torch.Tensor, need_update: bool) -> None:
         """Backward (AMP-scaled when a loss scaler is set), then clip and step on update batches, as timm's loop:
         AGC clipping leaves the classifier out, second-order optimizers get the graph of the gradients."""
@@ -98,164 +127,58 @@ class StudentRun:
 def train_one_epoch(
     epoch: int,
     runs: Sequence[StudentRun],
-    loader,
+    stream: TrainingStream,
     *,
-    device: torch.device,
     num_epochs: int,
-    teacher=None,
+    teacher: Optional[TeacherLike] = None,
     amp_autocast: Callable = nullcontext,
-    mixup_fn: Optional[Callable] = None,
-    grad_accum_steps: int = 1,
-    channels_last: bool = False,
-    input_dtype: Optional[torch.dtype] = None,
     distributed: bool = False,
     log_interval: int = 50,
     is_primary: bool = True,
-    labels: Optional[torch.Tensor] = None,
     batch_loss_scale: str = 'none',
     batch_size_reference: Optional[float] = None,
     after_update: Optional[Callable[[int], None]] = None,
     on_log: Optional[Callable[[int, torch.Tensor], None]] = None,
     skip_batches: int = 0,
-    after_skip: Optional[Callable[[], None]] = None,
-    unlabeled: bool = False,
 ) -> List[Dict[str, float]]:
-    """Train every student of `runs` for one epoch; returns, per run, the epoch mean of each loss component.
+    """Train every student of `runs` for one epoch of `stream`; returns, per run, the epoch mean of
+    each loss component.
 
-    Each batch goes once through the `teacher` (`Teacher.forward_many`: the union of the stages
-    every student asks for), then through each student's own step. With `labels` (a device tensor of
-    every sample's class) the loader yields sample indices as targets
-    (`timm_kd.data.IndexedTargets`, for CRD): they are passed to the tasks as `index` and mapped to
-    labels.
-
-    As in timm's loop: the loss is divided by the number of batches in its accumulation window (the
-    last window of an epoch may be shorter), and with `batch_loss_scale` 'linear' or 'sqrt'
-    (scheduled batch sizes) each batch's loss is scaled by its size over `batch_size_reference`.
-    `after_update(update_index)` runs after every optimizer update (recovery checkpoints),
-    `on_log(batch_index, input)` at each log interval on the primary process.
+    Each batch goes once through the `teacher` (`forward_many`: the union of the stages every
+    student asks for), then through each student's own step (`training_step`). As in timm's loop:
+    the loss is divided by the number of batches in its accumulation window (the last window of an
+    epoch may be shorter), and with `batch_loss_scale` 'linear' or 'sqrt' (scheduled batch sizes)
+    each batch's loss is scaled by its size over `batch_size_reference`. `after_update(update)`
+    runs after every optimizer update (recovery checkpoints), `on_log(batch_index, input)` at each
+    log interval on the primary process.
 
     Loss components (and, with a teacher, the student's top-1 agreement with it on the training
     views, `teacher_agreement` in percent) are summed on the device and read back only at log
-    intervals and at the end of the epoch, so the step itself has no host-device synchronisation; a
-    NaN or infinite sum there stops training with a `NonFiniteError` naming the epoch, batch,
-    component and lr. `skip_batches` (a resume from a mid-epoch recovery checkpoint) draws the
-    epoch's first batches from the loader without training on them, so the rest of the epoch sees
-    the same data as the uninterrupted run; then `after_skip()` runs. With `unlabeled`, targets of
-    -1 mark unlabeled images (`timm_kd.unlabeled`): they get the KD terms only.
+    intervals and at the end of the epoch, so the step itself has no host-device synchronisation;
+    a NaN or infinite sum there stops training with a `NonFiniteError` naming the epoch, batch,
+    component and lr. `skip_batches` (a resume from a mid-epoch recovery checkpoint): the epoch's
+    first batches were trained before; the stream drops them, the runs restore their update count,
+    lr and running sums, so the rest of the epoch is the uninterrupted run's.
     """
-    num_batches = len(loader)
-    last_window = (
-        num_batches % grad_accum_steps
-    )  # batches in a last, shorter accumulation window (0: none)
+    batches = stream.epoch(epoch, skip_batches)  # the epoch's random streams start here
+    num_batches, accum = len(stream), stream.grad_accum_steps
     for run in runs:
-        run.task.train()
-        run.task.set_epoch(epoch)
-        run.num_updates = epoch * ((num_batches + grad_accum_steps - 1) // grad_accum_steps)
-        run.sums, run.count = {}, torch.zeros((), device=device)
-        run.optimizer.zero_grad()
+        run.start_epoch(epoch, (num_batches + accum - 1) // accum, stream.device)
+        if skip_batches:
+            run.resume_mid_epoch(skip_batches // accum, stream.device)
     start = time.time()
-    for batch_idx, (input, target) in enumerate(loader):
-        if batch_idx < skip_batches:
-            if batch_idx == skip_batches - 1:
-                for run in runs:
-                    run.num_updates += skip_batches // grad_accum_steps
-                    if (
-                        run.lr_scheduler is not None
-                    ):  # the lr the uninterrupted run trains the next batch with
-                        run.lr_scheduler.step_update(num_updates=run.num_updates)
-                    if run.partial:  # the running sums of the interrupted epoch, so its row is the uninterrupted one
-                        run.sums = {
-                            k: torch.tensor(v, device=device)
-                            for k, v in run.partial['sums'].items()
-                        }
-                        run.count, run.partial = (
-                            torch.tensor(run.partial['count'], device=device),
-                            None,
-                        )
-                if after_skip is not None:
-                    after_skip()
-            continue
-        input, target = to_device(input, target, device, channels_last, input_dtype)
-        index = None
-        if labels is not None:
-            index, target = target, labels[target]
-        labeled = None
-        if unlabeled:
-            labeled, target = target >= 0, target.clamp(min=0)
-        if mixup_fn is not None:
-            input, target = mixup_fn(input, target)
-        if labeled is not None:
-            labeled = labeled_mask(labeled, mixed=mixup_fn is not None and mixup_fn.mixup_enabled)
-        last_batch = batch_idx == num_batches - 1
-        need_update = last_batch or (batch_idx + 1) % grad_accum_steps == 0
-        window = (
-            last_window
-            if last_window and batch_idx >= num_batches - last_window
-            else grad_accum_steps
-        )
-        scale = 1.0 / window
-        if batch_loss_scale != 'none' and batch_size_reference:
-            scale *= (input.shape[0] / batch_size_reference) ** (
-                0.5 if batch_loss_scale == 'sqrt' else 1.0
-            )
-
-        # --- the training step: one teacher pass, then each student's forward, backward and update ---
-        teacher_outs = [None] * len(runs)
-        if teacher is not None:
-            with amp_autocast():
-                teacher_outs = teacher.forward_many(
-                    input, [run.task.teacher_stages for run in runs]
-                )
-        for run, teacher_out in zip(runs, teacher_outs):
-            with nullcontext() if need_update else run.task.no_sync():
-                with amp_autocast():
-                    result = run.task(
-                        input, target, index=index, teacher_out=teacher_out, labeled=labeled
-                    )
-                run.backward_and_step(
-                    result['loss'] * scale if scale != 1.0 else result['loss'], need_update
-                )
-            if need_update:
-                run.optimizer.zero_grad(set_to_none=True)
-                run.num_updates += 1
-                run.task.update_ema(step=run.num_updates)
-                if run.lr_scheduler is not None:
-                    run.lr_scheduler.step_update(num_updates=run.num_updates)
-            for key, value in result.items():
-                if key.endswith('loss'):
-                    run.sums[key] = run.sums.get(key, 0.0) + value.detach().float() * input.shape[0]
-            if (
-                teacher_out is not None
-            ):  # top-1 agreement with the teacher on the training views, in percent
-                agree = (
-                    result['output'].detach().argmax(-1) == teacher_out.logits.argmax(-1)
-                ).sum() * 100.0
-                run.sums['teacher_agreement'] = run.sums.get('teacher_agreement', 0.0) + agree
-            run.count += input.shape[0]
+    for batch_idx, batch in batches:
+        need_update = stream.is_update(batch_idx)
+        scale = _loss_scale(batch_idx, len(batch), num_batches, accum, batch_loss_scale,
+                            batch_size_reference)  # fmt: skip
+        training_step(runs, teacher, batch, scale, need_update, amp_autocast)
         if need_update and after_update is not None:
-            after_update(batch_idx // grad_accum_steps)
-        # --- end of step ---
-
-        if is_primary and (batch_idx % log_interval == 0 or last_batch):
-            elapsed = time.time() - start
-            per_batch = elapsed / (batch_idx + 1 - skip_batches)
-            remaining = per_batch * (
-                (num_batches - batch_idx - 1) + (num_epochs - epoch - 1) * num_batches
-            )
-            _logger.info(
-                f'Train: {epoch} [{batch_idx + 1:>4d}/{num_batches}]  '
-                f'{input.shape[0] / per_batch:.1f} img/s'
-                f'  ETA {_format_eta(remaining)}'
-            )
-            for run in runs:
-                means = {k: (v / run.count).item() for k, v in run.sums.items()}
-                check_finite(means, epoch, batch_idx, run)
-                losses = '  '.join(f'{k}: {v:.4f}' for k, v in means.items())
-                _logger.info(
-                    f'  {run.name + "  " if run.name else ""}{losses}  lr: {run.mean_lr():.3e}'
-                )
+            after_update(batch_idx // accum)
+        if is_primary and (batch_idx % log_interval == 0 or batch_idx == num_batches - 1):
+            per_batch = (time.time() - start) / (batch_idx + 1 - skip_batches)
+            _log_progress(runs, epoch, batch_idx, num_batches, num_epochs, per_batch, len(batch))
             if on_log is not None:
-                on_log(batch_idx, input)
+                on_log(batch_idx, batch.input)
     for run in runs:
         if hasattr(run.optimizer, 'sync_lookahead'):
             run.optimizer.sync_lookahead()
@@ -263,6 +186,57 @@ def train_one_epoch(
         OrderedDict((k, (v / total).item()) for k, v in sums.items())
         for sums, total in (run.global_sums(distributed) for run in runs)
     ]
+
+
+def training_step(
+    runs: Sequence[StudentRun],
+    teacher: Optional[TeacherLike],
+    batch: Batch,
+    scale: float,
+    need_update: bool,
+    amp_autocast: Callable = nullcontext,
+) -> None:
+    """One teacher pass, then each student's forward, backward and (on update batches) update."""
+    teacher_outs = [None] * len(runs)
+    if teacher is not None:
+        with amp_autocast():
+            stages = [run.task.teacher_stages for run in runs]
+            teacher_outs = teacher.forward_many(batch.input, stages)
+    for run, teacher_out in zip(runs, teacher_outs):
+        with nullcontext() if need_update else run.task.no_sync():
+            with amp_autocast():
+                result = run.task(batch.input, batch.target, index=batch.index,
+                                  teacher_out=teacher_out, labeled=batch.labeled)  # fmt: skip
+            loss = result['loss'] * scale if scale != 1.0 else result['loss']
+            run.backward_and_step(loss, need_update)
+        if need_update:
+            run.finish_update()
+        run.add_to_sums(result, teacher_out, len(batch))
+
+
+def _loss_scale(batch_idx, batch_size, num_batches, accum, batch_loss_scale, reference) -> float:
+    """1 / the batches in this batch's accumulation window (the last may be shorter), times the
+    batch's size over `reference` (linear or sqrt) with scheduled batch sizes."""
+    last_window = num_batches % accum  # batches in a last, shorter window (0: none)
+    in_last = last_window and batch_idx >= num_batches - last_window
+    scale = 1.0 / (last_window if in_last else accum)
+    if batch_loss_scale != 'none' and reference:
+        scale *= (batch_size / reference) ** (0.5 if batch_loss_scale == 'sqrt' else 1.0)
+    return scale
+
+
+def _log_progress(runs, epoch, batch_idx, num_batches, num_epochs, per_batch, batch_size) -> None:
+    """timm's progress line, then each run's running loss means (checked to be finite) and lr."""
+    remaining = per_batch * ((num_batches - batch_idx - 1) + (num_epochs - epoch - 1) * num_batches)
+    _logger.info(
+        f'Train: {epoch} [{batch_idx + 1:>4d}/{num_batches}]  {batch_size / per_batch:.1f} img/s'
+        f'  ETA {_format_eta(remaining)}'
+    )
+    for run in runs:
+        means = {k: (v / run.count).item() for k, v in run.sums.items()}
+        check_finite(means, epoch, batch_idx, run)
+        losses = '  '.join(f'{k}: {v:.4f}' for k, v in means.items())
+        _logger.info(f'  {run.name + "  " if run.name else ""}{losses}  lr: {run.mean_lr():.3e}')
 
 
 def check_finite(losses: Dict[str, float], epoch: int, batch_idx: int, run: StudentRun) -> None:

@@ -12,10 +12,11 @@ construction. The teacher-output cache (`timm_kd.cache.fingerprint`) is built on
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .data import DatasetOptions, LoaderOptions
 from .identity import FILE, NOT_IDENTITY
+from .losses import get_kd_loss_class
 
 
 def _frozen(value: Any) -> Any:
@@ -84,10 +85,51 @@ class ProcessSpec:
 
 
 @dataclass(frozen=True)
+class LossSpec:
+    """One student's distillation terms: the losses (resolved weights and hyperparameters), the
+    stages the feature losses compare, deep supervision, and the hard-label weight."""
+
+    names: Tuple[str, ...] = ('kd',)
+    weights: Tuple[float, ...] = (1.0,)
+    kwargs: Tuple[Tuple[str, Tuple[Tuple[str, Any], ...]], ...] = ()  # per loss, sorted
+    student_stages: Tuple[int, ...] = (-1,)
+    teacher_stages: Tuple[int, ...] = (-1,)
+    deep_supervision: Tuple[int, ...] = ()
+    deep_supervision_weight: float = 1.0
+    ori_weight: float = 1.0
+
+    def needs(self, what: str) -> List[str]:
+        """The losses that declare `what` ('needs_labels', 'needs_index', 'needs_features')."""
+        return [n for n in self.names if getattr(get_kd_loss_class(n), what, False)]
+
+    def kd_student_kwargs(self, has_teacher: bool) -> Dict[str, Any]:
+        """`timm_kd.create_kd_student` arguments (no losses without a teacher)."""
+        return dict(
+            loss_names=list(self.names) if has_teacher else [],
+            loss_kwargs={name: dict(kwargs) for name, kwargs in self.kwargs},
+            student_stages=self.student_stages,
+            teacher_stages=self.teacher_stages,
+            aux_stages=self.deep_supervision,
+        )
+
+    def weights_dict(self, has_teacher: bool) -> Dict[str, float]:
+        return dict(zip(self.names, self.weights)) if has_teacher else {}
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    """A student on the stream: its architecture and its distillation terms. (Its optimizer,
+    schedule and EMA are built from its flags by timm's own translators in the program.)"""
+
+    model: str
+    losses: LossSpec = LossSpec()
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """The data stream (where the images come from, their views, the process settings), the
-    teachers, and the derived facts the stream needs: the class count and the student's data
-    config (input size, mean/std, interpolation, crop)."""
+    teachers, the derived facts the stream needs (the class count and the first student's data
+    config: input size, mean/std, interpolation, crop), and the students on it."""
 
     data: DatasetOptions
     views: LoaderOptions
@@ -95,6 +137,7 @@ class RunSpec:
     teachers: TeacherSetup
     num_classes: int
     data_config: Tuple[Tuple[str, Any], ...] = ()
+    students: Tuple[StudentSpec, ...] = field(default=(), metadata=NOT_IDENTITY)
 
     @property
     def student_data_config(self) -> Dict[str, Any]:

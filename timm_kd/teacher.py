@@ -6,7 +6,7 @@ in its place.
 """
 
 import logging
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import torch
 import torch.nn as nn
@@ -32,6 +32,29 @@ DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch
 class TeacherOutput(NamedTuple):
     logits: torch.Tensor
     features: Optional[Features] = None
+
+
+@runtime_checkable
+class TeacherLike(Protocol):
+    """What the task and the training loop ask of a teacher: `Teacher` (one live model),
+    `timm_kd.ensemble.EnsembleTeacher` and `timm_kd.cache.CachedTeacher` all answer it."""
+
+    @property
+    def num_classes(self) -> int: ...
+
+    def forward(
+        self, images: torch.Tensor, stages: Optional[Sequence[int]] = None
+    ) -> TeacherOutput:
+        """Teacher logits for the student's batch (and its `Features` at `stages`)."""
+        ...
+
+    def forward_many(
+        self, images: torch.Tensor, stage_sets: Sequence[Optional[Sequence[int]]]
+    ) -> List[TeacherOutput]:
+        """One pass for several students: one output per set of stages."""
+        ...
+
+    def compile(self, *args, **kwargs) -> 'TeacherLike': ...
 
 
 def _clone(out: TeacherOutput) -> TeacherOutput:

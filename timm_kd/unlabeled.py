@@ -14,7 +14,7 @@ labeled is needed at all.
 """
 
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from PIL import Image
@@ -97,20 +97,19 @@ class WithUnlabeled(DatasetView):
         return self.unlabeled[int(self.picks[index - self.n_labeled])][0], UNLABELED
 
 
-def check_unlabeled_run(has_teacher: bool, loss_names, needs_index: bool) -> None:
-    """One line for runs that cannot use unlabeled images: no teacher, or a loss that needs every image's label."""
+def check_unlabeled_run(has_teacher: bool, losses: Sequence[Any]) -> None:
+    """One line for runs that cannot use unlabeled images: no teacher, or a loss that needs every
+    image's label or index (`needs_labels` / `needs_index` of `timm_kd.run.LossSpec`)."""
     if not has_teacher:
         raise KDError(
             '--unlabeled-data needs a teacher (--teacher or --teacher-cache): unlabeled images are '
-            'trained '
-            'on with the KD terms only'
+            'trained on with the KD terms only'
         )
-    for name in loss_names:
-        if name == 'dkd' or needs_index:
+    for spec in losses:
+        for name in spec.needs('needs_labels') + spec.needs('needs_index'):
             raise KDError(
-                f"--kd-loss {'crd' if needs_index else name} uses each image's label, which "
-                'unlabeled '
-                f'images lack; use kd, bkd, bkl, dist or a feature loss with --unlabeled-data'
+                f"--kd-loss {name} uses each image's label, which unlabeled images lack; use "
+                'kd, bkd, bkl, dist or a feature loss with --unlabeled-data'
             )
 
 

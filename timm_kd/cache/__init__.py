@@ -254,7 +254,7 @@ class CachedTeacher(nn.Module):
 
 def check_logit_losses_only(loss_names: Sequence[str]) -> None:
     """One line for feature losses, which need the live teacher's feature maps, under --teacher-cache."""
-    features = [n for n in loss_names if get_kd_loss_class(n).kind == 'feature']
+    features = [n for n in loss_names if get_kd_loss_class(n).needs_features]
     if features:
         raise KDError(
             f"--kd-loss {features[0]} is a feature loss: it needs the live teacher's feature maps, "

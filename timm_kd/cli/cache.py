@@ -26,17 +26,10 @@ from ..cache import (
     top_k_logits,
     write_manifest,
 )
-from ..data import set_loader_epoch
-from ..engine import to_device
 from ..ensemble import create_teachers
 from ..errors import KDError, one_line_errors
-from ..reliability import reseed
 from ..runtime import amp_setup, init_process
-from .train.build import (
-    model_dtype,
-    replayable_loaders,
-    setup_run,
-)
+from .train.build import setup_run, training_stream
 from .train.config import parse_args
 
 _logger = logging.getLogger('timm_kd.cache')
@@ -66,12 +59,10 @@ def build(argv: Optional[List[str]] = None) -> str:
     k = min(mine.top_k, num_classes)
     if k < 1:
         raise KDError(f'--top-k {mine.top_k}: keep at least one logit per sample')
-    loader, _, mixup_fn, replayable = replayable_loaders(
-        args, train_set, None, data_config, num_classes, process
-    )
+    stream, _, replayable = training_stream(args, setup, process)
     if args.train_img_sizes is not None or not replayable:
         raise KDError('the teacher cache needs a fixed input and batch size (no --train-img-sizes)')
-    slots = len(loader) * args.batch_size
+    slots = len(stream) * args.batch_size
     now = fingerprint(run, train_set, process.world_size)
     os.makedirs(mine.out, exist_ok=True)
     path = os.path.join(mine.out, 'manifest.json')
@@ -115,39 +106,26 @@ def build(argv: Optional[List[str]] = None) -> str:
             ),
             'tail': np.lib.format.open_memmap(files['tail'] + '.tmp', 'w+', np.float32, (slots,)),
         }
-        reseed(args.seed, epoch, process.rank)  # as the training loop: the same stream of views
-        set_loader_epoch(loader, epoch)
         row, epoch_start = 0, time.time()
-        for batch_idx, (input, target) in enumerate(loader):
-            input, target = to_device(input, target, device, args.channels_last, model_dtype(args))
-            target = target.clamp(
-                min=0
-            )  # unlabeled images (-1): the labels do not reach the teacher
-            if mixup_fn is not None:
-                input, target = mixup_fn(input, target)
+        for batch_idx, batch in stream.epoch(epoch):  # the batches training sees, in its order
             with amp_autocast():
-                logits = teacher(input).logits.float()
-            rows = slice(row, row + input.shape[0])
+                logits = teacher(batch.input).logits.float()
+            rows = slice(row, row + len(batch))
             for part, value in zip(('values', 'indices', 'tail'), top_k_logits(logits, k)):
                 arrays[part][rows] = value.cpu().numpy()
-            row += input.shape[0]
-            if (batch_idx + 1) % args.grad_accum_steps == 0 or batch_idx + 1 == len(loader):
-                reseed(
-                    args.seed, epoch, process.rank, batch_idx // args.grad_accum_steps
-                )  # as after_update
-            done_images += input.shape[0]
-            if batch_idx % args.log_interval == 0 or batch_idx + 1 == len(loader):
+            row += len(batch)
+            done_images += len(batch)
+            if batch_idx % args.log_interval == 0 or batch_idx + 1 == len(stream):
                 rate = done_images / (time.time() - start)
                 left = (len(todo) - n) * slots - row
                 _logger.info(
-                    f'Cache: epoch {epoch} [{batch_idx + 1:>4d}/{len(loader)}]  {rate:.1f} img/s  '
-                    'ETA '
-                    f'{left / max(rate, 1e-9) / 60:.1f} min'
+                    f'Cache: epoch {epoch} [{batch_idx + 1:>4d}/{len(stream)}]  {rate:.1f} img/s  '
+                    f'ETA {left / max(rate, 1e-9) / 60:.1f} min'
                 )
         for part, array in arrays.items():
             array.flush()
             os.replace(files[part] + '.tmp', files[part])
-        # the teacher pass with the writes, data loading included, of the last epoch built (warm loader and model)
+        # the teacher pass with the writes, data loading included, of the last epoch built
         manifest['build_images_per_s'] = row / (time.time() - epoch_start)
         if process.distributed:
             torch.distributed.barrier()

@@ -23,6 +23,8 @@ class DecoupledKD(nn.Module):
     tunes lr/wd, not these).
     """
 
+    needs_labels = True  # the target class splits the distribution
+
     def __init__(
         self,
         alpha: float = 1.0,

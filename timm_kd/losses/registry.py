@@ -1,5 +1,9 @@
 """Name -> loss class registry, the single place `--kd-loss NAME` is resolved.
 
+A loss class declares what it needs beyond logits: `needs_labels` (each image's class: DKD),
+`needs_index` (each sample's index: CRD's memory bank); a feature loss needs features. The programs
+derive their refusals from these (unlabeled images, the teacher cache).
+
 Two kinds of loss are registered:
 - 'logit':   `loss(student_logits, teacher_logits, target)`; target is class indices or dense mixup
   rows.
@@ -33,6 +37,10 @@ def register_kd_loss(
                 f'KD loss {name!r} is already registered by {_KD_LOSSES[name].__name__}'
             )
         cls.kind = kind
+        # what the loss needs beyond logits (a class may declare needs_labels / needs_index)
+        cls.needs_labels = getattr(cls, 'needs_labels', False)
+        cls.needs_index = getattr(cls, 'needs_index', False)
+        cls.needs_features = kind == 'feature'
         _KD_LOSSES[name] = cls
         return cls
 

@@ -8,7 +8,7 @@ import importlib
 import logging
 import os
 from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 
 import torch
 from timm.data import resolve_data_config
@@ -29,15 +29,25 @@ from ...data import (
     dataset_num_classes,
     mixup_args,
 )
+from ...dataset_views import IndexedTargets
 from ...engine import StudentRun
 from ...errors import KDError
 from ...replay import ReplayableViews, make_replayable
-from ...run import ProcessSpec, RunSpec, TeacherSetup, TeacherSpec, freeze
+from ...run import (
+    LossSpec,
+    ProcessSpec,
+    RunSpec,
+    StudentSpec,
+    TeacherSetup,
+    TeacherSpec,
+    freeze,
+)
 from ...runtime import Process, amp_setup, experiment_name, output_dir, resolve_lr
 from ...saver import DurableCheckpointSaver
+from ...stream import TrainingStream
 from ...task import DistillationTask
 from ...teacher import Teacher
-from .kd_flags import TEACHER_OWN_FLAGS
+from .kd_flags import TEACHER_OWN_FLAGS, loss_config
 
 _logger = logging.getLogger(__name__)
 T = TypeVar('T')
@@ -86,6 +96,25 @@ def replayable_loaders(
         img_dtype=model_dtype(args) or torch.float32,
     )
     return train_loader, eval_loader, mixup_fn, make_replayable(train_loader, process.rank)
+
+
+def training_stream(
+    args: argparse.Namespace, setup: 'Setup', process: Process, needs_index: bool = False
+) -> Tuple[TrainingStream, Optional[Any], bool]:
+    """The training stream as training and `cache build` both read it (sample indices as targets
+    when a loss keeps per-sample state), the eval loader, and whether the views replay."""
+    train_set = IndexedTargets(setup.train_set) if needs_index else setup.train_set
+    run = setup.run
+    loader, eval_loader, mixup_fn, replayable = replayable_loaders(
+        args, train_set, setup.eval_set, run.student_data_config, run.num_classes, process
+    )
+    stream = TrainingStream(
+        loader, mixup_fn, device=process.device, seed=args.seed, rank=process.rank,
+        grad_accum_steps=args.grad_accum_steps, channels_last=args.channels_last,
+        input_dtype=model_dtype(args), unlabeled=bool(args.unlabeled_data),
+        labels=train_set.targets.to(process.device) if needs_index else None,
+    )  # fmt: skip
+    return stream, eval_loader, replayable
 
 
 def setup_process_flags(args: argparse.Namespace) -> None:
@@ -223,7 +252,28 @@ def teacher_setup(args: argparse.Namespace) -> TeacherSetup:
     )
 
 
-def run_spec(args: argparse.Namespace, num_classes: int, data_config: Dict[str, Any]) -> RunSpec:
+def student_spec(args: argparse.Namespace) -> StudentSpec:
+    """A student's architecture and distillation terms, from its flags."""
+    weights, kwargs = loss_config(args)
+    losses = LossSpec(
+        names=tuple(weights),
+        weights=tuple(weights.values()),
+        kwargs=freeze(kwargs),
+        student_stages=freeze(args.kd_student_stages),
+        teacher_stages=freeze(args.kd_teacher_stages),
+        deep_supervision=freeze(args.kd_deep_supervision),
+        deep_supervision_weight=args.kd_deep_supervision_weight,
+        ori_weight=args.ori_loss_weight,
+    )
+    return StudentSpec(model=args.model, losses=losses)
+
+
+def run_spec(
+    args: argparse.Namespace,
+    num_classes: int,
+    data_config: Dict[str, Any],
+    student_flags: Sequence[argparse.Namespace] = (),
+) -> RunSpec:
     """The typed run of the flags, with the derived class count and the student's data config."""
     process = ProcessSpec(
         seed=args.seed,
@@ -240,6 +290,7 @@ def run_spec(args: argparse.Namespace, num_classes: int, data_config: Dict[str, 
         teachers=teacher_setup(args),
         num_classes=num_classes,
         data_config=freeze(data_config),
+        students=tuple(student_spec(sargs) for sargs in student_flags),
     )
 
 
@@ -273,7 +324,7 @@ def setup_run(
         models.append(create_student(sargs, in_chans, process, num_classes))
         num_classes = models[-1].num_classes
     data_config = resolve_data_config(vars(args), model=models[0], verbose=process.is_primary)
-    run = run_spec(args, num_classes, data_config)
+    run = run_spec(args, num_classes, data_config, student_flags)
     return Setup(run, train_set, eval_set, in_chans, models)
 
 

@@ -1,46 +1,285 @@
-"""`main`: parse, build, and train epoch by epoch, with timm train.py's epoch logic (validation interval,
-summary.csv, best-checkpoint tracking, scheduler steps, mixup-off epoch, recovery checkpoints, wandb)."""
+"""`main`: parse, build, and train epoch by epoch, with timm train.py's epoch logic (validation
+interval, summary.csv, best-checkpoint tracking, scheduler steps, mixup-off epoch, recovery
+checkpoints, wandb)."""
 
 import logging
 import os
 import signal
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torchvision
 from timm.utils import distribute_bn, random_seed, setup_default_logging, update_summary
 
 from ...cache import CachedTeacher, TeacherCache, check_logit_losses_only
-from ...data import (
-    disable_mixup,
-    set_loader_epoch,
-)
-from ...dataset_views import IndexedTargets
+from ...data import disable_mixup
 from ...engine import check_finite, train_one_epoch, validate
 from ...ensemble import create_teachers
 from ...errors import Interrupted, one_line_errors
-from ...reliability import Preemption, reseed, truncate_summary
-from ...runtime import amp_setup, init_process
+from ...reliability import Preemption, truncate_summary
+from ...runtime import Process, amp_setup, init_process
+from ...stream import TrainingStream
 from ...student import create_kd_student
 from ...unlabeled import check_unlabeled_run
 from .build import (
+    Setup,
     StudentJob,
     check_same_start,
     model_dtype,
-    replayable_loaders,
     setup_process_flags,
     setup_run,
     setup_student,
+    training_stream,
 )
 from .config import parse_args
-from .kd_flags import loss_config
 from .students import student_args
 
 _logger = logging.getLogger('timm_kd.train')
 
 
+@dataclass
+class Training:
+    """Everything the epochs need, built once by `build_training`."""
+
+    args: Any  # the shared flags (logging, validation and checkpoint intervals, wandb)
+    process: Process
+    jobs: List[StudentJob]
+    teacher: Any
+    stream: TrainingStream
+    eval_loader: Any
+    amp_autocast: Callable
+    eval_metric: str
+    batch_reference: float
+    start_epoch: int
+    skip_batches: int
+    stop_epoch: int
+    num_epochs: int
+
+
+def main(argv: Optional[List[str]] = None) -> Any:
+    setup_default_logging()
+    args, args_text = parse_args(argv)
+    setup_process_flags(args)
+    process = init_process(args.device)
+    random_seed(args.seed, process.rank)
+    students = student_args(args, args_text)
+    setup = setup_run(args, [sargs for sargs, _ in students], process)
+    training = build_training(args, students, setup, process)
+    jobs = training.jobs
+    wandb_run = _init_wandb(args, jobs) if args.log_wandb and process.is_primary else None
+    if process.is_primary and (training.start_epoch or training.skip_batches):
+        for job in jobs:  # a resume: rows from its epoch on were written after the checkpoint
+            truncate_summary(os.path.join(job.out_dir, 'summary.csv'), training.start_epoch)
+    with Preemption(process.distributed, process.device) as preemption:  # SIGTERM/SIGINT
+        for epoch in range(training.start_epoch, training.stop_epoch):
+            row = train_epoch(training, epoch, preemption)
+            if wandb_run is not None and row:
+                wandb_run.log(row)
+    if process.is_primary:
+        _report(training)
+    if wandb_run is not None:
+        wandb_run.finish()
+    if process.distributed:
+        torch.distributed.destroy_process_group()
+    return jobs[0].best if len(jobs) == 1 else [job.best for job in jobs]
+
+
+def build_training(args, students, setup: Setup, process: Process) -> Training:
+    """The teacher (live, ensemble or cached), each student's task and job, the stream, the start."""
+    run, device = setup.run, process.device
+    losses = [spec.losses for spec in run.students]
+    if run.teachers.cache:  # no teacher runs: its answers were stored by `timm_kd.cache build`
+        check_logit_losses_only([name for spec in losses for name in spec.names])
+        teacher = CachedTeacher(TeacherCache(run.teachers.cache), process.rank, device)
+    else:
+        with torch.random.fork_rng(devices=[]):  # the teacher's random init leaves training's alone
+            teacher = create_teachers(
+                run.teachers, run.num_classes, setup.in_chans, run.student_data_config, device
+            )
+    if run.data.unlabeled_data:
+        check_unlabeled_run(teacher is not None, losses)
+    kd_students = [
+        create_kd_student(
+            model,
+            teacher,
+            **spec.kd_student_kwargs(teacher is not None),
+            input_size=run.student_data_config['input_size'],
+            num_classes=run.num_classes,
+            num_samples=len(setup.train_set),
+        )  # fmt: skip
+        for model, spec in zip(setup.models, losses)
+    ]
+    if (
+        teacher is not None and run.teachers.compile
+    ):  # after the shape probes: compiles for training
+        teacher.compile(backend=run.teachers.compile, mode=run.teachers.compile_mode)
+    needs_index = any(spec.needs('needs_index') for spec in losses)
+    stream, eval_loader, _ = training_stream(args, setup, process, needs_index)
+    scheduled = args.train_img_sizes is not None
+    loader = stream.loader
+    batch_reference = (
+        loader.batch_sampler.average_batch_size if scheduled else float(args.batch_size)
+    )
+    updates_per_epoch = (len(loader) + args.grad_accum_steps - 1) // args.grad_accum_steps
+    global_batch = batch_reference * process.world_size * args.grad_accum_steps
+    eval_metric = args.eval_metric if eval_loader is not None else 'loss'
+    jobs = [
+        setup_student(
+            sargs,
+            text,
+            kd_student,
+            spec.weights_dict(teacher is not None),
+            teacher,
+            run.student_data_config,
+            updates_per_epoch,
+            global_batch,
+            process,
+            decreasing=eval_metric == 'loss',
+        )  # fmt: skip
+        for (sargs, text), kd_student, spec in zip(students, kd_students, losses)
+    ]
+    for job, (sargs, _) in zip(jobs, students):
+        job.run.name = os.path.basename(sargs.experiment) if args.students else ''
+    (start_epoch, skip_batches), num_epochs = check_same_start(jobs), jobs[0].num_epochs
+    stop_epoch = min(num_epochs, args.stop_epoch) if args.stop_epoch else num_epochs
+    if run.teachers.cache:
+        epochs = range(start_epoch, stop_epoch)
+        teacher.cache.check(run, setup.train_set, process.world_size, epochs, process.rank)
+    if start_epoch >= stop_epoch:
+        _logger.warning(
+            f'Nothing to train: the checkpoint is at epoch {start_epoch} and the run stops at '
+            f'{stop_epoch} (--epochs {num_epochs}); raise --epochs to train on'
+        )
+    amp_autocast, _ = amp_setup(args.amp, args.amp_dtype, device)
+    return Training(args, process, jobs, teacher, stream, eval_loader, amp_autocast, eval_metric,
+                    batch_reference, start_epoch, skip_batches, stop_epoch, num_epochs)  # fmt: skip
+
+
+def train_epoch(t: Training, epoch: int, preemption: Preemption) -> Dict[str, float]:
+    """One epoch: train every student on the stream, then validate, record and checkpoint each as
+    timm does. Returns the wandb row."""
+    args, primary = t.args, t.process.is_primary
+    skip = t.skip_batches if epoch == t.start_epoch else 0
+    if isinstance(t.teacher, CachedTeacher):
+        t.teacher.start_epoch(epoch, skip * args.batch_size)
+    if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+        disable_mixup(t.stream.mixup_fn)
+    scheduled = args.train_img_sizes is not None
+    train_metrics = train_one_epoch(
+        epoch, [job.run for job in t.jobs], t.stream, num_epochs=t.num_epochs, teacher=t.teacher,
+        amp_autocast=t.amp_autocast, distributed=t.process.distributed,
+        log_interval=args.log_interval, is_primary=primary,
+        batch_loss_scale=args.variable_batch_loss_scale if scheduled else 'none',
+        batch_size_reference=t.batch_reference,
+        after_update=lambda update: _after_update(t, epoch, update, preemption),
+        on_log=(lambda i, x: _save_images(t, i, x)) if args.save_images and primary else None,
+        skip_batches=skip,
+    )  # fmt: skip
+    validating = (epoch + 1) % args.val_interval == 0 or epoch + 1 == t.num_epochs
+    row: Dict[str, float] = {}
+    for job, metrics in zip(t.jobs, train_metrics):
+        check_finite(metrics, epoch, len(t.stream) - 1, job.run)  # before anything is recorded
+        _distribute_bn(t, job)
+        if validating:
+            row.update(_end_of_epoch(t, job, epoch, metrics))
+        elif job.run.lr_scheduler is not None:
+            job.run.lr_scheduler.step(epoch + 1, metric=None)
+    return row
+
+
+def _end_of_epoch(t: Training, job: StudentJob, epoch: int, metrics) -> Dict[str, float]:
+    """Validate (the EMA's result when there is one), then as timm: the summary row with the lr the
+    epoch trained with, the checkpoint, the scheduler step. Returns the student's wandb row."""
+    run, args = job.run, t.args
+    eval_metrics, row = None, {}
+    if t.eval_loader is not None:
+        kwargs = dict(
+            device=t.process.device, amp_autocast=t.amp_autocast, channels_last=args.channels_last,
+            input_dtype=model_dtype(args), distributed=t.process.distributed,
+            is_primary=t.process.is_primary, log_suffix=f' [{run.name}]' if run.name else '',
+        )  # fmt: skip
+        eval_metrics = validate(run.task, t.eval_loader, **kwargs)
+        if run.task.has_ema() and not args.model_ema_force_cpu:
+            kwargs['log_suffix'] += ' (EMA)'
+            eval_metrics = validate(run.task, t.eval_loader, ema=True, **kwargs)
+    metric = (eval_metrics or metrics)[t.eval_metric]
+    if t.process.is_primary:
+        summary = os.path.join(job.out_dir, 'summary.csv')
+        update_summary(epoch, metrics, eval_metrics, summary, lr=run.mean_lr())
+        row = _wandb_row(run.name, epoch, metrics, eval_metrics, run.mean_lr())
+        job.best = job.saver.save_checkpoint(epoch, metric=metric)
+    if run.lr_scheduler is not None:
+        run.lr_scheduler.step(epoch + 1, metric)
+    return row
+
+
+def _distribute_bn(t: Training, job: StudentJob) -> None:
+    """timm's --dist-bn: BatchNorm statistics broadcast or averaged over ranks (the EMA's too)."""
+    args = t.args
+    if not t.process.distributed or args.dist_bn not in ('broadcast', 'reduce') or args.sync_bn:
+        return
+    task, reduce = job.run.task, args.dist_bn == 'reduce'
+    distribute_bn(task.kd_student.student, t.process.world_size, reduce)
+    if task.has_ema() and not args.model_ema_force_cpu:
+        distribute_bn(task.get_eval_model(ema=True), t.process.world_size, reduce)
+
+
+def _after_update(t: Training, epoch: int, update: int, preemption: Preemption) -> None:
+    """After each optimizer update: a recovery checkpoint every --recovery-interval updates, and on
+    SIGTERM/SIGINT (the ranks agree at recovery and log intervals) one more, then stop."""
+    args, process = t.args, t.process
+    if args.synchronize_step and process.device.type == 'cuda':
+        torch.cuda.synchronize()
+    recovery = bool(args.recovery_interval) and (update + 1) % args.recovery_interval == 0
+    signum = preemption.requested(check_ranks=recovery or (update + 1) % args.log_interval == 0)
+    if recovery or signum:
+        for job in t.jobs:
+            sums, count = job.run.global_sums(process.distributed)  # every rank takes part
+            if job.saver is not None:
+                job.saver.extra_state = {
+                    'recovery_update': update,
+                    'partial_count': count.item(),
+                    'partial_sums': {k: v.item() for k, v in sums.items()},
+                }
+                job.saver.save_recovery(epoch, batch_idx=update)
+                job.saver.extra_state = None
+    if signum:
+        saver = t.jobs[0].saver
+        where = (
+            f'continue with --resume {saver.curr_recovery_file}'
+            if saver is not None
+            else f'rank {process.rank}; rank 0 wrote the recovery checkpoint'
+        )
+        raise Interrupted(
+            f'stopped by {signal.Signals(signum).name} in epoch {epoch} after update {update}; '
+            f'{where}',
+            signum,
+        )
+
+
+def _save_images(t: Training, batch_idx: int, input: torch.Tensor) -> None:
+    path = os.path.join(t.jobs[0].out_dir, f'train-batch-{batch_idx}.jpg')
+    torchvision.utils.save_image(input.float(), path, padding=0, normalize=True)
+
+
+def _report(t: Training) -> None:
+    for job in t.jobs:
+        if job.best[0] is not None:
+            _logger.info(
+                f'*** Best {t.eval_metric}: {job.best[0]:.4f} (epoch {job.best[1]}) in {job.out_dir}'
+            )
+    if t.stop_epoch < t.num_epochs:
+        last = os.path.join(t.jobs[0].out_dir, 'last.pth.tar')
+        _logger.info(
+            f'Stopped before epoch {t.stop_epoch} of {t.num_epochs} (--stop-epoch); continue with '
+            f'--resume {last}'
+        )
+
+
 def _init_wandb(args, jobs: List[StudentJob]):
-    """A wandb run for this training (timm's --log-wandb); a warning, as in timm, when wandb is not installed."""
+    """A wandb run for this training (timm's --log-wandb); a warning, as in timm, when wandb is not
+    installed."""
     try:
         import wandb
     except ImportError:
@@ -59,265 +298,6 @@ def _init_wandb(args, jobs: List[StudentJob]):
     )
 
 
-def main(argv: Optional[List[str]] = None) -> Any:
-    setup_default_logging()
-    args, args_text = parse_args(argv)
-    setup_process_flags(args)
-    process = init_process(args.device)
-    device, primary = process.device, process.is_primary
-    random_seed(args.seed, process.rank)
-    students = student_args(args, args_text)
-
-    setup = setup_run(args, [sargs for sargs, _ in students], process)
-    run, train_set, eval_set, models = setup.run, setup.train_set, setup.eval_set, setup.models
-    num_classes, data_config = run.num_classes, run.student_data_config
-    if run.teachers.cache:  # no teacher runs: its answers were stored by `timm_kd.cache build`
-        cache = TeacherCache(run.teachers.cache)
-        check_logit_losses_only([n for sargs, _ in students for n in sargs.kd_loss])
-        teacher = CachedTeacher(cache, process.rank, device)
-    else:
-        with torch.random.fork_rng(devices=[]):  # the teacher's random init leaves training's alone
-            teacher = create_teachers(
-                run.teachers, num_classes, setup.in_chans, data_config, device
-            )
-    loss_configs = [
-        loss_config(sargs) if teacher is not None else ({}, {}) for sargs, _ in students
-    ]
-    kd_students = [
-        create_kd_student(
-            student,
-            teacher,
-            list(weights),
-            kwargs,
-            input_size=data_config['input_size'],
-            student_stages=sargs.kd_student_stages,
-            teacher_stages=sargs.kd_teacher_stages,
-            aux_stages=sargs.kd_deep_supervision,
-            num_classes=num_classes,
-            num_samples=len(train_set),
-        )
-        for (sargs, _), student, (weights, kwargs) in zip(students, models, loss_configs)
-    ]
-    if (
-        teacher is not None and args.teacher_compile
-    ):  # after the shape probes above, so it compiles for training
-        teacher.compile(backend=args.teacher_compile, mode=args.torchcompile_mode)
-    needs_index = any(kd_student.needs_index for kd_student in kd_students)
-    if args.unlabeled_data:
-        check_unlabeled_run(
-            teacher is not None, [n for sargs, _ in students for n in sargs.kd_loss], needs_index
-        )
-    base_set = train_set
-    if needs_index:
-        train_set = IndexedTargets(train_set)
-    labels = train_set.targets.to(device) if needs_index else None
-    input_dtype = model_dtype(args)
-    train_loader, eval_loader, mixup_fn, _ = replayable_loaders(
-        args, train_set, eval_set, data_config, num_classes, process
-    )
-    scheduled = args.train_img_sizes is not None
-    batch_reference = (
-        train_loader.batch_sampler.average_batch_size if scheduled else float(args.batch_size)
-    )
-    updates_per_epoch = (len(train_loader) + args.grad_accum_steps - 1) // args.grad_accum_steps
-    global_batch = batch_reference * process.world_size * args.grad_accum_steps
-    eval_metric = args.eval_metric if eval_loader is not None else 'loss'
-    jobs = [
-        setup_student(
-            sargs,
-            text,
-            kd_student,
-            weights,
-            teacher,
-            data_config,
-            updates_per_epoch,
-            global_batch,
-            process,
-            decreasing=eval_metric == 'loss',
-        )
-        for (sargs, text), kd_student, (weights, _) in zip(students, kd_students, loss_configs)
-    ]
-    for job, (sargs, _) in zip(jobs, students):
-        job.run.name = os.path.basename(sargs.experiment) if args.students else ''
-    (start_epoch, skip_batches), num_epochs = check_same_start(jobs), jobs[0].num_epochs
-    stop_epoch = min(num_epochs, args.stop_epoch) if args.stop_epoch else num_epochs
-    if args.teacher_cache:
-        cache.check(run, base_set, process.world_size, range(start_epoch, stop_epoch), process.rank)
-    amp_autocast, _ = amp_setup(args.amp, args.amp_dtype, device)
-    eval_kwargs = dict(
-        device=device,
-        amp_autocast=amp_autocast,
-        channels_last=args.channels_last,
-        input_dtype=input_dtype,
-        distributed=process.distributed,
-        is_primary=primary,
-    )
-    wandb_run = _init_wandb(args, jobs) if args.log_wandb and primary else None
-
-    def after_update(update_idx: int) -> None:  # reads `epoch` of the loop below
-        if args.synchronize_step and device.type == 'cuda':
-            torch.cuda.synchronize()
-        recovery = bool(args.recovery_interval) and (update_idx + 1) % args.recovery_interval == 0
-        signum = preemption.requested(
-            check_ranks=recovery or (update_idx + 1) % args.log_interval == 0
-        )
-        if recovery or signum:
-            for job in jobs:
-                sums, count = job.run.global_sums(process.distributed)  # every rank takes part
-                if job.saver is not None:
-                    job.saver.extra_state = {
-                        'recovery_update': update_idx,
-                        'partial_count': count.item(),
-                        'partial_sums': {k: v.item() for k, v in sums.items()},
-                    }
-                    job.saver.save_recovery(epoch, batch_idx=update_idx)
-                    job.saver.extra_state = None
-        reseed(
-            args.seed, epoch, process.rank, update_idx
-        )  # the rest of the epoch no longer depends on the past
-        if signum:
-            where = (
-                f'continue with --resume {jobs[0].saver.curr_recovery_file}'
-                if jobs[0].saver is not None
-                else f'rank {process.rank}; rank 0 wrote the recovery checkpoint'
-            )
-            raise Interrupted(
-                f'stopped by {signal.Signals(signum).name} in epoch {epoch} after update '
-                f'{update_idx}; '
-                f'{where}',
-                signum,
-            )
-
-    def save_images(batch_idx: int, input: torch.Tensor) -> None:
-        torchvision.utils.save_image(
-            input.float(),
-            os.path.join(jobs[0].out_dir, f'train-batch-{batch_idx}.jpg'),
-            padding=0,
-            normalize=True,
-        )
-
-    if start_epoch >= stop_epoch:
-        _logger.warning(
-            f'Nothing to train: the checkpoint is at epoch {start_epoch} and the run stops at '
-            f'{stop_epoch} (--epochs {num_epochs}); raise --epochs to train on'
-        )
-    if primary and (
-        start_epoch or skip_batches
-    ):  # a resume: rows from its epoch on were written after the checkpoint
-        for job in jobs:
-            truncate_summary(os.path.join(job.out_dir, 'summary.csv'), start_epoch)
-    with Preemption(
-        process.distributed, device
-    ) as preemption:  # SIGTERM/SIGINT: recovery checkpoint, exit
-        for epoch in range(start_epoch, stop_epoch):
-            reseed(args.seed, epoch, process.rank)
-            set_loader_epoch(train_loader, epoch)
-            if args.teacher_cache:
-                teacher.start_epoch(
-                    epoch, skip_batches * args.batch_size if epoch == start_epoch else 0
-                )
-            if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
-                disable_mixup(mixup_fn)
-            train_metrics = train_one_epoch(
-                epoch,
-                [job.run for job in jobs],
-                train_loader,
-                device=device,
-                num_epochs=num_epochs,
-                teacher=teacher,
-                amp_autocast=amp_autocast,
-                mixup_fn=mixup_fn,
-                grad_accum_steps=args.grad_accum_steps,
-                channels_last=args.channels_last,
-                input_dtype=input_dtype,
-                distributed=process.distributed,
-                log_interval=args.log_interval,
-                is_primary=primary,
-                labels=labels,
-                batch_loss_scale=args.variable_batch_loss_scale if scheduled else 'none',
-                batch_size_reference=batch_reference,
-                after_update=after_update,
-                on_log=save_images if args.save_images and primary else None,
-                skip_batches=skip_batches if epoch == start_epoch else 0,
-                unlabeled=bool(args.unlabeled_data),
-                after_skip=lambda: reseed(
-                    args.seed, epoch, process.rank, skip_batches // args.grad_accum_steps - 1
-                ),
-            )
-            validating = (epoch + 1) % args.val_interval == 0 or epoch + 1 == num_epochs
-            wandb_row: Dict[str, float] = {}
-            for job, student, metrics in zip(jobs, models, train_metrics):
-                run = job.run
-                check_finite(
-                    metrics, epoch, len(train_loader) - 1, run
-                )  # before anything is recorded or saved
-                if (
-                    process.distributed
-                    and args.dist_bn in ('broadcast', 'reduce')
-                    and not args.sync_bn
-                ):
-                    distribute_bn(student, process.world_size, args.dist_bn == 'reduce')
-                    if (
-                        run.task.has_ema() and not args.model_ema_force_cpu
-                    ):  # as timm: the EMA's statistics too
-                        distribute_bn(
-                            run.task.get_eval_model(ema=True),
-                            process.world_size,
-                            args.dist_bn == 'reduce',
-                        )
-                if not validating:
-                    if run.lr_scheduler is not None:
-                        run.lr_scheduler.step(epoch + 1, metric=None)
-                    continue
-                eval_metrics = None
-                if eval_loader is not None:
-                    suffix = f' [{run.name}]' if run.name else ''
-                    eval_metrics = validate(run.task, eval_loader, log_suffix=suffix, **eval_kwargs)
-                    if run.task.has_ema() and not args.model_ema_force_cpu:
-                        eval_metrics = validate(
-                            run.task,
-                            eval_loader,
-                            ema=True,
-                            log_suffix=suffix + ' (EMA)',
-                            **eval_kwargs,
-                        )
-                metric = (eval_metrics or metrics)[eval_metric]
-                if primary:  # as timm: the lr the epoch trained with, then the checkpoint, then the scheduler step
-                    update_summary(
-                        epoch,
-                        metrics,
-                        eval_metrics,
-                        os.path.join(job.out_dir, 'summary.csv'),
-                        lr=run.mean_lr(),
-                    )
-                    wandb_row.update(
-                        _wandb_row(run.name, epoch, metrics, eval_metrics, run.mean_lr())
-                    )
-                    job.best = job.saver.save_checkpoint(epoch, metric=metric)
-                if run.lr_scheduler is not None:
-                    run.lr_scheduler.step(epoch + 1, metric)
-            if wandb_run is not None and wandb_row:
-                wandb_run.log(wandb_row)
-    if primary:
-        for job in jobs:
-            if job.best[0] is not None:
-                _logger.info(
-                    f'*** Best {eval_metric}: {job.best[0]:.4f} (epoch {job.best[1]}) in '
-                    f'{job.out_dir}'
-                )
-        if stop_epoch < num_epochs:
-            _logger.info(
-                f'Stopped before epoch {stop_epoch} of {num_epochs} (--stop-epoch); continue with '
-                '--resume '
-                f'{os.path.join(jobs[0].out_dir, "last.pth.tar")}'
-            )
-    if wandb_run is not None:
-        wandb_run.finish()
-    if process.distributed:
-        torch.distributed.destroy_process_group()
-    return jobs[0].best if len(jobs) == 1 else [job.best for job in jobs]
-
-
 def _wandb_row(
     name: str,
     epoch: int,
@@ -325,7 +305,8 @@ def _wandb_row(
     evaluation: Optional[Dict[str, float]],
     lr: float,
 ) -> Dict[str, float]:
-    """summary.csv's row for wandb; with several students each key gets the student's name as prefix."""
+    """summary.csv's row for wandb; with several students each key gets the student's name as
+    prefix."""
     row = {
         'epoch': epoch,
         **{f'train_{k}': v for k, v in train.items()},
@@ -336,6 +317,7 @@ def _wandb_row(
 
 
 def cli(argv: Optional[List[str]] = None) -> None:
-    """Console entry point (`timm-kd-train`, `python -m timm_kd.train`): bad input is one line and exit 2."""
+    """Console entry point (`timm-kd-train`, `python -m timm_kd.train`): bad input is one line and
+    exit 2."""
     with one_line_errors():
         main(argv)

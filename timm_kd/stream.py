@@ -1,0 +1,116 @@
+"""The training stream: the batches training and `cache build` both read, decoded once.
+
+timm's loader carries one tensor beside the images. Here it means one of three things, and is
+decoded in one place (`TrainingStream.prepare`) into the named fields of a `Batch`:
+
+- a class index (the plain case),
+- a sample index (`timm_kd.dataset_views.IndexedTargets`, for losses that keep per-sample state:
+  CRD), mapped to its label with the dataset's labels,
+- -1 for an unlabeled image (`timm_kd.unlabeled`), turned into the `labeled` mask.
+
+Then mixup/cutmix runs, in the training process. The random streams are those of
+`timm_kd.reliability.reseed`: each epoch starts from (seed, epoch, rank), each optimizer update is
+followed by a reseed from (seed, epoch, rank, update), so a batch's views and mixing depend on its
+position only: a resumed run, and the teacher-output cache, see exactly the uninterrupted stream.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional, Tuple
+
+import torch
+
+from .data import set_loader_epoch
+from .reliability import reseed
+from .unlabeled import labeled_mask
+
+
+@dataclass
+class Batch:
+    """One training batch as the step sees it."""
+
+    input: torch.Tensor
+    target: torch.Tensor  # class indices, or dense rows after mixup/cutmix and smoothing
+    index: Optional[torch.Tensor] = None  # sample indices, for losses with `needs_index`
+    labeled: Optional[torch.Tensor] = None  # rows whose hard label is known (unlabeled images)
+
+    def __len__(self) -> int:
+        return self.input.shape[0]
+
+
+def to_device(input, target, device, channels_last, dtype=None):
+    input = input.to(device, dtype=dtype, non_blocking=True)
+    target = target.to(device, non_blocking=True)
+    if channels_last:
+        input = input.contiguous(memory_format=torch.channels_last)
+    return input, target
+
+
+class TrainingStream:
+    """Batches of a training loader over replayable views, on the device, decoded and mixed.
+
+    `labels` (a device tensor of every sample's class) says the loader yields sample indices;
+    `unlabeled` says a -1 marks an unlabeled image.
+    """
+
+    def __init__(
+        self,
+        loader: Any,
+        mixup_fn: Optional[Callable] = None,
+        *,
+        device: torch.device,
+        seed: int,
+        rank: int = 0,
+        grad_accum_steps: int = 1,
+        channels_last: bool = False,
+        input_dtype: Optional[torch.dtype] = None,
+        labels: Optional[torch.Tensor] = None,
+        unlabeled: bool = False,
+    ):
+        self.loader, self.mixup_fn, self.device = loader, mixup_fn, device
+        self.seed, self.rank, self.grad_accum_steps = seed, rank, grad_accum_steps
+        self.channels_last, self.input_dtype = channels_last, input_dtype
+        self.labels, self.unlabeled = labels, unlabeled
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def is_update(self, batch_idx: int) -> bool:
+        """Whether the optimizer steps after this batch (the end of an accumulation window)."""
+        return batch_idx + 1 == len(self.loader) or (batch_idx + 1) % self.grad_accum_steps == 0
+
+    def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[Tuple[int, Batch]]:
+        """(batch index, batch) of one epoch; its random streams start from (seed, epoch, rank) now.
+
+        The first `skip_batches` (trained before a mid-epoch recovery checkpoint) are drawn from
+        the loader and dropped, so the rest is what the uninterrupted run sees. The reseed after
+        each update happens when the consumer asks for the next batch, after its own work on the
+        update (a recovery checkpoint)."""
+        reseed(self.seed, epoch, self.rank)
+        set_loader_epoch(self.loader, epoch)
+        return self._batches(epoch, skip_batches)
+
+    def _batches(self, epoch: int, skip_batches: int) -> Iterator[Tuple[int, Batch]]:
+        for batch_idx, (input, target) in enumerate(self.loader):
+            if batch_idx < skip_batches:
+                if batch_idx == skip_batches - 1:
+                    last_update = skip_batches // self.grad_accum_steps - 1
+                    reseed(self.seed, epoch, self.rank, last_update)
+                continue
+            yield batch_idx, self.prepare(input, target)
+            if self.is_update(batch_idx):
+                reseed(self.seed, epoch, self.rank, batch_idx // self.grad_accum_steps)
+
+    def prepare(self, input: torch.Tensor, target: torch.Tensor) -> Batch:
+        """Device, dtype and layout; the loader's second tensor decoded; mixup/cutmix."""
+        input, target = to_device(input, target, self.device, self.channels_last, self.input_dtype)
+        index = labeled = None
+        if self.labels is not None:
+            index, target = target, self.labels[target]
+        if self.unlabeled:
+            labeled, target = target >= 0, target.clamp(min=0)
+        if self.mixup_fn is not None:
+            input, target = self.mixup_fn(input, target)
+        if labeled is not None:
+            mixed = self.mixup_fn is not None and self.mixup_fn.mixup_enabled
+            labeled = labeled_mask(labeled, mixed=mixed)
+        return Batch(input, target, index, labeled)
