@@ -2,9 +2,10 @@
 
 import json
 import os
-import subprocess
+import runpy
 import sys
 
+import pytest
 from conftest import ROOT
 
 TINY = [
@@ -25,21 +26,27 @@ TINY = [
 ]
 
 
-def _bench(*args, script='kd_step.py'):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, 'benchmarks', script), *TINY, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+@pytest.fixture
+def bench(capsys, monkeypatch):
+    """Run a benchmark script in-process, as `python benchmarks/SCRIPT ARGS` would; its JSON line."""
+
+    def run(script, *args):
+        path = os.path.join(ROOT, 'benchmarks', script)
+        monkeypatch.setattr(sys, 'argv', [path, *args])
+        monkeypatch.syspath_prepend(os.path.dirname(path))
+        capsys.readouterr()
+        runpy.run_path(path, run_name='__main__')
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    return run
 
 
-def test_kd_step_reports_ratios_and_the_multi_student_cost():
-    out = _bench('--students', '2', '--teacher-dtype', 'bfloat16')
+def _bench(bench, *args, script='kd_step.py'):
+    return bench(script, *TINY, *args)
+
+
+def test_kd_step_reports_ratios_and_the_multi_student_cost(bench):
+    out = _bench(bench, '--students', '2', '--teacher-dtype', 'bfloat16')
     assert set(out['ms']) == {'student', 'teacher', 'ours', 'timm', '2 students'}
     for key in (
         'overhead_vs_floor',
@@ -51,8 +58,8 @@ def test_kd_step_reports_ratios_and_the_multi_student_cost():
     assert out['teacher_dtype'] == 'bfloat16' and out['inference_mode']
 
 
-def test_kd_step_ablation_adds_one_switch_at_a_time():
-    rows = _bench('--ablation')['ablation']
+def test_kd_step_ablation_adds_one_switch_at_a_time(bench):
+    rows = _bench(bench, '--ablation')['ablation']
     assert list(rows) == [
         'fp32, no_grad',
         '+ inference_mode',
@@ -63,14 +70,13 @@ def test_kd_step_ablation_adds_one_switch_at_a_time():
     assert rows['fp32, no_grad']['speedup'] == 1.0 and rows['+ inference_mode']['agreement'] == 1.0
 
 
-def test_kd_losses_times_each_method_against_kd():
-    out = _bench('--methods', 'fitnet', 'dkd', '--num-samples', '64', script='kd_losses.py')
+def test_kd_losses_times_each_method_against_kd(bench):
+    out = _bench(bench, '--methods', 'fitnet', 'dkd', '--num-samples', '64', script='kd_losses.py')
     assert list(out['ratio_vs_kd']) == ['kd', 'fitnet', 'dkd'] and out['ratio_vs_kd']['kd'] == 1.0
     assert all(ms > 0 for ms in out['ms_per_step'].values())
 
 
-def test_kd_cache_reports_the_cached_step_against_plain_live_and_timm():
-    env = dict(os.environ, PYTHONPATH=ROOT)
+def test_kd_cache_reports_the_cached_step_against_plain_live_and_timm(bench):
     tiny = [
         '--student',
         'test_resnet',
@@ -89,15 +95,7 @@ def test_kd_cache_reports_the_cached_step_against_plain_live_and_timm():
         '--top-k',
         '2',
     ]
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, 'benchmarks', 'kd_cache.py'), *tiny],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])['results']['test_resnet']
+    out = bench('kd_cache.py', *tiny)['results']['test_resnet']
     assert set(out['ms']) == {'plain', 'live', 'cached', 'timm', 'teacher'}
     for key in (
         'cached_vs_plain',

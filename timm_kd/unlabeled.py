@@ -21,6 +21,7 @@ from PIL import Image
 
 from .dataset_views import DatasetView, dataset_targets
 from .errors import KDError
+from .losses import get_kd_loss_class, list_kd_losses
 
 UNLABELED = -1
 _EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
@@ -107,9 +108,13 @@ def check_unlabeled_run(has_teacher: bool, losses: Sequence[Any]) -> None:
         )
     for spec in losses:
         for name in spec.needs('needs_labels') + spec.needs('needs_index'):
+            usable = [
+                n for n in list_kd_losses()
+                if not (get_kd_loss_class(n).needs_labels or get_kd_loss_class(n).needs_index)
+            ]  # fmt: skip
             raise KDError(
-                f"--kd-loss {name} uses each image's label, which unlabeled images lack; use "
-                'kd, bkd, bkl, dist or a feature loss with --unlabeled-data'
+                f"--kd-loss {name} uses each image's label, which unlabeled images lack; use one of "
+                f'{", ".join(usable)} with --unlabeled-data'
             )
 
 

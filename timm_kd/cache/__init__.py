@@ -39,7 +39,7 @@ from torch import nn
 from ..dataset_views import dataset_targets
 from ..errors import KDError
 from ..identity import identity
-from ..losses import create_kd_loss, get_kd_loss_class
+from ..losses import create_kd_loss, get_kd_loss_class, list_kd_losses
 from ..run import RunSpec
 from ..teacher import TeacherOutput
 
@@ -252,14 +252,18 @@ class CachedTeacher(nn.Module):
         return [self(images)] * len(stage_sets)
 
 
+def _logit_losses() -> List[str]:
+    return [n for n in list_kd_losses() if not get_kd_loss_class(n).needs_features]
+
+
 def check_logit_losses_only(loss_names: Sequence[str]) -> None:
     """One line for feature losses, which need the live teacher's feature maps, under --teacher-cache."""
     features = [n for n in loss_names if get_kd_loss_class(n).needs_features]
     if features:
         raise KDError(
             f"--kd-loss {features[0]} is a feature loss: it needs the live teacher's feature maps, "
-            'which --teacher-cache does not store; use logit losses (kd, bkd, bkl, dist, dkd, ls) or '
-            'drop --teacher-cache'
+            f'which --teacher-cache does not store; use logit losses ({", ".join(_logit_losses())}) '
+            'or drop --teacher-cache'
         )
 
 

@@ -1,5 +1,5 @@
 """Building a training run from parsed flags: the student, the teacher, the data, and each student's task,
-optimizer, schedule, EMA and checkpoint saver. `timm_kd.train.loop` wires these together."""
+optimizer, schedule, EMA and checkpoint saver. `loop` wires these together."""
 
 import argparse
 import dataclasses

@@ -773,7 +773,7 @@ def _add_misc(p: argparse.ArgumentParser) -> None:
 
 
 def _add_timm_kd(p: argparse.ArgumentParser) -> None:
-    """timm's own KD flags; `timm_kd.train.kd_flags.resolve_timm_kd` maps them onto ours with timm's meaning."""
+    """timm's own KD flags; `kd_flags.resolve_timm_kd` maps them onto ours with timm's meaning."""
     g = p.add_argument_group(
         "timm's distillation flags (timm's meaning: T=4, task/distill weights as timm's task)"
     )
