@@ -86,3 +86,24 @@ def test_mixup_runs_in_the_training_process_and_turns_off(image_folder, prefetch
     assert torch.allclose(
         targets.max(dim=1).values, torch.tensor(0.9 + 0.1 / 3)
     )  # smoothed, not mixed
+
+
+@pytest.mark.parametrize('flag, split', [('--train-split', 'trian'), ('--val-split', 'valdation')])
+def test_a_mistyped_split_is_one_line_listing_the_splits(image_folder, flag, split):
+    args, _ = parse_args([image_folder, flag, split])
+    with pytest.raises(KDError, match=f"{flag} '{split}' is not a folder .*train, validation"):
+        create_datasets(dataset_options(args))
+
+
+def test_a_split_named_by_a_timm_synonym_is_found(image_folder):
+    args, _ = parse_args([image_folder, '--val-split', 'val'])  # the folder is validation/
+    train, evaluation = create_datasets(dataset_options(args))
+    assert len(evaluation) == 24 and len(train) == 48
+
+
+def test_validate_refuses_a_missing_split(image_folder):
+    from timm_kd.data import create_eval_loader
+
+    config = dict(input_size=(3, 32, 32), interpolation='bilinear', mean=(0.5,) * 3, std=(0.5,) * 3)
+    with pytest.raises(KDError, match="--split 'nosuch' is not a folder"):
+        create_eval_loader('', image_folder, 'nosuch', dict(config, crop_pct=1.0))

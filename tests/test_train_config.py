@@ -345,6 +345,12 @@ def test_older_key_names_load(tmp_path):
             "weight_decay must be float, got '5e-4'",
         ),  # YAML 1.1 reads 5e-4 as text
         ('epochs: 10\nno_such_key: 1\nother: 2\n', r"unknown keys \['no_such_key', 'other'\]"),
+        ('amp: "false"\n', r"amp must be bool, got 'false' \(write true or false, unquoted\)"),
+        ('pin_mem: 1\n', 'pin_mem must be bool, got 1'),
+        ('model: 3\n', 'model must be str, got 3'),
+        ('amp_dtype: float8\n', r"amp_dtype must be one of \['float16', 'bfloat16'\]"),
+        ('opt: foo\n', "unknown --opt 'foo'"),
+        ('lr: .nan\n', '--lr nan is not a finite number'),
     ],
 )
 def test_bad_yaml_values_are_one_line_errors(tmp_path, content, message):
@@ -381,3 +387,62 @@ def test_config_by_recipe_name():
     assert parse_args(['/d', '--config', 'resnet50_a2.yaml'])[0].model == 'resnet50'
     with pytest.raises(KDError, match="'resnet51_a2' is neither a file nor a bundled recipe"):
         parse_args(['/d', '--config', 'resnet51_a2'])
+
+
+@pytest.mark.parametrize(
+    'argv, message',
+    [
+        (['--opt', 'foo'], "unknown --opt 'foo'; timm knows"),
+        (['--opt', 'adamw'], None),
+        (['--opt', 'lookahead_adamw'], None),
+        (['--sched', 'foo'], "unknown --sched 'foo'; choose one of constant, cosine"),
+        (['--batch-size', '0'], '--batch-size 0: it must be at least 1'),
+        (['--epochs', '0'], '--epochs 0: it must be at least 1'),
+        (['--lr', 'nan'], '--lr nan is not a finite number'),
+        (['--lr', '-1'], '--lr -1.0 is negative'),
+        (['--kd-temperature', 'inf'], '--kd-temperature inf is not a finite number'),
+        (
+            ['--kd-loss-weight', '-1'],
+            '--kd-loss-weight -1.0 is not valid: a loss weight must be >= 0',
+        ),
+        (['--teacher', 'a', '--teacher-weight', '2'], '--teacher-weight weighs the teachers of an'),
+        (
+            ['--teacher-weight', '2', '--teacher', 'a', '--teacher', 'b'],
+            '--teacher-weight comes before the first --teacher',
+        ),
+        (
+            ['--teacher', 'a', '--teacher-weight', '2', '--teacher-weight', '3', '--teacher', 'b'],
+            '--teacher-weight is given twice for --teacher a',
+        ),
+        (
+            ['--teacher', 'a', '--teacher-weight', 'nan', '--teacher', 'b'],
+            'of .a. is not a number >= 0',
+        ),
+    ],
+)
+def test_values_no_run_can_use_are_one_line_errors(argv, message):
+    if message is None:
+        parse_args(['/d', *argv])
+        return
+    with pytest.raises(KDError, match=message):
+        parse_args(['/d', *argv])
+
+
+@pytest.mark.parametrize(
+    'extra, flag',
+    [
+        (['--kd-loss', 'dkd'], '--kd-loss'),
+        (['--kd-loss-weight', '2'], '--kd-loss-weight'),
+        (['--dkd-beta', '4'], '--dkd-beta'),
+        (['--kd-deep-supervision', '1'], '--kd-deep-supervision'),
+    ],
+)
+def test_distillation_flags_without_a_teacher_are_one_line(image_folder, run_cli, extra, flag):
+    from timm_kd.cli.train import cli
+
+    result = run_cli(cli, image_folder, '--model', 'test_resnet', *extra)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f'error: {flag} is a distillation setting but the run has no teacher; pass --teacher NAME '
+        f'(or --teacher-cache DIR), or drop {flag}'
+    )

@@ -89,6 +89,26 @@ class LoaderOptions:
     epochs: int = field(default=300, metadata=NOT_IDENTITY)
 
 
+# The folder names timm's create_dataset also accepts for a train / an evaluation split.
+_SYNONYMS = (('train', 'training'), ('val', 'valid', 'validation', 'eval', 'evaluation'))
+
+
+def check_split(root: str, split: str, flag: str) -> None:
+    """One line when an ImageFolder root has no folder for `split` (nor one of timm's synonyms of
+    it): timm would then read every image under the root, the other splits included."""
+    if not os.path.isdir(root):
+        return  # an ImageTar, or a timm dataset kind: its reader knows its splits
+    name = split.split('[')[0]
+    names = next((s for s in _SYNONYMS if name in s), (name,))
+    if any(os.path.isdir(os.path.join(root, n)) for n in names):
+        return
+    folders = sorted(f for f in os.listdir(root) if os.path.isdir(os.path.join(root, f)))
+    raise KDError(
+        f'{flag} {split!r} is not a folder of {root!r} (it has: {", ".join(folders) or "none"}); '
+        f'pass the split folder that exists'
+    )
+
+
 def create_datasets(opts: DatasetOptions, in_chans: int = 3) -> Tuple[Any, Optional[Any]]:
     """Train and eval datasets (ImageFolder/ImageTar when `dataset` is empty, else timm's `type/name`).
 
@@ -104,6 +124,10 @@ def create_datasets(opts: DatasetOptions, in_chans: int = 3) -> Tuple[Any, Optio
             f'dataset folder {opts.data_dir!r} does not exist; pass an ImageFolder root with '
             f'{opts.train_split}/ and {opts.val_split}/ sub-folders'
         )
+    if not opts.dataset:
+        check_split(opts.data_dir, opts.train_split, '--train-split')
+        if opts.val_split:
+            check_split(opts.data_dir, opts.val_split, '--val-split')
     common = dict(
         root=opts.data_dir,
         class_map=opts.class_map,
@@ -295,6 +319,8 @@ def create_eval_loader(
     channel).
     """
     mode = 'RGB' if data_config['input_size'][0] == 3 else 'L'
+    if not dataset:
+        check_split(root, split, '--split')
     images = create_dataset(dataset, root=root, split=split, is_training=False, input_img_mode=mode)
     return create_loader(
         images,

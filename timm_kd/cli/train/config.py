@@ -8,14 +8,19 @@ run-time state (`distributed`, `rank`, ...) are ignored, unknown keys are refuse
 """
 
 import argparse
+import difflib
+import math
 import os
 import sys
 from typing import List, Optional, Tuple
 
 import yaml
+from timm.optim import list_optimizers
 
 from ...errors import KDError
 from ...hparams import find_recipe
+from ...losses import list_kd_losses
+from ...losses.config import loss_hyperparameters
 from .kd_flags import add_kd_flags, loss_config, resolve_timm_kd, split_teachers
 from .timm_flags import add_timm_flags, refuse_unsupported
 
@@ -111,19 +116,36 @@ def _read_yaml(path: str) -> dict:
     return cfg
 
 
-def _check_number(path: str, action: argparse.Action, value) -> None:
-    """YAML values skip argparse's type conversion: refuse a float where the flag takes an int, text for numbers."""
-    if action.type not in (int, float) or value is None:
+def _expected(action: argparse.Action) -> Optional[str]:
+    """The kind of YAML value a flag takes: 'bool', 'int', 'float', 'str', or None (its own)."""
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        return 'bool'
+    if not isinstance(action, argparse._StoreAction) or action.dest == 'teachers':
+        return None  # key=value dicts, repeated flags, the ensemble list: read by their actions
+    if action.type in (int, float):
+        return action.type.__name__
+    return 'str' if action.type in (None, str) else None
+
+
+def _check_value(path: str, action: argparse.Action, value) -> None:
+    """YAML values skip argparse's conversion: refuse a value of the wrong kind (a quoted boolean, a
+    float where the flag takes an int, text for a number) or outside the flag's choices."""
+    kind = _expected(action)
+    if kind is None or value is None:
         return
     for v in value if isinstance(value, (list, tuple)) else [value]:
-        ok = (
-            isinstance(v, int) and not isinstance(v, bool)
-            if action.type is int
-            else isinstance(v, (int, float)) and not isinstance(v, bool)
-        )
+        ok = {
+            'bool': isinstance(v, bool),
+            'int': isinstance(v, int) and not isinstance(v, bool),
+            'float': isinstance(v, (int, float)) and not isinstance(v, bool),
+            'str': isinstance(v, str),
+        }[kind]
         if not ok:
+            hint = ' (write true or false, unquoted)' if kind == 'bool' else ''
+            raise KDError(f'--config {path!r}: {action.dest} must be {kind}, got {v!r}{hint}')
+        if action.choices is not None and v not in action.choices:
             raise KDError(
-                f'--config {path!r}: {action.dest} must be {action.type.__name__}, got {v!r}'
+                f'--config {path!r}: {action.dest} must be one of {list(action.choices)}, got {v!r}'
             )
 
 
@@ -154,7 +176,7 @@ def load_config(path: str, parser: argparse.ArgumentParser, _seen: Tuple[str, ..
             'underscores'
         )
     for key, value in cfg.items():
-        _check_number(path, actions[key], value)
+        _check_value(path, actions[key], value)
     merged.update(cfg)
     return merged
 
@@ -166,6 +188,68 @@ def listify(args: argparse.Namespace) -> argparse.Namespace:
         if value is not None and not isinstance(value, (list, tuple)):
             setattr(args, key, [value])
     return args
+
+
+# Flags that must be at least 1 (a batch, an epoch, a window of accumulation).
+AT_LEAST_ONE = ('batch_size', 'validation_batch_size', 'epochs', 'grad_accum_steps', 'val_interval')
+SCHEDULERS = ('constant', 'cosine', 'multistep', 'plateau', 'poly', 'rsqrt', 'step', 'tanh')
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """One line for a NaN or infinite value of any float flag, and for counts below 1, before
+    anything is built (a NaN lr would otherwise stop training an epoch later)."""
+    for dest, value in sorted(vars(args).items()):
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise KDError(f'--{dest.replace("_", "-")} {v} is not a finite number; pass one')
+    for dest in AT_LEAST_ONE:
+        value = getattr(args, dest)
+        if value is not None and value < 1:
+            raise KDError(f'--{dest.replace("_", "-")} {value}: it must be at least 1')
+    if args.lr is not None and args.lr < 0:
+        raise KDError(
+            f'--lr {args.lr} is negative; pass a learning rate >= 0 (0 or unset: --lr-base)'
+        )
+
+
+def check_names(args: argparse.Namespace) -> None:
+    """One line for an optimizer or scheduler timm does not know, with the names it does."""
+    opt = args.opt.lower().split('_')[-1]  # timm's 'lookahead_adamw' is adamw with a wrapper
+    known = list_optimizers()
+    if opt not in known:
+        close = difflib.get_close_matches(opt, known, n=3)
+        raise KDError(
+            f'unknown --opt {args.opt!r}; timm knows {", ".join(close) or ", ".join(known[:8])}, ... '
+            '(python -c "import timm.optim; print(timm.optim.list_optimizers())")'
+        )
+    if args.sched not in SCHEDULERS:
+        raise KDError(f'unknown --sched {args.sched!r}; choose one of {", ".join(SCHEDULERS)}')
+
+
+def check_kd_flags_have_a_teacher(args: argparse.Namespace) -> None:
+    """One line for our distillation flags given to a run without a teacher, where they would be
+    ignored (timm's own KD flags keep timm's meaning: timm ignores them without a teacher too)."""
+    if args.teacher or args.kd_model_name or args.teacher_cache:
+        return
+    given = {
+        '--kd-loss': args.kd_loss != ['kd'],
+        '--kd-loss-weight': args.kd_loss_weight not in (None, [1.0]),  # [1.0]: the default
+        '--kd-loss-kwargs': bool(args.kd_loss_kwargs),
+        '--kd-student-stages': list(args.kd_student_stages) != [-1],
+        '--kd-teacher-stages': list(args.kd_teacher_stages) != [-1],
+        '--kd-deep-supervision': bool(args.kd_deep_supervision),
+    }
+    for name in list_kd_losses():
+        for arg in loss_hyperparameters(name):
+            given[f'--{name}-{arg.replace("_", "-")}'] = (
+                getattr(args, f'{name}_{arg}', None) is not None
+            )
+    flags = [flag for flag, used in given.items() if used]
+    if flags:
+        raise KDError(
+            f'{flags[0]} is a distillation setting but the run has no teacher; pass --teacher NAME '
+            f'(or --teacher-cache DIR), or drop {flags[0]}'
+        )
 
 
 def finish_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -181,6 +265,8 @@ def finish_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.train_fraction_keep_steps and args.train_fraction > 0:
         args.epochs = round(args.epochs / args.train_fraction)
     refuse_unsupported(args)
+    check_numbers(args)
+    check_names(args)
     resolve_timm_kd(args)
     if args.drop_connect is not None and args.drop_path is None:  # timm's deprecated name
         args.drop_path = args.drop_connect

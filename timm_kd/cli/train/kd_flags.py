@@ -6,6 +6,7 @@ and `--task-loss-weight W` alone gives the KD term weight 1 - W, as timm's disti
 """
 
 import argparse
+import math
 from typing import Any, Dict, List, Optional, Tuple
 
 from timm.utils import ParseKwargs
@@ -381,8 +382,21 @@ def _teacher_parser() -> argparse.ArgumentParser:
 def split_teachers(argv: List[str]) -> Tuple[List[str], Optional[List[Dict[str, Any]]]]:
     """With `--teacher` given twice or more: the other arguments, and one dict per teacher of its own flags."""
     starts = [i for i, a in enumerate(argv) if a == '--teacher' or a.startswith('--teacher=')]
+    own_flags = {f for _, flags, _ in TEACHER_OWN_FLAGS for f in flags}
+    given = [a.split('=', 1)[0] for a in argv if a.split('=', 1)[0] in own_flags]
+    if '--teacher-weight' in given and len(starts) < 2:
+        raise KDError(
+            '--teacher-weight weighs the teachers of an ensemble; with one --teacher it means '
+            'nothing: drop it, or give several --teacher'
+        )
     if len(starts) < 2:
         return argv, None
+    early = [a for a in argv[: starts[0]] if a.split('=', 1)[0] in own_flags]
+    if early:
+        raise KDError(
+            f'{early[0].split("=", 1)[0]} comes before the first --teacher; with several --teacher '
+            "each one's flags follow it: move it after the --teacher it belongs to"
+        )
     rest, teachers = argv[: starts[0]], []
     parser = _teacher_parser()
     for n, start in enumerate(starts):
@@ -395,10 +409,16 @@ def split_teachers(argv: List[str]) -> Tuple[List[str], Optional[List[Dict[str, 
         )
         if not name or name.startswith('-'):
             raise KDError('--teacher needs a model name after it')
-        own, others = parser.parse_known_args(segment)
-        if own.weight < 0:
+        flags = [a.split('=', 1)[0] for a in segment if a.split('=', 1)[0] in own_flags]
+        twice = sorted({f for f in flags if flags.count(f) > 1})
+        if twice:
             raise KDError(
-                f'--teacher-weight {own.weight} of {name!r} is negative; pass a weight >= 0'
+                f'{twice[0]} is given twice for --teacher {name}; give each teacher flag once'
+            )
+        own, others = parser.parse_known_args(segment)
+        if not math.isfinite(own.weight) or own.weight < 0:
+            raise KDError(
+                f'--teacher-weight {own.weight} of {name!r} is not a number >= 0; pass one'
             )
         teachers.append(dict(name=name, **vars(own)))
         rest += others

@@ -32,7 +32,7 @@ from .build import (
     setup_student,
     training_stream,
 )
-from .config import parse_args
+from .config import check_kd_flags_have_a_teacher, parse_args
 from .students import student_args
 
 _logger = logging.getLogger('timm_kd.train')
@@ -64,6 +64,8 @@ def main(argv: Optional[List[str]] = None) -> Any:
     process = init_process(args.device)
     random_seed(args.seed, process.rank)
     students = student_args(args, args_text)
+    for sargs, _ in students:
+        check_kd_flags_have_a_teacher(sargs)
     setup = setup_run(args, [sargs for sargs, _ in students], process)
     training = build_training(args, students, setup, process)
     jobs = training.jobs
