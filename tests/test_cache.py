@@ -262,3 +262,105 @@ def test_top_k_loss_error_is_zero_with_every_class_and_matches_a_hand_computatio
         assert row['top_k'] == pytest.approx(
             ((p * (p.log() - q)).sum(1).mean() * t * t).item(), abs=1e-4
         )
+
+
+def test_training_from_a_damaged_shard_is_one_line_before_it_trains(
+    image_folder, built, tmp_path, capsys
+):
+    import shutil
+
+    damaged = tmp_path / 'cache'
+    shutil.copytree(built, damaged)
+    path = damaged / 'epoch-0001-rank-0.values.npy'
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    flags = [
+        image_folder,
+        *FAST,
+        *VIEWS,
+        '--teacher-cache',
+        str(damaged),
+        '--output',
+        str(tmp_path),
+    ]
+    with pytest.raises(SystemExit) as info:
+        cli(flags)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert info.value.code == 2 and f'shard {path} is damaged' in line, line
+
+
+def test_a_build_killed_between_renames_is_repaired_by_the_rerun(image_folder, teacher, tmp_path):
+    out = tmp_path / 'c'
+    build = ['build', image_folder, *FAST, *VIEWS, *teacher, '--top-k', '2', '--out', str(out)]
+    cache_main(build)
+    os.remove(out / 'epoch-0001-rank-0.json')  # killed after renaming values, before the rest
+    os.remove(out / 'epoch-0001-rank-0.indices.npy')
+    first = (out / 'epoch-0000-rank-0.values.npy').stat().st_mtime_ns
+    cache_main(build)
+    assert (out / 'epoch-0000-rank-0.values.npy').stat().st_mtime_ns == first
+    assert (out / 'epoch-0001-rank-0.json').is_file() and (
+        out / 'epoch-0001-rank-0.indices.npy'
+    ).is_file()
+
+
+@pytest.mark.parametrize('strict', [False, True])
+def test_a_replaced_training_image_makes_the_cache_stale(
+    image_folder, teacher, tmp_path, capsys, strict
+):
+    import shutil
+
+    data = tmp_path / 'data'
+    shutil.copytree(image_folder, data)
+    flags = [str(data), *FAST, '--epochs', '1', *teacher]
+    out = tmp_path / 'cache'
+    cache_main(
+        [
+            'build',
+            *flags,
+            '--top-k',
+            '3',
+            '--out',
+            str(out),
+            *(['--strict-files'] if strict else []),
+        ]
+    )
+    image = data / 'train' / 'class0' / '0.png'
+    if strict:  # same size, new time: seen only with --strict-files
+        os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    else:  # another image under the same name (and of another size)
+        before = image.stat().st_size
+        shutil.copy(data / 'train' / 'class2' / '5.png', image)
+        assert image.stat().st_size != before
+    with pytest.raises(SystemExit):
+        cli([*flags, '--teacher-cache', str(out), '--output', str(tmp_path)])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert 'was built for other views (dataset files:' in line, line
+
+
+def test_bad_build_targets_are_one_line(image_folder, teacher, tmp_path, capsys):
+    from timm_kd.locks import FolderLock
+
+    flags = ['build', image_folder, *FAST, '--epochs', '1', *teacher, '--top-k', '2']
+    (tmp_path / 'file').write_text('x')
+    with pytest.raises(SystemExit):
+        cache_main([*flags, '--out', str(tmp_path / 'file')])
+    assert 'is a file; pass a folder for the cache' in capsys.readouterr().err
+    busy = tmp_path / 'busy'
+    busy.mkdir()
+    with FolderLock(str(busy), 'build-rank-0.lock', 'the cache folder --out'):  # another build
+        with pytest.raises(SystemExit):
+            cache_main([*flags, '--out', str(busy)])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"the cache folder --out '{busy}' is in use by another run (pid {os.getpid()}" in line
+    broken = tmp_path / 'nan.pth'
+    state = timm.create_model('test_vit', num_classes=3, img_size=32).state_dict()
+    torch.save(
+        {k: v.fill_(float('nan')) if v.is_floating_point() else v for k, v in state.items()}, broken
+    )
+    nan_teacher = [*teacher[:-1], str(broken)]
+    with pytest.raises(SystemExit):
+        cache_main(['build', image_folder, *FAST, '--epochs', '1', *nan_teacher, '--top-k', '2',
+                    '--out', str(tmp_path / 'nan')])  # fmt: skip
+    assert 'the teacher answered NaN or infinity in epoch 0' in capsys.readouterr().err
+    assert not list((tmp_path / 'nan').glob('*.npy*'))

@@ -19,10 +19,10 @@ tail's total mass is exact at T=1 and its shape inside is flattened (see the REA
 effect).
 
 Files: `manifest.json` (format, fingerprint of everything that fixes the views and the teacher, K,
-classes, slots per rank, epochs done) and per epoch and rank
-`epoch-E-rank-R.{values,indices,tail}.npy`, memory-mapped, written under temporary names and renamed
-when the epoch is complete: a killed build resumes at the first epoch without files; under torchrun
-every rank builds its own shard.
+classes, slots per rank, epochs done) and per epoch and rank a shard
+`epoch-E-rank-R.{values,indices,tail}.npy` with its sidecar `epoch-E-rank-R.json` (sizes and
+checksums, written last: `shards`); training verifies each shard when it opens it. A killed build
+resumes at the first epoch not completely built; under torchrun every rank builds its own shard.
 """
 
 import hashlib
@@ -42,30 +42,43 @@ from ..identity import identity
 from ..losses import create_kd_loss, get_kd_loss_class, list_kd_losses
 from ..run import RunSpec
 from ..teacher import TeacherOutput
+from .shards import is_built, open_shard, write_json
 
 _logger = logging.getLogger(__name__)
-FORMAT = 2  # 2: the fingerprint is the typed run's identity, with a 'target' part
+FORMAT = 3  # 3: per-shard checksums; file sizes in the dataset signature
 
 
-def dataset_signature(dataset: Any, root: str) -> str:
-    """A hash of the training set's files (paths relative to the data root) and labels, or of its labels alone."""
+def dataset_signature(dataset: Any, root: str, mtimes: bool = False) -> str:
+    """A hash of the training set's files (paths relative to the data root, sizes, and with
+    `mtimes` modification times) and labels; of its labels alone for datasets without a file list
+    (torchvision's, timm's readers of archives). Pixels are not read: a file replaced by another of
+    the same size (and, with `mtimes`, the same time) goes unseen."""
     digest = hashlib.sha256()
     samples = getattr(getattr(dataset, 'reader', None), 'samples', None) or getattr(
         dataset, 'samples', None
     )
     if samples is not None:
         for path, target in samples:
-            digest.update(f'{os.path.relpath(str(path), root)}\t{int(target)}\n'.encode())
+            stat = os.stat(path)
+            seen = f'{stat.st_size}\t{stat.st_mtime_ns}' if mtimes else f'{stat.st_size}'
+            digest.update(f'{os.path.relpath(str(path), root)}\t{int(target)}\t{seen}\n'.encode())
     else:
         digest.update(dataset_targets(dataset).numpy().tobytes())
-    return f'{len(dataset)}:{digest.hexdigest()[:16]}'
+    return f'{len(dataset)}:{"sizes+mtimes" if mtimes else "sizes"}:{digest.hexdigest()[:16]}'
 
 
-def fingerprint(run: RunSpec, dataset: Any, world_size: int) -> Dict[str, Dict[str, Any]]:
+def signature_uses_mtimes(built: Dict[str, Dict[str, Any]]) -> bool:
+    """Whether a built fingerprint's dataset signature includes modification times."""
+    return ':sizes+mtimes:' in str(built['views'].get('dataset files', ''))
+
+
+def fingerprint(
+    run: RunSpec, dataset: Any, world_size: int, mtimes: bool = False
+) -> Dict[str, Dict[str, Any]]:
     """What fixes each slot's view ('views'), the teachers' answer to it ('teacher') and what that
     answer depends on besides the teachers ('target': an ensemble's mixing temperature), field by
     field from the typed run (`timm_kd.identity`)."""
-    views: Dict[str, Any] = {'dataset files': dataset_signature(dataset, run.data.data_dir)}
+    views: Dict[str, Any] = {'dataset files': dataset_signature(dataset, run.data.data_dir, mtimes)}
     for name in ('data', 'views', 'process'):  # a flag shared by two sections is one key
         for key, value in identity(getattr(run, name)).items():
             views[key if views.get(key, value) == value else f'{name} {key}'] = value
@@ -145,13 +158,6 @@ def top_k_loss_error(
     return rows
 
 
-def _files(root: str, epoch: int, rank: int) -> Dict[str, str]:
-    return {
-        part: os.path.join(root, f'epoch-{epoch:04d}-rank-{rank}.{part}.npy')
-        for part in ('values', 'indices', 'tail')
-    }
-
-
 class TeacherCache:
     """A built cache: its manifest, and the teacher's answers of one (epoch, rank) as memory-mapped arrays."""
 
@@ -177,7 +183,8 @@ class TeacherCache:
         """One line for a run whose views, teachers or targets differ from the cache's, or whose
         epochs it lacks. A run that names no teacher is compared on its views and on what the
         cached target depends on (an ensemble's temperature against this run's KD temperature)."""
-        built, now = self.manifest['fingerprint'], fingerprint(run, dataset, world_size)
+        built = self.manifest['fingerprint']
+        now = fingerprint(run, dataset, world_size, signature_uses_mtimes(built))
         if not run.teachers.members:
             now['target'] = {
                 k: v
@@ -191,7 +198,7 @@ class TeacherCache:
                 f"--teacher-cache {self.root!r} was built for other {diff}; train with the cache's "
                 'setting or rebuild the cache'
             )
-        missing = [e for e in epochs if not os.path.isfile(_files(self.root, e, rank)['values'])]
+        missing = [e for e in epochs if not is_built(self.root, e, rank)]
         if missing:
             raise KDError(
                 f'--teacher-cache {self.root!r} lacks epoch {missing[0]} (it covers '
@@ -200,10 +207,8 @@ class TeacherCache:
             )
 
     def open(self, epoch: int, rank: int) -> Dict[str, np.ndarray]:
-        return {
-            part: np.load(path, mmap_mode='r')
-            for part, path in _files(self.root, epoch, rank).items()
-        }
+        """One epoch's shard of `rank`, its sizes and checksums verified (`shards.open_shard`)."""
+        return open_shard(self.root, epoch, rank)
 
 
 class CachedTeacher(nn.Module):
@@ -268,9 +273,4 @@ def check_logit_losses_only(loss_names: Sequence[str]) -> None:
 
 
 def write_manifest(root: str, manifest: Dict[str, Any]) -> None:
-    tmp = os.path.join(root, 'manifest.json.tmp')
-    with open(tmp, 'w') as f:
-        json.dump(manifest, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(root, 'manifest.json'))
+    write_json(os.path.join(root, 'manifest.json'), manifest)

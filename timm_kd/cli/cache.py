@@ -1,7 +1,10 @@
 """`python -m timm_kd.cache build`: the teacher's top-K answers for every slot of every epoch.
 
     python -m timm_kd.cache build DATA [timm-kd-train flags: --model, --teacher, data, augmentation,
-        --epochs, ...] --top-k K --out DIR [--value-dtype float32|float16]
+        --epochs, ...] --top-k K --out DIR [--value-dtype float32|float16] [--strict-files]
+
+--strict-files adds the training files' modification times to the dataset signature (sizes are
+always in it). A rerun with the same flags continues at the first epoch not completely built.
 
 What the cache holds and how training reads it: `timm_kd.cache`.
 """
@@ -20,14 +23,15 @@ from timm.utils import setup_default_logging
 from ..cache import (
     FORMAT,
     TeacherCache,
-    _files,
     fingerprint,
     first_difference,
     top_k_logits,
     write_manifest,
 )
+from ..cache.shards import ShardWriter, is_built
 from ..ensemble import create_teachers
 from ..errors import KDError, one_line_errors
+from ..locks import FolderLock
 from ..runtime import amp_setup, init_process
 from .train.build import setup_run, training_stream
 from .train.config import parse_args
@@ -41,6 +45,7 @@ def build(argv: Optional[List[str]] = None) -> str:
     own.add_argument('--top-k', type=int, required=True)
     own.add_argument('--out', required=True)
     own.add_argument('--value-dtype', choices=('float32', 'float16'), default='float32')
+    own.add_argument('--strict-files', action='store_true')  # file times in the dataset signature
     mine, rest = own.parse_known_args(argv)
     setup_default_logging()
     args, _ = parse_args(rest)
@@ -63,9 +68,68 @@ def build(argv: Optional[List[str]] = None) -> str:
     if args.train_img_sizes is not None or not replayable:
         raise KDError('the teacher cache needs a fixed input and batch size (no --train-img-sizes)')
     slots = len(stream) * args.batch_size
-    now = fingerprint(run, train_set, process.world_size)
-    os.makedirs(mine.out, exist_ok=True)
-    path = os.path.join(mine.out, 'manifest.json')
+    now = fingerprint(run, train_set, process.world_size, mtimes=mine.strict_files)
+    manifest = _manifest(mine, now, k, num_classes, slots)
+    amp_autocast, _ = amp_setup(args.amp, args.amp_dtype, device)
+    value_dtype = np.float16 if mine.value_dtype == 'float16' else np.float32
+    index_dtype = np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32
+    start, done_images = time.time(), 0
+    with FolderLock(mine.out, f'build-rank-{process.rank}.lock', 'the cache folder --out'):
+        todo = [e for e in range(args.epochs) if not is_built(mine.out, e, process.rank)]
+        for n, epoch in enumerate(todo):
+            shard = ShardWriter(mine.out, epoch, process.rank, slots, k, value_dtype, index_dtype)
+            row, epoch_start = 0, time.time()
+            try:
+                for batch_idx, batch in stream.epoch(epoch):  # the batches training sees, in order
+                    with amp_autocast():
+                        logits = teacher(batch.input).logits.float()
+                    if not torch.isfinite(logits).all():
+                        raise KDError(
+                            f'the teacher answered NaN or infinity in epoch {epoch}, batch '
+                            f"{batch_idx}; nothing of this epoch was kept: check the teacher's "
+                            'weights and --teacher-dtype (float16 overflows)'
+                        )
+                    rows = slice(row, row + len(batch))
+                    shard.write(rows, *(v.cpu().numpy() for v in top_k_logits(logits, k)))
+                    row += len(batch)
+                    done_images += len(batch)
+                    if batch_idx % args.log_interval == 0 or batch_idx + 1 == len(stream):
+                        rate = done_images / (time.time() - start)
+                        left = (len(todo) - n) * slots - row
+                        _logger.info(
+                            f'Cache: epoch {epoch} [{batch_idx + 1:>4d}/{len(stream)}]  '
+                            f'{rate:.1f} img/s  ETA {left / max(rate, 1e-9) / 60:.1f} min'
+                        )
+            except BaseException:
+                shard.abort()
+                raise
+            shard.commit()
+            # the teacher pass with the writes, data loading included, of the last epoch built
+            manifest['build_images_per_s'] = row / (time.time() - epoch_start)
+            if process.distributed:
+                torch.distributed.barrier()
+            manifest['epochs'] = sorted(set(manifest['epochs']) | {epoch})
+            if process.is_primary:
+                write_manifest(mine.out, manifest)
+    if process.is_primary:
+        write_manifest(mine.out, manifest)
+        _logger.info(
+            f'Teacher cache: {len(manifest["epochs"])} epochs x {slots * process.world_size} '
+            f'samples, top-{k} of {num_classes} classes, in {mine.out}'
+        )
+    return mine.out
+
+
+def _manifest(mine: argparse.Namespace, now: dict, k: int, num_classes: int, slots: int) -> dict:
+    """The manifest to write: a new one, or the one in --out when it was built for this run."""
+    if os.path.exists(mine.out) and not os.path.isdir(mine.out):
+        raise KDError(f'--out {mine.out!r} is a file; pass a folder for the cache')
+    try:
+        os.makedirs(mine.out, exist_ok=True)
+    except OSError as e:
+        raise KDError(
+            f'cannot create --out {mine.out!r} ({e.strerror}); pass a folder you can write to'
+        ) from None
     manifest = {
         'format': FORMAT,
         'fingerprint': now,
@@ -75,7 +139,7 @@ def build(argv: Optional[List[str]] = None) -> str:
         'value_dtype': mine.value_dtype,
         'epochs': [],
     }
-    if os.path.isfile(path):
+    if os.path.isfile(os.path.join(mine.out, 'manifest.json')):
         old = TeacherCache(mine.out).manifest
         diff = first_difference(old['fingerprint'], now)
         if diff:
@@ -86,60 +150,7 @@ def build(argv: Optional[List[str]] = None) -> str:
                 f'{old["value_dtype"]}; use the same or another --out'
             )
         manifest['epochs'] = old['epochs']
-    amp_autocast, _ = amp_setup(args.amp, args.amp_dtype, device)
-    value_dtype = np.float16 if mine.value_dtype == 'float16' else np.float32
-    index_dtype = np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32
-    start, done_images = time.time(), 0
-    todo = [
-        e
-        for e in range(args.epochs)
-        if not os.path.isfile(_files(mine.out, e, process.rank)['values'])
-    ]
-    for n, epoch in enumerate(todo):
-        files = _files(mine.out, epoch, process.rank)
-        arrays = {
-            'values': np.lib.format.open_memmap(
-                files['values'] + '.tmp', 'w+', value_dtype, (slots, k)
-            ),
-            'indices': np.lib.format.open_memmap(
-                files['indices'] + '.tmp', 'w+', index_dtype, (slots, k)
-            ),
-            'tail': np.lib.format.open_memmap(files['tail'] + '.tmp', 'w+', np.float32, (slots,)),
-        }
-        row, epoch_start = 0, time.time()
-        for batch_idx, batch in stream.epoch(epoch):  # the batches training sees, in its order
-            with amp_autocast():
-                logits = teacher(batch.input).logits.float()
-            rows = slice(row, row + len(batch))
-            for part, value in zip(('values', 'indices', 'tail'), top_k_logits(logits, k)):
-                arrays[part][rows] = value.cpu().numpy()
-            row += len(batch)
-            done_images += len(batch)
-            if batch_idx % args.log_interval == 0 or batch_idx + 1 == len(stream):
-                rate = done_images / (time.time() - start)
-                left = (len(todo) - n) * slots - row
-                _logger.info(
-                    f'Cache: epoch {epoch} [{batch_idx + 1:>4d}/{len(stream)}]  {rate:.1f} img/s  '
-                    f'ETA {left / max(rate, 1e-9) / 60:.1f} min'
-                )
-        for part, array in arrays.items():
-            array.flush()
-            os.replace(files[part] + '.tmp', files[part])
-        # the teacher pass with the writes, data loading included, of the last epoch built
-        manifest['build_images_per_s'] = row / (time.time() - epoch_start)
-        if process.distributed:
-            torch.distributed.barrier()
-        manifest['epochs'] = sorted(set(manifest['epochs']) | {epoch})
-        if process.is_primary:
-            write_manifest(mine.out, manifest)
-    if process.is_primary:
-        write_manifest(mine.out, manifest)
-        _logger.info(
-            f'Teacher cache: {len(manifest["epochs"])} epochs x {slots * process.world_size} '
-            'samples, '
-            f'top-{k} of {num_classes} classes, in {mine.out}'
-        )
-    return mine.out
+    return manifest
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -1,0 +1,170 @@
+"""The cache's files: one shard per (epoch, rank), written so that a crash, a full disk or a
+damaged byte never reaches training unnoticed.
+
+A shard is three `.npy` arrays (top-K `values`, class `indices`, the `tail`'s log-sum-exp) and a
+sidecar `epoch-E-rank-R.json` with each array's size and CRC-32. The build writes the arrays under
+temporary names (preallocated, so a full disk is one line before the teacher runs), computes the
+checksums, fsyncs and renames them, and writes the sidecar last, atomically: an epoch is built
+only when its sidecar is there, so a build killed between two renames is rebuilt by the rerun.
+Training verifies a shard's sizes and checksums when it first opens it (CRC-32 reads at several
+GB/s, `benchmarks/cache_read.py` measures the cost).
+"""
+
+import errno
+import json
+import os
+import zlib
+from typing import Dict, Optional
+
+import numpy as np
+
+from ..errors import KDError
+
+PARTS = ('values', 'indices', 'tail')
+
+
+def shard_files(root: str, epoch: int, rank: int) -> Dict[str, str]:
+    """The arrays of one shard, and its sidecar ('sidecar')."""
+    stem = os.path.join(root, f'epoch-{epoch:04d}-rank-{rank}')
+    return {**{part: f'{stem}.{part}.npy' for part in PARTS}, 'sidecar': f'{stem}.json'}
+
+
+def crc32(path: str) -> int:
+    value = 0
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 24), b''):
+            value = zlib.crc32(block, value)
+    return value
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: str, content: dict) -> None:
+    """Write a JSON file atomically: a temporary file, fsynced, renamed over `path`."""
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(content, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def is_built(root: str, epoch: int, rank: int) -> bool:
+    """Whether the shard was committed (its sidecar written after every array was in place)."""
+    files = shard_files(root, epoch, rank)
+    return os.path.isfile(files['sidecar']) and all(os.path.isfile(files[p]) for p in PARTS)
+
+
+class ShardWriter:
+    """One shard being built: memory-mapped temporary arrays, then `commit` (or `abort`)."""
+
+    def __init__(self, root: str, epoch: int, rank: int, slots: int, k: int,
+                 value_dtype, index_dtype):  # fmt: skip
+        self.files = shard_files(root, epoch, rank)
+        self.arrays: Dict[str, np.ndarray] = {}
+        shapes = {'values': (value_dtype, (slots, k)), 'indices': (index_dtype, (slots, k)),
+                  'tail': (np.float32, (slots,))}  # fmt: skip
+        try:
+            for part, (dtype, shape) in shapes.items():
+                path = self.files[part] + '.tmp'
+                self.arrays[part] = np.lib.format.open_memmap(path, 'w+', dtype, shape)
+                _preallocate(path)
+        except OSError as e:
+            self.abort()
+            raise KDError(_disk_problem(e, os.path.dirname(self.files['sidecar']))) from None
+
+    def write(self, rows: slice, values, indices, tail) -> None:
+        self.arrays['values'][rows] = values
+        self.arrays['indices'][rows] = indices
+        self.arrays['tail'][rows] = tail
+
+    def commit(self) -> None:
+        """Flush, checksum, fsync and rename the arrays; then the sidecar, which marks it built."""
+        sidecar = {'size': {}, 'crc32': {}}
+        try:
+            for part, array in self.arrays.items():
+                array.flush()
+                tmp = self.files[part] + '.tmp'
+                sidecar['size'][part], sidecar['crc32'][part] = os.path.getsize(tmp), crc32(tmp)
+                _fsync(tmp)
+            self.arrays.clear()  # the maps close before the renames
+            for part in PARTS:
+                os.replace(self.files[part] + '.tmp', self.files[part])
+            write_json(self.files['sidecar'], sidecar)
+        except OSError as e:
+            self.abort()
+            raise KDError(_disk_problem(e, os.path.dirname(self.files['sidecar']))) from None
+
+    def abort(self) -> None:
+        """Remove what this shard wrote (its temporary arrays)."""
+        self.arrays.clear()
+        for part in PARTS:
+            for path in (self.files[part] + '.tmp',):
+                if os.path.exists(path):
+                    os.remove(path)
+
+
+def _preallocate(path: str) -> None:
+    """Reserve the file's blocks now: a memory map over a sparse file on a full disk dies with
+    SIGBUS in the middle of the epoch, with no message."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if hasattr(os, 'posix_fallocate'):
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+def _disk_problem(e: OSError, root: str) -> str:
+    if e.errno == errno.ENOSPC:
+        return (
+            f'the disk under --out {root!r} is full; the partial epoch was removed: free space and '
+            'rerun the build (it continues at the first epoch not built)'
+        )
+    return f'cannot write the cache in {root!r} ({e.strerror}); pass an --out you can write to'
+
+
+def open_shard(root: str, epoch: int, rank: int, verify: bool = True) -> Dict[str, np.ndarray]:
+    """The arrays of a committed shard, memory-mapped; with `verify` their sizes and checksums are
+    checked against the sidecar first. A missing, partial or damaged shard is one line naming the
+    file and how to rebuild that epoch."""
+    files = shard_files(root, epoch, rank)
+    rebuild = (
+        f'rebuild it: delete {os.path.basename(files["sidecar"])} and rerun the same python -m '
+        f'timm_kd.cache build ... --out {root} (it rebuilds that epoch only)'
+    )
+    if not is_built(root, epoch, rank):
+        raise KDError(
+            f'--teacher-cache {root!r}: epoch {epoch} of rank {rank} was not completely built; '
+            f'rerun the same python -m timm_kd.cache build ... --out {root} to complete it'
+        )
+    with open(files['sidecar']) as f:
+        sidecar = json.load(f)
+    if verify:
+        for part in PARTS:
+            problem = _damage(files[part], sidecar['size'][part], sidecar['crc32'][part])
+            if problem:
+                raise KDError(
+                    f'--teacher-cache shard {files[part]} is damaged ({problem}); {rebuild}'
+                )
+    try:
+        return {part: np.load(files[part], mmap_mode='r') for part in PARTS}
+    except ValueError as e:  # a header that does not parse
+        raise KDError(
+            f'--teacher-cache shard of epoch {epoch} is damaged ({e}); {rebuild}'
+        ) from None
+
+
+def _damage(path: str, size: int, checksum: int) -> Optional[str]:
+    actual = os.path.getsize(path)
+    if actual != size:
+        return f'{actual} bytes, the build wrote {size}'
+    if crc32(path) != checksum:
+        return 'its checksum differs from the one written at build time'
+    return None

@@ -1,0 +1,73 @@
+"""Folder locks: one run per experiment folder, one cache build per output folder (and rank).
+
+The lock is an advisory `flock` on a file in the folder, which the kernel releases when its
+process dies however it dies; the file keeps the holder's pid and host so that the next holder can
+say whose lock it took over, and a refused run can say who holds it.
+"""
+
+import fcntl
+import json
+import logging
+import os
+import socket
+from typing import Optional
+
+from .errors import KDError
+
+_logger = logging.getLogger(__name__)
+
+
+class FolderLock:
+    """Hold `folder/name` for this process until `release` (or the process ends)."""
+
+    def __init__(self, folder: str, name: str, what: str):
+        self.path = os.path.join(folder, name)
+        try:
+            self.fd: Optional[int] = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise KDError(
+                f'cannot lock {what} {folder!r} ({e.strerror}); pass a folder you can write to'
+            ) from None
+        previous = _read_holder(self.fd)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            holder = f' (pid {previous["pid"]} on {previous["host"]})' if previous else ''
+            raise KDError(
+                f'{what} {folder!r} is in use by another run{holder}; wait for it to end or use '
+                'another folder'
+            ) from None
+        if previous and (previous.get('pid'), previous.get('host')) != (os.getpid(), _host()):
+            _logger.info(
+                f'Took over the lock of {what} {folder!r} from pid {previous["pid"]} on '
+                f'{previous["host"]}, which no longer holds it (it ended or was killed)'
+            )
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, json.dumps({'pid': os.getpid(), 'host': _host()}).encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)  # a clean end leaves no holder to take over from
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> 'FolderLock':
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _host() -> str:
+    return socket.gethostname()
+
+
+def _read_holder(fd: int) -> Optional[dict]:
+    try:
+        data = os.pread(fd, 4096, 0)
+        return json.loads(data) if data else None
+    except (OSError, ValueError):
+        return None
