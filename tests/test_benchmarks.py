@@ -107,3 +107,8 @@ def test_kd_cache_reports_the_cached_step_against_plain_live_and_timm(bench):
     assert (
         out['bytes_per_sample_epoch'] == 2 * (4 + 2) + 4
     )  # K float32 values + K int16 indices + the tail
+
+
+def test_cache_read_reports_what_verification_costs(bench):
+    out = bench('cache_read.py', '--epochs', '2', '--samples', '2048', '--repeats', '1')
+    assert out['epochs'] == 2 and out['verified_vs_plain'] > 0 and out['first_epoch_vs_plain'] > 0

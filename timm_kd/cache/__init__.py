@@ -42,7 +42,7 @@ from ..identity import identity
 from ..losses import create_kd_loss, get_kd_loss_class, list_kd_losses
 from ..run import RunSpec
 from ..teacher import TeacherOutput
-from .shards import is_built, open_shard, write_json
+from .shards import ShardPrefetch, is_built, open_shard, write_json
 
 _logger = logging.getLogger(__name__)
 FORMAT = 3  # 3: per-shard checksums; file sizes in the dataset signature
@@ -206,19 +206,20 @@ class TeacherCache:
                 f'{max(epochs) + 1}, or train fewer epochs'
             )
 
-    def open(self, epoch: int, rank: int) -> Dict[str, np.ndarray]:
+    def open(self, epoch: int, rank: int, verify: bool = True) -> Dict[str, np.ndarray]:
         """One epoch's shard of `rank`, its sizes and checksums verified (`shards.open_shard`)."""
-        return open_shard(self.root, epoch, rank)
+        return open_shard(self.root, epoch, rank, verify)
 
 
 class CachedTeacher(nn.Module):
     """Stands in for `Teacher` in training: hands out the cached logits of the slots of each batch, in order."""
 
-    def __init__(self, cache: TeacherCache, rank: int, device: torch.device):
+    def __init__(self, cache: TeacherCache, rank: int, device: torch.device, verify: bool = True):
         super().__init__()
-        self.cache, self.rank, self.device = cache, rank, device
+        self.cache, self.rank, self.device, self.verify = cache, rank, device, verify
         self.arrays: Dict[str, np.ndarray] = {}
         self.cursor = 0
+        self._next: Optional[ShardPrefetch] = None  # the next epoch's shard, being verified
 
     @property
     def num_classes(self) -> int:
@@ -231,7 +232,19 @@ class CachedTeacher(nn.Module):
         return self  # nothing runs
 
     def start_epoch(self, epoch: int, skip_samples: int = 0) -> None:
-        self.arrays, self.cursor = self.cache.open(epoch, self.rank), skip_samples
+        """Open the epoch's shard (verified: by the check started during the previous epoch, or
+        now) and start checking the next one in the background."""
+        checked = self._next is not None and self._next.epoch == epoch
+        if checked:
+            self._next.result()
+        self.arrays, self.cursor = (
+            self.cache.open(epoch, self.rank, verify=not checked),
+            skip_samples,
+        )
+        following = epoch + 1
+        self._next = None
+        if is_built(self.cache.root, following, self.rank):
+            self._next = ShardPrefetch(self.cache.root, following, self.rank)
 
     def forward(
         self, images: torch.Tensor, stages: Optional[Sequence[int]] = None

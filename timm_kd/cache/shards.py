@@ -6,13 +6,15 @@ sidecar `epoch-E-rank-R.json` with each array's size and CRC-32. The build write
 temporary names (preallocated, so a full disk is one line before the teacher runs), computes the
 checksums, fsyncs and renames them, and writes the sidecar last, atomically: an epoch is built
 only when its sidecar is there, so a build killed between two renames is rebuilt by the rerun.
-Training verifies a shard's sizes and checksums when it first opens it (CRC-32 reads at several
-GB/s, `benchmarks/cache_read.py` measures the cost).
+Training verifies a shard's sizes and checksums before it reads it: the first epoch's when it
+opens it, each next one in the background while the previous trains (`ShardPrefetch`;
+`benchmarks/cache_read.py` measures the cost).
 """
 
 import errno
 import json
 import os
+import threading
 import zlib
 from typing import Dict, Optional
 
@@ -130,15 +132,18 @@ def _disk_problem(e: OSError, root: str) -> str:
     return f'cannot write the cache in {root!r} ({e.strerror}); pass an --out you can write to'
 
 
-def open_shard(root: str, epoch: int, rank: int, verify: bool = True) -> Dict[str, np.ndarray]:
-    """The arrays of a committed shard, memory-mapped; with `verify` their sizes and checksums are
-    checked against the sidecar first. A missing, partial or damaged shard is one line naming the
-    file and how to rebuild that epoch."""
-    files = shard_files(root, epoch, rank)
-    rebuild = (
-        f'rebuild it: delete {os.path.basename(files["sidecar"])} and rerun the same python -m '
-        f'timm_kd.cache build ... --out {root} (it rebuilds that epoch only)'
+def _rebuild_hint(root: str, epoch: int, rank: int) -> str:
+    sidecar = os.path.basename(shard_files(root, epoch, rank)['sidecar'])
+    return (
+        f'rebuild it: delete {sidecar} and rerun the same python -m timm_kd.cache build ... '
+        f'--out {root} (it rebuilds that epoch only)'
     )
+
+
+def verify_shard(root: str, epoch: int, rank: int) -> None:
+    """One line for a shard that was not completely built, or whose sizes or checksums differ from
+    those its build wrote, naming the file and how to rebuild that epoch."""
+    files = shard_files(root, epoch, rank)
     if not is_built(root, epoch, rank):
         raise KDError(
             f'--teacher-cache {root!r}: epoch {epoch} of rank {rank} was not completely built; '
@@ -146,19 +151,50 @@ def open_shard(root: str, epoch: int, rank: int, verify: bool = True) -> Dict[st
         )
     with open(files['sidecar']) as f:
         sidecar = json.load(f)
+    for part in PARTS:
+        problem = _damage(files[part], sidecar['size'][part], sidecar['crc32'][part])
+        if problem:
+            raise KDError(
+                f'--teacher-cache shard {files[part]} is damaged ({problem}); '
+                f'{_rebuild_hint(root, epoch, rank)}'
+            )
+
+
+def open_shard(root: str, epoch: int, rank: int, verify: bool = True) -> Dict[str, np.ndarray]:
+    """The arrays of a committed shard, memory-mapped, verified first unless `verify` is False
+    (the caller verified it already)."""
     if verify:
-        for part in PARTS:
-            problem = _damage(files[part], sidecar['size'][part], sidecar['crc32'][part])
-            if problem:
-                raise KDError(
-                    f'--teacher-cache shard {files[part]} is damaged ({problem}); {rebuild}'
-                )
+        verify_shard(root, epoch, rank)
+    files = shard_files(root, epoch, rank)
     try:
         return {part: np.load(files[part], mmap_mode='r') for part in PARTS}
-    except ValueError as e:  # a header that does not parse
+    except (OSError, ValueError) as e:  # missing, or a header that does not parse
         raise KDError(
-            f'--teacher-cache shard of epoch {epoch} is damaged ({e}); {rebuild}'
+            f'--teacher-cache shard of epoch {epoch} cannot be read ({e}); '
+            f'{_rebuild_hint(root, epoch, rank)}'
         ) from None
+
+
+class ShardPrefetch:
+    """Verifies the next epoch's shard in a background thread while this one trains (CRC-32 lets
+    go of the GIL), so that in steady state the check costs the reading nothing."""
+
+    def __init__(self, root: str, epoch: int, rank: int):
+        self.epoch, self.error = epoch, None
+        self.thread = threading.Thread(target=self._run, args=(root, epoch, rank), daemon=True)
+        self.thread.start()
+
+    def _run(self, root: str, epoch: int, rank: int) -> None:
+        try:
+            verify_shard(root, epoch, rank)
+        except KDError as e:
+            self.error = e
+
+    def result(self) -> None:
+        """Wait for the check; its one-line error, if any, is raised here."""
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def _damage(path: str, size: int, checksum: int) -> Optional[str]:

@@ -1,0 +1,90 @@
+"""What verifying the teacher-cache shards costs the reading of them.
+
+    python benchmarks/cache_read.py [--epochs 4 --samples 500000 --top-k 10 --classes 1000]
+
+Writes synthetic shards (one per epoch) with the cache's writer (`timm_kd.cache.shards`), then
+reads every epoch as training does (`CachedTeacher`: each batch's rows copied off the memory map
+and rebuilt into full logits) with and without verification, alternating, on a warm page cache.
+Verified, the first epoch's shard is checked when it opens and each next one in the background
+while the previous is read. Prints one JSON line: samples/s of each and `verified_vs_plain` (1.0:
+free; the target is at least 0.98), and `first_epoch_vs_plain` (the one check that is not hidden).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from functools import partial
+
+import numpy as np
+import torch
+
+from timm_kd.cache import CachedTeacher
+from timm_kd.cache.shards import ShardWriter, open_shard
+
+
+class _Cache:  # a TeacherCache without a manifest: only the shards
+    def __init__(self, root, classes):
+        self.root, self.manifest = root, {'num_classes': classes}
+
+    def open(self, epoch, rank, verify=True):
+        return open_shard(self.root, epoch, rank, verify)
+
+
+def _read(root, classes, verify, epochs, samples, batch) -> float:
+    """Samples/s over `epochs` epochs (or the first alone when `epochs` is 1)."""
+    teacher = CachedTeacher(_Cache(root, classes), 0, torch.device('cpu'), verify=verify)
+    images = torch.empty(batch, 1)
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        teacher.start_epoch(epoch)
+        for _ in range(samples // batch):
+            teacher(images)
+    if teacher._next is not None:
+        teacher._next.result()  # the check of an epoch after the last is not left running
+    return epochs * (samples // batch) * batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument('--epochs', type=int, default=4)
+    p.add_argument('--samples', type=int, default=500_000, help='per epoch')
+    p.add_argument('--top-k', type=int, default=10)
+    p.add_argument('--classes', type=int, default=1000)
+    p.add_argument('--batch', type=int, default=256)
+    p.add_argument('--repeats', type=int, default=3)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as root:
+        rng = np.random.default_rng(0)
+        for epoch in range(args.epochs):
+            shard = ShardWriter(root, epoch, 0, args.samples, args.top_k, np.float32, np.int16)
+            n = args.samples
+            shard.write(slice(0, n), rng.standard_normal((n, args.top_k), dtype=np.float32),
+                        rng.integers(0, args.classes, (n, args.top_k), dtype=np.int16),
+                        rng.standard_normal(n, dtype=np.float32))  # fmt: skip
+            shard.commit()
+        size = sum(os.path.getsize(os.path.join(root, f)) for f in os.listdir(root))
+        rates = {key: [] for key in ('plain', 'verified', 'plain_1', 'verified_1')}
+        read = partial(_read, root, args.classes, samples=args.samples, batch=args.batch)
+        read(False, args.epochs)  # warm the page cache
+        for _ in range(args.repeats):
+            for verify in (False, True):
+                name = 'verified' if verify else 'plain'
+                rates[name].append(read(verify, args.epochs))
+                rates[name + '_1'].append(read(verify, 1))
+    rate = {key: statistics.median(values) for key, values in rates.items()}
+    print(json.dumps({
+        'epochs': args.epochs, 'samples_per_epoch': args.samples, 'top_k': args.top_k,
+        'shards_mb': round(size / 2**20, 1), 'plain_samples_per_s': round(rate['plain']),
+        'verified_samples_per_s': round(rate['verified']),
+        'verified_vs_plain': round(rate['verified'] / rate['plain'], 4),
+        'first_epoch_vs_plain': round(rate['verified_1'] / rate['plain_1'], 4),
+    }))  # fmt: skip
+
+
+if __name__ == '__main__':
+    main()
