@@ -32,6 +32,15 @@ def reseed(seed: int, epoch: int, rank: int = 0, update: Optional[int] = None) -
     random_seed(mixed % (2**31 - 65_536), rank)  # random_seed adds the rank; NumPy takes < 2**32
 
 
+def write_text(path: str, text: str) -> None:
+    """Write a small file atomically: a temporary file, fsynced, renamed over `path`."""
+    with open(path + '.tmp', 'w') as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + '.tmp', path)
+
+
 def truncate_summary(path: str, start_epoch: int) -> None:
     """Keep only the rows of `summary.csv` for epochs before `start_epoch` (rewritten atomically)."""
     if not os.path.isfile(path):
@@ -45,6 +54,8 @@ def truncate_summary(path: str, start_epoch: int) -> None:
         return
     with open(path + '.tmp', 'w', newline='') as f:
         csv.writer(f).writerows(kept)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(path + '.tmp', path)
 
 

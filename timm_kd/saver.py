@@ -28,6 +28,17 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def newest_checkpoint(folder: str) -> str:
+    """The newest checkpoint a run can resume from in `folder` ('' when there is none)."""
+    names = [
+        n for n in os.listdir(folder) if n.endswith('.pth.tar') and not n.endswith('tmp.pth.tar')
+    ]
+    paths = [
+        os.path.join(folder, n) for n in names if n.startswith(('last', 'recovery-', 'checkpoint-'))
+    ]
+    return max(paths, key=os.path.getmtime) if paths else ''
+
+
 def non_finite_tensors(state: Dict[str, Any]) -> list:
     """Names of the floating-point tensors of `state` holding a NaN or an infinity (one host sync per device)."""
     names = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
@@ -77,13 +88,14 @@ class DurableCheckpointSaver(CheckpointSaver):
         ) as e:  # ENOSPC surfaces as RuntimeError from torch's zip writer
             if os.path.exists(save_path):
                 os.remove(save_path)
-            free = shutil.disk_usage(os.path.dirname(save_path) or '.').free / 2**20
+            folder = os.path.dirname(save_path) or '.'
+            free = shutil.disk_usage(folder).free / 2**20
+            newest = newest_checkpoint(folder)
+            where = f'resume from {newest}' if newest else 'no checkpoint of this run exists yet'
             raise KDError(
                 f'cannot write checkpoint {save_path} ({" ".join(str(e).split())[:80]}; {free:.0f} '
-                'MiB '
-                'free); free disk space or choose another --output: the previous checkpoints are '
-                'kept, '
-                f'resume from last.pth.tar'
+                f'MiB free); free disk space or choose another --output: the previous checkpoints '
+                f'are kept, {where}'
             ) from None
 
     def state_dict(self, epoch=None, metric=None):
@@ -92,10 +104,36 @@ class DurableCheckpointSaver(CheckpointSaver):
     def load_state_dict(self, state_dict):
         """timm's restore, plus the resumed checkpoint's own metric, which timm counts only when its numbered file
         is in this folder: a run resumed into another folder would otherwise forget the best epoch."""
-        super().load_state_dict(state_dict)
-        epoch, metric = state_dict.get('pending', (None, None))
+        super().load_state_dict({**state_dict, 'pending': (None, None)})
+        self._restored_best = (self.best_metric, self.best_epoch)
+        self.pending = state_dict.get('pending', (None, None))
+        epoch, metric = self.pending
         if metric is not None and (self.best_metric is None or self.cmp(metric, self.best_metric)):
             self.best_metric, self.best_epoch = metric, epoch
+
+    def finish_pending_save(self, resumed_from: str) -> None:
+        """After a resume from this folder's `last.pth.tar`: do what its save did not finish when
+        it was killed after writing it (the numbered copy, `model_best`), as the uninterrupted
+        run did. Called when the resumed run is accepted, before it writes anything else."""
+        epoch, metric = getattr(self, 'pending', (None, None))
+        last = os.path.join(self.checkpoint_dir, 'last' + self.extension)
+        if epoch is None or os.path.abspath(resumed_from) != os.path.abspath(last):
+            return
+        self.best_metric, self.best_epoch = self._restored_best
+        path = self._checkpoint_path(epoch)
+        if path in [f for f, _ in self.checkpoint_files]:
+            self.checkpoint_files = [c for c in self.checkpoint_files if c[0] != path]
+        worst = self.checkpoint_files[-1] if self.checkpoint_files else None
+        keep = (
+            len(self.checkpoint_files) < self.max_history
+            or worst[1] is None
+            or (metric is not None and self.cmp(metric, worst[1]))
+        )
+        if keep:
+            if len(self.checkpoint_files) >= self.max_history:
+                self._cleanup_checkpoints(1)
+            self._duplicate(last, path)
+            self._track_checkpoint(path, epoch, metric)
 
     def _replace(self, src, dst):
         os.replace(

@@ -339,9 +339,10 @@ class StudentJob:
     out_dir: str = ''
     saver: Optional[DurableCheckpointSaver] = None
     best: Tuple[Optional[float], Optional[int]] = (None, None)
-    skip_batches: int = (
-        0  # resumed from a mid-epoch recovery checkpoint: batches of start_epoch already trained
-    )
+    # resumed from a mid-epoch recovery checkpoint: batches of start_epoch already trained
+    skip_batches: int = 0
+    args_text: str = ''  # its args.yaml, written when the run is accepted
+    resume: str = ''  # the checkpoint it resumed from
 
 
 def resume_path(args: argparse.Namespace) -> str:
@@ -358,8 +359,30 @@ def resume_path(args: argparse.Namespace) -> str:
     return max(found, key=os.path.getmtime) if found else ''
 
 
+def stream_shape(args: argparse.Namespace, world_size: int) -> Dict[str, int]:
+    """What a mid-epoch position (a count of updates) is counted in."""
+    return {
+        'batch_size': args.batch_size,
+        'grad_accum_steps': args.grad_accum_steps,
+        'world_size': world_size,
+    }
+
+
+def _shape(stream: Dict[str, int]) -> str:
+    return (
+        f'--batch-size {stream["batch_size"]}, --grad-accum-steps {stream["grad_accum_steps"]} and '
+        f'{stream["world_size"]} process(es)'
+    )
+
+
 def resume_student(
-    args: argparse.Namespace, resume: str, task, optimizer, loss_scaler, primary: bool
+    args: argparse.Namespace,
+    resume: str,
+    task,
+    optimizer,
+    loss_scaler,
+    primary: bool,
+    world_size: int = 1,
 ) -> Tuple[int, int, Optional[Dict[str, Any]]]:
     """Restore a student from `resume`; returns the epoch to start at, the batches of it already trained (a
     mid-epoch recovery checkpoint) and that epoch's running loss sums (None at an epoch boundary)."""
@@ -394,6 +417,14 @@ def resume_student(
     saver_state = load_training_metadata(resume).get('saver') or {}
     if saver_state.get('recovery_update') is None:
         return start_epoch, 0, None
+    stream = stream_shape(args, world_size)
+    written = saver_state.get('recovery_stream', stream)
+    if written != stream:  # the position counts batches of the stream it was written in
+        raise KDError(
+            f'--resume {resume!r} was written mid-epoch by a run with {_shape(written)}, this run '
+            f'has {_shape(stream)}; resume with the same, or from the last epoch boundary '
+            f'(last.pth.tar) to change them'
+        )
     # written mid-epoch: continue that epoch after its trained batches; the sums are over all ranks, rank 0 has them
     sums = saver_state.get('partial_sums') or {}
     partial = {
@@ -444,7 +475,7 @@ def setup_student(
     _, loss_scaler = amp_setup(args.amp, args.amp_dtype, device)
     resume = resume_path(args)
     start_epoch, skip_batches, partial = (
-        resume_student(args, resume, task, optimizer, loss_scaler, primary)
+        resume_student(args, resume, task, optimizer, loss_scaler, primary, process.world_size)
         if resume
         else (0, 0, None)
     )
@@ -485,6 +516,7 @@ def setup_student(
         partial=partial,
     )
     job = StudentJob(args, run, start_epoch, num_epochs, skip_batches=skip_batches)
+    job.args_text, job.resume = args_text, resume
     if primary:
         job.out_dir = output_dir(
             args.output, experiment_name(args.experiment, args.model, data_config['input_size'])
@@ -503,8 +535,6 @@ def setup_student(
         if resume:
             with safe_globals():
                 job.saver.load_state_dict_from_checkpoint(resume)
-        with open(os.path.join(job.out_dir, 'args.yaml'), 'w') as f:
-            f.write(args_text)
         _logger.info(f'Output: {job.out_dir}; training epochs {start_epoch}..{num_epochs - 1}')
     return job
 

@@ -17,7 +17,8 @@ from ...data import disable_mixup
 from ...engine import check_finite, train_one_epoch, validate
 from ...ensemble import create_teachers
 from ...errors import Interrupted, one_line_errors
-from ...reliability import Preemption, truncate_summary
+from ...locks import FolderLock
+from ...reliability import Preemption, truncate_summary, write_text
 from ...runtime import Process, amp_setup, init_process
 from ...stream import TrainingStream
 from ...student import create_kd_student
@@ -30,6 +31,7 @@ from .build import (
     setup_process_flags,
     setup_run,
     setup_student,
+    stream_shape,
     training_stream,
 )
 from .config import check_kd_flags_have_a_teacher, parse_args
@@ -69,22 +71,42 @@ def main(argv: Optional[List[str]] = None) -> Any:
     setup = setup_run(args, [sargs for sargs, _ in students], process)
     training = build_training(args, students, setup, process)
     jobs = training.jobs
-    wandb_run = _init_wandb(args, jobs) if args.log_wandb and process.is_primary else None
-    if process.is_primary and (training.start_epoch or training.skip_batches):
-        for job in jobs:  # a resume: rows from its epoch on were written after the checkpoint
-            truncate_summary(os.path.join(job.out_dir, 'summary.csv'), training.start_epoch)
-    with Preemption(process.distributed, process.device) as preemption:  # SIGTERM/SIGINT
-        for epoch in range(training.start_epoch, training.stop_epoch):
-            row = train_epoch(training, epoch, preemption)
-            if wandb_run is not None and row:
-                wandb_run.log(row)
-    if process.is_primary:
-        _report(training)
-    if wandb_run is not None:
-        wandb_run.finish()
+    locks = accept_run(training) if training.start_epoch < training.stop_epoch else []
+    try:
+        wandb_run = _init_wandb(args, jobs) if args.log_wandb and process.is_primary else None
+        with Preemption(process.distributed, process.device) as preemption:  # SIGTERM/SIGINT
+            for epoch in range(training.start_epoch, training.stop_epoch):
+                row = train_epoch(training, epoch, preemption)
+                if wandb_run is not None and row:
+                    wandb_run.log(row)
+        if process.is_primary:
+            _report(training)
+        if wandb_run is not None:
+            wandb_run.finish()
+    finally:
+        for lock in locks:
+            lock.release()
     if process.distributed:
+        torch.distributed.barrier()  # every rank ends together (a restarted group forms cleanly)
         torch.distributed.destroy_process_group()
     return jobs[0].best if len(jobs) == 1 else [job.best for job in jobs]
+
+
+def accept_run(t: Training) -> List[FolderLock]:
+    """The run is accepted: only now does it change its experiment folders. Each is locked for
+    this run; an interrupted checkpoint save is finished; summary rows from the start epoch on
+    (written after the checkpoint it resumes from, or by an earlier run) are dropped; args.yaml is
+    written."""
+    if not t.process.is_primary:
+        return []
+    locks = []
+    for job in t.jobs:
+        locks.append(FolderLock(job.out_dir, 'run.lock', 'the experiment folder'))
+        if job.resume:
+            job.saver.finish_pending_save(job.resume)
+        truncate_summary(os.path.join(job.out_dir, 'summary.csv'), t.start_epoch)
+        write_text(os.path.join(job.out_dir, 'args.yaml'), job.args_text)
+    return locks
 
 
 def build_training(args, students, setup: Setup, process: Process) -> Training:
@@ -241,6 +263,7 @@ def _after_update(t: Training, epoch: int, update: int, preemption: Preemption) 
             if job.saver is not None:
                 job.saver.extra_state = {
                     'recovery_update': update,
+                    'recovery_stream': stream_shape(args, process.world_size),
                     'partial_count': count.item(),
                     'partial_sums': {k: v.item() for k, v in sums.items()},
                 }
