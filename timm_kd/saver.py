@@ -111,6 +111,16 @@ class DurableCheckpointSaver(CheckpointSaver):
         if metric is not None and (self.best_metric is None or self.cmp(metric, self.best_metric)):
             self.best_metric, self.best_epoch = metric, epoch
 
+    def remove_temporary_files(self) -> None:
+        """Temporary files a killed run left behind (a checkpoint being written, a copy being
+        linked, a file being replaced): a run that resumes into the folder drops them."""
+        for name in os.listdir(self.checkpoint_dir):
+            if name.endswith('.tmp') or name in (
+                'tmp' + self.extension,
+                'recovery_tmp' + self.extension,
+            ):
+                os.remove(os.path.join(self.checkpoint_dir, name))
+
     def finish_pending_save(self, resumed_from: str) -> None:
         """After a resume from this folder's `last.pth.tar`: do what its save did not finish when
         it was killed after writing it (the numbered copy, `model_best`), as the uninterrupted
@@ -142,6 +152,8 @@ class DurableCheckpointSaver(CheckpointSaver):
         _fsync_dir(os.path.dirname(dst) or '.')
 
     def _duplicate(self, src, dst):
+        if os.path.exists(dst) and os.path.samefile(src, dst):
+            return  # already a link to it (renaming a link over its twin would do nothing)
         tmp = dst + '.tmp'
         if os.path.exists(tmp):
             os.remove(tmp)

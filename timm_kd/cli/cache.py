@@ -76,6 +76,8 @@ def build(argv: Optional[List[str]] = None) -> str:
     start, done_images = time.time(), 0
     with FolderLock(mine.out, f'build-rank-{process.rank}.lock', 'the cache folder --out'):
         todo = [e for e in range(args.epochs) if not is_built(mine.out, e, process.rank)]
+        built = [e for e in range(args.epochs) if e not in todo]  # a kill may have come before
+        manifest['epochs'] = sorted(set(manifest['epochs']) | set(built))  # the manifest's update
         for n, epoch in enumerate(todo):
             shard = ShardWriter(mine.out, epoch, process.rank, slots, k, value_dtype, index_dtype)
             row, epoch_start = 0, time.time()

@@ -71,7 +71,7 @@ def main(argv: Optional[List[str]] = None) -> Any:
     setup = setup_run(args, [sargs for sargs, _ in students], process)
     training = build_training(args, students, setup, process)
     jobs = training.jobs
-    locks = accept_run(training) if training.start_epoch < training.stop_epoch else []
+    locks = accept_run(training)
     try:
         wandb_run = _init_wandb(args, jobs) if args.log_wandb and process.is_primary else None
         with Preemption(process.distributed, process.device) as preemption:  # SIGTERM/SIGINT
@@ -94,18 +94,26 @@ def main(argv: Optional[List[str]] = None) -> Any:
 
 def accept_run(t: Training) -> List[FolderLock]:
     """The run is accepted: only now does it change its experiment folders. Each is locked for
-    this run; an interrupted checkpoint save is finished; summary rows from the start epoch on
-    (written after the checkpoint it resumes from, or by an earlier run) are dropped; args.yaml is
-    written."""
+    this run; what a killed run left half done is mended (temporary files dropped, an interrupted
+    checkpoint save finished); then, if there is something to train, summary rows from the start
+    epoch on (written after the checkpoint it resumes from, or by an earlier run) are dropped and
+    args.yaml is written."""
     if not t.process.is_primary:
         return []
-    locks = []
-    for job in t.jobs:
-        locks.append(FolderLock(job.out_dir, 'run.lock', 'the experiment folder'))
-        if job.resume:
-            job.saver.finish_pending_save(job.resume)
-        truncate_summary(os.path.join(job.out_dir, 'summary.csv'), t.start_epoch)
-        write_text(os.path.join(job.out_dir, 'args.yaml'), job.args_text)
+    locks: List[FolderLock] = []
+    try:
+        for job in t.jobs:
+            locks.append(FolderLock(job.out_dir, 'run.lock', 'the experiment folder'))
+            job.saver.remove_temporary_files()
+            if job.resume:
+                job.saver.finish_pending_save(job.resume)
+            if t.start_epoch < t.stop_epoch:  # with nothing to train, the records stay as they are
+                truncate_summary(os.path.join(job.out_dir, 'summary.csv'), t.start_epoch)
+                write_text(os.path.join(job.out_dir, 'args.yaml'), job.args_text)
+    except BaseException:
+        for lock in locks:
+            lock.release()
+        raise
     return locks
 
 
