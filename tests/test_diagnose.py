@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import timm
 import torch
 
@@ -79,3 +80,12 @@ def test_diagnose_writes_the_report_and_figures(image_folder, tmp_path):
     assert 0 <= result['student_ece'] <= 100 and result['kl_teacher_student'] >= 0
     assert sorted(result['figures']) == ['agreement_per_class.png', 'calibration.png', 'cka.png']
     assert all((out / f).stat().st_size > 1000 for f in result['figures'])
+
+
+@pytest.mark.parametrize('images', ['0', '1'])
+def test_too_few_cka_images_is_one_line(image_folder, tmp_path, capsys, images):
+    with pytest.raises(SystemExit) as info:
+        main([image_folder, '--teacher', 'test_resnet', '--student', 'test_resnet', '--out',
+              str(tmp_path), '--cka-images', images])  # fmt: skip
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert info.value.code == 2 and f'--cka-images {images}: CKA compares stages' in line

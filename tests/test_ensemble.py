@@ -204,3 +204,18 @@ def test_live_ensemble_and_cached_teachers_share_one_interface(tmp_path):
     for teacher in (live, ensemble, cached):
         assert isinstance(teacher, TeacherLike), type(teacher).__name__
     assert not isinstance(torch.nn.Linear(2, 2), TeacherLike)
+
+
+def test_a_member_setting_its_own_class_count_is_one_line(image_folder, tmp_path, run_cli):
+    result = run_cli(
+        cli, image_folder, *FAST, '--output', tmp_path, '--teacher', 'test_resnet',
+        '--teacher-kwargs', 'num_classes=4', '--teacher', 'test_resnet',
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "error: --teacher-kwargs num_classes=4 of teacher 'test_resnet': timm-kd sets num_classes"
+        )
+    )

@@ -426,3 +426,29 @@ def test_export_refuses_non_finite_weights(kd_checkpoint, tmp_path, capsys):
     err = capsys.readouterr().err
     assert 'non-finite weights (fc.weight' in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / 'o').exists()
+
+
+def test_export_targets_that_cannot_work_are_one_line(kd_checkpoint, tmp_path, capsys):
+    def line(*argv):
+        with pytest.raises(SystemExit) as info:
+            main(['export', str(kd_checkpoint), *argv])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert info.value.code == 2 and len(err) == 1, err
+        return err[0]
+
+    assert "unknown --model 'no_such_net'" in line(
+        '--model', 'no_such_net', '--out', str(tmp_path / 'a')
+    )
+    (tmp_path / 'file').write_text('x')
+    assert 'is a file; pass a folder' in line(
+        '--model', 'test_resnet', '--out', str(tmp_path / 'file' / 'o')
+    )
+    export(str(kd_checkpoint), 'test_resnet', str(tmp_path / 'done'))
+    before = (tmp_path / 'done' / 'config.json').read_text()
+    assert 'already holds config.json, model.safetensors, README.md; pass --overwrite' in line(
+        '--model', 'test_resnet', '--out', str(tmp_path / 'done'), '--license', 'mit'
+    )
+    assert (tmp_path / 'done' / 'config.json').read_text() == before
+    main(['export', str(kd_checkpoint), '--model', 'test_resnet', '--out', str(tmp_path / 'done'),
+          '--license', 'mit', '--overwrite'])  # fmt: skip
+    assert '"license": "mit"' in (tmp_path / 'done' / 'config.json').read_text()

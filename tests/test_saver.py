@@ -98,6 +98,7 @@ def test_a_full_disk_is_one_line_keeps_the_previous_checkpoint_and_removes_the_t
         and 'free disk space' in message
         and '\n' not in message
     )
+    assert message.endswith(f'resume from {tmp_path / "last.pth.tar"}')
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         'checkpoint-0.pth.tar',
         'last.pth.tar',
@@ -120,3 +121,19 @@ def test_non_finite_weights_are_never_written(tmp_path):
     assert (tmp_path / 'last.pth.tar').read_bytes() == before and not list(
         tmp_path.glob('recovery*')
     )
+
+
+def test_a_full_disk_at_a_recovery_checkpoint_names_the_checkpoint_that_exists(
+    tmp_path, monkeypatch
+):
+    saver, _ = _saver(tmp_path)
+    saver.save_recovery(0, batch_idx=3)  # mid-epoch 0: no last.pth.tar yet
+
+    def full_disk(obj, f, *args, **kwargs):
+        raise RuntimeError('PytorchStreamWriter failed writing file data/0: file write failed')
+
+    monkeypatch.setattr(torch, 'save', full_disk)
+    with pytest.raises(KDError) as info:
+        saver.save_recovery(0, batch_idx=7)
+    assert str(info.value).endswith(f'resume from {tmp_path / "recovery-0-3.pth.tar"}')
+    assert not (tmp_path / 'last.pth.tar').exists()

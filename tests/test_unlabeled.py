@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from timm_kd import DistillationTask, Teacher, create_kd_student
+from timm_kd import DistillationTask, KDError, Teacher, create_kd_student
 from timm_kd.cli.train.loop import cli, main
 from timm_kd.unlabeled import labeled_mask
 
@@ -188,3 +188,45 @@ def test_a_teacher_cache_covers_unlabeled_images(image_folder, unlabeled_folder,
         _rows(tmp_path / 'cached' / 'summary.csv'),
     )
     assert all(float(live[0][k]) == pytest.approx(float(cached[0][k]), abs=1e-5) for k in live[0])
+
+
+def test_an_unreadable_unlabeled_image_is_one_line_naming_it(tmp_path):
+    from timm_kd.unlabeled import ImageFiles
+
+    (tmp_path / 'good.png').write_bytes(b'')  # an empty file with an image name
+    with pytest.raises(
+        KDError, match=r'cannot read unlabeled image .*good.png .*; remove or replace it'
+    ):
+        ImageFiles(str(tmp_path))[0]
+
+
+def test_a_worker_error_reaches_the_user_as_its_own_one_line(capsys):
+    from timm_kd.errors import one_line_errors
+
+    wrapped = (
+        'Caught KDError in DataLoader worker process 0.\nOriginal Traceback (most recent call '
+        'last):\n  File "x.py", line 1\ntimm_kd.errors.KDError: cannot read unlabeled image a.png'
+    )
+    with pytest.raises(SystemExit):
+        with one_line_errors():
+            raise KDError(wrapped)
+    assert capsys.readouterr().err == 'error: cannot read unlabeled image a.png\n'
+
+
+def test_a_ratio_above_the_unlabeled_count_says_what_the_epoch_becomes(caplog):
+    import logging
+
+    from timm_kd.unlabeled import WithUnlabeled
+
+    class Images(torch.utils.data.Dataset):
+        transform, targets = None, torch.zeros(10, dtype=torch.long)
+
+        def __len__(self):
+            return 10
+
+    with caplog.at_level(logging.INFO, logger='timm_kd.unlabeled'):
+        views = WithUnlabeled(Images(), Images(), ratio=1000)
+    assert len(views) == 10 + 10_000
+    assert (
+        '--unlabeled-ratio 1000: 10000 unlabeled images per epoch beside 10 labeled' in caplog.text
+    )

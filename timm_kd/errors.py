@@ -36,5 +36,13 @@ def one_line_errors() -> Iterator[None]:
         print(f'interrupted: {e}', file=sys.stderr)
         raise SystemExit(e.exit_code) from None
     except KDError as e:
-        print(f'error: {e}', file=sys.stderr)
+        print(f'error: {_last_line(str(e))}', file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _last_line(message: str) -> str:
+    """A KDError raised in a DataLoader worker reaches the main process wrapped in the worker's
+    traceback: its own one line is the last."""
+    lines = [line for line in message.splitlines() if line.strip()]
+    last = lines[-1] if lines else message
+    return last.split('KDError: ', 1)[1] if 'KDError: ' in last else last

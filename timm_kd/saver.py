@@ -29,14 +29,14 @@ def _fsync_dir(path: str) -> None:
 
 
 def newest_checkpoint(folder: str) -> str:
-    """The newest checkpoint a run can resume from in `folder` ('' when there is none)."""
-    names = [
-        n for n in os.listdir(folder) if n.endswith('.pth.tar') and not n.endswith('tmp.pth.tar')
-    ]
-    paths = [
-        os.path.join(folder, n) for n in names if n.startswith(('last', 'recovery-', 'checkpoint-'))
-    ]
-    return max(paths, key=os.path.getmtime) if paths else ''
+    """The checkpoint `--resume auto` would take in `folder` (the newest of last.pth.tar and the
+    recovery checkpoints), else the newest numbered one; '' when there is none."""
+    names = [n for n in os.listdir(folder) if n.endswith('.pth.tar') and 'tmp' not in n]
+    for prefixes in (('last', 'recovery-'), ('checkpoint-',)):
+        paths = [os.path.join(folder, n) for n in names if n.startswith(prefixes)]
+        if paths:
+            return max(paths, key=os.path.getmtime)
+    return ''
 
 
 def non_finite_tensors(state: Dict[str, Any]) -> list:

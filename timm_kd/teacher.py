@@ -351,6 +351,13 @@ def create_teacher(
     """
     if dtype not in DTYPES:
         raise KDError(f'unknown --teacher-dtype {dtype!r}; choose one of: {", ".join(DTYPES)}')
+    for key in ('num_classes', 'in_chans', 'pretrained'):
+        if key in (model_kwargs or {}):
+            raise KDError(
+                f'--teacher-kwargs {key}={model_kwargs[key]} of teacher {name!r}: timm-kd sets '
+                f'{key} itself (the class count from the data or the checkpoint, the channels from '
+                f'the student); drop it from --teacher-kwargs'
+            )
     model = _create_teacher_model(
         name, checkpoint, in_chans, use_ema, allow_pickle, num_classes, model_kwargs or {}
     )

@@ -13,6 +13,7 @@ every KD term sees the whole batch. With `--train-fraction 0` and `--ori-loss-we
 labeled is needed at all.
 """
 
+import logging
 import os
 from typing import Any, Optional, Sequence
 
@@ -24,6 +25,7 @@ from .errors import KDError
 from .losses import get_kd_loss_class, list_kd_losses
 
 UNLABELED = -1
+_logger = logging.getLogger(__name__)
 _EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
 
 
@@ -50,7 +52,13 @@ class ImageFiles(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int):
-        image = Image.open(self.files[index]).convert(self.img_mode)
+        try:
+            image = Image.open(self.files[index]).convert(self.img_mode)
+        except (OSError, SyntaxError, ValueError) as e:  # PIL: unreadable, truncated, not an image
+            raise KDError(
+                f'cannot read unlabeled image {self.files[index]} ({" ".join(str(e).split())[:100]});'
+                ' remove or replace it'
+            ) from None
         return (self.transform(image) if self.transform is not None else image), UNLABELED
 
 
@@ -67,6 +75,12 @@ class WithUnlabeled(DatasetView):
             raise KDError(
                 f'--unlabeled-ratio {ratio} keeps no unlabeled image; pass a ratio > 0 or leave it '
                 'unset'
+            )
+        if count > len(unlabeled):
+            _logger.info(
+                f'--unlabeled-ratio {ratio}: {count} unlabeled images per epoch beside {n_labeled} '
+                f'labeled ones, drawn from {len(unlabeled)} (each about {count / len(unlabeled):.0f} '
+                'times per epoch); the epoch is that much longer'
             )
         g = torch.Generator().manual_seed(seed)
         draws = [

@@ -248,6 +248,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     p.add_argument('--allow-unsafe-pickle', action='store_true')
     args = p.parse_args(argv)
     with one_line_errors():
+        if args.cka_images < 2:
+            raise KDError(
+                f'--cka-images {args.cka_images}: CKA compares stages over at least 2 images (one '
+                'gives 0/0); pass 2 or more'
+            )
         result = diagnose(args)
     os.makedirs(args.out, exist_ok=True)
     result['figures'] = [os.path.basename(f) for f in plot(result, args.out)]

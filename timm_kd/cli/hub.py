@@ -57,6 +57,9 @@ def main(argv=None) -> None:
         )
         if command == 'export':
             p.add_argument('--out', required=True, help='output folder')
+            p.add_argument(
+                '--overwrite', action='store_true', help='replace an export already in --out'
+            )
         else:
             p.add_argument('--repo-id', required=True, help='ORG/NAME on the Hugging Face Hub')
             p.add_argument('--private', action='store_true')
@@ -89,7 +92,8 @@ def main(argv=None) -> None:
     common = dict(use_ema=not args.no_ema, allow_pickle=args.allow_unsafe_pickle, **overrides)
     with one_line_errors():
         if args.command == 'export':
-            print(f'exported to {export(args.checkpoint, args.model, args.out, **common)}')
+            out = export(args.checkpoint, args.model, args.out, overwrite=args.overwrite, **common)
+            print(f'exported to {out}')
         else:
             url = push(
                 args.checkpoint,

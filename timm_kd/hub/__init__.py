@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional
 
 import torch
 from timm.data import resolve_data_config
-from timm.models import create_model, get_pretrained_cfg, split_model_name_tag
+from timm.models import create_model, get_pretrained_cfg, is_model, split_model_name_tag
 from timm.models._hub import save_for_hf
 
 from ..card import model_card
@@ -42,6 +42,11 @@ def load_student(
     the student was trained and validated with, at train and test size alike, so `validate` and
     `export` score and publish it as trained.
     """
+    if not is_model(split_model_name_tag(model_name)[0]) and not model_name.startswith('hf-hub:'):
+        raise KDError(
+            f'unknown --model {model_name!r}; pass the timm architecture the checkpoint was trained '
+            'with (python -c "import timm; print(timm.list_models())")'
+        )
     state_dict = load_state_dict(checkpoint, use_ema=use_ema, allow_pickle=allow_pickle)
     args = load_training_metadata(checkpoint).get('args') or {}
     in_chans = args.get('in_chans') or (args['input_size'][0] if args.get('input_size') else 3)
@@ -116,9 +121,12 @@ def export(
     use_ema: bool = True,
     allow_pickle: bool = False,
     hub_id: Optional[str] = None,
+    overwrite: bool = False,
     **overrides: Any,
 ) -> str:
-    """Write `model.safetensors`, `config.json` and `README.md` for `checkpoint` into `out`; returns `out`."""
+    """Write `model.safetensors`, `config.json` and `README.md` for `checkpoint` into `out`; returns
+    `out`. A folder that already holds an export is refused unless `overwrite`."""
+    _check_out(out, overwrite)
     model = load_student(model_name, checkpoint, use_ema=use_ema, allow_pickle=allow_pickle)
     training = load_training_metadata(checkpoint)
     meta = kd_metadata(model_name, training, overrides)
@@ -144,6 +152,24 @@ def export(
     with open(os.path.join(out, 'README.md'), 'w', encoding='utf-8') as f:
         f.write(model_card(name, model, meta, resolved, f'hf-hub:{hub_id or "ORG/" + name}'))
     return out
+
+
+def _check_out(out: str, overwrite: bool) -> None:
+    parent = os.path.abspath(out)
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise KDError(f'--out {out!r}: {parent!r} is a file; pass a folder')
+    held = [
+        n
+        for n in ('config.json', 'model.safetensors', 'README.md')
+        if os.path.exists(os.path.join(out, n))
+    ]
+    if held and not overwrite:
+        raise KDError(
+            f'--out {out!r} already holds {", ".join(held)}; pass --overwrite to replace them, or '
+            'another --out'
+        )
 
 
 def push(

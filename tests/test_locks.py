@@ -1,0 +1,28 @@
+"""timm_kd.locks: one run per folder; a lock whose holder died is taken over with a line."""
+
+import json
+import logging
+
+import pytest
+
+from timm_kd import KDError
+from timm_kd.locks import FolderLock
+
+
+def test_a_second_holder_is_refused_in_one_line_naming_the_first(tmp_path):
+    with FolderLock(str(tmp_path), 'run.lock', 'the experiment folder'):
+        with pytest.raises(KDError) as info:
+            FolderLock(str(tmp_path), 'run.lock', 'the experiment folder')
+    message = str(info.value)
+    assert message.startswith(f"the experiment folder '{tmp_path}' is in use by another run (pid ")
+    assert '\n' not in message
+    FolderLock(str(tmp_path), 'run.lock', 'the experiment folder').release()  # free again
+
+
+def test_the_lock_of_a_dead_process_is_taken_over_with_a_line(tmp_path, caplog):
+    (tmp_path / 'run.lock').write_text(json.dumps({'pid': 999999, 'host': 'gone'}))  # killed
+    with caplog.at_level(logging.INFO, logger='timm_kd.locks'):
+        lock = FolderLock(str(tmp_path), 'run.lock', 'the experiment folder')
+    assert 'Took over the lock of the experiment folder' in caplog.text and '999999' in caplog.text
+    lock.release()
+    assert (tmp_path / 'run.lock').read_text() == ''  # a clean end leaves no holder
