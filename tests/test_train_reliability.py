@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import ROOT
 
+from timm_kd import KDError
 from timm_kd.reliability import reseed, truncate_summary
 
 FAST = [
@@ -398,3 +399,58 @@ def test_sigterm_under_torchrun_every_rank_stops_at_the_same_update_and_resumes(
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [r.split(',')[0] for r in _rows(tmp_path / 'ddp' / 'summary.csv')[1:]] == ['0', '1', '2']
+    # an elastic restart of the finished run: every rank finds nothing to train and all end cleanly
+    restart = [cmd[0], *cmd[1:4], '--max-restarts=1', *cmd[4:], '--resume', 'auto']
+    finished = subprocess.run(
+        restart, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert 'Nothing to train' in finished.stderr
+
+
+RUN = ['-b', '16', '--epochs', '2', '--recovery-interval', '2', '--checkpoint-hist', '2']
+
+
+@pytest.fixture
+def finished_run(image_folder, tmp_path):
+    """A finished two-epoch run with recovery checkpoints, in tmp_path/run."""
+    sys.path.insert(0, ROOT)
+    import train_kd
+
+    flags = [image_folder, *FAST, *RUN, '--output', str(tmp_path), '--experiment', 'run']
+    train_kd.main(flags)
+    return train_kd, flags, tmp_path / 'run'
+
+
+def test_a_run_that_trains_nothing_or_is_refused_changes_nothing(finished_run, tmp_path):
+    train_kd, flags, folder = finished_run
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    train_kd.main([*flags, '--resume', str(folder / 'checkpoint-0.pth.tar'), '--epochs', '1'])
+    train_kd.main([*flags, '--resume', 'auto'])
+    with pytest.raises(KDError, match='holds no manifest.json'):
+        train_kd.main([*flags, '--teacher-cache', str(tmp_path / 'nothing')])
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_a_mid_epoch_resume_with_another_batch_size_is_one_line(finished_run, run_cli):
+    train_kd, flags, folder = finished_run
+    recovery = folder / 'recovery-1-1.pth.tar'
+    result = run_cli(train_kd.cli, *flags, '--resume', recovery, '-b', '8')
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: --resume '{recovery}' was written mid-epoch by a run with --batch-size 16, "
+        '--grad-accum-steps 1 and 1 process(es), this run has --batch-size 8, --grad-accum-steps 1 '
+        'and 1 process(es); resume with the same, or from the last epoch boundary (last.pth.tar) '
+        'to change them'
+    )
+
+
+def test_two_runs_in_one_experiment_folder_is_one_line(finished_run, run_cli):
+    from timm_kd.locks import FolderLock
+
+    train_kd, flags, folder = finished_run
+    with FolderLock(str(folder), 'run.lock', 'the experiment folder'):  # another run holds it
+        result = run_cli(train_kd.cli, *flags, '--epochs', '3', '--resume', 'auto')
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(
+        f"error: the experiment folder '{folder}' is in use by another run (pid {os.getpid()}"
+    )
