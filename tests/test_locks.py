@@ -26,3 +26,18 @@ def test_the_lock_of_a_dead_process_is_taken_over_with_a_line(tmp_path, caplog):
     assert 'Took over the lock of the experiment folder' in caplog.text and '999999' in caplog.text
     lock.release()
     assert (tmp_path / 'run.lock').read_text() == ''  # a clean end leaves no holder
+
+
+def test_a_folder_the_run_cannot_write_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    from timm_kd import locks
+
+    def refuse(*args, **kwargs):  # as a read-only folder answers a user who is not root
+        raise PermissionError(errno.EACCES, 'Permission denied')
+
+    monkeypatch.setattr(locks.os, 'open', refuse)
+    with pytest.raises(
+        KDError, match=r"cannot lock the experiment folder '.*' \(Permission denied\)"
+    ):
+        FolderLock(str(tmp_path), 'run.lock', 'the experiment folder')
