@@ -149,7 +149,7 @@ def bench_teacher(args, teacher_name, data, work, device):
     out = os.path.join(work, f'cache-{teacher_name}')
     build(['--top-k', str(args.top_k), '--out', out, *flags])
 
-    train_set, _ = create_datasets(DatasetOptions(data_dir=data))
+    train_set, _ = create_datasets(DatasetOptions(data_dir=data, val_split=''))  # train/ only
     opts = LoaderOptions(
         batch_size=args.batch_size,
         workers=args.workers,

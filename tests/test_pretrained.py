@@ -17,6 +17,7 @@ from timm.data import resolve_data_config
 from timm.models import _builder, _registry, get_pretrained_cfg
 
 import timm_kd
+from timm_kd.cli.validate import main as validate_main
 from timm_kd.hub import export
 from timm_kd.pretrained import VKD_CHECKPOINTS, release_url
 
@@ -245,7 +246,9 @@ def test_hub_org_route_loads_a_published_folder(tmp_path, hf_cache, monkeypatch,
         timm.create_model('resnet50.vkd', pretrained=True)
 
 
-def test_validate_cli_on_a_tag_uses_224_px_and_the_paper_crop(sources, file_server, image_folder):
+def test_validate_cli_on_a_tag_uses_224_px_and_the_paper_crop(
+    sources, file_server, image_folder, run_cli, monkeypatch
+):
     env = dict(
         os.environ,
         TIMM_KD_RELEASE_URL=_publish(
@@ -273,14 +276,8 @@ def test_validate_cli_on_a_tag_uses_224_px_and_the_paper_crop(sources, file_serv
     assert run.returncode == 0, run.stderr
     config = json.loads(run.stdout)['data_config']
     assert config['input_size'] == [3, 224, 224] and config['crop_pct'] == 0.9
-    env['TIMM_KD_RELEASE_URL'] = file_server.url + 'nothing-here'
-    run = subprocess.run(
-        [sys.executable, '-m', 'timm_kd.validate', image_folder, '--model', 'resnet50.vkd'],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-    )
+    monkeypatch.setenv('TIMM_KD_RELEASE_URL', file_server.url + 'nothing-here')
+    run = run_cli(validate_main, image_folder, '--model', 'resnet50.vkd')  # in-process
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1
     assert (
         run.stderr.startswith('error: cannot download the weights of resnet50.vkd')

@@ -165,30 +165,21 @@ def test_a_signal_mid_epoch_writes_a_recovery_checkpoint_and_resume_continues_th
 
 
 def test_a_non_finite_loss_stops_with_one_line_and_keeps_the_good_checkpoint(
-    image_folder, tmp_path
+    image_folder, tmp_path, run_cli
 ):
-    code, err = _train(
-        image_folder, tmp_path, 'nan', '--epochs', '2', '-b', '8', '--stop-epoch', '1'
-    )
-    assert code == 0, err[-2000:]
+    sys.path.insert(0, ROOT)
+    import train_kd
+
+    flags = [image_folder, *FAST, '--output', tmp_path, '--experiment', 'nan', '--epochs', '2']
+    result = run_cli(train_kd.cli, *flags, '-b', '8', '--stop-epoch', '1')
+    assert result.returncode == 0, result.stderr[-2000:]
     last = tmp_path / 'nan' / 'last.pth.tar'
     before = last.read_bytes()
-    code, err = _train(
-        image_folder,
-        tmp_path,
-        'nan',
-        '--epochs',
-        '2',
-        '-b',
-        '8',
-        '--lr',
-        '1e12',
-        '--no-resume-opt',
-        '--resume',
-        'auto',
+    result = run_cli(
+        train_kd.cli, *flags, '-b', '8', '--lr', '1e12', '--no-resume-opt', '--resume', 'auto'
     )
-    line = err.strip().splitlines()[-1]
-    assert code == 2 and 'Traceback' not in err, err[-2000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-2000:]
     assert (
         line.startswith('error: ')
         and 'in epoch 1 by batch' in line
