@@ -14,7 +14,7 @@ mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 python3 -c 'import timm, timm.task, torch; print("torch", torch.__version__, "timm", timm.__version__,
 torch.cuda.get_device_name() if torch.cuda.is_available() else "NO CUDA: the gpu preset would run on the CPU")' \
-  || { echo "needs torch and timm>=1.0.31 (timm.task); carry a timm wheel (see /work/.library/device/README.md)"; exit 2; }
+  || { echo "needs torch and timm>=1.0.31 (timm.task): pip install timm==1.0.31"; exit 2; }
 ids=("$@")
 [ ${#ids[@]} -gt 0 ] || ids=(1 2 3 4 5 6)
 status=0
