@@ -18,7 +18,7 @@ from timm_kd.runtime import resolve_lr
 HPARAMS = os.path.join(ROOT, 'timm_kd', 'hparams')
 
 TABLE_2_COMMON = dict(
-    input_size=[3, 224, 224],
+    img_size=224,
     opt='lamb',
     lr_base=5e-3,
     lr_base_size=2048,
@@ -54,7 +54,7 @@ TABLE_2 = {
 }
 TABLE_12 = {
     'b.yaml': dict(
-        input_size=[3, 224, 224],
+        img_size=224,
         lr_base_size=1024,
         opt='adamw',
         lr_base=1e-3,
@@ -70,7 +70,7 @@ TABLE_12 = {
         cutmix=1.0,
     ),
     'c_cifar100.yaml': dict(
-        input_size=[3, 32, 32],
+        img_size=32,
         lr_base_size=512,
         opt='sgd',
         lr_base=5e-2,
@@ -170,3 +170,16 @@ def test_inheritance_loops_and_unknown_keys_in_a_base_are_errors(tmp_path):
     (tmp_path / 'd.yaml').write_text('not_a_flag: 1\n')
     with pytest.raises(KDError, match="d.yaml' has unknown keys"):
         parse_args(['/d', '--config', str(tmp_path / 'c.yaml')])
+
+
+@pytest.mark.parametrize('recipe', ['resnet50_a2', 'b', 'c_cifar100'])
+def test_a_recipe_leaves_the_size_and_the_teacher_to_the_user(recipe):
+    """A recipe sets what the paper set; the image size given on the command line wins (timm resolves
+    it from the flags), and the teacher's size comes from the teacher."""
+    import timm
+    from timm.data import resolve_data_config
+
+    args, _ = parse_args(['/d', '--config', recipe, '--img-size', '32', '--model', 'test_resnet'])
+    config = resolve_data_config(vars(args), model=timm.create_model('test_resnet'))
+    assert config['input_size'] == (3, 32, 32)
+    assert args.input_size is None and args.teacher_input_size is None and args.in_chans is None
