@@ -17,6 +17,11 @@ python -c "import timm_kd, sys; assert '$ROOT' not in timm_kd.__file__, timm_kd.
 timm-kd-train --help | head -3
 python -m timm_kd.recipes | tail -1
 python -m timm_kd.experiments topk --help | head -1  # the experiments subpackage is in the wheel
+# matplotlib is an extra (timm-kd[plots]): not installed here, and a plot asked for says so in one line
+python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('matplotlib') is not None)"
+if python -m timm_kd.diagnose . --teacher x --student y --out d 2> diag.err; then exit 1; fi
+grep -q "pip install 'timm-kd\[plots\]'" diag.err
+echo "without matplotlib: $(cat diag.err)"
 python - <<'PY'
 import os
 import numpy as np

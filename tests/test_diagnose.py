@@ -89,3 +89,31 @@ def test_too_few_cka_images_is_one_line(image_folder, tmp_path, capsys, images):
               str(tmp_path), '--cka-images', images])  # fmt: skip
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert info.value.code == 2 and f'--cka-images {images}: CKA compares stages' in line
+
+
+def test_without_matplotlib_a_plot_is_one_line_naming_the_extra(
+    image_folder, tmp_path, capsys, monkeypatch
+):
+    import sys
+
+    for name in [m for m in sys.modules if m == 'matplotlib' or m.startswith('matplotlib.')]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)  # as if not installed: import fails
+    with pytest.raises(SystemExit) as info:
+        main(
+            [
+                image_folder,
+                '--teacher',
+                'test_resnet',
+                '--student',
+                'test_resnet',
+                '--out',
+                str(tmp_path),
+            ]
+        )
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert info.value.code == 2
+    assert (
+        line
+        == "error: plots need matplotlib, which timm-kd installs as an extra: pip install 'timm-kd[plots]'"
+    )

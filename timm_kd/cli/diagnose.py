@@ -31,6 +31,7 @@ from ..errors import KDError, one_line_errors
 from ..features import forward_features, num_stages
 from ..hub import load_student
 from ..teacher import create_teacher
+from .plots import pyplot
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -150,10 +151,7 @@ def diagnose(args: argparse.Namespace) -> Dict[str, Any]:
 
 def plot(result: Dict[str, Any], out: str) -> List[str]:
     """cka.png, agreement_per_class.png and calibration.png from a `diagnose` result."""
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     paths = []
 
@@ -248,6 +246,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     p.add_argument('--allow-unsafe-pickle', action='store_true')
     args = p.parse_args(argv)
     with one_line_errors():
+        pyplot()  # before the pass over the data: the figures need matplotlib
         if args.cka_images < 2:
             raise KDError(
                 f'--cka-images {args.cka_images}: CKA compares stages over at least 2 images (one '

@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from ...errors import one_line_errors
+from ..plots import pyplot
 
 COMMANDS = ('pitfall', 'unlabeled', 'topk')
 
@@ -21,4 +22,5 @@ def main(argv=None) -> None:
         print(__doc__, file=sys.stderr)
         raise SystemExit(2)
     with one_line_errors():
+        pyplot()  # each experiment ends with a figure: check for matplotlib before hours of runs
         importlib.import_module(f'{__package__}.{argv[0]}').main(argv[1:])

@@ -20,6 +20,7 @@ import time
 from typing import Dict, List
 
 from ..demo import STUDENT, TEACHER, prepare_fashion_mnist
+from ..plots import pyplot
 from .common import cell, kd_args, replace_flag
 
 
@@ -60,10 +61,7 @@ def summarize(rows: List[Dict], methods: List[str], output: str) -> str:
     with open(os.path.join(output, 'results.md'), 'w') as fh:
         fh.write(table + '\n')
 
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for m in others:
@@ -87,7 +85,7 @@ def summarize(rows: List[Dict], methods: List[str], output: str) -> str:
     ax.set_xscale('log')
     sizes = sorted({r['n_train'] for r in rows})
     ax.set_xticks(sizes, [f'{n:,}' for n in sizes])
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
     ax.set_xlabel('training images')
     ax.set_ylabel('top-1 gap over vanilla KD (points)')
     ax.set_title('Small-data pitfall')

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..demo import COMMON, STUDENT, TEACHER, prepare_fashion_mnist
+from ..plots import pyplot
 from .common import cell, kd_args, replace_flag
 
 # the pairs' ImageFolder at 1x32x64: later flags override the demo's (COMMON) for Fashion-MNIST at 32x32
@@ -119,10 +120,7 @@ def loss_error(
 
 
 def plot(results: Dict[str, Any], ks: List[int], temperatures: List[float], out: str) -> None:
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     for t in temperatures:

@@ -13,6 +13,7 @@ import argparse
 import os
 
 from ..demo import STUDENT, TEACHER, prepare_fashion_mnist
+from ..plots import pyplot
 from .common import cell, kd_args, replace_flag
 
 
@@ -67,10 +68,7 @@ def main(argv=None) -> str:
     )
     with open(os.path.join(output, 'results.md'), 'w') as f:
         f.write(table)
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.barh(list(results)[::-1], [v['top1'] for v in results.values()][::-1])
