@@ -22,5 +22,6 @@ def main(argv=None) -> None:
         print(__doc__, file=sys.stderr)
         raise SystemExit(2)
     with one_line_errors():
-        pyplot()  # each experiment ends with a figure: check for matplotlib before hours of runs
+        if not {'-h', '--help'} & set(argv):  # each ends with a figure: check before hours of runs
+            pyplot()
         importlib.import_module(f'{__package__}.{argv[0]}').main(argv[1:])
