@@ -183,3 +183,23 @@ def test_a_recipe_leaves_the_size_and_the_teacher_to_the_user(recipe):
     config = resolve_data_config(vars(args), model=timm.create_model('test_resnet'))
     assert config['input_size'] == (3, 32, 32)
     assert args.input_size is None and args.teacher_input_size is None and args.in_chans is None
+
+
+def test_the_recipe_list_gives_each_first_sentence_whole(capsys):
+    from timm_kd.cli.recipes import main
+
+    main([])
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert lines['b'].endswith(
+        'the stronger ImageNet-1k strategy of its Table 1 ("Improve": AdamW, 300 epochs).'
+    )
+    assert lines['resnet50_a2_hint_resnet152'].endswith('.')
+
+
+@pytest.mark.parametrize('program', ['demo', 'diagnose', 'hub', 'recipes', 'validate'])
+def test_usage_lines_name_the_command_a_user_types(program, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit):
+        importlib.import_module(f'timm_kd.cli.{program}').main(['--help'])
+    assert capsys.readouterr().out.startswith(f'usage: python -m timm_kd.{program} ')

@@ -722,3 +722,26 @@ def test_cuda_device_without_a_gpu_is_one_line(image_folder, tmp_path, run_cli):
         .splitlines()[-1]
         .startswith('error: --device cuda: CUDA is not available')
     )
+
+
+def test_start_up_is_logged_as_timm_logs_it(image_folder, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        train_kd.main(
+            [
+                image_folder,
+                '--model',
+                'test_resnet',
+                *FAST,
+                '--epochs',
+                '1',
+                '--output',
+                str(tmp_path),
+            ]
+        )
+    lines = caplog.text
+    assert 'Model test_resnet created, param count:' in lines
+    assert 'Created SGD (sgd) optimizer: lr 1.000e-02, weight decay 2e-05' in lines
+    assert 'AMP not enabled. Training in float32.' in lines
+    assert 'Scheduled epochs: 1. LR stepped per epoch.' in lines

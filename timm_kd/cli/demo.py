@@ -182,7 +182,9 @@ def main(argv=None) -> Dict[str, Dict[str, float]]:
 
 def run_demo(argv=None) -> Dict[str, Dict[str, float]]:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog='python -m timm_kd.demo',
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         '--output', default='demo_output', help='folder for runs and demo_results.json'

@@ -214,7 +214,9 @@ def plot(result: Dict[str, Any], out: str) -> List[str]:
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog='python -m timm_kd.diagnose',
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument('data', help='dataset root')
     p.add_argument('--teacher', required=True)

@@ -14,7 +14,8 @@ from ..hparams import RECIPE_DIR, list_recipes
 
 def main(argv=None) -> None:
     argparse.ArgumentParser(
-        description='List the bundled recipes (use one with --config NAME).'
+        prog='python -m timm_kd.recipes',
+        description='List the bundled recipes (use one with --config NAME).',
     ).parse_args(argv)
     recipes = list_recipes()
     width = max(map(len, recipes))

@@ -114,7 +114,9 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
 
 def main(argv=None) -> Dict[str, Any]:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog='python -m timm_kd.validate',
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument('data', help='dataset root')
     p.add_argument(

@@ -5,18 +5,26 @@ Each reproduces a table of VanillaKD (Hao et al., 2023); `python -m timm_kd.reci
 """
 
 import os
+import re
 from typing import Dict, Optional
 
 RECIPE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def list_recipes() -> Dict[str, str]:
-    """Recipe name -> the first line of its header comment, sorted by name."""
+    """Recipe name -> the first sentence of its header comment, sorted by name."""
     out = {}
     for file in sorted(os.listdir(RECIPE_DIR)):
         if file.endswith('.yaml'):
             with open(os.path.join(RECIPE_DIR, file)) as f:
-                out[file[: -len('.yaml')]] = f.readline().lstrip('# ').strip()
+                header = []
+                for line in f:
+                    if not line.startswith('#'):
+                        break
+                    header.append(line.lstrip('# ').strip())
+            text = ' '.join(header)
+            first = re.match(r'(.+?[.!?])(\s|$)', text)
+            out[file[: -len('.yaml')]] = first.group(1) if first else text
     return out
 
 

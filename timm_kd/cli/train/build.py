@@ -14,7 +14,7 @@ import torch
 from timm.data import resolve_data_config
 from timm.layers import set_fast_norm
 from timm.loss import create_classification_loss
-from timm.models import create_model
+from timm.models import create_model, safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.task import load_task_ema_checkpoint, resume_task_checkpoint
@@ -473,6 +473,18 @@ def setup_student(
     opt_kwargs = {**optimizer_kwargs(cfg=args), 'lr': lr}  # the flags stay as given
     optimizer = create_optimizer_v2(kd_student, **opt_kwargs, **args.opt_kwargs)
     _, loss_scaler = amp_setup(args.amp, args.amp_dtype, device)
+    if primary:  # the start-up lines timm's train.py prints
+        params = sum(p.numel() for p in kd_student.student.parameters())
+        _logger.info(f'Model {safe_model_name(args.model)} created, param count:{params}')
+        _logger.info(
+            f'Created {type(optimizer).__name__} ({args.opt}) optimizer: lr {lr:.3e}, weight decay '
+            f'{args.weight_decay}'
+        )
+        _logger.info(
+            f'Using native Torch AMP ({args.amp_dtype}). Training in mixed precision.'
+            if args.amp
+            else f'AMP not enabled. Training in {args.model_dtype or "float32"}.'
+        )
     resume = resume_path(args)
     start_epoch, skip_batches, partial = (
         resume_student(args, resume, task, optimizer, loss_scaler, primary, process.world_size)
@@ -500,6 +512,9 @@ def setup_student(
         **scheduler_kwargs(args, decreasing_metric=decreasing),
         updates_per_epoch=updates_per_epoch,
     )
+    if primary and lr_scheduler is not None:
+        per = 'epoch' if lr_scheduler.t_in_epochs else 'update'
+        _logger.info(f'Scheduled epochs: {num_epochs}. LR stepped per {per}.')
     start_epoch = args.start_epoch if args.start_epoch is not None else start_epoch
     if lr_scheduler is not None and start_epoch > 0:
         if args.sched_on_updates:
