@@ -13,12 +13,13 @@ import gzip
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from typing import Dict, List
 
-from ..errors import KDError, one_line_errors
+from ..errors import Interrupted, KDError, one_line_errors
 
 DEBIAN_DIR = '/usr/share/datasets/fashion-mnist'
 FILES = [
@@ -134,7 +135,7 @@ def prepare_fashion_mnist(root: str) -> None:
         FashionMNIST(root, train=False, download=True)
     except RuntimeError as e:
         raise KDError(
-            f"cannot download Fashion-MNIST ({' '.join(str(e).split())[:120]}); install Debian's "
+            f"cannot download Fashion-MNIST ({' '.join(str(e).split())}); install Debian's "
             f'dataset-fashion-mnist or put the four idx files in {raw}'
         ) from None
 
@@ -167,7 +168,21 @@ def run(name: str, args: List[str], data: str, output: str, workers: int) -> Dic
     ]
     print(f'\n== {name}: timm-kd-train {" ".join(cmd[len(TRAIN) :])}', flush=True)
     start = time.time()
-    subprocess.run(cmd, check=True)
+    process = subprocess.Popen(cmd)
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:  # the run got the Ctrl-C too: it writes a recovery checkpoint, exits
+        process.wait()
+        raise Interrupted(
+            f'the demo stopped during its {name} run; run the same command again to continue '
+            'where it stopped',
+            signal.SIGINT,
+        ) from None
+    if code != 0:
+        raise KDError(
+            f'the {name} run stopped with exit status {code} (its messages are above); run the '
+            'same command again to continue where it stopped'
+        )
     seconds = time.time() - start
     with open(os.path.join(output, name, 'summary.csv')) as f:
         last = list(csv.DictReader(f))[-1]
