@@ -446,3 +446,44 @@ def test_distillation_flags_without_a_teacher_are_one_line(image_folder, run_cli
         f'error: {flag} is a distillation setting but the run has no teacher; pass --teacher NAME '
         f'(or --teacher-cache DIR), or drop {flag}'
     )
+
+
+@pytest.mark.parametrize(
+    'argv',
+    [
+        ['--model', 'resnet18'],
+        ['--teacher', 'resnet50.a1_in1k', '--kd-loss', 'kd', 'ls', 'dkd'],
+        ['--kd-model-name', 'resnet50.a1_in1k', '--task-loss-weight', '0.3'],
+        ['--teacher', 'a', '--teacher', 'b', '--kd-loss', 'dist'],
+    ],
+)
+def test_our_args_yaml_is_read_by_timms_parser_and_reloads_to_the_same_run(tmp_path, argv):
+    from timm_kd.cli.train.config import args_yaml
+
+    args, text = parse_args(['/data', *argv])
+    written = yaml.safe_load(args_yaml(text, args, 'cpu'))
+    timm_flags = json.load(
+        open(os.path.join(os.path.dirname(__file__), 'data', 'timm_train_flags.json'))
+    )
+    for flag in (
+        timm_flags
+    ):  # what timm's train.py reads: a value of its type, None only where timm has None
+        value = written[flag['dest']]
+        if value is None:
+            assert flag['default'] is None, flag['dest']
+        elif flag['type'] in ('int', 'float') and flag['action'] == 'StoreAction':
+            for v in value if isinstance(value, list) else [value]:
+                assert isinstance(v, (int, float)) and not isinstance(v, bool), flag['dest']
+    assert written['device'] == 'cpu' and isinstance(written['kd_temperature'], float)
+    (tmp_path / 'args.yaml').write_text(yaml.safe_dump(written))
+    again, _ = parse_args(['--config', str(tmp_path / 'args.yaml')])
+
+    def effective(a):  # each loss's hyperparameters as it is built: its defaults, then the flags
+        from timm_kd.losses.config import loss_hyperparameters
+
+        weights, kwargs = kd_loss_config(a)
+        return weights, {n: {**loss_hyperparameters(n), **kw} for n, kw in kwargs.items()}
+
+    assert effective(again) == effective(args)  # every loss at the temperature it had
+    if args.teachers:  # the ensemble mixes at the same temperature
+        assert (again.kd_temperature or 1.0) == (args.kd_temperature or 1.0)

@@ -21,7 +21,13 @@ from ...errors import KDError
 from ...hparams import find_recipe
 from ...losses import list_kd_losses
 from ...losses.config import loss_hyperparameters
-from .kd_flags import add_kd_flags, loss_config, resolve_timm_kd, split_teachers
+from .kd_flags import (
+    TIMM_KD_TEMPERATURE,
+    add_kd_flags,
+    loss_config,
+    resolve_timm_kd,
+    split_teachers,
+)
 from .timm_flags import add_timm_flags, refuse_unsupported
 
 # Keys of an args.yaml that describe a finished run rather than a setting (written by timm's train.py, by earlier
@@ -283,6 +289,25 @@ def finish_args(args: argparse.Namespace) -> argparse.Namespace:
         args.teacher_channels_last = True
         args.teacher_compile = args.teacher_compile or 'inductor'
     return args
+
+
+def args_yaml(text: str, args: argparse.Namespace, device: str) -> str:
+    """args.yaml: the flags as given, with a value where timm's train.py needs one and ours were
+    unset, so that timm can read the file and it reloads here to the same run: the device the run
+    used, and the KD temperature (unset: each loss at its own default, which is then written as that
+    loss's flag, `--ls-temperature 2.0`, and `kd_temperature` as the value the kd loss and an
+    ensemble read: 1, or timm's 4 with --kd-model-name)."""
+    cfg = yaml.safe_load(text)
+    if cfg.get('device') is None:
+        cfg['device'] = device
+    if cfg.get('kd_temperature') is None:
+        _, kwargs = loss_config(args)
+        for name in args.kd_loss:
+            default = loss_hyperparameters(name).get('temperature')
+            if name != 'kd' and default is not None and cfg.get(f'{name}_temperature') is None:
+                cfg[f'{name}_temperature'] = kwargs[name].get('temperature', default)
+        cfg['kd_temperature'] = TIMM_KD_TEMPERATURE if cfg.get('kd_model_name') else 1.0
+    return yaml.safe_dump(cfg, default_flow_style=False)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, str]:

@@ -34,7 +34,7 @@ from .build import (
     stream_shape,
     training_stream,
 )
-from .config import check_kd_flags_have_a_teacher, parse_args
+from .config import args_yaml, check_kd_flags_have_a_teacher, parse_args
 from .students import student_args
 
 _logger = logging.getLogger('timm_kd.train')
@@ -109,7 +109,8 @@ def accept_run(t: Training) -> List[FolderLock]:
                 job.saver.finish_pending_save(job.resume)
             if t.start_epoch < t.stop_epoch:  # with nothing to train, the records stay as they are
                 truncate_summary(os.path.join(job.out_dir, 'summary.csv'), t.start_epoch)
-                write_text(os.path.join(job.out_dir, 'args.yaml'), job.args_text)
+                text = args_yaml(job.args_text, job.args, t.process.device.type)
+                write_text(os.path.join(job.out_dir, 'args.yaml'), text)
     except BaseException:
         for lock in locks:
             lock.release()
