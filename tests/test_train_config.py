@@ -487,3 +487,36 @@ def test_our_args_yaml_is_read_by_timms_parser_and_reloads_to_the_same_run(tmp_p
     assert effective(again) == effective(args)  # every loss at the temperature it had
     if args.teachers:  # the ensemble mixes at the same temperature
         assert (again.kd_temperature or 1.0) == (args.kd_temperature or 1.0)
+
+
+@pytest.mark.parametrize(
+    'version, ignored',
+    [
+        ('0.4.12', ['bn_tf']),
+        ('0.6.13', ['aot_autograd']),
+        ('0.9.16', ['amp_impl']),
+        ('1.0.13', ['amp_impl']),
+    ],
+)
+def test_configs_of_earlier_timm_versions_load_with_their_meaning(
+    version, ignored, caplog, tmp_path
+):
+    import logging
+
+    path = os.path.join(os.path.dirname(__file__), 'data', f'timm_args_{version}.yaml')
+    with caplog.at_level(logging.WARNING, logger='timm_kd.train'):
+        args, _ = parse_args(['--config', path])
+    notes = [r.getMessage() for r in caplog.records if 'earlier timm versions' in r.getMessage()]
+    assert len(notes) == 1 and all(key in notes[0] for key in ignored), notes
+    saved = yaml.safe_load(open(path))
+    assert (
+        args.data_dir == '/data' and args.model == saved['model'] and args.epochs == saved['epochs']
+    )
+    if version == '0.4.12':  # its `jsd` is today's `jsd_loss`; its batch multiplier, a batch size
+        (tmp_path / 'c.yaml').write_text(
+            yaml.safe_dump({**saved, 'validation_batch_size_multiplier': 2})
+        )
+        assert parse_args(['--config', str(tmp_path / 'c.yaml')])[0].validation_batch_size == 64
+    (tmp_path / 'unknown.yaml').write_text(yaml.safe_dump({**saved, 'no_such_key': 1}))
+    with pytest.raises(KDError, match=r"unknown keys \['no_such_key'\]"):
+        parse_args(['--config', str(tmp_path / 'unknown.yaml')])

@@ -9,6 +9,7 @@ run-time state (`distributed`, `rank`, ...) are ignored, unknown keys are refuse
 
 import argparse
 import difflib
+import logging
 import math
 import os
 import sys
@@ -30,6 +31,8 @@ from .kd_flags import (
 )
 from .timm_flags import add_timm_flags, refuse_unsupported
 
+_logger = logging.getLogger('timm_kd.train')
+
 # Keys of an args.yaml that describe a finished run rather than a setting (written by timm's train.py, by earlier
 # timm versions, or by earlier timm-kd versions).
 RUNTIME_KEYS = {
@@ -45,7 +48,18 @@ RUNTIME_KEYS = {
     'use_amp',
 }
 # Older names of our keys.
-CONFIG_ALIASES = {'opt_args': 'opt_kwargs', 'teacher_pretrained': 'teacher_checkpoint'}
+# Older names of our keys, and of timm's (timm 0.4's `jsd` is today's `jsd_loss`).
+CONFIG_ALIASES = {
+    'opt_args': 'opt_kwargs',
+    'teacher_pretrained': 'teacher_checkpoint',
+    'jsd': 'jsd_loss',
+}
+# Keys earlier timm versions wrote that mean nothing today: read and ignored, with one note.
+OLD_TIMM_KEYS = {
+    'amp_impl': "timm 0.9-1.0's choice of native or apex AMP; AMP is torch's own",
+    'aot_autograd': "timm 0.6's functorch AOT autograd; --torchcompile replaced it",
+    'bn_tf': "timm 0.4's TensorFlow BatchNorm defaults for a few models",
+}
 LIST_KEYS = (
     'kd_loss',
     'kd_loss_weight',
@@ -155,6 +169,21 @@ def _check_value(path: str, action: argparse.Action, value) -> None:
             )
 
 
+def _old_timm_keys(path: str, cfg: dict) -> None:
+    """Keys of earlier timm versions, in place: timm 0.4's validation batch multiplier becomes the
+    validation batch size it meant; keys that mean nothing today are dropped with one note."""
+    multiplier = cfg.pop('validation_batch_size_multiplier', 1)
+    if multiplier != 1 and cfg.get('validation_batch_size') is None:
+        cfg['validation_batch_size'] = int(multiplier * cfg.get('batch_size', 128))
+    ignored = [f'{k} ({OLD_TIMM_KEYS[k]})' for k in sorted(OLD_TIMM_KEYS) if k in cfg]
+    for key in OLD_TIMM_KEYS:
+        cfg.pop(key, None)
+    if ignored:
+        _logger.warning(
+            f'--config {path!r}: ignored keys of earlier timm versions: {"; ".join(ignored)}'
+        )
+
+
 def load_config(path: str, parser: argparse.ArgumentParser, _seen: Tuple[str, ...] = ()) -> dict:
     """Read a YAML config (or bundled recipe) into parser defaults: `inherit:` first, then this file's keys."""
     path = resolve_config_path(path) if not _seen else path
@@ -174,6 +203,7 @@ def load_config(path: str, parser: argparse.ArgumentParser, _seen: Tuple[str, ..
         for k, v in cfg.items()
         if k.replace('-', '_') not in RUNTIME_KEYS
     }
+    _old_timm_keys(path, cfg)
     actions = {a.dest: a for a in parser._actions}
     unknown = sorted(set(cfg) - set(actions))
     if unknown:
