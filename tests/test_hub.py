@@ -87,13 +87,23 @@ def test_export_writes_a_timm_folder_of_the_student_only(kd_checkpoint, tmp_path
     config = json.loads((folder / 'config.json').read_text())
     assert config['architecture'] == 'test_resnet' and config['num_classes'] == 3
     assert config['pretrained_cfg']['input_size'] == [3, 32, 32]
-    assert config['kd'] == {
+    kd = dict(config['kd'])
+    training = kd.pop('training')
+    assert kd == {
         'teacher': 'test_vit',
         'kd_loss': 'kd, fitnet',
+        'kd_loss_weights': {'kd': 1.0, 'fitnet': 1.0},
+        'kd_loss_hyperparameters': {'kd': {'temperature': 1.0}, 'fitnet': {}},
+        'hard_label_loss_weight': 1.0,
         'epochs': 1,
         'top1': round(ckpt['metric'], 3),
         'top5': 99.5,
-    }
+    }  # every loss with its weight and hyperparameters
+    assert (
+        training[0].startswith('optimizer sgd, lr ') and 'batch size 8 per process' in training[2]
+    )
+    assert config['label_names'] == ['class0', 'class1', 'class2']  # the ImageFolder's classes
+    assert oct((folder / 'model.safetensors').stat().st_mode & 0o777) == '0o644'
     assert (
         config['pretrained_cfg']['tag'] == 'kd' and 'license' not in config['pretrained_cfg']
     )  # no borrowed cfg
@@ -371,8 +381,9 @@ def test_card_snippets_run_and_the_front_matter_carries_the_results(
     assert len(blocks) == 3
     outputs = []
     for code in blocks:
-        assert 'hf-hub:ORG/test_resnet' in code
-        code = code.replace('hf-hub:ORG/test_resnet', f'local-dir:{folder}')
+        assert (
+            f'local-dir:{folder}' in code and 'ORG' not in code
+        )  # loads from where it was written
         code = re.sub(r"urlopen\('[^']+'\)", f"urlopen('file://{tmp_path}/image.png')", code)
         exec(compile(code, 'card', 'exec'), {})
         outputs.append(capsys.readouterr().out.strip().splitlines())
@@ -452,3 +463,40 @@ def test_export_targets_that_cannot_work_are_one_line(kd_checkpoint, tmp_path, c
     main(['export', str(kd_checkpoint), '--model', 'test_resnet', '--out', str(tmp_path / 'done'),
           '--license', 'mit', '--overwrite'])  # fmt: skip
     assert '"license": "mit"' in (tmp_path / 'done' / 'config.json').read_text()
+
+
+def test_a_student_trained_without_a_teacher_gets_a_plain_card(image_folder, tmp_path):
+    train_kd.main([image_folder, '--model', 'test_resnet', '--img-size', '32', '-b', '8', '-j', '0',
+                   '--epochs', '1', '--output', str(tmp_path), '--experiment', 'plain'])  # fmt: skip
+    folder = export(str(tmp_path / 'plain' / 'last.pth.tar'), 'test_resnet', str(tmp_path / 'out'))
+    card = (tmp_path / 'out' / 'README.md').read_text()
+    front = yaml.safe_load(card.split('---')[1])
+    assert 'knowledge-distillation' not in front['tags'] and 'trained without a teacher' in card
+    assert 'distilled' not in card and 'hao2023vanillakd' not in card
+    config = json.loads((tmp_path / 'out' / 'config.json').read_text())
+    assert 'teacher' not in config['kd'] and config['label_names'] == ['class0', 'class1', 'class2']
+    assert folder == str(tmp_path / 'out')
+
+
+def test_the_vkd_cards_cite_the_teacher_and_name_vanillakd_as_the_paper():
+    import timm_kd  # noqa: F401  (registers the .vkd names)
+    from timm_kd.card import model_card
+    from timm_kd.hub import kd_metadata
+
+    meta = kd_metadata('resnet50.vkd', {}, {})
+    cfg = timm.models.get_pretrained_cfg('resnet50.vkd').to_dict()
+    card = model_card('resnet50.vkd', timm.create_model('resnet50'), meta, cfg, 'hf-hub:o/m')
+    assert '@article{peng2022beitv2' in card and '@inproceedings{he2016deep' in card
+    convnext = timm.models.get_pretrained_cfg('convnextv2_tiny.vkd')
+    assert convnext.paper_ids == 'arXiv:2305.15781' and convnext.paper_name.startswith('VanillaKD')
+
+
+def test_a_local_teacher_is_named_not_located():
+    from timm_kd.hub import kd_metadata
+
+    args = {'teacher': 'local-dir:/home/me/teachers/convnext_base', 'kd_loss': ['kd'],
+            'kd_loss_weight': [1.0], 'kd_temperature': 2.0, 'ori_loss_weight': 0.5}  # fmt: skip
+    meta = kd_metadata('test_resnet', {'args': args}, {})
+    assert meta['teacher'] == 'convnext_base' and '/home' not in json.dumps(meta)
+    assert meta['kd_loss_hyperparameters'] == {'kd': {'temperature': 2.0}}
+    assert meta['hard_label_loss_weight'] == 0.5

@@ -86,8 +86,10 @@ _ACTIVATION_OPS = ('convolution', 'mm', 'addmm', 'bmm', 'baddbmm', '_scaled_dot_
 
 
 def _paper(model_name: Optional[str]):
-    match = re.match(r'[a-z]+(?:v\d+)?', model_name or '')
-    return PAPERS.get(match.group()) if match else None
+    """The paper of a timm name's family: the letters before the first digit or `_`, with a
+    version suffix kept (`beitv2_base_patch16_224...` -> beitv2, `resnet50` -> resnet)."""
+    match = re.match(r'([a-z]+?(?:v\d+)?)(?=[\d_.]|$)', model_name or '')
+    return PAPERS.get(match.group(1)) if match else None
 
 
 def model_stats(model: torch.nn.Module, input_size) -> Dict[str, float]:
@@ -121,8 +123,11 @@ def dataset_id(name: Optional[str]) -> Optional[str]:
 
 
 def _front_matter(name: str, meta: Dict[str, Any]) -> str:
+    tags = ['image-classification', 'timm'] + (
+        ['knowledge-distillation'] if meta.get('teacher') else []
+    )
     front: Dict[str, Any] = {
-        'tags': ['image-classification', 'timm', 'knowledge-distillation'],
+        'tags': tags,
         'library_name': 'timm',
         'pipeline_tag': 'image-classification',
     }
@@ -192,9 +197,27 @@ def _usage(model_id: str, features: bool) -> str:
         + transform
         + 'with torch.no_grad():\n    embedding = model(batch)  # pooled features, the classifier '
         'removed\n'
-        'print(embedding.shape)  # (1, num_features)\n```\n'
+        'print(embedding.shape)  # (1, num_features)\n\n'
+        '# or, keeping the classifier: the unpooled features, then the head without its last layer\n'
+        + load.format(extra='')
+        + 'with torch.no_grad():\n    features = model.forward_features(batch)\n'
+        '    embedding = model.forward_head(features, pre_logits=True)\n```\n'
     )
     return text
+
+
+def _loss_lines(meta: Dict[str, Any]) -> Optional[List[str]]:
+    """Each distillation loss with its weight and hyperparameters, and the hard-label weight."""
+    weights = meta.get('kd_loss_weights')
+    if not weights:
+        return None
+    settings = meta.get('kd_loss_hyperparameters') or {}
+    lines = [
+        f'{name}: weight {weight:g}'
+        + ''.join(f', {k} {v}' for k, v in sorted(settings.get(name, {}).items()))
+        for name, weight in weights.items()
+    ]
+    return lines + [f'hard-label loss: weight {meta.get("hard_label_loss_weight", 1.0):g}']
 
 
 def model_card(
@@ -211,7 +234,7 @@ def model_card(
     arch = pretrained_cfg.get('architecture') or name.split('.')[0]
     teacher = meta.get('teacher')
     papers: List[tuple] = []
-    for paper in (VANILLAKD, _paper(arch), _paper(teacher)):
+    for paper in (VANILLAKD if teacher else None, _paper(arch), _paper(teacher)):
         if paper and paper not in papers:
             papers.append(paper)
     sizes = f'train = {input_size[1]} x {input_size[2]}, test = {test_size[1]} x {test_size[2]}'
@@ -229,21 +252,31 @@ def model_card(
         ('Papers', [f'{title}: {url}' for title, url, _ in papers]),
         ('Dataset', meta.get('dataset')),
         ('Teacher', f'`{teacher}`' if teacher else None),
-        ('Distillation loss', meta.get('kd_loss')),
+        ('Distillation loss', _loss_lines(meta) or meta.get('kd_loss')),
         ('Recipe', meta.get('recipe')),
+        ('Training', meta.get('training')),
         ('Epochs', meta.get('epochs')),
         ('Original', meta.get('origin_url')),
-        ('License', meta.get('license') or 'not stated by the authors of the weights'),
+        (
+            'License',
+            meta.get('license')
+            or (
+                'not stated by the authors of the weights'
+                if meta.get('origin_url')
+                else 'not stated (pass --license ID to python -m timm_kd.hub export)'
+            ),
+        ),
     ]
     text = _front_matter(name, meta) + f'# Model card for {name}\n\n'
-    text += (
-        f'A {type(model).__name__} image classifier distilled from `{teacher or "a teacher"}` by '
-        'knowledge '
-        f'distillation ({meta.get("kd_loss", "kd")} loss)'
-        + (f' on {meta["dataset"]}' if meta.get('dataset') else '')
-        + ' (VanillaKD, Hao et al., 2023), '
-        'exported with timm-kd. It loads in plain timm; no timm-kd is needed to use it.\n'
-    )
+    on = f' on {meta["dataset"]}' if meta.get('dataset') else ''
+    if teacher:
+        text += (
+            f'A {type(model).__name__} image classifier distilled from `{teacher}` by knowledge '
+            f'distillation ({meta.get("kd_loss", "kd")} loss){on} (VanillaKD, Hao et al., 2023), '
+        )
+    else:
+        text += f'A {type(model).__name__} image classifier trained without a teacher{on}, '
+    text += 'exported with timm-kd. It loads in plain timm; no timm-kd is needed to use it.\n'
     text += '\n## Model Details\n'
     for key, value in details:
         if isinstance(value, list):
@@ -262,7 +295,8 @@ def model_card(
         f'{stats["params"]:.1f} | '
         f'{stats["gmacs"]:.2f} | {test_size[1]} |\n'
     )
-    text += '\n## Citation\n' + ''.join(
-        f'```bibtex\n{bib}\n```\n' for bib in [VANILLAKD[2], TIMM] + [p[2] for p in papers[1:]]
+    cited = (
+        ([VANILLAKD[2]] if teacher else []) + [TIMM] + [p[2] for p in papers if p is not VANILLAKD]
     )
+    text += '\n## Citation\n' + ''.join(f'```bibtex\n{bib}\n```\n' for bib in cited)
     return text

@@ -6,7 +6,7 @@ fills them from its flags and library users fill them by hand.
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from timm.data import Mixup, create_dataset, create_loader
@@ -186,16 +186,23 @@ def create_datasets(opts: DatasetOptions, in_chans: int = 3) -> Tuple[Any, Optio
     return train, evaluation
 
 
-def dataset_num_classes(dataset: Any) -> Optional[int]:
-    """Number of classes a dataset declares (ImageFolder readers and torchvision datasets), None if unknown."""
+def dataset_class_names(dataset: Any) -> Optional[List[str]]:
+    """The class names a dataset declares, in class-index order (ImageFolder readers and torchvision
+    datasets), None if unknown."""
     while isinstance(dataset, DatasetView) and dataset.dataset is not None:
         dataset = dataset.dataset
     reader = getattr(dataset, 'reader', None)
     class_to_idx = getattr(reader, 'class_to_idx', None) or getattr(dataset, 'class_to_idx', None)
     if class_to_idx:
-        return len(class_to_idx)
+        return [str(name) for name, _ in sorted(class_to_idx.items(), key=lambda item: item[1])]
     classes = getattr(dataset, 'classes', None)
-    return len(classes) if classes else None
+    return [str(c) for c in classes] if classes else None
+
+
+def dataset_num_classes(dataset: Any) -> Optional[int]:
+    """Number of classes a dataset declares (ImageFolder readers and torchvision datasets), None if unknown."""
+    names = dataset_class_names(dataset)
+    return len(names) if names else None
 
 
 def mixup_args(opts: LoaderOptions, num_classes: int) -> Optional[Dict[str, Any]]:

@@ -166,6 +166,8 @@ def register_vkd_checkpoints() -> List[str]:
                 std=c['std'],
                 num_classes=1000,
                 paper_ids='arXiv:2305.15781',
+                paper_name='VanillaKD: Revisit the Power of Vanilla Knowledge Distillation from '
+                'Small Scale to Large Scale',
                 origin_url=RELEASE_URL + c['release_file'],
                 notes=(
                     f'VanillaKD: vanilla KD from {TEACHER}, strategy A1, {c["epochs"]} epochs, '

@@ -62,6 +62,7 @@ class DurableCheckpointSaver(CheckpointSaver):
     """
 
     extra_state: Optional[Dict[str, Any]] = None
+    label_names: Optional[list] = None  # the training data's class names, for the exported config
 
     def _save(self, save_path, epoch, metric=None):
         models = {'': self.model}
@@ -99,7 +100,8 @@ class DurableCheckpointSaver(CheckpointSaver):
             ) from None
 
     def state_dict(self, epoch=None, metric=None):
-        return {**super().state_dict(epoch, metric), **(self.extra_state or {})}
+        labels = {'label_names': self.label_names} if self.label_names else {}
+        return {**super().state_dict(epoch, metric), **labels, **(self.extra_state or {})}
 
     def load_state_dict(self, state_dict):
         """timm's restore, plus the resumed checkpoint's own metric, which timm counts only when its numbered file

@@ -62,6 +62,12 @@ def main(argv=None) -> None:
             p.add_argument(
                 '--overwrite', action='store_true', help='replace an export already in --out'
             )
+            p.add_argument(
+                '--repo-id',
+                default=None,
+                help='ORG/NAME it will be pushed to: the card loads it from there (default: '
+                'from --out, as local-dir:OUT)',
+            )
         else:
             p.add_argument('--repo-id', required=True, help='ORG/NAME on the Hugging Face Hub')
             p.add_argument('--private', action='store_true')
@@ -94,7 +100,10 @@ def main(argv=None) -> None:
     common = dict(use_ema=not args.no_ema, allow_pickle=args.allow_unsafe_pickle, **overrides)
     with one_line_errors():
         if args.command == 'export':
-            out = export(args.checkpoint, args.model, args.out, overwrite=args.overwrite, **common)
+            out = export(
+                args.checkpoint, args.model, args.out, overwrite=args.overwrite,
+                hub_id=args.repo_id, **common,
+            )  # fmt: skip
             print(f'exported to {out}')
         else:
             url = push(

@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import tempfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from timm.data import resolve_data_config
@@ -29,6 +29,7 @@ from timm.models._hub import save_for_hf
 from ..card import model_card
 from ..checkpoint import checkpoint_num_classes, load_state_dict, load_training_metadata
 from ..errors import KDError
+from ..losses.config import kd_loss_config, loss_hyperparameters
 from ..saver import non_finite_tensors
 
 
@@ -92,26 +93,88 @@ def load_student(
 def kd_metadata(
     model_name: str, training: Dict[str, Any], overrides: Dict[str, Any]
 ) -> Dict[str, Any]:
-    """Teacher, loss, epochs, recipe and accuracy: from the model's `vkd`-style cfg, the training checkpoint's
-    args and metric (`training`, as `load_training_metadata` returns them), then explicit overrides (later wins)."""
+    """What the card and config record of how the model was trained: from the model's `vkd`-style
+    cfg, the training checkpoint's args and metric (`training`, as `load_training_metadata` returns
+    them), then explicit overrides (later wins). With a teacher: its name (a local checkpoint is
+    named by the architecture it was loaded into, never by its path), each loss with its weight
+    and every hyperparameter it trained with, the hard-label weight, the recipe and epochs."""
     cfg = get_pretrained_cfg(model_name, allow_unregistered=True)
     meta: Dict[str, Any] = dict(getattr(cfg, 'kd', None) or {})
     if getattr(cfg, 'origin_url', None):
         meta['origin_url'] = cfg.origin_url
     args = training.get('args') or {}
-    if args.get('teacher'):
-        losses = args.get('kd_loss')
+    teachers = [t['name'] for t in args.get('teachers') or []] or (
+        [args['teacher']] if args.get('teacher') else []
+    )
+    if teachers:
+        losses = args.get('kd_loss') or ['kd']
+        losses = [losses] if isinstance(losses, str) else list(losses)
+        weights, kwargs = kd_loss_config(
+            losses,
+            list(args.get('kd_loss_weight') or [1.0]),
+            temperature=args.get('kd_temperature'),
+            loss_kwargs=args.get('kd_loss_kwargs'),
+            flags=args,
+        )
         meta.update(
-            teacher=args['teacher'],
-            kd_loss=', '.join(losses) if isinstance(losses, list) else losses,
+            teacher=', '.join(_teacher_name(t) for t in teachers),
+            kd_loss=', '.join(losses),
+            kd_loss_weights=weights,
+            kd_loss_hyperparameters={
+                n: {**loss_hyperparameters(n), **kw} for n, kw in kwargs.items()
+            },
+            hard_label_loss_weight=args.get('ori_loss_weight', 1.0),
             epochs=args.get('epochs'),
             recipe=os.path.basename(args['config']) if args.get('config') else None,
             dataset=args.get('dataset') or None,
         )  # a folder's name is no dataset name: --dataset names it
+    elif args:  # trained by timm-kd without a teacher: plain supervised training
+        meta.update(
+            teacher=None,
+            kd_loss=None,
+            epochs=args.get('epochs'),
+            recipe=os.path.basename(args['config']) if args.get('config') else None,
+            dataset=args.get('dataset') or None,
+        )
+    if args:
+        meta['training'] = _recipe_details(args)
     if training.get('metric') is not None and args.get('eval_metric', 'top1') == 'top1':
         meta.setdefault('top1', round(float(training['metric']), 3))
     meta.update({k: v for k, v in overrides.items() if v is not None})
     return {k: v for k, v in meta.items() if v is not None}
+
+
+def _recipe_details(args: Dict[str, Any]) -> List[str]:
+    """The training settings a reader of the card needs to retrain it, as timm's cards list them."""
+    lr = f'lr {args["lr"]:g}' if args.get('lr') else (
+        f'lr {args.get("lr_base", 0.1):g} at a global batch of {args.get("lr_base_size", 256)}, '
+        'scaled to the batch trained with'
+    )  # fmt: skip
+    size = args.get('input_size') or ([args['img_size']] * 2 if args.get('img_size') else None)
+    details = [
+        f'optimizer {args.get("opt")}, {lr}, weight decay {args.get("weight_decay")}',
+        f'schedule {args.get("sched")}, {args.get("epochs")} epochs, '
+        f'{args.get("warmup_epochs")} warm-up',
+        f'batch size {args.get("batch_size")} per process'
+        + (f', image size {size[-1]}' if size else ''),
+    ]
+    augment = [
+        f'{key} {args[key]}'
+        for key in ('aa', 'mixup', 'cutmix', 'reprob', 'smoothing', 'drop_path')
+        if args.get(key)
+    ]
+    if augment:
+        details.append('augmentation and regularization: ' + ', '.join(augment))
+    if args.get('bce_loss'):
+        details.append('hard-label loss: binary cross-entropy')
+    return details
+
+
+def _teacher_name(name: str) -> str:
+    """A teacher as a reader can look it up: `local-dir:/a/b/convnext` -> `convnext`."""
+    if name.startswith('local-dir:'):
+        return os.path.basename(os.path.normpath(name[len('local-dir:') :]))
+    return name
 
 
 def export(
@@ -130,11 +193,15 @@ def export(
     model = load_student(model_name, checkpoint, use_ema=use_ema, allow_pickle=allow_pickle)
     training = load_training_metadata(checkpoint)
     meta = kd_metadata(model_name, training, overrides)
+    model_config: Dict[str, Any] = {'kd': meta}
+    label_names = (training.get('saver') or {}).get('label_names')
+    if label_names and len(label_names) == model.num_classes:
+        model_config['label_names'] = list(label_names)
     data_config = (
         resolve_data_config({}, model=model) if training.get('args') else None
     )  # as trained
     save_for_hf(
-        model, out, model_config={'kd': meta}, safe_serialization=True, data_config=data_config
+        model, out, model_config=model_config, safe_serialization=True, data_config=data_config
     )
     config_path = os.path.join(out, 'config.json')
     with open(config_path) as f:
@@ -149,8 +216,13 @@ def export(
     with open(config_path, 'w') as f:
         json.dump(config, f, indent=2)
     name = hub_id.split('/')[-1] if hub_id else model_name
+    model_id = (
+        f'hf-hub:{hub_id}' if hub_id else f'local-dir:{out}'
+    )  # where it loads from as written
     with open(os.path.join(out, 'README.md'), 'w', encoding='utf-8') as f:
-        f.write(model_card(name, model, meta, resolved, f'hf-hub:{hub_id or "ORG/" + name}'))
+        f.write(model_card(name, model, meta, resolved, model_id))
+    for file in os.listdir(out):  # readable by others, as any published file (the writer used 0600)
+        os.chmod(os.path.join(out, file), 0o644)
     return out
 
 

@@ -13,7 +13,7 @@ import torchvision
 from timm.utils import distribute_bn, random_seed, setup_default_logging, update_summary
 
 from ...cache import CachedTeacher, TeacherCache, check_logit_losses_only
-from ...data import disable_mixup
+from ...data import dataset_class_names, disable_mixup
 from ...engine import check_finite, train_one_epoch, validate
 from ...ensemble import create_teachers
 from ...errors import Interrupted, one_line_errors
@@ -172,8 +172,11 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
         )  # fmt: skip
         for (sargs, text), kd_student, spec in zip(students, kd_students, losses)
     ]
+    label_names = dataset_class_names(setup.train_set)
     for job, (sargs, _) in zip(jobs, students):
         job.run.name = os.path.basename(sargs.experiment) if args.students else ''
+        if job.saver is not None:
+            job.saver.label_names = label_names
     (start_epoch, skip_batches), num_epochs = check_same_start(jobs), jobs[0].num_epochs
     stop_epoch = min(num_epochs, args.stop_epoch) if args.stop_epoch else num_epochs
     if run.teachers.cache:
