@@ -88,6 +88,8 @@ class _HelpFormatter(argparse.HelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='timm-kd-train',
+        usage='timm-kd-train DATA [--config FILE|RECIPE] [--model MODEL] [--teacher NAME] [flags]\n'
+        '       (every flag of timm\'s train.py, then timm-kd\'s own, are listed below)',
         formatter_class=_HelpFormatter,
         description="Knowledge distillation for timm image classifiers: timm's train.py plus a "
         'teacher.',
