@@ -461,7 +461,7 @@ def test_our_args_yaml_is_read_by_timms_parser_and_reloads_to_the_same_run(tmp_p
     from timm_kd.cli.train.config import args_yaml
 
     args, text = parse_args(['/data', *argv])
-    written = yaml.safe_load(args_yaml(text, args, 'cpu'))
+    written = yaml.safe_load(args_yaml(text, args, 'cpu', num_classes=10))
     timm_flags = json.load(
         open(os.path.join(os.path.dirname(__file__), 'data', 'timm_train_flags.json'))
     )
@@ -475,6 +475,7 @@ def test_our_args_yaml_is_read_by_timms_parser_and_reloads_to_the_same_run(tmp_p
             for v in value if isinstance(value, list) else [value]:
                 assert isinstance(v, (int, float)) and not isinstance(v, bool), flag['dest']
     assert written['device'] == 'cpu' and isinstance(written['kd_temperature'], float)
+    assert written['num_classes'] == 10  # read from the data: timm would build its default head
     (tmp_path / 'args.yaml').write_text(yaml.safe_dump(written))
     again, _ = parse_args(['--config', str(tmp_path / 'args.yaml')])
 

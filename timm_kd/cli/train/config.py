@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='timm-kd-train',
         usage='timm-kd-train DATA [--config FILE|RECIPE] [--model MODEL] [--teacher NAME] [flags]\n'
-        '       (every flag of timm\'s train.py, then timm-kd\'s own, are listed below)',
+        "       (every flag of timm's train.py, then timm-kd's own, are listed below)",
         formatter_class=_HelpFormatter,
         description="Knowledge distillation for timm image classifiers: timm's train.py plus a "
         'teacher.',
@@ -323,15 +323,20 @@ def finish_args(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def args_yaml(text: str, args: argparse.Namespace, device: str) -> str:
+def args_yaml(
+    text: str, args: argparse.Namespace, device: str, num_classes: Optional[int] = None
+) -> str:
     """args.yaml: the flags as given, with a value where timm's train.py needs one and ours were
-    unset, so that timm can read the file and it reloads here to the same run: the device the run
-    used, and the KD temperature (unset: each loss at its own default, which is then written as that
-    loss's flag, `--ls-temperature 2.0`, and `kd_temperature` as the value the kd loss and an
-    ensemble read: 1, or timm's 4 with --kd-model-name)."""
+    unset, so that timm can read the file (and train what we did) and it reloads here to the same
+    run: the device the run used, the class count read from the data, and the KD temperature
+    (unset: each loss at its own default, which is then written as that loss's flag,
+    `--ls-temperature 2.0`, and `kd_temperature` as the value the kd loss and an ensemble read:
+    1, or timm's 4 with --kd-model-name)."""
     cfg = yaml.safe_load(text)
     if cfg.get('device') is None:
         cfg['device'] = device
+    if cfg.get('num_classes') is None and num_classes:  # read from the data: timm would take 1000
+        cfg['num_classes'] = num_classes
     if cfg.get('kd_temperature') is None:
         _, kwargs = loss_config(args)
         for name in args.kd_loss:

@@ -57,6 +57,7 @@ class Training:
     skip_batches: int
     stop_epoch: int
     num_epochs: int
+    num_classes: int
 
 
 def main(argv: Optional[List[str]] = None) -> Any:
@@ -109,7 +110,7 @@ def accept_run(t: Training) -> List[FolderLock]:
                 job.saver.finish_pending_save(job.resume)
             if t.start_epoch < t.stop_epoch:  # with nothing to train, the records stay as they are
                 truncate_summary(os.path.join(job.out_dir, 'summary.csv'), t.start_epoch)
-                text = args_yaml(job.args_text, job.args, t.process.device.type)
+                text = args_yaml(job.args_text, job.args, t.process.device.type, t.num_classes)
                 write_text(os.path.join(job.out_dir, 'args.yaml'), text)
     except BaseException:
         for lock in locks:
@@ -189,7 +190,8 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
         )
     amp_autocast, _ = amp_setup(args.amp, args.amp_dtype, device)
     return Training(args, process, jobs, teacher, stream, eval_loader, amp_autocast, eval_metric,
-                    batch_reference, start_epoch, skip_batches, stop_epoch, num_epochs)  # fmt: skip
+                    batch_reference, start_epoch, skip_batches, stop_epoch, num_epochs,
+                    run.num_classes)  # fmt: skip
 
 
 def train_epoch(t: Training, epoch: int, preemption: Preemption) -> Dict[str, float]:
