@@ -38,12 +38,17 @@ def in_process_training(monkeypatch):
 
     started = []
 
-    def run(cmd, check):
-        assert cmd[:3] == demo.TRAIN and check
-        started.append(cmd)
-        main(cmd[3:])
+    class Run:
+        def __init__(self, cmd):
+            assert cmd[:3] == demo.TRAIN
+            started.append(cmd)
+            self.cmd = cmd
 
-    monkeypatch.setattr(demo.subprocess, 'run', run)
+        def wait(self):
+            main(self.cmd[3:])
+            return 0
+
+    monkeypatch.setattr(demo.subprocess, 'Popen', Run)
     return started
 
 

@@ -1,8 +1,8 @@
 """Export distilled students as timm Hugging Face Hub folders, and publish them.
 
-    python -m timm_kd.hub export CHECKPOINT --model ARCH[.TAG] --out DIR
-    python -m timm_kd.hub push CHECKPOINT --model ARCH[.TAG] --repo-id ORG/NAME [--private] [--revision BRANCH]
-        [--overwrite-card]
+    python -m timm_kd.hub export CHECKPOINT --model ARCH[.TAG] --out DIR [--repo-id ORG/NAME]
+    python -m timm_kd.hub push CHECKPOINT --model ARCH[.TAG] --repo-id ORG/NAME [--private]
+        [--revision BRANCH] [--overwrite-card]
 
 CHECKPOINT is a timm-kd training checkpoint (its EMA weights when present; --no-ema for the raw
 ones), a bare state_dict, a .safetensors file, or a VanillaKD release file (ConvNeXt-V2 in FAIR's

@@ -1,18 +1,11 @@
-"""Distilled students as timm Hugging Face Hub folders: load a checkpoint, export it with a
-model card, push it (the program `python -m timm_kd.hub` is `timm_kd.cli.hub`).
-
-    python -m timm_kd.hub export CHECKPOINT --model ARCH[.TAG] --out DIR
-    python -m timm_kd.hub push CHECKPOINT --model ARCH[.TAG] --repo-id ORG/NAME [--private] [--revision BRANCH]
-        [--overwrite-card]
-
-CHECKPOINT is a timm-kd training checkpoint (its EMA weights when present; --no-ema for the raw
-ones), a bare state_dict, a .safetensors file, or a VanillaKD release file (ConvNeXt-V2 in FAIR's
-key layout included: keys are converted by the architecture's own timm `checkpoint_filter_fn`).
-Loading never runs pickled code. The folder holds `model.safetensors` and `config.json` (written by
-timm's `save_for_hf`, loadable by plain timm as `hf-hub:ORG/NAME`) with our KD metadata under a
-top-level "kd" key, and a `README.md` model card (card.py). Only the student is exported: KD
-projectors, embeddings and auxiliary heads live in the checkpoint's task state and never reach the
-weights.
+"""Distilled students as timm Hugging Face Hub folders: `load_student` reads a checkpoint into its
+timm model, `export` writes the folder (`model.safetensors`, `config.json` with the KD metadata
+under "kd" and the data's class names, a `README.md` model card from `timm_kd.card`), `push`
+publishes it. The checkpoint may be a timm-kd training checkpoint (its EMA weights when present), a
+bare state_dict, a .safetensors file or a VanillaKD release file (FAIR's ConvNeXt-V2 keys are
+converted by timm's own filter); loading never runs pickled code. Only the student is exported:
+KD projectors, embeddings and auxiliary heads never reach the weights. The command line is
+`python -m timm_kd.hub` (`timm_kd.cli.hub`).
 """
 
 import json
