@@ -118,3 +118,11 @@ def test_the_checker_sees_a_function_local_import():
     # a check that could not fail would prove nothing: the cache program's imports are found
     assert 'timm_kd.cli.train.build' in _imports('timm_kd.cli.cache')
     assert 'timm_kd.dataset_views' in _imports('timm_kd.unlabeled')
+
+
+def test_every_folder_of_python_files_is_a_package_the_wheel_ships():
+    # setuptools' `packages = find:` ships only folders with an __init__.py; the rest would be
+    # missing from the wheel while working in a checkout
+    for folder, _, files in os.walk(ROOT):
+        if any(f.endswith('.py') for f in files) and '__pycache__' not in folder:
+            assert '__init__.py' in files, folder
