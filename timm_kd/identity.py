@@ -21,11 +21,10 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def identity(value: Any, prefix: str = '') -> Any:
-    """The part of a run value that identifies it, as a flat dict: a field's key is its name (or
-    its metadata 'label'), nested dataclasses prefix theirs ('teacher checkpoint'), a tuple of
-    several dataclasses numbers them ('teacher 2 checkpoint'); files by content hash, tuples as
-    lists."""
+def identity(value: Any, prefix: str = '') -> Dict[str, Any]:
+    """The part of a run value (a dataclass) that identifies it, as a flat dict: a field's key is
+    its name (or its metadata 'label'), nested dataclasses prefix theirs ('teacher checkpoint'), a
+    tuple of several dataclasses numbers them ('teacher 2 checkpoint'); files count by content."""
     out: Dict[str, Any] = {}
     for f in dataclasses.fields(value):
         kind = f.metadata.get('identity', True)

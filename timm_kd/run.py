@@ -19,12 +19,13 @@ from .identity import FILE, NOT_IDENTITY
 from .losses import get_kd_loss_class
 
 
-def _frozen(value: Any) -> Any:
-    """Lists and dicts (as parsed from flags or YAML) as tuples, so the run is hashable and frozen."""
+def freeze(value: Any) -> Any:
+    """A parsed flag value as the run holds it: lists and dicts (from flags or YAML) as tuples, so
+    the run is hashable and frozen."""
     if isinstance(value, Mapping):
-        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+        return tuple(sorted((k, freeze(v)) for k, v in value.items()))
     if isinstance(value, (list, tuple)):
-        return tuple(_frozen(v) for v in value)
+        return tuple(freeze(v) for v in value)
     return value
 
 
@@ -142,8 +143,3 @@ class RunSpec:
     @property
     def student_data_config(self) -> Dict[str, Any]:
         return dict(self.data_config)
-
-
-def freeze(value: Any) -> Any:
-    """A parsed flag value (list, dict) as the frozen form the run holds."""
-    return _frozen(value)
