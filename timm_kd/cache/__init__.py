@@ -1,14 +1,15 @@
 """Teacher-output cache: run the teacher once, distill many times at the cost of plain training.
 
-    python -m timm_kd.cache build DATA [timm-kd-train flags: --model, --teacher, data, augmentation, --epochs, ...]
-        --top-k K --out DIR [--value-dtype float32|float16]
+    python -m timm_kd.cache build DATA [timm-kd-train flags: --model, --teacher, data,
+        augmentation, --epochs, ...] --top-k K --out DIR [--value-dtype float32|float16]
     timm-kd-train DATA [the same flags] --teacher-cache DIR
 
 The views are replayable (`timm_kd.replay`): epoch e's slot p is the same image, augmentation and
 mixup in every run with the same data flags, so the teacher's answer for it can be computed once.
-`build` runs the data stream and the teacher exactly as training would (same reseeds, mixup in the
-training process, the teacher under the same autocast) and stores, per (epoch, rank, slot), the
-top-K teacher logits (values and class indices) and the log-sum-exp of the other C-K logits.
+The build (the program `timm_kd.cli.cache`) reads the stream training reads (`timm_kd.stream`:
+same reseeds, mixup in the training process), runs the teacher under the same autocast, and
+stores, per (epoch, rank, slot), the top-K teacher logits (values and class indices) and the
+log-sum-exp of the other C-K logits.
 Training with `--teacher-cache` builds no teacher: each batch's teacher logits are rebuilt from the
 cache (`rebuild_logits`), and every logit loss and deep supervision reads them.
 
