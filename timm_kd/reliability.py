@@ -17,6 +17,7 @@ preemption by SIGTERM/SIGINT.
 """
 
 import csv
+import io
 import os
 import signal
 import threading
@@ -34,11 +35,20 @@ def reseed(seed: int, epoch: int, rank: int = 0, update: Optional[int] = None) -
 
 def write_text(path: str, text: str) -> None:
     """Write a small file atomically: a temporary file, fsynced, renamed over `path`."""
-    with open(path + '.tmp', 'w') as f:
+    with open(path + '.tmp', 'w', newline='') as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(path + '.tmp', path)
+
+
+def fsync_path(path: str) -> None:
+    """fsync a file or a folder by its path (a folder: so that a rename in it is durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def truncate_summary(path: str, start_epoch: int) -> None:
@@ -52,11 +62,9 @@ def truncate_summary(path: str, start_epoch: int) -> None:
     kept = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) < start_epoch]
     if len(kept) == len(rows):
         return
-    with open(path + '.tmp', 'w', newline='') as f:
-        csv.writer(f).writerows(kept)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + '.tmp', path)
+    text = io.StringIO()
+    csv.writer(text).writerows(kept)
+    write_text(path, text.getvalue())
 
 
 class Preemption:

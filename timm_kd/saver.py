@@ -18,25 +18,27 @@ import torch
 from timm.utils import CheckpointSaver
 
 from .errors import KDError, NonFiniteError
+from .reliability import fsync_path
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def resumable_checkpoint(folder: str) -> str:
+    """The checkpoint `--resume auto` takes in `folder`: the newest of last.pth.tar and the
+    recovery checkpoints ('' when there is none)."""
+    if not os.path.isdir(folder):
+        return ''
+    paths = [
+        os.path.join(folder, n)
+        for n in os.listdir(folder)
+        if n == 'last.pth.tar' or (n.startswith('recovery-') and n.endswith('.pth.tar'))
+    ]
+    return max(paths, key=os.path.getmtime) if paths else ''
 
 
 def newest_checkpoint(folder: str) -> str:
-    """The checkpoint `--resume auto` would take in `folder` (the newest of last.pth.tar and the
-    recovery checkpoints), else the newest numbered one; '' when there is none."""
-    names = [n for n in os.listdir(folder) if n.endswith('.pth.tar') and 'tmp' not in n]
-    for prefixes in (('last', 'recovery-'), ('checkpoint-',)):
-        paths = [os.path.join(folder, n) for n in names if n.startswith(prefixes)]
-        if paths:
-            return max(paths, key=os.path.getmtime)
-    return ''
+    """`resumable_checkpoint`, else the newest numbered checkpoint; '' when there is none."""
+    numbered = [os.path.join(folder, n) for n in os.listdir(folder)
+                if n.startswith('checkpoint-') and n.endswith('.pth.tar')]  # fmt: skip
+    return resumable_checkpoint(folder) or (max(numbered, key=os.path.getmtime) if numbered else '')
 
 
 def non_finite_tensors(state: Dict[str, Any]) -> list:
@@ -151,7 +153,7 @@ class DurableCheckpointSaver(CheckpointSaver):
         os.replace(
             src, dst
         )  # atomic; timm deletes dst first (for Windows), which opens a gap with no file
-        _fsync_dir(os.path.dirname(dst) or '.')
+        fsync_path(os.path.dirname(dst) or '.')
 
     def _duplicate(self, src, dst):
         if os.path.exists(dst) and os.path.samefile(src, dst):

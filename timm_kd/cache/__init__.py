@@ -41,9 +41,10 @@ from ..dataset_views import dataset_targets
 from ..errors import KDError
 from ..identity import identity
 from ..losses import create_kd_loss, get_kd_loss_class, list_kd_losses
+from ..reliability import write_text
 from ..run import RunSpec
 from ..teacher import TeacherOutput
-from .shards import ShardPrefetch, is_built, open_shard, write_json
+from .shards import ShardPrefetch, is_built, open_shard
 
 _logger = logging.getLogger(__name__)
 FORMAT = 3  # 3: per-shard checksums; file sizes in the dataset signature
@@ -287,4 +288,4 @@ def check_logit_losses_only(loss_names: Sequence[str]) -> None:
 
 
 def write_manifest(root: str, manifest: Dict[str, Any]) -> None:
-    write_json(os.path.join(root, 'manifest.json'), manifest)
+    write_text(os.path.join(root, 'manifest.json'), json.dumps(manifest, indent=1))

@@ -21,6 +21,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from ..errors import KDError
+from ..reliability import fsync_path, write_text
 
 PARTS = ('values', 'indices', 'tail')
 
@@ -37,24 +38,6 @@ def crc32(path: str) -> int:
         for block in iter(lambda: f.read(1 << 24), b''):
             value = zlib.crc32(block, value)
     return value
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json(path: str, content: dict) -> None:
-    """Write a JSON file atomically: a temporary file, fsynced, renamed over `path`."""
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(content, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def is_built(root: str, epoch: int, rank: int) -> bool:
@@ -94,11 +77,11 @@ class ShardWriter:
                 array.flush()
                 tmp = self.files[part] + '.tmp'
                 sidecar['size'][part], sidecar['crc32'][part] = os.path.getsize(tmp), crc32(tmp)
-                _fsync(tmp)
+                fsync_path(tmp)
             self.arrays.clear()  # the maps close before the renames
             for part in PARTS:
                 os.replace(self.files[part] + '.tmp', self.files[part])
-            write_json(self.files['sidecar'], sidecar)
+            write_text(self.files['sidecar'], json.dumps(sidecar, indent=1))
         except OSError as e:
             self.abort()
             raise KDError(_disk_problem(e, os.path.dirname(self.files['sidecar']))) from None
@@ -107,9 +90,8 @@ class ShardWriter:
         """Remove what this shard wrote (its temporary arrays)."""
         self.arrays.clear()
         for part in PARTS:
-            for path in (self.files[part] + '.tmp',):
-                if os.path.exists(path):
-                    os.remove(path)
+            if os.path.exists(self.files[part] + '.tmp'):
+                os.remove(self.files[part] + '.tmp')
 
 
 def _preallocate(path: str) -> None:

@@ -3,7 +3,6 @@ optimizer, schedule, EMA and checkpoint saver. `loop` wires these together."""
 
 import argparse
 import dataclasses
-import glob
 import importlib
 import logging
 import os
@@ -43,7 +42,7 @@ from ...run import (
     freeze,
 )
 from ...runtime import Process, amp_setup, experiment_name, output_dir, resolve_lr
-from ...saver import DurableCheckpointSaver
+from ...saver import DurableCheckpointSaver, resumable_checkpoint
 from ...stream import TrainingStream
 from ...task import DistillationTask
 from ...teacher import Teacher
@@ -353,10 +352,7 @@ def resume_path(args: argparse.Namespace) -> str:
     if not args.experiment:
         raise KDError('--resume auto needs --experiment NAME, the folder to resume from')
     folder = os.path.join(args.output or os.path.join('.', 'output', 'train'), args.experiment)
-    found = glob.glob(os.path.join(folder, 'recovery-*.pth.tar')) + glob.glob(
-        os.path.join(folder, 'last.pth.tar')
-    )
-    return max(found, key=os.path.getmtime) if found else ''
+    return resumable_checkpoint(folder)
 
 
 def stream_shape(args: argparse.Namespace, world_size: int) -> Dict[str, int]:
