@@ -344,8 +344,7 @@ def main():
         f'{args.student} <- {args.teacher}, batch {args.batch_size}, {args.img_size}px, '
         f'{result["device"]}, '
         f'teacher {args.teacher_dtype}{" compiled" if args.teacher_compile else ""}, amp '
-        f'{args.amp}, '
-        f'compile {args.compile}, median of {args.repeats}'
+        f'{args.amp}, compile {args.compile}, median of {args.repeats}'
     )
     print(
         '| step | ms | images/s |'

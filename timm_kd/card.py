@@ -164,8 +164,7 @@ def _usage(model_id: str, features: bool) -> str:
     load = f"model = timm.create_model('{model_id}', pretrained=True{{extra}}).eval()\n"
     preamble = (
         '```python\nfrom urllib.request import urlopen\n\nimport timm\nimport torch\nfrom PIL '
-        'import Image\n\n'
-        f"image = Image.open(urlopen('{EXAMPLE_IMAGE}')).convert('RGB')\n"
+        f"import Image\n\nimage = Image.open(urlopen('{EXAMPLE_IMAGE}')).convert('RGB')\n"
     )
     transform = (
         'config = timm.data.resolve_data_config({}, model=model, use_test_size=True)\n'
@@ -178,8 +177,7 @@ def _usage(model_id: str, features: bool) -> str:
         + transform
         + 'with torch.no_grad():\n    probabilities = model(batch).softmax(dim=-1)[0]\n'
         'for p, index in zip(*probabilities.topk(min(5, len(probabilities)))):\n'
-        '    print(f"class {index.item():4d}: {100 * p.item():.2f}%")\n'
-        '```\n'
+        '    print(f"class {index.item():4d}: {100 * p.item():.2f}%")\n```\n'
     )
     if features:
         text += (
@@ -196,8 +194,7 @@ def _usage(model_id: str, features: bool) -> str:
         + load.format(extra=', num_classes=0')
         + transform
         + 'with torch.no_grad():\n    embedding = model(batch)  # pooled features, the classifier '
-        'removed\n'
-        'print(embedding.shape)  # (1, num_features)\n\n'
+        'removed\nprint(embedding.shape)  # (1, num_features)\n\n'
         '# or, keeping the classifier: the unpooled features, then the head without its last layer\n'
         + load.format(extra='')
         + 'with torch.no_grad():\n    features = model.forward_features(batch)\n'
@@ -288,12 +285,10 @@ def model_card(
     )
     text += (
         '\n## Model Comparison\n| model | teacher | loss | recipe | epochs | top-1 | top-5 | '
-        'params (M) | GMACs '
-        '| image size |\n|---|---|---|---|---|---|---|---|---|---|\n'
+        'params (M) | GMACs | image size |\n|---|---|---|---|---|---|---|---|---|---|\n'
         f'| {name} | {teacher or "-"} | {meta.get("kd_loss", "-")} | {meta.get("recipe", "-")} | '
         f'{meta.get("epochs", "-")} | {meta.get("top1", "-")} | {meta.get("top5", "-")} | '
-        f'{stats["params"]:.1f} | '
-        f'{stats["gmacs"]:.2f} | {test_size[1]} |\n'
+        f'{stats["params"]:.1f} | {stats["gmacs"]:.2f} | {test_size[1]} |\n'
     )
     cited = (
         ([VANILLAKD[2]] if teacher else []) + [TIMM] + [p[2] for p in papers if p is not VANILLAKD]

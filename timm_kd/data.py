@@ -243,8 +243,7 @@ def create_loaders(
     if opts.aug_repeats and not distributed:
         raise KDError(
             f'--aug-repeats {opts.aug_repeats:g} needs several processes (torchrun): timm spreads '
-            'the copies '
-            f'of an image over them; pass --aug-repeats 0 to train in one process'
+            f'the copies of an image over them; pass --aug-repeats 0 to train in one process'
         )
     mix = mixup_args(opts, num_classes)
     mixup_fn = Mixup(**mix) if mix is not None else None

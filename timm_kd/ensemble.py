@@ -49,8 +49,7 @@ class EnsembleTeacher(nn.Module):
         if len(classes) > 1:
             raise KDError(
                 f"the ensemble's teachers predict different class counts {sorted(classes)}; use "
-                'teachers '
-                f'of one label set'
+                f'teachers of one label set'
             )
         self.teachers = nn.ModuleList(teachers)
         self.register_buffer(

@@ -34,8 +34,7 @@ def num_stages(model: nn.Module) -> int:
     if not info or not hasattr(model, 'forward_intermediates'):
         raise KDError(
             f'{type(model).__name__} has no forward_intermediates; feature KD and deep supervision '
-            'need a '
-            f'timm model that supports it (most timm CNNs and ViTs do)'
+            f'need a timm model that supports it (most timm CNNs and ViTs do)'
         )
     return len(info)
 
@@ -48,8 +47,7 @@ def resolve_stages(model: nn.Module, stages: Sequence[int], who: str = 'student'
         if not -n <= s < n:
             raise KDError(
                 f'{who} stage {s} is out of range: {type(model).__name__} has {n} stages '
-                f'(0..{n - 1}, '
-                f'or -1 for the last); fix --kd-{who}-stages'
+                f'(0..{n - 1}, or -1 for the last); fix --kd-{who}-stages'
             )
         out.append(s % n)
     return out

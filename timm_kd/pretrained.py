@@ -199,8 +199,7 @@ def _release_state_dict(name: str, cache_dir: Optional[str]) -> Dict[str, Any]:
         raise KDError(
             f'cannot download the weights of {name} from {url} ({type(e).__name__}: '
             f'{" ".join(str(e).split())[:100]}); set {RELEASE_URL_ENV} to a mirror that holds '
-            f'{file}, or '
-            f'put the file into {cache}'
+            f'{file}, or put the file into {cache}'
         ) from None
     try:
         return load_state_dict(path)
@@ -208,8 +207,7 @@ def _release_state_dict(name: str, cache_dir: Optional[str]) -> Dict[str, Any]:
         os.remove(path)  # a bad file in the cache would be reused forever
         raise KDError(
             f'the weights of {name} downloaded from {url} are unusable ({e}); the file was removed '
-            'from '
-            f'the cache, so the next load downloads it again'
+            f'from the cache, so the next load downloads it again'
         ) from None
 
 

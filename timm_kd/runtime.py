@@ -46,8 +46,7 @@ def init_process(device: Optional[str] = None) -> Process:
         raise KDError(
             f'torchrun started {local_processes} processes on this machine but it has '
             f'{torch.cuda.device_count()} GPU(s); pass --nproc_per_node '
-            f'{torch.cuda.device_count()}, or '
-            f'--device cpu to train on the CPU'
+            f'{torch.cuda.device_count()}, or --device cpu to train on the CPU'
         )
     info = init_distributed_device_so(device)
     return Process(

@@ -56,8 +56,7 @@ class KDStudent(nn.Module):
         if self.aux_heads and not logit:
             raise KDError(
                 'deep supervision distills each auxiliary head with a logit loss; add one to '
-                '--kd-loss '
-                '(e.g. kd)'
+                '--kd-loss (e.g. kd)'
             )
         self.aux_loss = self.kd_losses[logit[0]] if logit else None
         self.needs_index = any(getattr(m, 'needs_index', False) for m in self.kd_losses.values())
@@ -173,8 +172,7 @@ def create_kd_student(
         if aux_stages:
             raise KDError(
                 '--kd-deep-supervision needs a teacher (--teacher): the auxiliary heads are '
-                'distilled '
-                'from it'
+                'distilled from it'
             )
         return KDStudent(student)
     feature_names = [n for n in loss_names if get_kd_loss_class(n).kind == 'feature']

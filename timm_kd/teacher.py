@@ -276,8 +276,7 @@ def _create_teacher_model(
                 missing, unexpected = model.load_state_dict(state_dict, strict=False)
                 problem = (
                     f'{len(missing)} missing keys e.g. {missing[:2]}, {len(unexpected)} unexpected '
-                    'e.g. '
-                    f'{unexpected[:2]}'
+                    f'e.g. {unexpected[:2]}'
                     if missing or unexpected
                     else ''
                 )
@@ -296,8 +295,7 @@ def _create_teacher_model(
         if not _has_pretrained_source(name):
             raise KDError(
                 f'teacher {name!r} has no pretrained weights in timm; pass --teacher-checkpoint '
-                'PATH '
-                f'or a name with a pretrained tag (timm.list_pretrained({arch + "*"!r}))'
+                f'PATH or a name with a pretrained tag (timm.list_pretrained({arch + "*"!r}))'
             )
         return create_model(name, pretrained=True, in_chans=in_chans, **model_kwargs)
     except KDError:
@@ -317,8 +315,7 @@ def _create_teacher_model(
         )
         raise KDError(
             f'no pretrained weights for teacher {name!r} ({reason}); download them once with '
-            'network '
-            f'access (cached under HF_HOME), or pass --teacher-checkpoint PATH'
+            f'network access (cached under HF_HOME), or pass --teacher-checkpoint PATH'
         ) from None
 
 

@@ -42,8 +42,7 @@ class ImageFiles(torch.utils.data.Dataset):
         if not self.files:
             raise KDError(
                 f'--unlabeled-data {root!r} holds no images ({", ".join(_EXTENSIONS)}); pass a '
-                'folder of '
-                f'images or a timm dataset spec'
+                f'folder of images or a timm dataset spec'
             )
         self.img_mode, self.transform = img_mode, None
         self.targets = torch.full((len(self.files),), UNLABELED)

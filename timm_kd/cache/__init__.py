@@ -168,16 +168,14 @@ class TeacherCache:
         if not os.path.isfile(path):
             raise KDError(
                 f'--teacher-cache {root!r} holds no manifest.json; build it with python -m '
-                'timm_kd.cache '
-                f'build DATA ... --out {root}'
+                f'timm_kd.cache build DATA ... --out {root}'
             )
         with open(path) as f:
             self.manifest = json.load(f)
         if self.manifest.get('format') != FORMAT:
             raise KDError(
                 f'--teacher-cache {root!r} has format {self.manifest.get("format")}, this timm-kd '
-                'reads '
-                f'{FORMAT}; rebuild it'
+                f'reads {FORMAT}; rebuild it'
             )
         self.root = root
 

@@ -42,8 +42,7 @@ def _create(model_name: str, checkpoint: Optional[str], allow_pickle: bool) -> t
     except Exception as e:  # huggingface_hub raises several types for a missing file / offline miss
         raise KDError(
             f'no weights for {model_name!r} ({type(e).__name__}); go online (unset HF_HUB_OFFLINE) '
-            'to '
-            f'download them, or pass --checkpoint PATH'
+            f'to download them, or pass --checkpoint PATH'
         ) from None
 
 

@@ -62,15 +62,13 @@ def load_student(
         first = ' '.join(str(e).split())[:200]
         raise KDError(
             f'checkpoint {checkpoint!r} does not fit {model_name!r} ({first}); pass the '
-            'architecture it was '
-            f'trained with as --model'
+            f'architecture it was trained with as --model'
         ) from None
     bad = non_finite_tensors(model.state_dict())
     if bad:
         raise KDError(
             f'checkpoint {checkpoint!r} holds non-finite weights ({bad[0]} and {len(bad) - 1} '
-            'more): the run '
-            f'diverged; use an earlier checkpoint of it'
+            f'more): the run diverged; use an earlier checkpoint of it'
         )
     if args:
         config = resolve_data_config(args, model=model)  # as training resolved it
@@ -283,8 +281,7 @@ def _hub_problem(e: Exception) -> str:
     if status in (401, 403):
         return (
             f'HTTP {status}: not authorized; log in with `hf auth login` or set HF_TOKEN to a '
-            'token with write '
-            f'access'
+            f'token with write access'
         )
     return (
         f'{type(e).__name__}: {" ".join(str(e).split())[:120]}; check the network and the repo id'

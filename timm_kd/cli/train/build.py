@@ -147,8 +147,7 @@ def create_student(
     if args.sync_bn and process.device.type != 'cuda':
         raise KDError(
             '--sync-bn needs CUDA devices (SyncBatchNorm has no CPU implementation); drop it, or '
-            'run with '
-            '--device cuda under torchrun'
+            'run with --device cuda under torchrun'
         )
     try:
         student = create_model(
@@ -182,8 +181,7 @@ def create_student(
                 f'--initial-checkpoint {args.initial_checkpoint!r} does not fit --model '
                 f'{args.model!r} '
                 f'({_first_line(e)}); pass the checkpoint of a {args.model} or the --model it was '
-                'trained '
-                f'with'
+                f'trained with'
             ) from None
         raise
     if args.head_init_scale is not None:
@@ -406,8 +404,7 @@ def resume_student(
         ):  # weights or KD parts of another model / loss set
             raise KDError(
                 f'--resume {resume!r} does not fit this run ({_first_line(e)}); resume with the '
-                '--model, '
-                f'--kd-loss and stage flags it was trained with'
+                f'--model, --kd-loss and stage flags it was trained with'
             ) from None
         raise
     saver_state = load_training_metadata(resume).get('saver') or {}
@@ -556,7 +553,6 @@ def check_same_start(jobs: List[StudentJob]) -> Tuple[int, int]:
     if len(starts) > 1:
         raise KDError(
             f'the students resume from different points {starts} (epoch, batch); one data stream '
-            'needs one '
-            f'start: resume every student from checkpoints of the same epoch'
+            f'needs one start: resume every student from checkpoints of the same epoch'
         )
     return starts[0]

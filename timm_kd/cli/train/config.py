@@ -115,8 +115,7 @@ def resolve_config_path(path: str) -> str:
     if recipe is None:
         raise KDError(
             f'--config {path!r} is neither a file nor a bundled recipe; pass a YAML path or a name '
-            'that '
-            f'python -m timm_kd.recipes lists'
+            f'that python -m timm_kd.recipes lists'
         )
     return recipe
 

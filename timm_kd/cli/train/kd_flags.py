@@ -328,8 +328,7 @@ def resolve_timm_kd(args: argparse.Namespace) -> None:
         if args.teacher and args.teacher != args.kd_model_name:
             raise KDError(
                 f'--teacher {args.teacher!r} and --kd-model-name {args.kd_model_name!r} name two '
-                'teachers; '
-                f'give one'
+                f'teachers; give one'
             )
         args.teacher = args.kd_model_name
         if args.kd_temperature is None:
