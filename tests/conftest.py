@@ -1,7 +1,10 @@
 import functools
 import http.server
+import io
+import json
 import os
 import re
+import tarfile
 import threading
 from types import SimpleNamespace
 
@@ -27,6 +30,35 @@ def image_folder(tmp_path_factory):
             for i in range(per_class):
                 pixels = (rng.random((32, 32, 3)) * 80 + c * 60).astype('uint8')
                 Image.fromarray(pixels).save(folder / f'{i}.png')
+    return str(root)
+
+
+@pytest.fixture(scope='session')
+def wds_shards(tmp_path_factory):
+    """The images of `image_folder`'s kind as webdataset shards, as timm's `--dataset wds/` reads them: two
+    training shards of 24 and one validation shard of 24 (.jpg + .cls) with an `_info.json`."""
+    root = tmp_path_factory.mktemp('wds')
+    rng = np.random.default_rng(1)
+    splits = {}
+    for split, shards in (('train', 2), ('validation', 1)):
+        names, lengths = [], []
+        for shard in range(shards):
+            name = f'{split}-{shard:03d}.tar'
+            with tarfile.open(root / name, 'w') as tar:
+                for i in range(24):
+                    c = i % 3
+                    pixels = (rng.random((32, 32, 3)) * 80 + c * 60).astype('uint8')
+                    image = io.BytesIO()
+                    Image.fromarray(pixels).save(image, format='JPEG', quality=95)
+                    for ext, data in (('jpg', image.getvalue()), ('cls', str(c).encode())):
+                        info = tarfile.TarInfo(f'{split}{shard}_{i:04d}.{ext}')
+                        info.size = len(data)
+                        tar.addfile(info, io.BytesIO(data))
+            names.append(name)
+            lengths.append(24)
+        splits[split] = dict(name=split, num_samples=sum(lengths), filenames=names,
+                             shard_lengths=lengths)  # fmt: skip
+    (root / '_info.json').write_text(json.dumps({'name': 'tiny', 'splits': splits}))
     return str(root)
 
 

@@ -8,7 +8,8 @@ from timm_kd.cli.train.build import dataset_options, loader_options
 from timm_kd.cli.train.config import parse_args
 from timm_kd.data import create_datasets, create_loaders, set_loader_epoch
 from timm_kd.reliability import reseed
-from timm_kd.replay import ReplayableViews, make_replayable
+from timm_kd.replay import ReplayableViews, make_replayable, replayable_views
+from timm_kd.stream import TrainingStream
 
 AUG = [
     '--aa',
@@ -89,3 +90,88 @@ def test_a_plain_index_is_the_unseeded_dataset(image_folder):
     train, _ = create_datasets(dataset_options(args))
     views = ReplayableViews(train, seed=0)
     assert len(views) == len(train) and views[3][1] == train[3][1] and views.reader is train.reader
+
+
+class _CountingLoads(torch.utils.data.Dataset):
+    """Records which sample indices are loaded."""
+
+    def __init__(self, dataset):
+        self.dataset, self.loaded = dataset, []
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        self.loaded.append(index)
+        return self.dataset[index]
+
+    @property
+    def transform(self):
+        return self.dataset.transform
+
+    @transform.setter
+    def transform(self, value):
+        self.dataset.transform = value
+
+
+def test_a_mid_epoch_resume_loads_no_skipped_image_and_replays_the_rest(image_folder):
+    args, _ = parse_args([image_folder, *AUG, '-j', '0', '--mixup', '0.8'])
+    train, _ = create_datasets(dataset_options(args))
+    counting = _CountingLoads(train)
+    cfg = dict(input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3,
+               interpolation='bilinear', crop_pct=1.0)  # fmt: skip
+    loader, _, mixup = create_loaders(
+        loader_options(args), ReplayableViews(counting, seed=7), None, cfg, 3,
+        torch.device('cpu'), prefetcher=True,
+    )  # fmt: skip
+    assert make_replayable(loader)
+    stream = TrainingStream(loader, mixup, device=torch.device('cpu'), seed=7)
+    full = [(i, b.input.clone(), b.target.clone()) for i, b in stream.epoch(1)]
+    counting.loaded.clear()
+    resumed = [(i, b.input.clone(), b.target.clone()) for i, b in stream.epoch(1, skip_batches=4)]
+    skipped = [index for index in range(len(train)) if index not in counting.loaded]
+    assert len(skipped) == 4 * 8 and len(counting.loaded) == len(train) - 4 * 8
+    assert [i for i, *_ in resumed] == [4, 5]
+    for (i, x, y), (j, xr, yr) in zip(full[4:], resumed):
+        assert i == j and torch.equal(x, xr) and torch.equal(y, yr)
+
+
+def _wds_stream(wds_shards, workers, prefetcher=True):
+    args, _ = parse_args([wds_shards, '--dataset', 'wds/tiny', *AUG, '-j', str(workers)])
+    train, _ = create_datasets(dataset_options(args))
+    cfg = dict(input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3,
+               interpolation='bilinear', crop_pct=1.0)  # fmt: skip
+    loader, _, _ = create_loaders(
+        loader_options(args), replayable_views(train, seed=7), None, cfg, 3,
+        torch.device('cpu'), prefetcher=prefetcher,
+    )  # fmt: skip
+    assert make_replayable(loader)
+    return TrainingStream(loader, device=torch.device('cpu'), seed=7)
+
+
+def _batches(stream, epoch, skip=0):
+    return [(i, b.input.clone(), b.target.clone()) for i, b in stream.epoch(epoch, skip)]
+
+
+def test_webdataset_shards_replay_and_resume_mid_epoch(wds_shards):
+    """`--dataset wds/`: the same stream in a new process-like loader, and from any batch on."""
+    full = _batches(_wds_stream(wds_shards, 2), epoch=1)
+    again = _wds_stream(wds_shards, 2)
+    assert len(full) == 6
+    for skip in (0, 3):  # 3: the first batch comes from the second worker
+        resumed = _batches(again, 1, skip)
+        assert [i for i, *_ in resumed] == list(range(skip, 6))
+        for (_, x, y), (_, xr, yr) in zip(full[skip:], resumed):
+            assert torch.equal(x, xr) and torch.equal(y, yr)
+    assert not torch.equal(_batches(again, 2)[0][1], full[0][1])  # another epoch, other views
+
+
+def test_webdataset_epoch_holds_the_samples_timms_loader_reads(wds_shards):
+    from timm.data import create_dataset, create_loader
+
+    ours = torch.cat([y for _, _, y in _batches(_wds_stream(wds_shards, 2, False), epoch=0)])
+    timms = create_dataset('wds/tiny', wds_shards, split='train', is_training=True, batch_size=8)
+    loader = create_loader(timms, (3, 32, 32), 8, is_training=True, num_workers=2,
+                           use_prefetcher=False)  # fmt: skip
+    theirs = torch.cat([y for _, y in loader])
+    assert len(ours) == len(theirs) == 48 and torch.equal(ours.bincount(), theirs.bincount())

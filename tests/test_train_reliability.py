@@ -86,7 +86,7 @@ def test_reseed_gives_the_same_stream_per_position_and_rank():
             )
         )
     assert draws[0] == draws[1] and draws[0] != draws[2]
-    reseed(42, epoch=3, rank=0, update=0)
+    reseed(42, epoch=3, rank=0, step=0)
     assert torch.rand(2).tolist() != draws[0][0]
 
 

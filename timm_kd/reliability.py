@@ -1,8 +1,8 @@
 """What keeps a long run safe: random streams derived from (seed, epoch), honest records across crashes, and
 preemption by SIGTERM/SIGINT.
 
-- `reseed(seed, epoch, rank, update)`: at the start of every epoch (and after every recovery
-  checkpoint) the Python, NumPy and torch generators are seeded from (seed, epoch[, update], rank).
+- `reseed(seed, epoch, rank, step)`: at the start of every epoch (and before every batch) the
+  Python, NumPy and torch generators are seeded from (seed, epoch[, step], rank).
   Everything random in a training epoch draws from them: the sampler's order, the loader workers'
   seeds (hence crops, flips, RandAugment, random erasing), mixup/cutmix, dropout and drop-path,
   CRD's negatives. A run resumed at an epoch boundary therefore trains exactly as the uninterrupted
@@ -27,9 +27,10 @@ import torch
 from timm.utils import random_seed
 
 
-def reseed(seed: int, epoch: int, rank: int = 0, update: Optional[int] = None) -> None:
-    """Seed every generator from (seed, epoch, update, rank): distinct per rank, reproducible per position."""
-    mixed = (seed * 1_000_003 + epoch) * 1_000_003 + (0 if update is None else update + 1)
+def reseed(seed: int, epoch: int, rank: int = 0, step: Optional[int] = None) -> None:
+    """Seed every generator from (seed, epoch, step, rank): distinct per rank, reproducible per
+    position."""
+    mixed = (seed * 1_000_003 + epoch) * 1_000_003 + (0 if step is None else step + 1)
     random_seed(mixed % (2**31 - 65_536), rank)  # random_seed adds the rank; NumPy takes < 2**32
 
 

@@ -9,11 +9,12 @@ decoded in one place (`TrainingStream.prepare`) into the named fields of a `Batc
 - -1 for an unlabeled image (`timm_kd.unlabeled`), turned into the `labeled` mask.
 
 Then mixup/cutmix runs, in the training process. The random streams are those of
-`timm_kd.reliability.reseed`: each epoch starts from (seed, epoch, rank), each optimizer update is
-followed by a reseed from (seed, epoch, rank, update), so a batch's views and mixing depend on its
+`timm_kd.reliability.reseed`: each epoch starts from (seed, epoch, rank), each batch is mixed and
+trained after a reseed from (seed, epoch, rank, batch), so a batch's views and mixing depend on its
 position only: a resumed run, and the teacher-output cache, see exactly the uninterrupted stream.
 """
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Tuple
 
@@ -21,6 +22,7 @@ import torch
 
 from .data import set_loader_epoch
 from .reliability import reseed
+from .replay import resumable
 from .unlabeled import labeled_mask
 
 
@@ -81,24 +83,25 @@ class TrainingStream:
     def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[Tuple[int, Batch]]:
         """(batch index, batch) of one epoch; its random streams start from (seed, epoch, rank) now.
 
-        The first `skip_batches` (trained before a mid-epoch recovery checkpoint) are drawn from
-        the loader and dropped, so the rest is what the uninterrupted run sees. The reseed after
-        each update happens when the consumer asks for the next batch, after its own work on the
-        update (a recovery checkpoint)."""
+        The first `skip_batches` (trained before a mid-epoch recovery checkpoint) are left out:
+        a replayable loader's sampler starts after them (`timm_kd.replay.SlotSampler.start_at`)
+        and nothing of them is loaded; any other loader yields them and they are dropped. Each
+        batch is mixed after a reseed from (seed, epoch, rank, batch), so what loading drew, and
+        what the consumer did between batches (a recovery checkpoint), changes nothing after."""
         reseed(self.seed, epoch, self.rank)
         set_loader_epoch(self.loader, epoch)
-        return self._batches(epoch, skip_batches)
+        slots = resumable(self.loader)
+        if slots is not None and skip_batches:
+            slots.start_at(skip_batches)
+            batches = enumerate(self.loader, start=skip_batches)
+        else:
+            batches = itertools.islice(enumerate(self.loader), skip_batches, None)
+        return self._batches(epoch, batches)
 
-    def _batches(self, epoch: int, skip_batches: int) -> Iterator[Tuple[int, Batch]]:
-        for batch_idx, (input, target) in enumerate(self.loader):
-            if batch_idx < skip_batches:
-                if batch_idx == skip_batches - 1:
-                    last_update = skip_batches // self.grad_accum_steps - 1
-                    reseed(self.seed, epoch, self.rank, last_update)
-                continue
+    def _batches(self, epoch: int, batches: Iterator) -> Iterator[Tuple[int, Batch]]:
+        for batch_idx, (input, target) in batches:
+            reseed(self.seed, epoch, self.rank, batch_idx)
             yield batch_idx, self.prepare(input, target)
-            if self.is_update(batch_idx):
-                reseed(self.seed, epoch, self.rank, batch_idx // self.grad_accum_steps)
 
     def prepare(self, input: torch.Tensor, target: torch.Tensor) -> Batch:
         """Device, dtype and layout; the loader's second tensor decoded; mixup/cutmix."""

@@ -36,6 +36,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import IterableDataset
 
 from ..dataset_views import dataset_targets
 from ..errors import KDError
@@ -51,14 +52,17 @@ FORMAT = 3  # 3: per-shard checksums; file sizes in the dataset signature
 
 
 def dataset_signature(dataset: Any, root: str, mtimes: bool = False) -> str:
-    """A hash of the training set's files (paths relative to the data root, sizes, and with
-    `mtimes` modification times) and labels; of its labels alone for datasets without a file list
-    (torchvision's, timm's readers of archives). Pixels are not read: a file replaced by another of
-    the same size (and, with `mtimes`, the same time) goes unseen."""
+    """A hash of the training set's files (paths relative to the data root, so a copy under
+    another root matches; sizes, and with `mtimes` modification times) and labels: image files of
+    a folder, the shards of webdataset input; labels alone for datasets without a file list
+    (torchvision's, timm's readers of archives). Pixels are not read: a file replaced by another
+    of the same size (and, with `mtimes`, the same time) goes unseen."""
     digest = hashlib.sha256()
-    samples = getattr(getattr(dataset, 'reader', None), 'samples', None) or getattr(
-        dataset, 'samples', None
-    )
+    reader = getattr(dataset, 'reader', None)
+    samples = getattr(reader, 'samples', None) or getattr(dataset, 'samples', None)
+    shards = getattr(getattr(reader, 'split_info', None), 'filenames', None)  # timm's wds reader
+    if shards is not None:
+        samples = [(os.path.join(reader.root, name), -1) for name in shards]
     if samples is not None:
         for path, target in samples:
             stat = os.stat(path)
@@ -84,6 +88,8 @@ def fingerprint(
     for name in ('data', 'views', 'process'):  # a flag shared by two sections is one key
         for key, value in identity(getattr(run, name)).items():
             views[key if views.get(key, value) == value else f'{name} {key}'] = value
+    if isinstance(dataset, IterableDataset):  # a stream's order depends on its readers
+        views['workers (streamed input)'] = run.views.workers
     views.update(
         world_size=world_size,
         num_classes=run.num_classes,

@@ -31,7 +31,7 @@ from ...data import (
 from ...dataset_views import IndexedTargets
 from ...engine import StudentRun
 from ...errors import KDError
-from ...replay import ReplayableViews, make_replayable
+from ...replay import make_replayable, replayable_views
 from ...run import (
     LossSpec,
     ProcessSpec,
@@ -85,7 +85,7 @@ def replayable_loaders(
     """
     train_loader, eval_loader, mixup_fn = create_loaders(
         loader_options(args),
-        ReplayableViews(train_set, args.seed),
+        replayable_views(train_set, args.seed, process.rank),
         eval_set,
         data_config,
         num_classes,

@@ -1,0 +1,110 @@
+"""What replayable views cost timm's loader, and what a mid-epoch resume costs before its first step.
+
+    python benchmarks/loader.py [--images 512 --size 224 --workers 0 2 --repeats 3]
+
+Writes an ImageFolder of JPEGs (smooth random images, 320x256, 10 classes) and reads one epoch of
+it through timm's `create_loader` with the ResNet Strikes Back A2 augmentation (random-resized
+crop to `--size`, flip, RandAugment `rand-m7-mstd0.5-inc1`, random erasing 0.25), without the
+prefetcher, for each worker count: once over timm's plain dataset and once over our replayable
+views (`timm_kd.replay`), alternating, `--repeats` times. Then it times the first batch of a
+mid-epoch resume at 10% and 90% of the epoch (`TrainingStream.epoch(e, skip_batches)`), where the
+sampler starts at its position instead of loading the skipped batches.
+
+Prints one JSON line: images/s of each per worker count, `replay_vs_timm` (the lowest ratio over
+the worker counts; 1.0: free, the target is at least 0.98), and `resume_first_batch_s` at 10% and
+90% with `epoch_s` (one epoch's load time) for scale.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from timm.data import ImageDataset, create_loader
+
+from timm_kd.replay import ReplayableViews, make_replayable
+from timm_kd.stream import TrainingStream
+
+
+def _write_images(root: str, count: int, classes: int) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        folder = os.path.join(root, f'class{i % classes}')
+        os.makedirs(folder, exist_ok=True)
+        small = rng.integers(0, 255, (8, 10, 3), dtype=np.uint8)  # smooth when upsampled: JPEG-like
+        image = Image.fromarray(small).resize((320, 256), Image.BICUBIC)
+        image.save(os.path.join(folder, f'{i}.jpg'), quality=90)
+
+
+def _loader(dataset, args, workers: int):
+    return create_loader(
+        dataset, input_size=(3, args.size, args.size), batch_size=args.batch, is_training=True,
+        use_prefetcher=False, no_aug=False, re_prob=0.25, re_mode='pixel', hflip=0.5,
+        auto_augment='rand-m7-mstd0.5-inc1', interpolation='bicubic', num_workers=workers,
+        persistent_workers=False,
+    )  # fmt: skip
+
+
+def _epoch_rate(loader) -> float:
+    start, images = time.perf_counter(), 0
+    for input, _ in loader:
+        images += input.shape[0]
+    return images / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument('--images', type=int, default=512)
+    p.add_argument('--size', type=int, default=224)
+    p.add_argument('--batch', type=int, default=32)
+    p.add_argument('--workers', type=int, nargs='+', default=[0, 2])
+    p.add_argument('--repeats', type=int, default=3)
+    args = p.parse_args()
+    torch.set_num_threads(1)  # per core: the loader's work, not intra-op threads
+    with tempfile.TemporaryDirectory() as root:
+        _write_images(root, args.images, 10)
+        rates, ratios = {}, []
+        for workers in args.workers:
+            timm_rates, replay_rates = [], []
+            plain = _loader(ImageDataset(root), args, workers)
+            views = ReplayableViews(ImageDataset(root), seed=0)
+            replay = _loader(views, args, workers)
+            assert make_replayable(replay)
+            _epoch_rate(plain)  # warm the page cache and the decoders
+            for _ in range(args.repeats):
+                timm_rates.append(_epoch_rate(plain))
+                replay_rates.append(_epoch_rate(replay))
+            timm_rate, replay_rate = statistics.median(timm_rates), statistics.median(replay_rates)
+            rates[f'workers_{workers}'] = {
+                'timm_images_per_s': round(timm_rate, 1),
+                'replay_images_per_s': round(replay_rate, 1),
+                'replay_vs_timm': round(replay_rate / timm_rate, 4),
+            }
+            ratios.append(replay_rate / timm_rate)
+        stream = TrainingStream(replay, device=torch.device('cpu'), seed=0)
+        batches = len(stream)
+        start = time.perf_counter()
+        for _ in stream.epoch(1):
+            pass
+        epoch_s = time.perf_counter() - start
+        first_batch = {}
+        for fraction in (0.1, 0.9):
+            start = time.perf_counter()
+            next(iter(stream.epoch(1, skip_batches=int(fraction * batches))))
+            first_batch[f'{round(fraction * 100)}%'] = round(time.perf_counter() - start, 3)
+    print(json.dumps({
+        'images': args.images, 'size': args.size, 'batch': args.batch, **rates,
+        'replay_vs_timm': round(min(ratios), 4), 'epoch_s': round(epoch_s, 3),
+        'resume_first_batch_s': first_batch,
+    }))  # fmt: skip
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,60 @@
+"""`--dataset wds/NAME` (webdataset shards with timm's `_info.json`): live KD, resume, the cache."""
+
+import csv
+
+import pytest
+import timm
+import torch
+
+from timm_kd.cli.cache import main as cache_main
+from timm_kd.cli.train.loop import cli
+from timm_kd.cli.train.loop import main as train_main
+
+FAST = ['--dataset', 'wds/tiny', '--model', 'test_resnet', '--img-size', '32', '-b', '8',
+        '--lr', '0.01', '--warmup-epochs', '0', '-j', '2', '--device', 'cpu', '--epochs', '2',
+        '--mixup', '0.5', '--aa', 'rand-m9-mstd0.5', '--reprob', '0.25', '--drop', '0.1',
+        '--num-classes', '3']  # fmt: skip
+
+
+@pytest.fixture(scope='module')
+def teacher(tmp_path_factory):
+    path = tmp_path_factory.mktemp('teacher') / 'resnet.pth'
+    torch.save(timm.create_model('test_resnet', num_classes=3).state_dict(), path)
+    return ['--teacher', 'test_resnet', '--teacher-checkpoint', str(path)]
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _close(a, b):
+    assert len(a) == len(b) and [set(r) for r in a] == [set(r) for r in b]
+    return all(float(x[k]) == pytest.approx(float(y[k]), abs=1e-5) for x, y in zip(a, b) for k in x)
+
+
+def test_live_kd_on_shards_resumes_exactly_and_trains_from_the_cache(wds_shards, teacher, tmp_path):
+    out = ['--output', str(tmp_path)]
+    train_main([wds_shards, *FAST, *teacher, *out, '--experiment', 'live'])
+    live = _rows(tmp_path / 'live' / 'summary.csv')
+    assert len(live) == 2 and float(live[0]['train_kd_loss']) > 0
+    assert float(live[0]['eval_top1']) >= 0  # the validation shard was read
+
+    train_main([wds_shards, *FAST, *teacher, *out, '--experiment', 'cut', '--stop-epoch', '1'])
+    train_main([wds_shards, *FAST, *teacher, *out, '--experiment', 'cut', '--resume', 'auto'])
+    assert _close(_rows(tmp_path / 'cut' / 'summary.csv'), live)
+
+    cache = tmp_path / 'cache'
+    cache_main(['build', wds_shards, *FAST, *teacher, '--top-k', '3', '--out', str(cache)])
+    train_main([wds_shards, *FAST, *out, '--teacher-cache', str(cache), '--experiment', 'cached'])
+    assert _close(_rows(tmp_path / 'cached' / 'summary.csv'), live)
+
+
+def test_a_cache_of_shards_refuses_another_worker_count(wds_shards, teacher, tmp_path, run_cli):
+    cache = tmp_path / 'cache'
+    cache_main(['build', wds_shards, *FAST, *teacher, '--epochs', '1', '--top-k', '3',
+                '--out', str(cache)])  # fmt: skip
+    fast = [*FAST, '--epochs', '1', '-j', '0', '--output', str(tmp_path)]
+    result = run_cli(cli, wds_shards, *fast, '--teacher-cache', str(cache))
+    assert result.returncode != 0 and 'workers (streamed input)' in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.startswith('error')]) == 1
