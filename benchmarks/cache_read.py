@@ -18,24 +18,25 @@ import tempfile
 import time
 from functools import partial
 
-import numpy as np
 import torch
 
 from timm_kd.cache import CachedTeacher
+from timm_kd.cache.layout import LAYOUTS, Layout
 from timm_kd.cache.shards import ShardWriter, open_shard
 
 
 class _Cache:  # a TeacherCache without a manifest: only the shards
-    def __init__(self, root, classes):
-        self.root, self.manifest = root, {'num_classes': classes}
+    def __init__(self, root, classes, layout):
+        self.root, self.manifest, self.layout = root, {'num_classes': classes}, layout
 
     def open(self, epoch, rank, verify=True):
         return open_shard(self.root, epoch, rank, verify)
 
 
-def _read(root, classes, verify, epochs, samples, batch) -> float:
+def _read(root, layout, verify, epochs, samples, batch) -> float:
     """Samples/s over `epochs` epochs (or the first alone when `epochs` is 1)."""
-    teacher = CachedTeacher(_Cache(root, classes), 0, torch.device('cpu'), verify=verify)
+    cache = _Cache(root, layout.num_classes, layout)
+    teacher = CachedTeacher(cache, 0, torch.device('cpu'), verify=verify)
     images = torch.empty(batch, 1)
     start = time.perf_counter()
     for epoch in range(epochs):
@@ -57,19 +58,21 @@ def main() -> None:
     p.add_argument('--classes', type=int, default=1000)
     p.add_argument('--batch', type=int, default=256)
     p.add_argument('--repeats', type=int, default=3)
+    p.add_argument('--layout', choices=LAYOUTS, default='exact')
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as root:
-        rng = np.random.default_rng(0)
+        torch.manual_seed(0)
         for epoch in range(args.epochs):
-            shard = ShardWriter(root, epoch, 0, args.samples, args.top_k, np.float32, np.int16)
+            layout = Layout(args.layout, args.top_k, args.classes)
+            shard = ShardWriter(root, epoch, 0, layout.arrays(args.samples))
             n = args.samples
-            shard.write(slice(0, n), rng.standard_normal((n, args.top_k), dtype=np.float32),
-                        rng.integers(0, args.classes, (n, args.top_k), dtype=np.int16),
-                        rng.standard_normal(n, dtype=np.float32))  # fmt: skip
+            shard.write(slice(0, n), layout.encode(
+                torch.randn(n, args.top_k).sort(1, descending=True).values,
+                torch.randint(0, args.classes, (n, args.top_k)), torch.randn(n)))  # fmt: skip
             shard.commit()
         size = sum(os.path.getsize(os.path.join(root, f)) for f in os.listdir(root))
         rates = {key: [] for key in ('plain', 'verified', 'plain_1', 'verified_1')}
-        read = partial(_read, root, args.classes, samples=args.samples, batch=args.batch)
+        read = partial(_read, root, layout, samples=args.samples, batch=args.batch)
         read(False, args.epochs)  # warm the page cache
         for _ in range(args.repeats):
             for verify in (False, True):
@@ -79,6 +82,7 @@ def main() -> None:
     rate = {key: statistics.median(values) for key, values in rates.items()}
     print(json.dumps({
         'epochs': args.epochs, 'samples_per_epoch': args.samples, 'top_k': args.top_k,
+        'layout': args.layout, 'bytes_per_sample': layout.bytes_per_sample(),
         'shards_mb': round(size / 2**20, 1), 'plain_samples_per_s': round(rate['plain']),
         'verified_samples_per_s': round(rate['verified']),
         'verified_vs_plain': round(rate['verified'] / rate['plain'], 4),

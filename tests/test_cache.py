@@ -364,3 +364,21 @@ def test_bad_build_targets_are_one_line(image_folder, teacher, tmp_path, capsys)
                     '--out', str(tmp_path / 'nan')])  # fmt: skip
     assert 'the teacher answered NaN or infinity in epoch 0' in capsys.readouterr().err
     assert not list((tmp_path / 'nan').glob('*.npy*'))
+
+
+def test_a_compact_cache_trains_within_its_rounding_of_the_live_run(
+    image_folder, teacher, tmp_path, caplog
+):
+    one = [*FAST, *VIEWS, '--epochs', '1', '--output', str(tmp_path)]
+    out = tmp_path / 'compact'
+    cache_main(['build', image_folder, *one, *teacher, '--top-k', '3', '--layout', 'compact',
+                '--out', str(out)])  # fmt: skip
+    data = sum(f.stat().st_size - 128 for f in out.glob('*.npy'))  # .npy headers: 128 B
+    assert data == 48 * (2 * 3 + 1 + 8)  # 48 slots of 2K + ceil(K 2 bits / 8) + 8 bytes
+    with caplog.at_level(logging.INFO, logger='timm_kd.engine'):
+        train_main([image_folder, *one, *teacher, '--experiment', 'live'])
+        live = _step_losses(caplog)
+        train_main([image_folder, *one, '--teacher-cache', str(out), '--experiment', 'cached'])
+        cached = _step_losses(caplog)
+    assert len(live) == len(cached) == 6
+    assert all(a == pytest.approx(b, rel=1e-3) for a, b in zip(live, cached))

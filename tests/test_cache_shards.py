@@ -9,16 +9,17 @@ import pytest
 
 from timm_kd import KDError
 from timm_kd.cache import shards
+from timm_kd.cache.layout import Layout
 from timm_kd.cache.shards import ShardWriter, is_built, open_shard, shard_files
 
 
 def _write(root, epoch=0, slots=6, k=3):
     rng = np.random.default_rng(epoch)
-    shard = ShardWriter(str(root), epoch, 0, slots, k, np.float32, np.int16)
+    shard = ShardWriter(str(root), epoch, 0, Layout('exact', k, 100).arrays(slots))
     values = rng.standard_normal((slots, k)).astype(np.float32)
     indices = rng.integers(0, 10, (slots, k)).astype(np.int16)
     tail = rng.standard_normal(slots).astype(np.float32)
-    shard.write(slice(0, slots), values, indices, tail)
+    shard.write(slice(0, slots), dict(values=values, indices=indices, tail=tail))
     shard.commit()
     return values, indices, tail
 
@@ -78,3 +79,19 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_behind(tmp_path, monkeypatch
     ):
         _write(tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_the_compact_layout_packs_indices_exactly_and_rounds_values_finely():
+    import torch
+
+    from timm_kd.cache import top_k_logits
+
+    logits = torch.randn(64, 1000) * 4
+    values, indices, tail = top_k_logits(logits, 10)
+    compact = Layout('compact', 10, 1000)
+    assert compact.bytes_per_sample() == 41 and Layout('exact', 10, 1000).bytes_per_sample() == 64
+    arrays = compact.encode(values, indices, tail)
+    assert arrays['indices'].shape == (64, 13)  # 10 indices of 10 bits
+    v, i, t = compact.decode(arrays)
+    assert torch.equal(i, indices) and torch.equal(t, tail)
+    assert (v - values).abs().max() < 4e-3 and torch.equal(v[:, 0], values[:, 0])

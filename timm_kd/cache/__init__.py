@@ -45,6 +45,7 @@ from ..losses import create_kd_loss, get_kd_loss_class, list_kd_losses
 from ..reliability import write_text
 from ..run import RunSpec
 from ..teacher import TeacherOutput
+from .layout import Layout
 from .shards import ShardPrefetch, is_built, open_shard
 
 _logger = logging.getLogger(__name__)
@@ -184,6 +185,10 @@ class TeacherCache:
                 f'reads {FORMAT}; rebuild it'
             )
         self.root = root
+        m = self.manifest
+        self.layout = Layout(
+            m.get('layout', 'exact'), m['top_k'], m['num_classes'], m['value_dtype']
+        )
 
     def check(self, run: RunSpec, dataset: Any, world_size: int, epochs: Sequence[int], rank: int):
         """One line for a run whose views, teachers or targets differ from the cache's, or whose
@@ -260,15 +265,10 @@ class CachedTeacher(nn.Module):
         n = images.shape[0]
         rows = slice(self.cursor, self.cursor + n)
         self.cursor += n
-        parts = {
-            k: torch.from_numpy(np.array(v[rows])).to(
-                self.device, non_blocking=True
-            )  # a copy off the map
-            for k, v in self.arrays.items()
-        }
-        return TeacherOutput(
-            rebuild_logits(parts['values'], parts['indices'], parts['tail'], self.num_classes)
-        )
+        read = {part: np.array(array[rows]) for part, array in self.arrays.items()}  # off the map
+        decoded = self.cache.layout.decode(read)
+        values, indices, tail = (t.to(self.device, non_blocking=True) for t in decoded)
+        return TeacherOutput(rebuild_logits(values, indices, tail, self.num_classes))
 
     def forward_many(
         self, images: torch.Tensor, stage_sets: Sequence[Optional[Sequence[int]]]

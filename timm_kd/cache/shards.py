@@ -1,7 +1,8 @@
 """The cache's files: one shard per (epoch, rank), written so that a crash, a full disk or a
 damaged byte never reaches training unnoticed.
 
-A shard is three `.npy` arrays (top-K `values`, class `indices`, the `tail`'s log-sum-exp) and a
+A shard is three `.npy` arrays (top-K `values`, class `indices`, the `tail`'s log-sum-exp, stored
+as `timm_kd.cache.layout` says) and a
 sidecar `epoch-E-rank-R.json` with each array's size and CRC-32. The build writes the arrays under
 temporary names (preallocated, so a full disk is one line before the teacher runs), computes the
 checksums, fsyncs and renames them, and writes the sidecar last, atomically: an epoch is built
@@ -16,7 +17,7 @@ import json
 import os
 import threading
 import zlib
-from typing import Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -49,14 +50,12 @@ def is_built(root: str, epoch: int, rank: int) -> bool:
 class ShardWriter:
     """One shard being built: memory-mapped temporary arrays, then `commit` (or `abort`)."""
 
-    def __init__(self, root: str, epoch: int, rank: int, slots: int, k: int,
-                 value_dtype, index_dtype):  # fmt: skip
+    def __init__(self, root: str, epoch: int, rank: int, arrays: Dict[str, Tuple[Any, Tuple]]):
+        """`arrays`: the dtype and shape of each part (`timm_kd.cache.layout.Layout.arrays`)."""
         self.files = shard_files(root, epoch, rank)
         self.arrays: Dict[str, np.ndarray] = {}
-        shapes = {'values': (value_dtype, (slots, k)), 'indices': (index_dtype, (slots, k)),
-                  'tail': (np.float32, (slots,))}  # fmt: skip
         try:
-            for part, (dtype, shape) in shapes.items():
+            for part, (dtype, shape) in arrays.items():
                 path = self.files[part] + '.tmp'
                 self.arrays[part] = np.lib.format.open_memmap(path, 'w+', dtype, shape)
                 _preallocate(path)
@@ -64,10 +63,9 @@ class ShardWriter:
             self.abort()
             raise KDError(_disk_problem(e, os.path.dirname(self.files['sidecar']))) from None
 
-    def write(self, rows: slice, values, indices, tail) -> None:
-        self.arrays['values'][rows] = values
-        self.arrays['indices'][rows] = indices
-        self.arrays['tail'][rows] = tail
+    def write(self, rows: slice, parts: Dict[str, np.ndarray]) -> None:
+        for part, array in parts.items():
+            self.arrays[part][rows] = array
 
     def commit(self) -> None:
         """Flush, checksum, fsync and rename the arrays; then the sidecar, which marks it built."""

@@ -1,7 +1,8 @@
 """`python -m timm_kd.cache build`: the teacher's top-K answers for every slot of every epoch.
 
     python -m timm_kd.cache build DATA [timm-kd-train flags: --model, --teacher, data, augmentation,
-        --epochs, ...] --top-k K --out DIR [--value-dtype float32|float16] [--strict-files]
+        --epochs, ...] --top-k K --out DIR [--value-dtype float32|float16] [--layout exact|compact]
+        [--strict-files]
 
 --strict-files adds the training files' modification times to the dataset signature (sizes are
 always in it). A rerun with the same flags continues at the first epoch not completely built.
@@ -16,7 +17,6 @@ import sys
 import time
 from typing import List, Optional
 
-import numpy as np
 import torch
 from timm.utils import setup_default_logging
 
@@ -28,6 +28,7 @@ from ..cache import (
     top_k_logits,
     write_manifest,
 )
+from ..cache.layout import LAYOUTS, Layout
 from ..cache.shards import ShardWriter, is_built
 from ..ensemble import create_teachers
 from ..errors import KDError, one_line_errors
@@ -45,6 +46,7 @@ def build(argv: Optional[List[str]] = None) -> str:
     own.add_argument('--top-k', type=int, required=True)
     own.add_argument('--out', required=True)
     own.add_argument('--value-dtype', choices=('float32', 'float16'), default='float32')
+    own.add_argument('--layout', choices=LAYOUTS, default='exact')  # timm_kd.cache.layout
     own.add_argument('--strict-files', action='store_true')  # file times in the dataset signature
     mine, rest = own.parse_known_args(argv)
     setup_default_logging()
@@ -77,15 +79,16 @@ def build(argv: Optional[List[str]] = None) -> str:
     now = fingerprint(run, train_set, process.world_size, mtimes=mine.strict_files)
     manifest = _manifest(mine, now, k, num_classes, slots)
     amp_autocast, _ = amp_setup(args.amp, args.amp_dtype, device)
-    value_dtype = np.float16 if mine.value_dtype == 'float16' else np.float32
-    index_dtype = np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32
+    if mine.layout == 'compact' and mine.value_dtype != 'float32':
+        raise KDError("--value-dtype is the exact layout's; --layout compact stores float16 always")
+    layout = Layout(mine.layout, k, num_classes, mine.value_dtype)
     start, done_images = time.time(), 0
     with FolderLock(mine.out, f'build-rank-{process.rank}.lock', 'the cache folder --out'):
         todo = [e for e in range(args.epochs) if not is_built(mine.out, e, process.rank)]
         built = [e for e in range(args.epochs) if e not in todo]  # a kill may have come before
         manifest['epochs'] = sorted(set(manifest['epochs']) | set(built))  # the manifest's update
         for n, epoch in enumerate(todo):
-            shard = ShardWriter(mine.out, epoch, process.rank, slots, k, value_dtype, index_dtype)
+            shard = ShardWriter(mine.out, epoch, process.rank, layout.arrays(slots))
             row, epoch_start = 0, time.time()
             try:
                 for batch_idx, batch in stream.epoch(epoch):  # the batches training sees, in order
@@ -98,7 +101,7 @@ def build(argv: Optional[List[str]] = None) -> str:
                             'weights and --teacher-dtype (float16 overflows)'
                         )
                     rows = slice(row, row + len(batch))
-                    shard.write(rows, *(v.cpu().numpy() for v in top_k_logits(logits, k)))
+                    shard.write(rows, layout.encode(*top_k_logits(logits, k)))
                     row += len(batch)
                     done_images += len(batch)
                     if batch_idx % args.log_interval == 0 or batch_idx + 1 == len(stream):
@@ -145,6 +148,10 @@ def _manifest(mine: argparse.Namespace, now: dict, k: int, num_classes: int, slo
         'num_classes': num_classes,
         'slots_per_rank': slots,
         'value_dtype': mine.value_dtype,
+        'layout': mine.layout,
+        'bytes_per_sample': Layout(
+            mine.layout, k, num_classes, mine.value_dtype
+        ).bytes_per_sample(),
         'epochs': [],
     }
     if os.path.isfile(os.path.join(mine.out, 'manifest.json')):
@@ -152,10 +159,12 @@ def _manifest(mine: argparse.Namespace, now: dict, k: int, num_classes: int, slo
         diff = first_difference(old['fingerprint'], now)
         if diff:
             raise KDError(f'--out {mine.out!r} holds a cache for other {diff}; use another --out')
-        if (old['top_k'], old['value_dtype']) != (k, mine.value_dtype):
+        mine_layout = (k, mine.value_dtype, mine.layout)
+        if (old['top_k'], old['value_dtype'], old.get('layout', 'exact')) != mine_layout:
             raise KDError(
                 f'--out {mine.out!r} holds a cache with --top-k {old["top_k"]} --value-dtype '
-                f'{old["value_dtype"]}; use the same or another --out'
+                f'{old["value_dtype"]} --layout {old.get("layout", "exact")}; use the same or '
+                'another --out'
             )
         manifest['epochs'] = old['epochs']
     return manifest
