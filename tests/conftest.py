@@ -62,6 +62,24 @@ def wds_shards(tmp_path_factory):
     return str(root)
 
 
+@pytest.fixture
+def hub_endpoint(tmp_path, monkeypatch):
+    """A local Hugging Face Hub (`hub_endpoint.HubEndpoint`) that huggingface_hub talks to, online,
+    with an empty Hub cache of its own."""
+    from hub_endpoint import HubEndpoint
+    from huggingface_hub import constants
+
+    hub = HubEndpoint()
+    monkeypatch.setattr(constants, 'ENDPOINT', hub.url)
+    monkeypatch.setattr(constants, 'HUGGINGFACE_CO_URL_TEMPLATE',
+                        hub.url + '/{repo_id}/resolve/{revision}/{filename}')  # fmt: skip
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'hub_cache'))
+    monkeypatch.setenv('HF_TOKEN', 'hf_' + 'x' * 34)
+    yield hub
+    hub.close()
+
+
 class FileServer:
     """A local HTTP server for the files under `root` (a stand-in for a GitHub release); records request paths."""
 

@@ -46,3 +46,25 @@ def _last_line(message: str) -> str:
     lines = [line for line in message.splitlines() if line.strip()]
     last = lines[-1] if lines else message
     return last.split('KDError: ', 1)[1] if 'KDError: ' in last else last
+
+
+def hub_problem(e: Exception) -> str:
+    """What went wrong talking to the Hub, and the fix, in a few words."""
+    status = getattr(getattr(e, 'response', None), 'status_code', None)
+    if type(e).__name__ == 'OfflineModeIsEnabled':
+        return 'offline mode is on; unset HF_HUB_OFFLINE and retry'
+    if type(e).__name__ == 'LocalEntryNotFoundError':
+        return (
+            'not in the local Hugging Face cache, and the Hub is unreachable or HF_HUB_OFFLINE=1; '
+            'download it once with network access'
+        )
+    if status == 404 or type(e).__name__ in ('RepositoryNotFoundError', 'RevisionNotFoundError'):
+        return 'no such repository or revision on the Hub; check the name and @revision'
+    if status in (401, 403):
+        return (
+            f'HTTP {status}: not authorized; log in with `hf auth login` or set HF_TOKEN to a '
+            f'token with write access'
+        )
+    return (
+        f'{type(e).__name__}: {" ".join(str(e).split())[:120]}; check the network and the repo id'
+    )

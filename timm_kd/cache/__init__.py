@@ -31,7 +31,7 @@ import json
 import logging
 import math
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -140,15 +140,20 @@ def top_k_loss_error(
     student_logits: torch.Tensor,
     ks: Sequence[int],
     temperatures: Sequence[float],
+    layout: str = 'exact',
 ) -> List[Dict[str, float]]:
-    """How far the vanilla KD loss (mean over rows) moves when the teacher's logits keep only their top K.
+    """How far the vanilla KD loss (mean over rows) moves when the teacher's logits are stored as
+    the cache stores them: the top K, in `layout` (`timm_kd.cache.layout`).
 
-    For each K and T: the loss from the full logits, from `rebuild_logits` of the top K, and the
-    relative error.
+    For each K and T: the loss from the full logits, from the logits rebuilt from storage, and
+    the relative error.
     """
     classes, rows = teacher_logits.shape[1], []
     for k in ks:
-        rebuilt = rebuild_logits(*top_k_logits(teacher_logits, k), classes)
+        stored = Layout(layout, k, classes)
+        rebuilt = rebuild_logits(
+            *stored.decode(stored.encode(*top_k_logits(teacher_logits, k))), classes
+        )
         for temperature in temperatures:
             kd = create_kd_loss('kd', temperature=temperature)
             exact, approx = (
@@ -161,7 +166,7 @@ def top_k_loss_error(
                     temperature=temperature,
                     exact=round(exact, 5),
                     top_k=round(approx, 5),
-                    relative_error=round(abs(approx - exact) / exact, 5),
+                    relative_error=round(abs(approx - exact) / exact, 6),
                 )
             )
     return rows
@@ -185,6 +190,7 @@ class TeacherCache:
                 f'reads {FORMAT}; rebuild it'
             )
         self.root = root
+        self.fetch: Optional[Callable[[Sequence[int], int], Any]] = None  # a Hub copy's download
         m = self.manifest
         self.layout = Layout(
             m.get('layout', 'exact'), m['top_k'], m['num_classes'], m['value_dtype']
@@ -209,6 +215,8 @@ class TeacherCache:
                 f"--teacher-cache {self.root!r} was built for other {diff}; train with the cache's "
                 'setting or rebuild the cache'
             )
+        if self.fetch is not None:  # `timm_kd.cache.hub`: the shards this run reads, no others
+            self.fetch(epochs, rank)
         missing = [e for e in epochs if not is_built(self.root, e, rank)]
         if missing:
             raise KDError(

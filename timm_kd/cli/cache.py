@@ -1,13 +1,18 @@
-"""`python -m timm_kd.cache build`: the teacher's top-K answers for every slot of every epoch.
+"""`python -m timm_kd.cache build | push | pull`: the teacher's top-K answers for every slot of
+every epoch, and a cache published on (and fetched from) the Hugging Face Hub.
 
     python -m timm_kd.cache build DATA [timm-kd-train flags: --model, --teacher, data, augmentation,
         --epochs, ...] --top-k K --out DIR [--value-dtype float32|float16] [--layout exact|compact]
         [--strict-files]
 
+    python -m timm_kd.cache push DIR ORG/NAME [--private] [--revision BRANCH]
+    python -m timm_kd.cache pull ORG/NAME[@REVISION] [--epochs E ...] [--ranks R ...]
+
 --strict-files adds the training files' modification times to the dataset signature (sizes are
 always in it). A rerun with the same flags continues at the first epoch not completely built.
 
-What the cache holds and how training reads it: `timm_kd.cache`.
+What the cache holds and how training reads it: `timm_kd.cache`; push, pull and
+`--teacher-cache hf-hub:ORG/NAME`: `timm_kd.cache.hub`.
 """
 
 import argparse
@@ -25,7 +30,9 @@ from ..cache import (
     TeacherCache,
     fingerprint,
     first_difference,
+    hub,
     top_k_logits,
+    top_k_loss_error,
     write_manifest,
 )
 from ..cache.layout import LAYOUTS, Layout
@@ -100,6 +107,10 @@ def build(argv: Optional[List[str]] = None) -> str:
                             f"{batch_idx}; nothing of this epoch was kept: check the teacher's "
                             'weights and --teacher-dtype (float16 overflows)'
                         )
+                    if 'loss_error' not in manifest:  # the card's table (`timm_kd.cache.hub`)
+                        manifest['loss_error'] = top_k_loss_error(
+                            logits, torch.zeros_like(logits), [k], [1.0, 4.0], mine.layout
+                        )
                     rows = slice(row, row + len(batch))
                     shard.write(rows, layout.encode(*top_k_logits(logits, k)))
                     row += len(batch)
@@ -170,10 +181,45 @@ def _manifest(mine: argparse.Namespace, now: dict, k: int, num_classes: int, slo
     return manifest
 
 
+def push(argv: List[str]) -> str:
+    """`python -m timm_kd.cache push DIR ORG/NAME [--private] [--revision REV]`."""
+    p = argparse.ArgumentParser(prog='python -m timm_kd.cache push')
+    p.add_argument('dir')
+    p.add_argument('repo_id')
+    p.add_argument('--private', action='store_true')
+    p.add_argument('--revision', default=None, help='a branch to push to (created if needed)')
+    args = p.parse_args(argv)
+    repo_id = hub.push(args.dir, args.repo_id, private=args.private, revision=args.revision)
+    print(f'pushed {args.dir} to the dataset repository {repo_id}')
+    return repo_id
+
+
+def pull(argv: List[str]) -> str:
+    """`python -m timm_kd.cache pull ORG/NAME [--epochs E ...] [--ranks R ...]`: prints the folder."""
+    p = argparse.ArgumentParser(prog='python -m timm_kd.cache pull')
+    p.add_argument('repo_id', help='ORG/NAME[@REVISION]')
+    p.add_argument('--epochs', type=int, nargs='*', default=None, help='default: every epoch')
+    p.add_argument('--ranks', type=int, nargs='*', default=None, help='default: every rank')
+    p.add_argument('--cache-dir', default=None, help="default: huggingface_hub's (HF_HOME)")
+    args = p.parse_args(argv)
+    repo_id, revision = hub.parse_hub_spec(hub.HUB_PREFIX + args.repo_id)
+    root = hub.pull(repo_id, revision, cache_dir=args.cache_dir)  # the manifest says what exists
+    manifest = TeacherCache(root).manifest
+    epochs = manifest['epochs'] if args.epochs is None else args.epochs
+    ranks = range(manifest['fingerprint']['views'].get('world_size', 1))
+    root = hub.pull(repo_id, revision, epochs, ranks if args.ranks is None else args.ranks,
+                    cache_dir=args.cache_dir)  # fmt: skip
+    print(root)
+    return root
+
+
+COMMANDS = {'build': build, 'push': push, 'pull': pull}
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != 'build':
+    if not argv or argv[0] not in COMMANDS:
         print(__doc__)
         raise SystemExit(2)
     with one_line_errors():
-        build(argv[1:])
+        COMMANDS[argv[0]](argv[1:])

@@ -21,7 +21,7 @@ from timm.models._hub import save_for_hf
 
 from ..card import model_card
 from ..checkpoint import checkpoint_num_classes, load_state_dict, load_training_metadata
-from ..errors import KDError
+from ..errors import KDError, hub_problem
 from ..losses.config import kd_loss_config, loss_hyperparameters
 from ..saver import non_finite_tensors
 
@@ -268,21 +268,6 @@ def push(
         raise
     except Exception as e:  # huggingface_hub: offline mode, 401/403, network errors
         raise KDError(
-            f'cannot push to the Hugging Face Hub repo {repo_id} ({_hub_problem(e)})'
+            f'cannot push to the Hugging Face Hub repo {repo_id} ({hub_problem(e)})'
         ) from None
     return f'https://huggingface.co/{repo_id}'
-
-
-def _hub_problem(e: Exception) -> str:
-    """What went wrong talking to the Hub, and the fix, in a few words."""
-    status = getattr(getattr(e, 'response', None), 'status_code', None)
-    if type(e).__name__ == 'OfflineModeIsEnabled':
-        return 'offline mode is on; unset HF_HUB_OFFLINE and retry'
-    if status in (401, 403):
-        return (
-            f'HTTP {status}: not authorized; log in with `hf auth login` or set HF_TOKEN to a '
-            f'token with write access'
-        )
-    return (
-        f'{type(e).__name__}: {" ".join(str(e).split())[:120]}; check the network and the repo id'
-    )

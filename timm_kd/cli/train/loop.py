@@ -12,7 +12,8 @@ import torch
 import torchvision
 from timm.utils import distribute_bn, random_seed, setup_default_logging, update_summary
 
-from ...cache import CachedTeacher, TeacherCache, check_logit_losses_only
+from ...cache import CachedTeacher, check_logit_losses_only
+from ...cache.hub import open_cache
 from ...data import dataset_class_names, disable_mixup
 from ...engine import check_finite, train_one_epoch, validate
 from ...ensemble import create_teachers
@@ -125,7 +126,7 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
     losses = [spec.losses for spec in run.students]
     if run.teachers.cache:  # no teacher runs: its answers were stored by `timm_kd.cache build`
         check_logit_losses_only([name for spec in losses for name in spec.names])
-        teacher = CachedTeacher(TeacherCache(run.teachers.cache), process.rank, device)
+        teacher = CachedTeacher(open_cache(run.teachers.cache), process.rank, device)
     else:
         with torch.random.fork_rng(devices=[]):  # the teacher's random init leaves training's alone
             teacher = create_teachers(

@@ -1,0 +1,142 @@
+"""A cache that travels: a built cache published as a Hugging Face dataset repository, and a run
+that downloads only the shards it trains from.
+
+- `push(DIR, ORG/NAME)` uploads the manifest, every committed shard and sidecar, and a card
+  (`card`): teacher, recipe flags, K, layout, epochs, world size, fingerprint, disk size and the
+  KD loss error the top-K storage adds.
+- `--teacher-cache hf-hub:ORG/NAME[@REVISION]` (`open_cache`) downloads the manifest first, checks
+  the run against it, then fetches the shards of the epochs still to train and of this process's
+  rank only, through `huggingface_hub` (its cache directory, HF_HOME, HF_ENDPOINT, HF_TOKEN and
+  HF_HUB_OFFLINE: offline, what is already in the local Hub cache serves).
+
+The dataset signature in the fingerprint is relative to the data root, so a cache built on one
+machine serves another holding the same files under another path.
+"""
+
+import json
+import os
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+from ..errors import KDError, hub_problem
+from . import TeacherCache
+from .shards import shard_files
+
+HUB_PREFIX = 'hf-hub:'
+REPO_TYPE = 'dataset'
+
+
+def parse_hub_spec(spec: str) -> tuple:
+    """'hf-hub:ORG/NAME@REV' -> ('ORG/NAME', 'REV' or None)."""
+    repo = spec[len(HUB_PREFIX) :]
+    repo, _, revision = repo.partition('@')
+    if repo.count('/') != 1 or not all(repo.split('/')):
+        raise KDError(
+            f'--teacher-cache {spec!r}: name the repository as hf-hub:ORG/NAME[@REVISION]'
+        )
+    return repo, revision or None
+
+
+def shard_patterns(epochs: Iterable[int], ranks: Iterable[int]) -> List[str]:
+    """The file names of the shards of `epochs` x `ranks` (arrays and sidecars)."""
+    return [
+        os.path.basename(path)
+        for epoch in epochs
+        for rank in ranks
+        for path in shard_files('', epoch, rank).values()
+    ]
+
+
+def pull(repo_id: str, revision: Optional[str] = None, epochs: Sequence[int] = (),
+         ranks: Sequence[int] = (0,), cache_dir: Optional[str] = None) -> str:  # fmt: skip
+    """Download the manifest, the card and the shards of `epochs` x `ranks`; returns the local
+    folder (a snapshot in huggingface_hub's cache, files already there are not fetched again)."""
+    import huggingface_hub
+
+    patterns = ['manifest.json', 'README.md', *shard_patterns(epochs, ranks)]
+    try:
+        return huggingface_hub.snapshot_download(
+            repo_id, repo_type=REPO_TYPE, revision=revision, allow_patterns=patterns,
+            cache_dir=cache_dir, library_name='timm-kd',
+        )  # fmt: skip
+    except Exception as e:  # offline with nothing cached, 401/404, network errors
+        raise KDError(
+            f'cannot download the teacher cache hf-hub:{repo_id} ({hub_problem(e)})'
+        ) from None
+
+
+def open_cache(spec: str) -> TeacherCache:
+    """`--teacher-cache DIR` or `hf-hub:ORG/NAME[@REVISION]`: the latter's shards are fetched by
+    `TeacherCache.check`, for the epochs and rank the run trains."""
+    if not spec.startswith(HUB_PREFIX):
+        return TeacherCache(spec)
+    repo_id, revision = parse_hub_spec(spec)
+    cache = TeacherCache(pull(repo_id, revision))
+    cache.fetch = lambda epochs, rank: pull(repo_id, revision, epochs, [rank])
+    return cache
+
+
+def card(root: str, manifest: Dict[str, Any], repo_id: str) -> str:
+    """The dataset card: what the cache was built from and for, and what its storage costs."""
+    fp = manifest['fingerprint']
+    size = sum(os.path.getsize(os.path.join(root, f)) for f in os.listdir(root))
+    epochs, ranks = manifest['epochs'], fp['views'].get('world_size', 1)
+    samples = manifest['slots_per_rank'] * ranks
+    teacher = fp['teacher'].get('members') or fp['teacher']
+    lines = [
+        '---', 'tags:', '- timm-kd', '- knowledge-distillation', '- teacher-cache', '---', '',
+        f'# {repo_id}: a timm-kd teacher-output cache', '',
+        'The top-K answers of a teacher for every augmented view of a training run, built with '
+        '`python -m timm_kd.cache build`. Train from it with', '',
+        f'```bash\ntimm-kd-train DATA ...the same data flags... --teacher-cache hf-hub:{repo_id}\n```',
+        '', 'A run whose data, augmentation or teacher differs is refused in one line.', '',
+        '| | |', '|---|---|',
+        f'| teacher | `{json.dumps(teacher)}` |',
+        f'| top-K | {manifest["top_k"]} of {manifest["num_classes"]} classes |',
+        f'| layout | {manifest.get("layout", "exact")}, {manifest.get("bytes_per_sample", "?")} B '
+        'per sample-epoch |',
+        f'| epochs | {len(epochs)} ({epochs[0]}-{epochs[-1]}) |' if epochs else '| epochs | none |',
+        f'| world size | {ranks} |',
+        f'| samples per epoch | {samples} |',
+        f'| disk | {size / 2**20:.1f} MiB |', '',
+        '## KD loss error of the stored answers', '',
+        'KL(p_T(teacher) || p_T(student)) x T^2 from the stored top-K answers against the full '
+        'logits, on the first batch of the build, with a uniform student:', '',
+        '| T | full logits | stored | relative error |', '|---|---|---|---|',
+        *[f'| {r["temperature"]} | {r["exact"]} | {r["top_k"]} | {r["relative_error"]} |'
+          for r in manifest.get('loss_error', [])],
+        '', '## Recipe flags and fingerprint', '',
+        '```json', json.dumps(fp, indent=1, sort_keys=True), '```', '',
+    ]  # fmt: skip
+    return '\n'.join(lines)
+
+
+def push(root: str, repo_id: str, private: bool = False, revision: Optional[str] = None) -> str:
+    """Publish a built cache as the dataset repository `repo_id` in one commit: the manifest,
+    every committed shard with its sidecar, and the card."""
+    import huggingface_hub
+
+    cache = TeacherCache(root)
+    manifest = cache.manifest
+    names = ['manifest.json', *shard_patterns(manifest['epochs'], range(_world_size(manifest)))]
+    missing = [n for n in names if not os.path.isfile(os.path.join(root, n))]
+    if missing:
+        raise KDError(f'{root!r} lacks {missing[0]}; complete the build before pushing')
+    ops = [huggingface_hub.CommitOperationAdd(n, os.path.join(root, n)) for n in names]
+    text = card(root, manifest, repo_id).encode()
+    ops.append(huggingface_hub.CommitOperationAdd('README.md', text))
+    try:
+        api = huggingface_hub.HfApi(library_name='timm-kd')
+        repo_id = api.create_repo(
+            repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True
+        ).repo_id
+        if revision:
+            api.create_branch(repo_id, repo_type=REPO_TYPE, branch=revision, exist_ok=True)
+        api.create_commit(repo_id, ops, repo_type=REPO_TYPE, revision=revision,
+                          commit_message='Add teacher cache (timm-kd)')  # fmt: skip
+    except Exception as e:
+        raise KDError(f'cannot push the teacher cache to {repo_id} ({hub_problem(e)})') from None
+    return repo_id
+
+
+def _world_size(manifest: Dict[str, Any]) -> int:
+    return int(manifest['fingerprint']['views'].get('world_size', 1))
