@@ -4,12 +4,15 @@ import csv
 import shutil
 
 import pytest
+import test_cache
 from huggingface_hub import constants
-from test_cache import FAST, VIEWS, teacher  # noqa: F401  (the module's teacher fixture)
 
 from timm_kd.cli.cache import main as cache_main
 from timm_kd.cli.train.loop import cli
 from timm_kd.cli.train.loop import main as train_main
+
+FAST, VIEWS = test_cache.FAST, test_cache.VIEWS
+teacher = test_cache.teacher  # its fixture: a test_vit teacher checkpoint
 
 
 def _rows(path):
@@ -21,7 +24,7 @@ def test_a_pushed_cache_trains_another_copy_of_the_data_as_the_live_run(
     image_folder,
     teacher,
     hub_endpoint,
-    tmp_path,  # noqa: F811
+    tmp_path,
 ):
     built = tmp_path / 'built'
     cache_main(['build', image_folder, *FAST, *VIEWS, *teacher, '--top-k', '3',
@@ -56,7 +59,7 @@ def test_pull_then_offline_training_and_a_missing_repo_is_one_line(
     tmp_path,
     run_cli,
     monkeypatch,
-    capsys,  # noqa: F811
+    capsys,
 ):
     built = tmp_path / 'built'
     one = [*FAST, '--epochs', '1']
