@@ -1,6 +1,7 @@
 """DurableCheckpointSaver: at every instant a loadable last.pth.tar; full disk and NaN weights keep the old one."""
 
 import os
+import shutil
 
 import pytest
 import timm
@@ -90,6 +91,8 @@ def test_a_full_disk_is_one_line_keeps_the_previous_checkpoint_and_removes_the_t
         )
 
     monkeypatch.setattr(torch, 'save', full_disk)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, 'disk_usage', lambda path: usage._replace(free=4096))
     with pytest.raises(KDError) as info:
         saver.save_checkpoint(1, metric=2.0)
     message = str(info.value)
@@ -137,3 +140,21 @@ def test_a_full_disk_at_a_recovery_checkpoint_names_the_checkpoint_that_exists(
         saver.save_recovery(0, batch_idx=7)
     assert str(info.value).endswith(f'resume from {tmp_path / "recovery-0-3.pth.tar"}')
     assert not (tmp_path / 'last.pth.tar').exists()
+
+
+def test_an_interrupted_write_with_free_space_is_not_called_a_full_disk(tmp_path, monkeypatch):
+    """A loader worker killed during the write raises in the middle of torch.save."""
+    saver, _ = _saver(tmp_path)
+    saver.save_checkpoint(0, metric=1.0)
+
+    def interrupted(obj, f, *args, **kwargs):
+        f.write(b'PK\x03\x04partial')
+        raise RuntimeError('DataLoader worker (pid 123) is killed by signal: Killed.')
+
+    monkeypatch.setattr(torch, 'save', interrupted)
+    with pytest.raises(KDError) as info:
+        saver.save_checkpoint(1, metric=2.0)
+    message = str(info.value)
+    assert 'was interrupted (DataLoader worker (pid 123) is killed' in message
+    assert 'disk' not in message and message.endswith(f'resume from {tmp_path / "last.pth.tar"}')
+    assert not (tmp_path / 'checkpoint-1.pth.tar').exists()

@@ -11,7 +11,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 from timm.models import safe_model_name
 from timm.utils import NativeScaler, get_outdir
-from timm.utils.distributed import init_distributed_device_so
+from timm.utils.distributed import is_distributed_env, world_info_from_env
 
 from .errors import KDError
 
@@ -48,14 +48,38 @@ def init_process(device: Optional[str] = None) -> Process:
             f'{torch.cuda.device_count()} GPU(s); pass --nproc_per_node '
             f'{torch.cuda.device_count()}, or --device cpu to train on the CPU'
         )
-    info = init_distributed_device_so(device)
-    return Process(
-        torch.device(info['device']),
-        info['global_rank'],
-        info['local_rank'],
-        info['world_size'],
-        info['distributed'],
+    if not is_distributed_env():
+        return Process(torch.device(device))
+    local_rank, rank, world_size = join_process_group(device)
+    device_type = device.split(':')[0]
+    if device_type != 'cpu':  # one accelerator per local process, as timm's train.py
+        device = f'{device_type}:{local_rank}'
+        if device_type == 'cuda':
+            torch.cuda.set_device(device)
+    return Process(torch.device(device), rank, local_rank, world_size, True)
+
+
+def join_process_group(device: str) -> Tuple[int, int, int]:
+    """Join the DDP group (nccl on CUDA, gloo otherwise) that torchrun or SLURM describes in the
+    environment; returns (local rank, rank, world size).
+
+    The rendezvous store is read under a prefix of torchrun's restart count: after an elastic
+    restart (`--max-restarts`) the agent may hand the new workers the previous round's store, where
+    the dead processes' addresses still stand; without the prefix a new worker can read one of
+    them and the restarted group never forms (gloo: connection refused).
+    """
+    local_rank, rank, world_size = world_info_from_env()
+    if 'SLURM_PROCID' in os.environ and 'RANK' not in os.environ:  # srun without torchrun
+        os.environ.update(LOCAL_RANK=str(local_rank), RANK=str(rank), WORLD_SIZE=str(world_size))
+    store, rank, world_size = next(torch.distributed.rendezvous('env://'))
+    attempt = os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')
+    torch.distributed.init_process_group(
+        backend='nccl' if device.startswith('cuda') else 'gloo',
+        store=torch.distributed.PrefixStore(f'timm_kd/attempt_{attempt}', store),
+        rank=rank,
+        world_size=world_size,
     )
+    return local_rank, rank, world_size
 
 
 def resolve_lr(

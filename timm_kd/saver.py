@@ -10,6 +10,7 @@ temporary file. Weights that are not finite are never written (`NonFiniteError`)
 diverged keeps its last good checkpoints.
 """
 
+import errno
 import os
 import shutil
 from typing import Any, Dict, Optional
@@ -92,14 +93,9 @@ class DurableCheckpointSaver(CheckpointSaver):
             if os.path.exists(save_path):
                 os.remove(save_path)
             folder = os.path.dirname(save_path) or '.'
-            free = shutil.disk_usage(folder).free / 2**20
             newest = newest_checkpoint(folder)
             where = f'resume from {newest}' if newest else 'no checkpoint of this run exists yet'
-            raise KDError(
-                f'cannot write checkpoint {save_path} ({" ".join(str(e).split())[:80]}; {free:.0f} '
-                f'MiB free); free disk space or choose another --output: the previous checkpoints '
-                f'are kept, {where}'
-            ) from None
+            raise KDError(_write_problem(save_path, e, newest) + where) from None
 
     def state_dict(self, epoch=None, metric=None):
         labels = {'label_names': self.label_names} if self.label_names else {}
@@ -168,3 +164,22 @@ class DurableCheckpointSaver(CheckpointSaver):
             with open(tmp, 'rb') as f:
                 os.fsync(f.fileno())
         self._replace(tmp, dst)
+
+
+def _write_problem(path: str, e: BaseException, newest: Optional[str]) -> str:
+    """Why a checkpoint could not be written. A full disk only when it is one (ENOSPC, or less free
+    space than the newest checkpoint takes): a write interrupted by something else, such as a
+    killed loader worker's signal, says so instead."""
+    folder = os.path.dirname(path) or '.'
+    free = shutil.disk_usage(folder).free
+    needed = os.path.getsize(newest) if newest and os.path.exists(newest) else 64 * 2**20
+    what = ' '.join(str(e).split())[:100]
+    if getattr(e, 'errno', None) == errno.ENOSPC or 'No space left' in what or free < needed:
+        return (
+            f'cannot write checkpoint {path} ({what}; {free / 2**20:.0f} MiB free); free disk '
+            'space or choose another --output: the previous checkpoints are kept, '
+        )
+    return (
+        f'the write of checkpoint {path} was interrupted ({what}); it was removed and the '
+        'previous checkpoints are kept: rerun with --resume auto, '
+    )
