@@ -175,3 +175,16 @@ def test_webdataset_epoch_holds_the_samples_timms_loader_reads(wds_shards):
                            use_prefetcher=False)  # fmt: skip
     theirs = torch.cat([y for _, y in loader])
     assert len(ours) == len(theirs) == 48 and torch.equal(ours.bincount(), theirs.bincount())
+
+
+def test_other_streams_keep_timms_views_and_say_they_do_not_replay():
+    """hfids/, tfds/: iterable input without webdataset's fixed order."""
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            yield from ((torch.zeros(3), 0) for _ in range(4))
+
+    stream = Stream()
+    assert replayable_views(stream, seed=0) is stream
+    loader = torch.utils.data.DataLoader(stream, batch_size=2)
+    assert not make_replayable(loader)

@@ -236,7 +236,7 @@ def create_loaders(
     """Train loader, eval loader (None without an eval set), and the mixup function to apply per batch.
 
     Mixup/cutmix always runs in the training process, after the loader (with the prefetcher too,
-    where timm mixes in the workers' collate): there its random draws are fixed by the per-update
+    where timm mixes in the workers' collate): there its random draws are fixed by the per-batch
     reseed, so the views replay (`timm_kd.replay`), and sample indices (CRD) can be mapped to labels
     first.
     """

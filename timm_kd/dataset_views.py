@@ -15,7 +15,8 @@ from .errors import KDError
 def dataset_targets(dataset: Any) -> torch.Tensor:
     """The class index of every sample, read from the dataset's metadata (no image is decoded).
 
-    Knows timm's ImageDataset (reader.samples / reader.targets) and torchvision datasets (.targets).
+    Knows timm's ImageDataset (reader.samples / reader.targets, a `hfds/` reader's label column)
+    and torchvision datasets (.targets).
     """
     reader = getattr(dataset, 'reader', None)
     for source in (getattr(dataset, 'targets', None), getattr(reader, 'targets', None)):
@@ -24,6 +25,9 @@ def dataset_targets(dataset: Any) -> torch.Tensor:
     samples = getattr(reader, 'samples', None) or getattr(dataset, 'samples', None)
     if samples is not None:
         return torch.as_tensor([s[1] for s in samples], dtype=torch.long)
+    table, key = getattr(reader, 'dataset', None), getattr(reader, 'label_key', None)
+    if table is not None and key and not getattr(reader, 'remap_class', False):  # timm's hfds/
+        return torch.as_tensor(table[key], dtype=torch.long)  # one column, no image decoded
     raise KDError(
         f'cannot read the labels of {type(dataset).__name__} without loading it; this needs an '
         f'ImageFolder or a torchvision dataset'

@@ -82,7 +82,7 @@ class ProcessSpec:
     model_dtype: Optional[str] = None
     channels_last: bool = field(default=False, metadata=NOT_IDENTITY)
     prefetcher: bool = True  # timm's prefetcher erases whole batches on the device
-    grad_accum_steps: int = 1  # the per-update reseeds fall at update boundaries
+    grad_accum_steps: int = 1  # counted to be safe; the views follow the batch alone
 
 
 @dataclass(frozen=True)

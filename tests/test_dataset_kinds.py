@@ -1,4 +1,6 @@
-"""`--dataset wds/NAME` (webdataset shards with timm's `_info.json`): live KD, resume, the cache."""
+"""timm's dataset kinds beyond folders: `--dataset wds/NAME` (webdataset shards with timm's
+`_info.json`) and `hfds/PATH` (a Hugging Face `datasets` dataset on disk): live KD, resume, the
+cache."""
 
 import csv
 
@@ -58,3 +60,45 @@ def test_a_cache_of_shards_refuses_another_worker_count(wds_shards, teacher, tmp
     result = run_cli(cli, wds_shards, *fast, '--teacher-cache', str(cache))
     assert result.returncode != 0 and 'workers (streamed input)' in result.stderr
     assert len([line for line in result.stderr.splitlines() if line.startswith('error')]) == 1
+
+
+@pytest.fixture(scope='module')
+def hf_dataset(tmp_path_factory):
+    """A Hugging Face `datasets` dataset on disk (parquet, train and validation splits), as
+    `load_dataset(PATH)` reads it: 48 and 24 32px images of 3 classes."""
+    datasets = pytest.importorskip('datasets')
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp('hfds')
+    rng = np.random.default_rng(2)
+    features = datasets.Features(
+        image=datasets.Image(), label=datasets.ClassLabel(names=['a', 'b', 'c'])
+    )
+    for split, n in (('train', 48), ('validation', 24)):
+        images = []
+        for i in range(n):
+            buffer = io.BytesIO()
+            pixels = (rng.random((32, 32, 3)) * 80 + i % 3 * 60).astype('uint8')
+            Image.fromarray(pixels).save(buffer, format='PNG')
+            images.append({'bytes': buffer.getvalue(), 'path': None})
+        table = datasets.Dataset.from_dict({'image': images, 'label': [i % 3 for i in range(n)]},
+                                           features=features)  # fmt: skip
+        table.to_parquet(str(root / 'data' / f'{split}-00000-of-00001.parquet'))
+    return str(root)
+
+
+def test_a_hugging_face_dataset_on_disk_trains_and_caches_as_the_live_run(
+    hf_dataset, teacher, tmp_path
+):
+    flags = [hf_dataset, *FAST, '--dataset', f'hfds/{hf_dataset}', '-j', '0', '--epochs', '1',
+             '--output', str(tmp_path)]  # fmt: skip
+    train_main([*flags, *teacher, '--experiment', 'live'])
+    cache = tmp_path / 'cache'
+    cache_main(['build', *flags, *teacher, '--top-k', '3', '--out', str(cache)])
+    train_main([*flags, '--teacher-cache', str(cache), '--experiment', 'cached'])
+    live = _rows(tmp_path / 'live' / 'summary.csv')
+    assert float(live[0]['train_kd_loss']) > 0
+    assert _close(_rows(tmp_path / 'cached' / 'summary.csv'), live)
