@@ -164,8 +164,8 @@ def top_k_loss_error(
                 dict(
                     k=k,
                     temperature=temperature,
-                    exact=round(exact, 5),
-                    top_k=round(approx, 5),
+                    exact=round(exact, 7),
+                    top_k=round(approx, 7),
                     relative_error=round(abs(approx - exact) / exact, 6),
                 )
             )
