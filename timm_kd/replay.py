@@ -155,9 +155,8 @@ class ReplayableShards(DatasetView, IterableDataset):
         info = get_worker_info()
         workers, physical = (info.num_workers, info.id) if info is not None else (1, 0)
         epoch, start = reader.epoch_count.value, self._start.value
-        worker = (
-            physical + start
-        ) % workers  # the worker whose batch comes first is batch `start`'s
+        # renumbered: the worker whose batch the loader asks for first holds batch `start`
+        worker = (physical + start) % workers
         skip = (physical + start) // workers * self.batch_size
         self._rebuild_reader(reader, info, workers, worker, epoch)
         transform, target_transform = self.dataset.transform, self.dataset.target_transform

@@ -54,14 +54,17 @@ def init_process(device: Optional[str] = None) -> Process:
     device_type = device.split(':')[0]
     if device_type != 'cpu':  # one accelerator per local process, as timm's train.py
         device = f'{device_type}:{local_rank}'
-        if device_type == 'cuda':
-            torch.cuda.set_device(device)
+        if device_type in ('cuda', 'npu'):
+            getattr(torch, device_type).set_device(device)
     return Process(torch.device(device), rank, local_rank, world_size, True)
 
 
+BACKENDS = {'cuda': 'nccl', 'xpu': 'ccl', 'hpu': 'hccl', 'npu': 'hccl'}
+
+
 def join_process_group(device: str) -> Tuple[int, int, int]:
-    """Join the DDP group (nccl on CUDA, gloo otherwise) that torchrun or SLURM describes in the
-    environment; returns (local rank, rank, world size).
+    """Join the DDP group (timm's backend per device: nccl on CUDA, gloo on the CPU) that torchrun
+    or SLURM describes in the environment; returns (local rank, rank, world size).
 
     The rendezvous store is read under a prefix of torchrun's restart count: after an elastic
     restart (`--max-restarts`) the agent may hand the new workers the previous round's store, where
@@ -74,7 +77,7 @@ def join_process_group(device: str) -> Tuple[int, int, int]:
     store, rank, world_size = next(torch.distributed.rendezvous('env://'))
     attempt = os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')
     torch.distributed.init_process_group(
-        backend='nccl' if device.startswith('cuda') else 'gloo',
+        backend=BACKENDS.get(device.split(':')[0], 'gloo'),
         store=torch.distributed.PrefixStore(f'timm_kd/attempt_{attempt}', store),
         rank=rank,
         world_size=world_size,

@@ -181,5 +181,5 @@ def _write_problem(path: str, e: BaseException, newest: Optional[str]) -> str:
         )
     return (
         f'the write of checkpoint {path} was interrupted ({what}); it was removed and the '
-        'previous checkpoints are kept: rerun with --resume auto, '
+        'previous checkpoints are kept, '
     )

@@ -84,11 +84,11 @@ def build(argv: Optional[List[str]] = None) -> str:
         )
     slots = len(stream) * args.batch_size
     now = fingerprint(run, train_set, process.world_size, mtimes=mine.strict_files)
-    manifest = _manifest(mine, now, k, num_classes, slots)
-    amp_autocast, _ = amp_setup(args.amp, args.amp_dtype, device)
     if mine.layout == 'compact' and mine.value_dtype != 'float32':
         raise KDError("--value-dtype is the exact layout's; --layout compact stores float16 always")
     layout = Layout(mine.layout, k, num_classes, mine.value_dtype)
+    manifest = _manifest(mine, now, layout, slots)
+    amp_autocast, _ = amp_setup(args.amp, args.amp_dtype, device)
     start, done_images = time.time(), 0
     with FolderLock(mine.out, f'build-rank-{process.rank}.lock', 'the cache folder --out'):
         todo = [e for e in range(args.epochs) if not is_built(mine.out, e, process.rank)]
@@ -142,7 +142,7 @@ def build(argv: Optional[List[str]] = None) -> str:
     return mine.out
 
 
-def _manifest(mine: argparse.Namespace, now: dict, k: int, num_classes: int, slots: int) -> dict:
+def _manifest(mine: argparse.Namespace, now: dict, layout: Layout, slots: int) -> dict:
     """The manifest to write: a new one, or the one in --out when it was built for this run."""
     if os.path.exists(mine.out) and not os.path.isdir(mine.out):
         raise KDError(f'--out {mine.out!r} is a file; pass a folder for the cache')
@@ -155,14 +155,12 @@ def _manifest(mine: argparse.Namespace, now: dict, k: int, num_classes: int, slo
     manifest = {
         'format': FORMAT,
         'fingerprint': now,
-        'top_k': k,
-        'num_classes': num_classes,
+        'top_k': layout.k,
+        'num_classes': layout.num_classes,
         'slots_per_rank': slots,
-        'value_dtype': mine.value_dtype,
-        'layout': mine.layout,
-        'bytes_per_sample': Layout(
-            mine.layout, k, num_classes, mine.value_dtype
-        ).bytes_per_sample(),
+        'value_dtype': layout.value_dtype,
+        'layout': layout.name,
+        'bytes_per_sample': layout.bytes_per_sample(),
         'epochs': [],
     }
     if os.path.isfile(os.path.join(mine.out, 'manifest.json')):
@@ -170,7 +168,7 @@ def _manifest(mine: argparse.Namespace, now: dict, k: int, num_classes: int, slo
         diff = first_difference(old['fingerprint'], now)
         if diff:
             raise KDError(f'--out {mine.out!r} holds a cache for other {diff}; use another --out')
-        mine_layout = (k, mine.value_dtype, mine.layout)
+        mine_layout = (layout.k, layout.value_dtype, layout.name)
         if (old['top_k'], old['value_dtype'], old.get('layout', 'exact')) != mine_layout:
             raise KDError(
                 f'--out {mine.out!r} holds a cache with --top-k {old["top_k"]} --value-dtype '
