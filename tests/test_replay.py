@@ -7,6 +7,7 @@ import torch
 from timm_kd.cli.train.build import dataset_options, loader_options
 from timm_kd.cli.train.config import parse_args
 from timm_kd.data import create_datasets, create_loaders, set_loader_epoch
+from timm_kd.dataset_views import DatasetView
 from timm_kd.reliability import reseed
 from timm_kd.replay import ReplayableViews, make_replayable, replayable_views
 from timm_kd.stream import TrainingStream
@@ -92,11 +93,11 @@ def test_a_plain_index_is_the_unseeded_dataset(image_folder):
     assert len(views) == len(train) and views[3][1] == train[3][1] and views.reader is train.reader
 
 
-class _CountingLoads(torch.utils.data.Dataset):
+class _CountingLoads(DatasetView):
     """Records which sample indices are loaded."""
 
-    def __init__(self, dataset):
-        self.dataset, self.loaded = dataset, []
+    def __init__(self, dataset, loaded):
+        self.dataset, self.loaded = dataset, loaded
 
     def __len__(self):
         return len(self.dataset)
@@ -105,48 +106,38 @@ class _CountingLoads(torch.utils.data.Dataset):
         self.loaded.append(index)
         return self.dataset[index]
 
-    @property
-    def transform(self):
-        return self.dataset.transform
 
-    @transform.setter
-    def transform(self, value):
-        self.dataset.transform = value
-
-
-def test_a_mid_epoch_resume_loads_no_skipped_image_and_replays_the_rest(image_folder):
-    args, _ = parse_args([image_folder, *AUG, '-j', '0', '--mixup', '0.8'])
+def _stream(root, flags, workers=0, prefetcher=True, wrap=lambda dataset: dataset):
+    """A training stream over replayable views of `root`, as training builds it (32 px)."""
+    args, _ = parse_args([root, *AUG, '-j', str(workers), *flags])
     train, _ = create_datasets(dataset_options(args))
-    counting = _CountingLoads(train)
     cfg = dict(input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3,
                interpolation='bilinear', crop_pct=1.0)  # fmt: skip
     loader, _, mixup = create_loaders(
-        loader_options(args), ReplayableViews(counting, seed=7), None, cfg, 3,
-        torch.device('cpu'), prefetcher=True,
+        loader_options(args), replayable_views(wrap(train), seed=7), None, cfg, 3,
+        torch.device('cpu'), prefetcher=prefetcher,
     )  # fmt: skip
     assert make_replayable(loader)
-    stream = TrainingStream(loader, mixup, device=torch.device('cpu'), seed=7)
-    full = [(i, b.input.clone(), b.target.clone()) for i, b in stream.epoch(1)]
-    counting.loaded.clear()
-    resumed = [(i, b.input.clone(), b.target.clone()) for i, b in stream.epoch(1, skip_batches=4)]
-    skipped = [index for index in range(len(train)) if index not in counting.loaded]
-    assert len(skipped) == 4 * 8 and len(counting.loaded) == len(train) - 4 * 8
+    return TrainingStream(loader, mixup, device=torch.device('cpu'), seed=7), train
+
+
+def test_a_mid_epoch_resume_loads_no_skipped_image_and_replays_the_rest(image_folder):
+    loaded = []
+    stream, train = _stream(
+        image_folder, ['--mixup', '0.8'], wrap=lambda d: _CountingLoads(d, loaded)
+    )
+    full = _batches(stream, 1)
+    loaded.clear()
+    resumed = _batches(stream, 1, skip=4)
+    skipped = [index for index in range(len(train)) if index not in loaded]
+    assert len(skipped) == 4 * 8 and len(loaded) == len(train) - 4 * 8
     assert [i for i, *_ in resumed] == [4, 5]
     for (i, x, y), (j, xr, yr) in zip(full[4:], resumed):
         assert i == j and torch.equal(x, xr) and torch.equal(y, yr)
 
 
 def _wds_stream(wds_shards, workers, prefetcher=True):
-    args, _ = parse_args([wds_shards, '--dataset', 'wds/tiny', *AUG, '-j', str(workers)])
-    train, _ = create_datasets(dataset_options(args))
-    cfg = dict(input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3,
-               interpolation='bilinear', crop_pct=1.0)  # fmt: skip
-    loader, _, _ = create_loaders(
-        loader_options(args), replayable_views(train, seed=7), None, cfg, 3,
-        torch.device('cpu'), prefetcher=prefetcher,
-    )  # fmt: skip
-    assert make_replayable(loader)
-    return TrainingStream(loader, device=torch.device('cpu'), seed=7)
+    return _stream(wds_shards, ['--dataset', 'wds/tiny'], workers, prefetcher)[0]
 
 
 def _batches(stream, epoch, skip=0):

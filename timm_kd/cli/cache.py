@@ -90,6 +90,8 @@ def build(argv: Optional[List[str]] = None) -> str:
     manifest = _manifest(mine, now, layout, slots)
     amp_autocast, _ = amp_setup(args.amp, args.amp_dtype, device)
     start, done_images = time.time(), 0
+    if 'loss_error' not in manifest:  # the card's table (`timm_kd.cache.hub`)
+        manifest['loss_error'] = _loss_error(stream, teacher, amp_autocast, layout)
     with FolderLock(mine.out, f'build-rank-{process.rank}.lock', 'the cache folder --out'):
         todo = [e for e in range(args.epochs) if not is_built(mine.out, e, process.rank)]
         built = [e for e in range(args.epochs) if e not in todo]  # a kill may have come before
@@ -106,10 +108,6 @@ def build(argv: Optional[List[str]] = None) -> str:
                             f'the teacher answered NaN or infinity in epoch {epoch}, batch '
                             f"{batch_idx}; nothing of this epoch was kept: check the teacher's "
                             'weights and --teacher-dtype (float16 overflows)'
-                        )
-                    if 'loss_error' not in manifest:  # the card's table (`timm_kd.cache.hub`)
-                        manifest['loss_error'] = top_k_loss_error(
-                            logits, torch.zeros_like(logits), [k], [1.0, 4.0], mine.layout
                         )
                     rows = slice(row, row + len(batch))
                     shard.write(rows, layout.encode(*top_k_logits(logits, k)))
@@ -176,7 +174,18 @@ def _manifest(mine: argparse.Namespace, now: dict, layout: Layout, slots: int) -
                 'another --out'
             )
         manifest['epochs'] = old['epochs']
+        manifest.update({k: old[k] for k in ('loss_error',) if k in old})
     return manifest
+
+
+def _loss_error(stream, teacher, amp_autocast, layout: Layout) -> list:
+    """The KD loss error of the stored answers against the full logits, on the first batch of
+    epoch 0 (a fixed batch, whatever epochs this invocation builds), with a uniform student."""
+    _, batch = next(iter(stream.epoch(0)))
+    with amp_autocast():
+        logits = teacher(batch.input).logits.float()
+    student = torch.zeros_like(logits)
+    return top_k_loss_error(logits, student, [layout.k], [1.0, 4.0], layout.name)
 
 
 def push(argv: List[str]) -> str:
