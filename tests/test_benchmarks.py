@@ -111,4 +111,14 @@ def test_kd_cache_reports_the_cached_step_against_plain_live_and_timm(bench):
 
 def test_cache_read_reports_what_verification_costs(bench):
     out = bench('cache_read.py', '--epochs', '2', '--samples', '2048', '--repeats', '1')
+    compact = bench('cache_read.py', '--epochs', '1', '--samples', '2048', '--repeats', '1',
+                    '--layout', 'compact')  # fmt: skip
+    assert compact['bytes_per_sample'] == 41 < out['bytes_per_sample'] == 64
     assert out['epochs'] == 2 and out['verified_vs_plain'] > 0 and out['first_epoch_vs_plain'] > 0
+
+
+def test_loader_reports_replay_against_timm_and_the_resume_start_up(bench):
+    out = bench('loader.py', '--images', '24', '--size', '32', '--batch', '4', '--workers', '0',
+                '--repeats', '1')  # fmt: skip
+    assert out['replay_vs_timm'] > 0 and out['workers_0']['timm_images_per_s'] > 0
+    assert set(out['resume_first_batch_s']) == {'10%', '90%'}
