@@ -15,7 +15,7 @@ machine serves another holding the same files under another path.
 
 import json
 import os
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..errors import KDError, hub_problem
 from . import TeacherCache
@@ -25,7 +25,7 @@ HUB_PREFIX = 'hf-hub:'
 REPO_TYPE = 'dataset'
 
 
-def parse_hub_spec(spec: str) -> tuple:
+def parse_hub_spec(spec: str) -> Tuple[str, Optional[str]]:
     """'hf-hub:ORG/NAME@REV' -> ('ORG/NAME', 'REV' or None)."""
     repo = spec[len(HUB_PREFIX) :]
     repo, _, revision = repo.partition('@')
@@ -79,7 +79,7 @@ def card(root: str, manifest: Dict[str, Any], repo_id: str) -> str:
     """The dataset card: what the cache was built from and for, and what its storage costs."""
     fp = manifest['fingerprint']
     size = sum(os.path.getsize(os.path.join(root, f)) for f in os.listdir(root))
-    epochs, ranks = manifest['epochs'], fp['views'].get('world_size', 1)
+    epochs, ranks = manifest['epochs'], world_size(manifest)
     samples = manifest['slots_per_rank'] * ranks
     teacher = fp['teacher'].get('members') or fp['teacher']
     lines = [
@@ -117,7 +117,7 @@ def push(root: str, repo_id: str, private: bool = False, revision: Optional[str]
 
     cache = TeacherCache(root)
     manifest = cache.manifest
-    names = ['manifest.json', *shard_patterns(manifest['epochs'], range(_world_size(manifest)))]
+    names = ['manifest.json', *shard_patterns(manifest['epochs'], range(world_size(manifest)))]
     missing = [n for n in names if not os.path.isfile(os.path.join(root, n))]
     if missing:
         raise KDError(f'{root!r} lacks {missing[0]}; complete the build before pushing')
@@ -138,5 +138,6 @@ def push(root: str, repo_id: str, private: bool = False, revision: Optional[str]
     return repo_id
 
 
-def _world_size(manifest: Dict[str, Any]) -> int:
+def world_size(manifest: Dict[str, Any]) -> int:
+    """The number of ranks (one shard each per epoch) a cache was built with."""
     return int(manifest['fingerprint']['views'].get('world_size', 1))

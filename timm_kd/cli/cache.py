@@ -213,7 +213,7 @@ def pull(argv: List[str]) -> str:
     root = hub.pull(repo_id, revision, cache_dir=args.cache_dir)  # the manifest says what exists
     manifest = TeacherCache(root).manifest
     epochs = manifest['epochs'] if args.epochs is None else args.epochs
-    ranks = range(manifest['fingerprint']['views'].get('world_size', 1))
+    ranks = range(hub.world_size(manifest))
     root = hub.pull(repo_id, revision, epochs, ranks if args.ranks is None else args.ranks,
                     cache_dir=args.cache_dir)  # fmt: skip
     print(root)
