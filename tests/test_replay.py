@@ -27,26 +27,22 @@ AUG = [
 ]
 
 
-def _epoch_batches(image_folder, workers, epoch, extra=(), prefetcher=False, between=0):
-    args, _ = parse_args([image_folder, *AUG, '-j', str(workers), *extra])
+def _stream(root, flags, workers=0, prefetcher=True, wrap=lambda dataset: dataset):
+    """A training stream over replayable views of `root`, as training builds it (32 px)."""
+    args, _ = parse_args([root, *AUG, '-j', str(workers), *flags])
     train, _ = create_datasets(dataset_options(args))
-    cfg = dict(
-        input_size=(3, 32, 32),
-        mean=(0.5,) * 3,
-        std=(0.5,) * 3,
-        interpolation='bilinear',
-        crop_pct=1.0,
-    )
-    loader, _, _ = create_loaders(
-        loader_options(args),
-        ReplayableViews(train, seed=7),
-        None,
-        cfg,
-        3,
-        torch.device('cpu'),
-        prefetcher=prefetcher,
-    )
+    cfg = dict(input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3,
+               interpolation='bilinear', crop_pct=1.0)  # fmt: skip
+    loader, _, mixup = create_loaders(
+        loader_options(args), replayable_views(wrap(train), seed=7), None, cfg, 3,
+        torch.device('cpu'), prefetcher=prefetcher,
+    )  # fmt: skip
     assert make_replayable(loader)
+    return TrainingStream(loader, mixup, device=torch.device('cpu'), seed=7), train
+
+
+def _epoch_batches(image_folder, workers, epoch, extra=(), prefetcher=False, between=0):
+    loader = _stream(image_folder, extra, workers, prefetcher)[0].loader
     torch.rand(workers + 1)  # what the process drew before the epoch does not matter
     reseed(7, epoch)  # as the training loop does at each epoch start: it fixes the sampler's order
     set_loader_epoch(loader, epoch)
@@ -105,20 +101,6 @@ class _CountingLoads(DatasetView):
     def __getitem__(self, index):
         self.loaded.append(index)
         return self.dataset[index]
-
-
-def _stream(root, flags, workers=0, prefetcher=True, wrap=lambda dataset: dataset):
-    """A training stream over replayable views of `root`, as training builds it (32 px)."""
-    args, _ = parse_args([root, *AUG, '-j', str(workers), *flags])
-    train, _ = create_datasets(dataset_options(args))
-    cfg = dict(input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3,
-               interpolation='bilinear', crop_pct=1.0)  # fmt: skip
-    loader, _, mixup = create_loaders(
-        loader_options(args), replayable_views(wrap(train), seed=7), None, cfg, 3,
-        torch.device('cpu'), prefetcher=prefetcher,
-    )  # fmt: skip
-    assert make_replayable(loader)
-    return TrainingStream(loader, mixup, device=torch.device('cpu'), seed=7), train
 
 
 def test_a_mid_epoch_resume_loads_no_skipped_image_and_replays_the_rest(image_folder):

@@ -31,7 +31,7 @@ import json
 import logging
 import math
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -190,7 +190,6 @@ class TeacherCache:
                 f'reads {FORMAT}; rebuild it'
             )
         self.root = root
-        self.fetch: Optional[Callable[[Sequence[int], int], Any]] = None  # a Hub copy's download
         m = self.manifest
         self.layout = Layout(
             m.get('layout', 'exact'), m['top_k'], m['num_classes'], m['value_dtype']
@@ -215,8 +214,7 @@ class TeacherCache:
                 f"--teacher-cache {self.root!r} was built for other {diff}; train with the cache's "
                 'setting or rebuild the cache'
             )
-        if self.fetch is not None:  # `timm_kd.cache.hub`: the shards this run reads, no others
-            self.fetch(epochs, rank)
+        self.fetch(epochs, rank)
         missing = [e for e in epochs if not is_built(self.root, e, rank)]
         if missing:
             raise KDError(
@@ -224,6 +222,10 @@ class TeacherCache:
                 f'{len(self.manifest["epochs"])} epochs); build more with --epochs '
                 f'{max(epochs) + 1}, or train fewer epochs'
             )
+
+    def fetch(self, epochs: Sequence[int], rank: int) -> None:
+        """Bring the shards of `epochs` for `rank` here: a local cache has them already (a Hub
+        copy downloads them, `timm_kd.cache.hub.HubTeacherCache`)."""
 
     def open(self, epoch: int, rank: int, verify: bool = True) -> Dict[str, np.ndarray]:
         """One epoch's shard of `rank`, its sizes and checksums verified (`shards.open_shard`)."""

@@ -64,15 +64,23 @@ def pull(repo_id: str, revision: Optional[str] = None, epochs: Sequence[int] = (
         ) from None
 
 
+class HubTeacherCache(TeacherCache):
+    """A cache on the Hub: its manifest and card downloaded at once, its shards by `fetch`, which
+    `TeacherCache.check` calls for the epochs and rank the run trains once the run fits."""
+
+    def __init__(self, repo_id: str, revision: Optional[str] = None):
+        self.repo_id, self.revision = repo_id, revision
+        super().__init__(pull(repo_id, revision))
+
+    def fetch(self, epochs: Sequence[int], rank: int) -> None:
+        pull(self.repo_id, self.revision, epochs, [rank])
+
+
 def open_cache(spec: str) -> TeacherCache:
-    """`--teacher-cache DIR` or `hf-hub:ORG/NAME[@REVISION]`: the latter's shards are fetched by
-    `TeacherCache.check`, for the epochs and rank the run trains."""
+    """`--teacher-cache DIR`, or `hf-hub:ORG/NAME[@REVISION]` (`HubTeacherCache`)."""
     if not spec.startswith(HUB_PREFIX):
         return TeacherCache(spec)
-    repo_id, revision = parse_hub_spec(spec)
-    cache = TeacherCache(pull(repo_id, revision))
-    cache.fetch = lambda epochs, rank: pull(repo_id, revision, epochs, [rank])
-    return cache
+    return HubTeacherCache(*parse_hub_spec(spec))
 
 
 def card(root: str, manifest: Dict[str, Any], repo_id: str) -> str:

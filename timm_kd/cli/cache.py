@@ -74,13 +74,12 @@ def build(argv: Optional[List[str]] = None) -> str:
     if k < 1:
         raise KDError(f'--top-k {mine.top_k}: keep at least one logit per sample')
     stream, _, replayable = training_stream(args, setup, process)
-    if args.train_img_sizes is not None or not replayable:
+    if args.train_img_sizes is not None:
+        raise KDError('the teacher cache needs a fixed input and batch size (no --train-img-sizes)')
+    if not replayable:
         raise KDError(
-            'the teacher cache needs replayable views: a fixed input and batch size (no '
-            '--train-img-sizes) and map-style or webdataset input (ImageFolder, hfds/, wds/; not '
-            f'{args.dataset})'
-            if args.train_img_sizes is None
-            else 'the teacher cache needs a fixed input and batch size (no --train-img-sizes)'
+            'the teacher cache needs replayable views: map-style or webdataset input (ImageFolder, '
+            f'hfds/, wds/; not {args.dataset})'
         )
     slots = len(stream) * args.batch_size
     now = fingerprint(run, train_set, process.world_size, mtimes=mine.strict_files)
