@@ -80,3 +80,14 @@ def test_pull_then_offline_training_and_a_missing_repo_is_one_line(
                       '--teacher-cache', 'hf-hub:me/absent')  # fmt: skip
     assert missing.returncode == 2
     assert 'error: cannot download the teacher cache hf-hub:me/absent (' in missing.stderr
+
+
+def test_pushing_a_folder_that_is_no_cache_is_one_line(tmp_path, run_cli):
+    from timm_kd.cli.cache import main
+
+    result = run_cli(main, 'push', tmp_path / 'nothing', 'me/x')
+    assert result.returncode == 2
+    assert (
+        result.stderr.startswith("error: '")
+        and 'holds no manifest.json: push the --out' in result.stderr
+    )

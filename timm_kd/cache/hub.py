@@ -123,8 +123,12 @@ def push(root: str, repo_id: str, private: bool = False, revision: Optional[str]
     every committed shard with its sidecar, and the card."""
     import huggingface_hub
 
-    cache = TeacherCache(root)
-    manifest = cache.manifest
+    if not os.path.isfile(os.path.join(root, 'manifest.json')):
+        raise KDError(
+            f'{root!r} holds no manifest.json: push the --out folder of a finished python -m '
+            'timm_kd.cache build'
+        )
+    manifest = TeacherCache(root).manifest
     names = ['manifest.json', *shard_patterns(manifest['epochs'], range(world_size(manifest)))]
     missing = [n for n in names if not os.path.isfile(os.path.join(root, n))]
     if missing:
