@@ -4,7 +4,11 @@
 # with a bundled recipe). Usage: .ci/wheel_check.sh [WORKDIR]   (needs the checkout's .venv for the build)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-WORK="${1:-$(mktemp -d)}"
+# a folder of its own (about 6 GB: torch) is removed at the end; a WORKDIR given is kept
+if [ $# -gt 0 ]; then WORK="$1" REMOVE=""; else WORK="$(mktemp -d)" REMOVE="$WORK"; fi
+SERVER=""
+cleanup() { [ -z "$SERVER" ] || kill "$SERVER"; [ -z "$REMOVE" ] || rm -rf "$REMOVE"; }
+trap cleanup EXIT
 TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
 mkdir -p "$WORK"
 "$ROOT/.venv/bin/python" -m pip wheel -q --no-deps --no-build-isolation -w "$WORK/dist" "$ROOT"
@@ -51,7 +55,6 @@ mkdir -p release
 python -c "import timm, torch; torch.save(timm.create_model('vit_tiny_patch16_224').state_dict(), 'release/vit_tiny_patch16_224-78.106.pth')"
 python -m http.server 8765 --bind 127.0.0.1 --directory release >/dev/null 2>&1 &
 SERVER=$!
-trap 'kill $SERVER' EXIT
 sleep 1
 TIMM_KD_RELEASE_URL=http://127.0.0.1:8765/ TORCH_HOME="$WORK/torch" python - <<'PY'
 import timm, timm_kd, torch

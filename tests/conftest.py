@@ -18,6 +18,23 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture(scope='session', autouse=True)
+def _temporary_files_inside_the_base_temp(tmp_path_factory):
+    """What the code under test and the programs it starts put in the temporary folder (torchrun's
+    run folders, wandb's, DataLoader sockets) goes under pytest's base temp, and is removed with it."""
+    import tempfile
+
+    folder = str(tmp_path_factory.mktemp('tmp'))
+    saved = tempfile.tempdir, os.environ.get('TMPDIR')
+    tempfile.tempdir = os.environ['TMPDIR'] = folder
+    yield
+    tempfile.tempdir = saved[0]
+    if saved[1] is None:
+        del os.environ['TMPDIR']
+    else:
+        os.environ['TMPDIR'] = saved[1]
+
+
 @pytest.fixture(scope='session')
 def image_folder(tmp_path_factory):
     """A tiny 3-class ImageFolder (train/ and validation/) of 32px RGB images whose class sets the brightness."""
