@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Launcher kept for checkouts: `python train_kd.py ...` = `timm-kd-train ...` = `python -m timm_kd.train ...`.
+"""Launcher kept for checkouts: `python train_kd.py ...`
+= `timm-kd-train ...` = `python -m timm_kd.train ...`.
 
 The training program is `timm_kd.cli.train`; see its docstring, or `--help`.
 """

@@ -1,4 +1,5 @@
-"""How far the KD loss moves when the teacher cache keeps only the top-K logits (`timm_kd.cache.rebuild_logits`).
+"""How far the KD loss moves when the teacher cache keeps
+only the top-K logits (`timm_kd.cache.rebuild_logits`).
 
     python benchmarks/cache_topk_error.py [--output demo_output]     # after `make demo`
 

@@ -1,9 +1,9 @@
-"""What the teacher-output cache buys: a cached KD step against the plain student step, the live KD step and
-timm's `LogitDistillationTask` step, data loading included, measured in one process; and the build's
-cost.
+"""What the teacher-output cache buys: a cached KD step against the plain student step, the live KD
+step and timm's `LogitDistillationTask` step, data loading included, measured in one process; and
+the build's cost.
 
-    python benchmarks/kd_cache.py --preset cpu      # resnet18 <- resnet50, 64px (minutes on 2 cores)
-    python benchmarks/kd_cache.py --preset gpu      # resnet50 <- beitv2_base and beitv2_large, 224px, bf16 AMP
+    python benchmarks/kd_cache.py --preset cpu  # resnet18 <- resnet50, 64px (minutes on 2 cores)
+    python benchmarks/kd_cache.py --preset gpu  # resnet50 <- beitv2_base, beitv2_large; 224px, bf16
 
 A folder of random images is read through the training loader (replayable views, timm's prefetcher
 as in training, RandAugment, mixup/cutmix); the teacher has random weights (speed does not depend on

@@ -1,6 +1,7 @@
-"""Extra cost per training step of each distillation method, relative to vanilla `kd`, measured in one run.
+"""Extra cost per training step of each distillation
+method, relative to vanilla `kd`, measured in one run.
 
-    python benchmarks/kd_losses.py                       # cpu preset: resnet18 student, resnet50 teacher, 64px
+    python benchmarks/kd_losses.py  # the cpu preset: resnet18 student, resnet50 teacher, 64px
     python benchmarks/kd_losses.py --device cuda --img-size 224 --batch-size 128 --amp
 
 Every method trains the same student from the same teacher (random weights: cost does not depend on

@@ -1,12 +1,13 @@
-"""Cost of one KD training step against its floor (student step + one teacher inference) and against timm's
-own `LogitDistillationTask`, on identical models, batch, dtype and device, measured in one process.
+"""Cost of one KD training step against its floor (student step + one teacher inference) and against
+timm's own `LogitDistillationTask`, on identical models, batch, dtype and device, measured in one
+process.
 
-    python benchmarks/kd_step.py --preset cpu                 # resnet18 <- resnet50, 64px (minutes on 2 cores)
-    python benchmarks/kd_step.py --preset cpu --fast          # + the fast teacher path (bf16 weights, compile)
-    python benchmarks/kd_step.py --preset gpu --fast          # resnet50 <- beitv2_base_patch16_224, 224px, bf16
+    python benchmarks/kd_step.py --preset cpu         # resnet18 <- resnet50, 64px (minutes)
+    python benchmarks/kd_step.py --preset cpu --fast  # + the fast teacher path (bf16, compile)
+    python benchmarks/kd_step.py --preset gpu --fast  # resnet50 <- beitv2_base, 224px, bf16
     python benchmarks/kd_step.py --preset gpu --fast --compile --students 4
-    python benchmarks/kd_step.py --preset gpu --fast --compile-mode reduce-overhead   # teacher as a CUDA graph
-    python benchmarks/kd_step.py --preset cpu --ablation      # teacher inference with each fast-path switch
+    python benchmarks/kd_step.py --preset gpu --fast --compile-mode reduce-overhead  # a CUDA graph
+    python benchmarks/kd_step.py --preset cpu --ablation  # teacher inference per fast-path switch
 
 Interleaved within each repetition (so machine drift hits them alike), median of repeats after
 warm-up: the student's plain training step, the teacher's inference, our `DistillationTask` KD step
@@ -116,7 +117,8 @@ def parse_args():
 
 
 def measure(steps, warmup, repeats, device):
-    """Median seconds and peak CUDA MiB above what was allocated before, per step, interleaved per repetition."""
+    """Median seconds and peak CUDA MiB above what was
+    allocated before, per step, interleaved per repetition."""
     times = {k: [] for k in steps}
     peak = {}
     for r in range(warmup + repeats):
@@ -136,7 +138,8 @@ def measure(steps, warmup, repeats, device):
 
 
 def host_syncs(fn, device):
-    """How many host-device synchronisations one call of `fn` makes (CUDA's sync debug mode); None on CPU."""
+    """How many host-device synchronisations one call of
+    `fn` makes (CUDA's sync debug mode); None on CPU."""
     if device.type != 'cuda':
         return None
     with warnings.catch_warnings(record=True) as caught:
@@ -155,8 +158,8 @@ def agreement(teacher, reference_logits, x, amp):
 
 
 def ablation(args, teacher0, x, device, amp):
-    """Teacher inference time (under autocast with --amp) and top-1 agreement with the float32 eager teacher
-    without autocast, adding one fast-path switch at a time."""
+    """Teacher inference time (under autocast with --amp) and top-1 agreement with the
+    float32 eager teacher without autocast, adding one fast-path switch at a time."""
     configs = [
         ('fp32, no_grad', dict(inference_mode=False), False),
         ('+ inference_mode', dict(), False),

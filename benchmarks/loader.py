@@ -1,4 +1,5 @@
-"""What replayable views cost timm's loader, and what a mid-epoch resume costs before its first step.
+"""What replayable views cost timm's loader, and
+what a mid-epoch resume costs before its first step.
 
     python benchmarks/loader.py [--images 512 --size 224 --workers 0 2 --repeats 3]
 

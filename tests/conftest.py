@@ -16,12 +16,16 @@ import torch
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What every tiny training run of the tests shares: 32 px, on the CPU (the tests compare CPU
+# tensors, also on a CUDA machine), no loader workers, no warmup.
+TINY = ['--img-size', '32', '--lr', '0.01', '--warmup-epochs', '0', '-j', '0', '--device', 'cpu']
 
 
 @pytest.fixture(scope='session', autouse=True)
 def _temporary_files_inside_the_base_temp(tmp_path_factory):
     """What the code under test and the programs it starts put in the temporary folder (torchrun's
-    run folders, wandb's, DataLoader sockets) goes under pytest's base temp, and is removed with it."""
+    run folders, wandb's, DataLoader sockets) goes under
+    pytest's base temp, and is removed with it."""
     import tempfile
 
     folder = str(tmp_path_factory.mktemp('tmp'))
@@ -37,7 +41,8 @@ def _temporary_files_inside_the_base_temp(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def image_folder(tmp_path_factory):
-    """A tiny 3-class ImageFolder (train/ and validation/) of 32px RGB images whose class sets the brightness."""
+    """A tiny 3-class ImageFolder (train/ and validation/)
+    of 32px RGB images whose class sets the brightness."""
     root = tmp_path_factory.mktemp('imagefolder')
     rng = np.random.default_rng(0)
     for split, per_class in (('train', 16), ('validation', 8)):
@@ -51,9 +56,21 @@ def image_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def vit_teacher(tmp_path_factory):
+    """The flags of a 3-class test_vit teacher at 32 px, from a checkpoint of random weights."""
+    import timm
+
+    path = tmp_path_factory.mktemp('vit') / 'vit.pth'
+    torch.save(timm.create_model('test_vit', num_classes=3, img_size=32).state_dict(), path)
+    return ['--teacher', 'test_vit', '--teacher-kwargs', 'img_size=32',
+            '--teacher-checkpoint', str(path)]  # fmt: skip
+
+
+@pytest.fixture(scope='session')
 def wds_shards(tmp_path_factory):
-    """The images of `image_folder`'s kind as webdataset shards, as timm's `--dataset wds/` reads them: two
-    training shards of 24 and one validation shard of 24 (.jpg + .cls) with an `_info.json`."""
+    """The images of `image_folder`'s kind as webdataset shards, as timm's `--dataset wds/` reads
+    them: two training shards of 24 and one validation shard of 24 (.jpg + .cls) with an
+    `_info.json`."""
     root = tmp_path_factory.mktemp('wds')
     rng = np.random.default_rng(1)
     splits = {}
@@ -98,7 +115,8 @@ def hub_endpoint(tmp_path, monkeypatch):
 
 
 class FileServer:
-    """A local HTTP server for the files under `root` (a stand-in for a GitHub release); records request paths."""
+    """A local HTTP server for the files under `root` (a
+    stand-in for a GitHub release); records request paths."""
 
     def __init__(self, root):
         self.root, self.requests = root, []
@@ -142,8 +160,9 @@ def run_cli(capsys):
 
 @pytest.fixture(autouse=True)
 def _no_handlers_on_closed_streams():
-    """In-process training installs logging handlers bound to the captured stderr of the test (or fixture) that
-    ran it; once pytest closes that stream, drop them, so later log records do not fail on it."""
+    """In-process training installs logging handlers bound to the captured stderr of the test (or
+    fixture) that ran it; once pytest closes that stream, drop them, so later log records do not
+    fail on it."""
     import logging
 
     root = logging.getLogger()
@@ -166,7 +185,8 @@ def _isolated_hf_cache(tmp_path, monkeypatch):
 
 
 def fair_convnextv2_layout(state_dict):
-    """timm ConvNeXt-V2 keys -> the FAIR release layout (the file format VanillaKD's convnextv2_tiny shipped in)."""
+    """timm ConvNeXt-V2 keys -> the FAIR release layout (the
+    file format VanillaKD's convnextv2_tiny shipped in)."""
     out = {}
     for k, v in state_dict.items():
         k = re.sub(r'^stem\.', 'downsample_layers.0.', k)

@@ -1,4 +1,5 @@
-"""The benchmark scripts still run and report what benchmarks/README.md quotes (figures are not checked here)."""
+"""The benchmark scripts still run and report what
+benchmarks/README.md quotes (figures are not checked here)."""
 
 import json
 import os
@@ -28,7 +29,8 @@ TINY = [
 
 @pytest.fixture
 def bench(capsys, monkeypatch):
-    """Run a benchmark script in-process, as `python benchmarks/SCRIPT ARGS` would; its JSON line."""
+    """Run a benchmark script in-process, as
+    `python benchmarks/SCRIPT ARGS` would; its JSON line."""
 
     def run(script, *args):
         path = os.path.join(ROOT, 'benchmarks', script)

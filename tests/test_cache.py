@@ -8,32 +8,14 @@ import re
 import pytest
 import timm
 import torch
+from conftest import TINY
 
 from timm_kd.cache import rebuild_logits, top_k_loss_error
 from timm_kd.cli.cache import main as cache_main
 from timm_kd.cli.train.loop import cli
 from timm_kd.cli.train.loop import main as train_main
 
-FAST = [
-    '--model',
-    'test_resnet',
-    '--img-size',
-    '32',
-    '-b',
-    '8',
-    '--lr',
-    '0.01',
-    '--warmup-epochs',
-    '0',
-    '-j',
-    '0',
-    '--log-interval',
-    '1',
-    '--device',
-    'cpu',
-    '--epochs',
-    '2',
-]
+FAST = ['--model', 'test_resnet', *TINY, '-b', '8', '--log-interval', '1', '--epochs', '2']
 VIEWS = [
     '--mixup',
     '0.5',
@@ -49,23 +31,11 @@ VIEWS = [
 
 
 @pytest.fixture(scope='module')
-def teacher(tmp_path_factory):
-    path = tmp_path_factory.mktemp('teacher') / 'vit.pth'
-    torch.save(timm.create_model('test_vit', num_classes=3, img_size=32).state_dict(), path)
-    return [
-        '--teacher',
-        'test_vit',
-        '--teacher-kwargs',
-        'img_size=32',
-        '--teacher-checkpoint',
-        str(path),
-    ]
-
-
-@pytest.fixture(scope='module')
-def built(image_folder, teacher, tmp_path_factory):
+def built(image_folder, vit_teacher, tmp_path_factory):
     out = tmp_path_factory.mktemp('cache')
-    cache_main(['build', image_folder, *FAST, *VIEWS, *teacher, '--top-k', '3', '--out', str(out)])
+    cache_main(
+        ['build', image_folder, *FAST, *VIEWS, *vit_teacher, '--top-k', '3', '--out', str(out)]
+    )
     return out
 
 
@@ -95,19 +65,20 @@ def _step_losses(caplog):
     return [[float(v) for v in re.findall(r'loss: ([0-9.]+)', line)] for line in lines]
 
 
-def test_a_cached_run_equals_the_live_run(image_folder, teacher, built, tmp_path, caplog):
-    """K = C (3 classes): every step's losses, the evaluation and the final weights of the cached run are the
-    live run's (kd and dkd losses, deep supervision, mixup/cutmix, RandAugment, random erasing, dropout)."""
+def test_a_cached_run_equals_the_live_run(image_folder, vit_teacher, built, tmp_path, caplog):
+    """K = C (3 classes): every step's losses, the evaluation and the final weights of the cached
+    run are the live run's (kd and dkd losses, deep supervision, mixup/cutmix, RandAugment, random
+    erasing, dropout)."""
     kd = ['--kd-loss', 'kd', 'dkd', '--kd-deep-supervision', '2', '--output', str(tmp_path)]
     with caplog.at_level(logging.INFO, logger='timm_kd.engine'):
-        train_main([image_folder, *FAST, *VIEWS, *teacher, *kd, '--experiment', 'live'])
+        train_main([image_folder, *FAST, *VIEWS, *vit_teacher, *kd, '--experiment', 'live'])
         live_steps = _step_losses(caplog)
         train_main(
             [
                 image_folder,
                 *FAST,
                 *VIEWS,
-                *teacher,
+                *vit_teacher,
                 *kd,
                 '--teacher-cache',
                 str(built),
@@ -167,12 +138,18 @@ def test_a_run_the_cache_does_not_fit_is_one_line(
     assert info.value.code == 2 and line.startswith('error: ') and message in line, line
 
 
-def test_a_killed_build_resumes_at_the_first_missing_epoch(image_folder, teacher, built, tmp_path):
+def test_a_killed_build_resumes_at_the_first_missing_epoch(
+    image_folder, vit_teacher, built, tmp_path
+):
     out = tmp_path / 'c'
-    cache_main(['build', image_folder, *FAST, *VIEWS, *teacher, '--top-k', '2', '--out', str(out)])
+    cache_main(
+        ['build', image_folder, *FAST, *VIEWS, *vit_teacher, '--top-k', '2', '--out', str(out)]
+    )
     first = (out / 'epoch-0000-rank-0.values.npy').stat().st_mtime_ns
     os.remove(out / 'epoch-0001-rank-0.values.npy')  # as if killed during epoch 1
-    cache_main(['build', image_folder, *FAST, *VIEWS, *teacher, '--top-k', '2', '--out', str(out)])
+    cache_main(
+        ['build', image_folder, *FAST, *VIEWS, *vit_teacher, '--top-k', '2', '--out', str(out)]
+    )
     assert (
         out / 'epoch-0000-rank-0.values.npy'
     ).stat().st_mtime_ns == first  # epoch 0 was not redone
@@ -201,8 +178,11 @@ def test_cached_runs_resume_exactly_and_serve_several_students(image_folder, bui
         assert len(rows) == 2 and float(rows[0][loss]) > 0
 
 
-def test_torchrun_builds_one_shard_per_rank_and_trains_from_them(image_folder, teacher, tmp_path):
-    """2 gloo processes build disjoint shards; a 2-process run from the cache equals the live 2-process run."""
+def test_torchrun_builds_one_shard_per_rank_and_trains_from_them(
+    image_folder, vit_teacher, tmp_path
+):
+    """2 gloo processes build disjoint shards; a 2-process
+    run from the cache equals the live 2-process run."""
     import subprocess
     import sys
 
@@ -216,7 +196,7 @@ def test_torchrun_builds_one_shard_per_rank_and_trains_from_them(image_folder, t
         '--master_port=29523',
         '-m',
     ]
-    flags = [image_folder, *FAST, '-b', '4', *VIEWS, *teacher, '--output', str(tmp_path)]
+    flags = [image_folder, *FAST, '-b', '4', *VIEWS, *vit_teacher, '--output', str(tmp_path)]
     env = dict(os.environ, OMP_NUM_THREADS='1')
     for cmd in (
         [*run, 'timm_kd.cache', 'build', *flags, '--top-k', '3', '--out', str(tmp_path / 'cache')],
@@ -290,9 +270,11 @@ def test_training_from_a_damaged_shard_is_one_line_before_it_trains(
     assert info.value.code == 2 and f'shard {path} is damaged' in line, line
 
 
-def test_a_build_killed_between_renames_is_repaired_by_the_rerun(image_folder, teacher, tmp_path):
+def test_a_build_killed_between_renames_is_repaired_by_the_rerun(
+    image_folder, vit_teacher, tmp_path
+):
     out = tmp_path / 'c'
-    build = ['build', image_folder, *FAST, *VIEWS, *teacher, '--top-k', '2', '--out', str(out)]
+    build = ['build', image_folder, *FAST, *VIEWS, *vit_teacher, '--top-k', '2', '--out', str(out)]
     cache_main(build)
     os.remove(out / 'epoch-0001-rank-0.json')  # killed after renaming values, before the rest
     os.remove(out / 'epoch-0001-rank-0.indices.npy')
@@ -306,13 +288,13 @@ def test_a_build_killed_between_renames_is_repaired_by_the_rerun(image_folder, t
 
 @pytest.mark.parametrize('strict', [False, True])
 def test_a_replaced_training_image_makes_the_cache_stale(
-    image_folder, teacher, tmp_path, capsys, strict
+    image_folder, vit_teacher, tmp_path, capsys, strict
 ):
     import shutil
 
     data = tmp_path / 'data'
     shutil.copytree(image_folder, data)
-    flags = [str(data), *FAST, '--epochs', '1', *teacher]
+    flags = [str(data), *FAST, '--epochs', '1', *vit_teacher]
     out = tmp_path / 'cache'
     cache_main(
         [
@@ -338,10 +320,10 @@ def test_a_replaced_training_image_makes_the_cache_stale(
     assert 'was built for other views (dataset files:' in line, line
 
 
-def test_bad_build_targets_are_one_line(image_folder, teacher, tmp_path, capsys):
+def test_bad_build_targets_are_one_line(image_folder, vit_teacher, tmp_path, capsys):
     from timm_kd.locks import FolderLock
 
-    flags = ['build', image_folder, *FAST, '--epochs', '1', *teacher, '--top-k', '2']
+    flags = ['build', image_folder, *FAST, '--epochs', '1', *vit_teacher, '--top-k', '2']
     (tmp_path / 'file').write_text('x')
     with pytest.raises(SystemExit):
         cache_main([*flags, '--out', str(tmp_path / 'file')])
@@ -358,7 +340,7 @@ def test_bad_build_targets_are_one_line(image_folder, teacher, tmp_path, capsys)
     torch.save(
         {k: v.fill_(float('nan')) if v.is_floating_point() else v for k, v in state.items()}, broken
     )
-    nan_teacher = [*teacher[:-1], str(broken)]
+    nan_teacher = [*vit_teacher[:-1], str(broken)]
     with pytest.raises(SystemExit):
         cache_main(['build', image_folder, *FAST, '--epochs', '1', *nan_teacher, '--top-k', '2',
                     '--out', str(tmp_path / 'nan')])  # fmt: skip
@@ -367,16 +349,16 @@ def test_bad_build_targets_are_one_line(image_folder, teacher, tmp_path, capsys)
 
 
 def test_a_compact_cache_trains_within_its_rounding_of_the_live_run(
-    image_folder, teacher, tmp_path, caplog
+    image_folder, vit_teacher, tmp_path, caplog
 ):
     one = [*FAST, *VIEWS, '--epochs', '1', '--output', str(tmp_path)]
     out = tmp_path / 'compact'
-    cache_main(['build', image_folder, *one, *teacher, '--top-k', '3', '--layout', 'compact',
+    cache_main(['build', image_folder, *one, *vit_teacher, '--top-k', '3', '--layout', 'compact',
                 '--out', str(out)])  # fmt: skip
     data = sum(f.stat().st_size - 128 for f in out.glob('*.npy'))  # .npy headers: 128 B
     assert data == 48 * (2 * 3 + 1 + 8)  # 48 slots of 2K + ceil(K 2 bits / 8) + 8 bytes
     with caplog.at_level(logging.INFO, logger='timm_kd.engine'):
-        train_main([image_folder, *one, *teacher, '--experiment', 'live'])
+        train_main([image_folder, *one, *vit_teacher, '--experiment', 'live'])
         live = _step_losses(caplog)
         train_main([image_folder, *one, '--teacher-cache', str(out), '--experiment', 'cached'])
         cached = _step_losses(caplog)

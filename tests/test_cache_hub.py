@@ -12,7 +12,6 @@ from timm_kd.cli.train.loop import cli
 from timm_kd.cli.train.loop import main as train_main
 
 FAST, VIEWS = test_cache.FAST, test_cache.VIEWS
-teacher = test_cache.teacher  # its fixture: a test_vit teacher checkpoint
 
 
 def _rows(path):
@@ -22,12 +21,12 @@ def _rows(path):
 
 def test_a_pushed_cache_trains_another_copy_of_the_data_as_the_live_run(
     image_folder,
-    teacher,
+    vit_teacher,
     hub_endpoint,
     tmp_path,
 ):
     built = tmp_path / 'built'
-    cache_main(['build', image_folder, *FAST, *VIEWS, *teacher, '--top-k', '3',
+    cache_main(['build', image_folder, *FAST, *VIEWS, *vit_teacher, '--top-k', '3',
                 '--out', str(built)])  # fmt: skip
     cache_main(['push', str(built), 'me/tiny-cache'])
     files = hub_endpoint.repos[('dataset', 'me/tiny-cache')]
@@ -38,7 +37,7 @@ def test_a_pushed_cache_trains_another_copy_of_the_data_as_the_live_run(
     elsewhere = tmp_path / 'elsewhere' / 'data'  # the same files under another root
     shutil.copytree(image_folder, elsewhere)
     out = ['--output', str(tmp_path)]
-    train_main([image_folder, *FAST, *VIEWS, *teacher, *out, '--experiment', 'live'])
+    train_main([image_folder, *FAST, *VIEWS, *vit_teacher, *out, '--experiment', 'live'])
     common = [str(elsewhere), *FAST, *VIEWS, *out, '--teacher-cache', 'hf-hub:me/tiny-cache']
     train_main([*common, '--experiment', 'from-hub', '--stop-epoch', '1'])
     assert 'epoch-0001-rank-0.values.npy' not in hub_endpoint.downloads  # only what it trains
@@ -54,7 +53,7 @@ def test_a_pushed_cache_trains_another_copy_of_the_data_as_the_live_run(
 
 def test_pull_then_offline_training_and_a_missing_repo_is_one_line(
     image_folder,
-    teacher,
+    vit_teacher,
     hub_endpoint,
     tmp_path,
     run_cli,
@@ -63,7 +62,7 @@ def test_pull_then_offline_training_and_a_missing_repo_is_one_line(
 ):
     built = tmp_path / 'built'
     one = [*FAST, '--epochs', '1']
-    cache_main(['build', image_folder, *one, *teacher, '--top-k', '2', '--layout', 'compact',
+    cache_main(['build', image_folder, *one, *vit_teacher, '--top-k', '2', '--layout', 'compact',
                 '--out', str(built)])  # fmt: skip
     cache_main(['push', str(built), 'me/c'])
     capsys.readouterr()

@@ -1,4 +1,5 @@
-"""timm_kd.data: stratified training subsets (--train-fraction), per-sample indices for CRD, mixup off."""
+"""timm_kd.data: stratified training subsets
+(--train-fraction), per-sample indices for CRD, mixup off."""
 
 import pytest
 import torch
@@ -64,8 +65,8 @@ def test_indexed_targets_yield_indices_and_know_every_label(image_folder):
 
 @pytest.mark.parametrize('prefetcher, indexed', [(False, False), (True, False), (True, True)])
 def test_mixup_runs_in_the_training_process_and_turns_off(image_folder, prefetcher, indexed):
-    """Mixup/cutmix is the per-batch function in every case (never the prefetcher's collate, whose draws would
-    depend on the worker); timm's --mixup-off-epoch stops it."""
+    """Mixup/cutmix is the per-batch function in every case (never the prefetcher's
+    collate, whose draws would depend on the worker); timm's --mixup-off-epoch stops it."""
     args, _ = parse_args([image_folder, '--mixup', '0.5', '--cutmix', '1.0', '-b', '8', '-j', '0'])
     train, evaluation = create_datasets(dataset_options(args))
     train = IndexedTargets(train) if indexed else train

@@ -111,7 +111,8 @@ def test_a_streamed_hugging_face_dataset_trains_live_and_its_cache_is_one_line(
     from timm_kd.cli.cache import main
 
     flags = [hf_dataset, *FAST, '--dataset', f'hfids/{hf_dataset}', '-j', '0', '--epochs', '1',
-             '--train-num-samples', '48', '--val-num-samples', '24', '--output', str(tmp_path)]  # fmt: skip
+             '--train-num-samples', '48', '--val-num-samples', '24',
+             '--output', str(tmp_path)]  # fmt: skip
     train_main([*flags, *teacher, '--experiment', 'live'])
     assert float(_rows(tmp_path / 'live' / 'summary.csv')[0]['train_kd_loss']) > 0
     refused = run_cli(main, 'build', *flags, *teacher, '--top-k', '3', '--out', tmp_path / 'c')

@@ -1,4 +1,5 @@
-"""`python -m timm_kd.demo`: an interrupted or failed run, and a missing dataset, end in one line."""
+"""`python -m timm_kd.demo`: an interrupted or failed
+run, and a missing dataset, end in one line."""
 
 import pytest
 

@@ -1,4 +1,5 @@
-"""`python -m timm_kd.diagnose`: CKA and ECE against hand computations, and the report on a real pair of models."""
+"""`python -m timm_kd.diagnose`: CKA and ECE against hand
+computations, and the report on a real pair of models."""
 
 import json
 
@@ -20,10 +21,12 @@ def test_cka_is_one_for_the_same_representation_and_invariant_to_orthogonal_tran
 
 
 def test_ece_matches_a_hand_computation():
-    # confidences 0.9, 0.9, 0.6, 0.6 (bins (0.867, 0.933] and (0.533, 0.6]); correct: yes, no, yes, yes
+    # confidences 0.9, 0.9, 0.6, 0.6 (bins (0.867, 0.933]
+    # and (0.533, 0.6]); correct: yes, no, yes, yes
     probs = torch.tensor([[0.9, 0.1], [0.1, 0.9], [0.6, 0.4], [0.4, 0.6]])
     target = torch.tensor([0, 0, 0, 1])
-    # bin of 0.9: accuracy 1/2, confidence 0.9, share 1/2; bin of 0.6: accuracy 1, confidence 0.6, share 1/2
+    # bin of 0.9: accuracy 1/2, confidence 0.9, share 1/2;
+    # bin of 0.6: accuracy 1, confidence 0.6, share 1/2
     expected = 0.5 * abs(0.5 - 0.9) + 0.5 * abs(1.0 - 0.6)
     result = expected_calibration_error(probs, target)
     assert abs(result['ece'] - expected) < 1e-6 and [b['count'] for b in result['bins']] == [2, 2]
@@ -113,7 +116,7 @@ def test_without_matplotlib_a_plot_is_one_line_naming_the_extra(
         )
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert info.value.code == 2
-    assert (
-        line
-        == "error: plots need matplotlib, which timm-kd installs as an extra: pip install 'timm-kd[plots]'"
+    assert line == (
+        'error: plots need matplotlib, which timm-kd installs as an extra: '
+        "pip install 'timm-kd[plots]'"
     )

@@ -1,4 +1,5 @@
-"""engine.train_one_epoch: one teacher pass for every student, sample-weighted epoch means, no host reads per step."""
+"""engine.train_one_epoch: one teacher pass for every student,
+sample-weighted epoch means, no host reads per step."""
 
 import pytest
 import timm
@@ -11,7 +12,8 @@ from timm_kd import DistillationTask, Teacher, create_kd_student
 from timm_kd.engine import StudentRun, train_one_epoch
 from timm_kd.stream import TrainingStream
 
-# Python-level reads of a tensor's value: each one waits for the device to finish (a host-device sync on CUDA)
+# Python-level reads of a tensor's value: each one waits
+# for the device to finish (a host-device sync on CUDA)
 HOST_READS = ('item', 'tolist', 'cpu', 'numpy', '__bool__', '__float__', '__int__')
 
 
@@ -24,7 +26,8 @@ class CountingTeacher(Teacher):
 
 
 def _runs(lr: float = 0.05):
-    """Two students on one teacher: test_resnet with vanilla KD, test_efficientnet with kd + fitnet on stage 2."""
+    """Two students on one teacher: test_resnet with vanilla
+    KD, test_efficientnet with kd + fitnet on stage 2."""
     torch.manual_seed(0)
     teacher = CountingTeacher(timm.create_model('test_vit', num_classes=4, img_size=32))
     runs = []
@@ -94,7 +97,8 @@ def test_epoch_metrics_are_the_sample_weighted_mean_of_the_steps():
 
 
 def test_the_step_reads_nothing_back_to_the_host(monkeypatch):
-    """Host reads happen at log intervals and at the end of the epoch only: as many for 9 batches as for 3.
+    """Host reads happen at log intervals and at the end
+    of the epoch only: as many for 9 batches as for 3.
 
     Counts Python-level reads (`.item()`, `bool(t)`, ...); `benchmarks/kd_step.py` counts every sync
     on CUDA.
@@ -123,7 +127,8 @@ def test_the_step_reads_nothing_back_to_the_host(monkeypatch):
 
 
 def _plain_run(opt: str = 'sgd', **run_kwargs):
-    """A student without BatchNorm or dropout (test_convnext), trained without a teacher: deterministic."""
+    """A student without BatchNorm or dropout (test_convnext),
+    trained without a teacher: deterministic."""
     from timm.optim import create_optimizer_v2
 
     torch.manual_seed(0)
@@ -145,8 +150,9 @@ def _weights(run):
 
 @pytest.mark.parametrize('num_batches, accum', [(5, 2), (7, 3), (4, 2)])
 def test_accumulation_averages_each_window_including_a_short_last_one(num_batches, accum):
-    """Each update is the mean gradient over the batches of its window; the last window of an epoch may hold
-    fewer batches (5 batches, accumulation 2: windows of 2, 2 and 1) and is averaged over those, as timm does."""
+    """Each update is the mean gradient over the batches of its window; the last window of an epoch
+    may hold fewer batches (5 batches, accumulation 2: windows of 2, 2 and 1) and is averaged over
+    those, as timm does."""
     loader = _loader(num_batches, last=4)
     run = _plain_run()
     train_one_epoch(0, [run], _stream(loader, grad_accum_steps=accum), num_epochs=1)
@@ -164,7 +170,8 @@ def test_accumulation_averages_each_window_including_a_short_last_one(num_batche
 
 
 def _one_step_update(clip_mode: str, clip_grad: float):
-    """(update per parameter, raw gradient per parameter) of one SGD step at lr 0.1 under clipping."""
+    """(update per parameter, raw gradient per parameter)
+    of one SGD step at lr 0.1 under clipping."""
     x, y = _loader(1, last=4)[0]
     raw = _plain_run()
     raw.task(x, y)['loss'].backward()
@@ -186,7 +193,8 @@ def test_clip_by_norm_and_by_value():
 
 
 def test_adaptive_clipping_leaves_the_classifier_out():
-    """AGC clips each unit's gradient relative to its weight norm, except the classifier's (timm's exclude_head)."""
+    """AGC clips each unit's gradient relative to its weight
+    norm, except the classifier's (timm's exclude_head)."""
     updates, grads = _one_step_update('agc', 1e-3)
     head_weight, head_bias = updates[-2:]
     torch.testing.assert_close(head_weight, grads[-2], rtol=1e-4, atol=1e-7)  # unclipped
@@ -197,7 +205,8 @@ def test_adaptive_clipping_leaves_the_classifier_out():
 
 
 def test_second_order_optimizers_get_the_graph_of_the_gradients():
-    """AdaHessian needs create_graph=True on backward (timm's is_second_order); without it its step fails."""
+    """AdaHessian needs create_graph=True on backward
+    (timm's is_second_order); without it its step fails."""
     run = _plain_run(opt='adahessian')
     assert run.optimizer.is_second_order
     before = _weights(run)

@@ -1,10 +1,12 @@
-"""Teacher ensembles: the target against a hand computation, the flag grouping, and a heterogeneous run."""
+"""Teacher ensembles: the target against a hand
+computation, the flag grouping, and a heterogeneous run."""
 
 import csv
 
 import pytest
 import timm
 import torch
+from conftest import TINY
 
 from timm_kd import InputAdapter, KDError, Teacher
 from timm_kd.cli.train.config import parse_args
@@ -12,24 +14,7 @@ from timm_kd.cli.train.kd_flags import split_teachers
 from timm_kd.cli.train.loop import cli, main
 from timm_kd.ensemble import EnsembleTeacher
 
-FAST = [
-    '--model',
-    'test_resnet',
-    '--img-size',
-    '32',
-    '-b',
-    '8',
-    '--lr',
-    '0.01',
-    '--warmup-epochs',
-    '0',
-    '-j',
-    '0',
-    '--device',
-    'cpu',
-    '--epochs',
-    '1',
-]
+FAST = ['--model', 'test_resnet', *TINY, '-b', '8', '--epochs', '1']
 
 
 def _teachers():
@@ -183,7 +168,8 @@ def test_the_teacher_cache_stores_the_ensemble_output(image_folder, tmp_path, ca
         with open(tmp_path / name / 'summary.csv') as f:
             rows.append(next(csv.DictReader(f)))
     assert all(float(rows[0][k]) == pytest.approx(float(rows[1][k]), abs=1e-5) for k in rows[0])
-    # the cache holds the mixture at T=1: a run at T=4 is refused, with or without naming the teachers
+    # the cache holds the mixture at T=1: a run at T=4
+    # is refused, with or without naming the teachers
     data_only = [image_folder, *FAST, '--mixup', '0.5', '--output', str(tmp_path)]
     for run_flags in (flags, data_only):
         with pytest.raises(SystemExit) as info:
@@ -216,6 +202,7 @@ def test_a_member_setting_its_own_class_count_is_one_line(image_folder, tmp_path
         result.stderr.strip()
         .splitlines()[-1]
         .startswith(
-            "error: --teacher-kwargs num_classes=4 of teacher 'test_resnet': timm-kd sets num_classes"
+            "error: --teacher-kwargs num_classes=4 of teacher 'test_resnet': "
+            'timm-kd sets num_classes'
         )
     )

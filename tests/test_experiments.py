@@ -1,4 +1,5 @@
-"""`python -m timm_kd.experiments pitfall`: the grid runs through timm_kd.train, resumes, and summarizes."""
+"""`python -m timm_kd.experiments pitfall`: the grid
+runs through timm_kd.train, resumes, and summarizes."""
 
 import csv
 import os

@@ -1,5 +1,6 @@
-"""Golden-value tests of the feature losses (fitnet, at, cc, rkd, crd, review) against formulas written out here
-in float64 (explicit loops over pairs and triplets), values and gradients to 1e-6; plus shapes and bfloat16."""
+"""Golden-value tests of the feature losses (fitnet, at, cc, rkd, crd, review) against formulas
+written out here in float64 (explicit loops over pairs and triplets), values and gradients to 1e-6;
+plus shapes and bfloat16."""
 
 import itertools
 

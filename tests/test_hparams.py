@@ -1,4 +1,5 @@
-"""Every bundled recipe (timm_kd/hparams/) loads through timm-kd-train's parser and matches the paper's tables.
+"""Every bundled recipe (timm_kd/hparams/) loads through
+timm-kd-train's parser and matches the paper's tables.
 
 The expected values are transcribed once here from VanillaKD (Hao et al., 2023): Table 2 (A1, A2),
 Table 12 (B, C), Table 8 and the reference README (the published checkpoints), Table 3 (the
@@ -174,8 +175,8 @@ def test_inheritance_loops_and_unknown_keys_in_a_base_are_errors(tmp_path):
 
 @pytest.mark.parametrize('recipe', ['resnet50_a2', 'b', 'c_cifar100'])
 def test_a_recipe_leaves_the_size_and_the_teacher_to_the_user(recipe):
-    """A recipe sets what the paper set; the image size given on the command line wins (timm resolves
-    it from the flags), and the teacher's size comes from the teacher."""
+    """A recipe sets what the paper set; the image size given on the command line wins
+    (timm resolves it from the flags), and the teacher's size comes from the teacher."""
     import timm
     from timm.data import resolve_data_config
 

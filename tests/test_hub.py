@@ -1,4 +1,5 @@
-"""`python -m timm_kd.hub`: export of train_kd.py checkpoints and release files to timm Hub folders, and push."""
+"""`python -m timm_kd.hub`: export of train_kd.py checkpoints
+and release files to timm Hub folders, and push."""
 
 import json
 import logging
@@ -22,7 +23,8 @@ import train_kd  # noqa: E402
 
 @pytest.fixture(scope='module')
 def kd_checkpoint(image_folder, tmp_path_factory):
-    """A timm-kd training checkpoint with EMA and learnable KD parts (fitnet regressors, an auxiliary head)."""
+    """A timm-kd training checkpoint with EMA and learnable
+    KD parts (fitnet regressors, an auxiliary head)."""
     out = tmp_path_factory.mktemp('kdrun')
     vit = out / 'vit.pth'
     torch.save(timm.create_model('test_vit', num_classes=3, img_size=32).state_dict(), vit)
@@ -201,7 +203,8 @@ def test_export_of_a_mismatched_architecture_is_one_line(kd_checkpoint, tmp_path
 
 
 class _RecordingApi:
-    """Stands in for huggingface_hub.HfApi: records calls and the uploaded files, talks to no server."""
+    """Stands in for huggingface_hub.HfApi: records
+    calls and the uploaded files, talks to no server."""
 
     calls = []
     readme_exists = False
@@ -297,7 +300,8 @@ def test_push_offline_is_one_line(kd_checkpoint, capsys):
 
 
 def test_push_unauthorized_is_one_line(kd_checkpoint):
-    """A local server answers every Hub call with 401, as huggingface.co does for a missing or read-only token."""
+    """A local server answers every Hub call with 401, as
+    huggingface.co does for a missing or read-only token."""
     import http.server
     import subprocess
     import threading
@@ -347,7 +351,8 @@ def test_push_unauthorized_is_one_line(kd_checkpoint):
 def test_card_snippets_run_and_the_front_matter_carries_the_results(
     kd_checkpoint, tmp_path, capsys
 ):
-    """Each code block of the card runs as written, with the Hub id and the example image swapped for local ones."""
+    """Each code block of the card runs as written, with the
+    Hub id and the example image swapped for local ones."""
     folder = tmp_path / 'export'
     main(
         [
@@ -397,7 +402,8 @@ def test_card_snippets_run_and_the_front_matter_carries_the_results(
 def test_validate_and_export_use_the_preprocessing_the_checkpoint_records(
     kd_checkpoint, image_folder, tmp_path
 ):
-    """The student trained at 32 px is scored and published at 32 px, not at the architecture's default size."""
+    """The student trained at 32 px is scored and published
+    at 32 px, not at the architecture's default size."""
     from timm_kd.cli.validate import main as validate_main
 
     assert timm.create_model('test_resnet').pretrained_cfg['input_size'] != (3, 32, 32)
@@ -467,7 +473,8 @@ def test_export_targets_that_cannot_work_are_one_line(kd_checkpoint, tmp_path, c
 
 def test_a_student_trained_without_a_teacher_gets_a_plain_card(image_folder, tmp_path):
     train_kd.main([image_folder, '--model', 'test_resnet', '--img-size', '32', '-b', '8', '-j', '0',
-                   '--epochs', '1', '--output', str(tmp_path), '--experiment', 'plain'])  # fmt: skip
+                   '--epochs', '1', '--output', str(tmp_path),
+                   '--experiment', 'plain'])  # fmt: skip
     folder = export(str(tmp_path / 'plain' / 'last.pth.tar'), 'test_resnet', str(tmp_path / 'out'))
     card = (tmp_path / 'out' / 'README.md').read_text()
     front = yaml.safe_load(card.split('---')[1])

@@ -1,5 +1,6 @@
-"""Golden-value tests of the logit losses (bkd, bkl, dkd, dist, ls): each against the formula written out here
-in float64 (loops and explicit softmax/sigmoid), values and gradients to 1e-6, plus dense mixup targets."""
+"""Golden-value tests of the logit losses (bkd, bkl, dkd, dist, ls): each against the formula
+written out here in float64 (loops and explicit softmax/sigmoid), values and gradients to 1e-6, plus
+dense mixup targets."""
 
 import pytest
 import torch

@@ -7,7 +7,8 @@ from timm_kd import KDError, create_kd_loss, list_kd_losses
 
 
 def _kd_reference(s, t, temperature):
-    """KL(p_t || p_s) * T^2, summed over classes, mean over batch; softmax spelled out (VanillaKD Sec. 2.1)."""
+    """KL(p_t || p_s) * T^2, summed over classes, mean over
+    batch; softmax spelled out (VanillaKD Sec. 2.1)."""
 
     def softmax(z):
         e = torch.exp(z - z.max(dim=1, keepdim=True).values)

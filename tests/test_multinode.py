@@ -1,4 +1,5 @@
-"""Several nodes and elastic restarts under torchrun (gloo on the CPU, c10d rendezvous on localhost).
+"""Several nodes and elastic restarts under torchrun
+(gloo on the CPU, c10d rendezvous on localhost).
 
 Two agents of one process each train what one agent of two processes trains; with --max-restarts 1
 and --resume auto, a killed worker, a killed loader worker and a kill during a checkpoint write each

@@ -1,5 +1,6 @@
-"""The `vkd` tags: registered in timm's registry, weights from the paper's release files (here served by a local
-HTTP server through TIMM_KD_RELEASE_URL) or from a Hub org (TIMM_KD_HUB_ORG), evaluated at the paper's 224 px."""
+"""The `vkd` tags: registered in timm's registry, weights from the paper's release files (here
+served by a local HTTP server through TIMM_KD_RELEASE_URL) or from a Hub org (TIMM_KD_HUB_ORG),
+evaluated at the paper's 224 px."""
 
 import argparse
 import json
@@ -34,8 +35,8 @@ class _RunsCode:
         return (print, ('PWNED',))
 
 
-# The layouts a release file may have: a bare state_dict, timm training checkpoints (DDP prefix, args, EMA), a
-# {'model': ...} wrapper, and for ConvNeXt-V2 FAIR's own key names.
+# The layouts a release file may have: a bare state_dict, timm training checkpoints (DDP
+# prefix, args, EMA), a {'model': ...} wrapper, and for ConvNeXt-V2 FAIR's own key names.
 LAYOUTS = {
     'state_dict': lambda sd: sd,
     'training': lambda sd: {
@@ -59,7 +60,8 @@ CASES = [
 
 @pytest.fixture(scope='module')
 def sources():
-    """One randomly initialised model per tagged architecture: the weights the release files hold."""
+    """One randomly initialised model per tagged
+    architecture: the weights the release files hold."""
     torch.manual_seed(0)
     return {arch: timm.create_model(arch).eval() for arch in PAPER}
 
@@ -212,7 +214,8 @@ def test_an_explicit_file_overlay_still_wins(sources, tmp_path):
 
 @pytest.fixture
 def hf_cache(tmp_path, monkeypatch):
-    """An empty Hugging Face hub cache; `publish(folder, repo_id)` lays a folder out as a cached snapshot."""
+    """An empty Hugging Face hub cache; `publish(folder, repo_id)`
+    lays a folder out as a cached snapshot."""
     cache = tmp_path / 'hub'
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(cache))
 
@@ -226,7 +229,8 @@ def hf_cache(tmp_path, monkeypatch):
 
 
 def test_hub_org_route_loads_a_published_folder(tmp_path, hf_cache, monkeypatch, sources):
-    """TIMM_KD_HUB_ORG=ORG: the tag resolves to ORG/<arch>.vkd; plain timm also loads it as hf-hub:ORG/NAME."""
+    """TIMM_KD_HUB_ORG=ORG: the tag resolves to ORG/<arch>.vkd;
+    plain timm also loads it as hf-hub:ORG/NAME."""
     source = sources['vit_tiny_patch16_224']
     torch.save(source.state_dict(), tmp_path / 'release.pth')
     export(str(tmp_path / 'release.pth'), 'vit_tiny_patch16_224.vkd', str(tmp_path / 'folder'))

@@ -1,4 +1,5 @@
-"""Replayable views: the same batches, augmentation included, whatever the number of loader workers."""
+"""Replayable views: the same batches, augmentation
+included, whatever the number of loader workers."""
 
 import random
 
@@ -65,7 +66,8 @@ def test_views_do_not_depend_on_the_number_of_workers(image_folder):
 
 
 def test_the_prefetchers_batch_erasing_replays_too(image_folder):
-    """timm's prefetcher (CUDA; it runs on the CPU too) erases whole batches in the training process."""
+    """timm's prefetcher (CUDA; it runs on the CPU too)
+    erases whole batches in the training process."""
     plain = _epoch_batches(image_folder, 0, epoch=1, prefetcher=True)
     other = _epoch_batches(image_folder, 2, epoch=1, prefetcher=True, between=5)
     unerased = _epoch_batches(image_folder, 0, epoch=1, prefetcher=True, extra=['--reprob', '0'])

@@ -1,4 +1,5 @@
-"""DurableCheckpointSaver: at every instant a loadable last.pth.tar; full disk and NaN weights keep the old one."""
+"""DurableCheckpointSaver: at every instant a loadable
+last.pth.tar; full disk and NaN weights keep the old one."""
 
 import os
 import shutil

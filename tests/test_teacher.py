@@ -1,4 +1,5 @@
-"""The teacher: input conversion, freezing, weights from checkpoints, and the errors for bad teachers."""
+"""The teacher: input conversion, freezing, weights
+from checkpoints, and the errors for bad teachers."""
 
 import pytest
 import timm
@@ -161,7 +162,8 @@ def test_compiled_teacher_matches_eager_and_compiles_once():
 
 
 def test_compile_mode_becomes_inductor_options_next_to_freezing(monkeypatch):
-    """torch.compile takes a mode or options, not both: --torchcompile-mode reduce-overhead must still freeze."""
+    """torch.compile takes a mode or options, not both:
+    --torchcompile-mode reduce-overhead must still freeze."""
     calls = []
     monkeypatch.setattr(torch, 'compile', lambda fn, **kwargs: calls.append(kwargs) or fn)
     Teacher(timm.create_model('test_resnet', num_classes=5)).compile(mode='reduce-overhead')

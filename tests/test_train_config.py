@@ -1,4 +1,5 @@
-"""timm-kd-train argument parsing: timm flag names, timm KD aliases, YAML configs and their errors."""
+"""timm-kd-train argument parsing: timm flag names,
+timm KD aliases, YAML configs and their errors."""
 
 import json
 import os
@@ -128,7 +129,8 @@ def test_several_losses_with_weights_flags_and_kwargs():
     )
     weights, kwargs = kd_loss_config(args)
     assert weights == {'kd': 1.0, 'dkd': 0.5, 'rkd': 2.0}
-    # --kd-temperature goes to every loss with a temperature; name.key=value wins over every other source
+    # --kd-temperature goes to every loss with a temperature;
+    # name.key=value wins over every other source
     assert kwargs == {
         'kd': {'temperature': 4.0},
         'dkd': {'temperature': 1, 'alpha': 2, 'beta': 8.0},
@@ -204,7 +206,8 @@ with open(os.path.join(DATA, 'timm_train_flags.json')) as _f:
         _f
     )  # every flag of timm's train.py: names, dest, nargs, default, action, type
 SAMPLE = {'int': '3', 'float': '0.5', None: 'x', 'str': 'x'}
-# timm flags that cannot apply to distillation: accepted (configs load) but refused with one line when used
+# timm flags that cannot apply to distillation: accepted
+# (configs load) but refused with one line when used
 REFUSED = {
     'torchscript',
     'aug_splits',
@@ -220,7 +223,8 @@ REFUSED = {
 
 
 def _value(flag: dict) -> list:
-    """A command-line value for a timm flag: its own default where it has one, else a sample of its type."""
+    """A command-line value for a timm flag: its own
+    default where it has one, else a sample of its type."""
     if flag['action'] == 'StoreTrueAction':
         return []
     if flag['action'] == 'ParseKwargs':
@@ -240,8 +244,9 @@ def _value(flag: dict) -> list:
 
 @pytest.mark.parametrize('flag', TIMM_FLAGS, ids=[f['flags'][-1] for f in TIMM_FLAGS])
 def test_every_timm_train_flag_is_accepted(flag):
-    """Each of timm train.py's flags (every spelling) parses to the same destination and value as in timm, or, for
-    the few that cannot apply to distillation, is refused with one line naming it and why."""
+    """Each of timm train.py's flags (every spelling) parses to the same destination and value as in
+    timm, or, for the few that cannot apply to distillation, is refused with one line naming it and
+    why."""
     for spelling in flag['flags']:
         argv = ['/d', spelling, *_value(flag)]
         if flag['dest'] in REFUSED:
@@ -270,10 +275,12 @@ def test_every_timm_train_flag_is_accepted(flag):
 
 
 def test_an_args_yaml_written_by_timm_loads_unchanged_with_timms_meaning():
-    """tests/data/timm_args.yaml: what timm's train.py writes for `train.py /data/imagenet --model resnet50
-    --kd-model-name resnet152.a1h_in1k --task-loss-weight 0.3 --amp --lr 0.5 --mixup 0.2
-    --opt-kwargs
-    foreach=True --log-wandb` (every key of its parser)."""
+    """tests/data/timm_args.yaml: what timm's train.py writes (every key of its parser) for the
+    command line
+
+        train.py /data/imagenet --model resnet50 --kd-model-name resnet152.a1h_in1k
+            --task-loss-weight 0.3 --amp --lr 0.5 --mixup 0.2 --opt-kwargs foreach=True --log-wandb
+    """
     args, _ = parse_args(['--config', os.path.join(DATA, 'timm_args.yaml')])
     assert (args.data_dir, args.model, args.teacher, args.amp, args.lr, args.mixup) == (
         '/data/imagenet',

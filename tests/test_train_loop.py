@@ -1,4 +1,5 @@
-"""`timm_kd.train` (timm-kd-train, train_kd.py) end to end on a tiny ImageFolder with timm's test_* models, on CPU."""
+"""`timm_kd.train` (timm-kd-train, train_kd.py) end to end
+on a tiny ImageFolder with timm's test_* models, on CPU."""
 
 import csv
 import os
@@ -8,7 +9,7 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import ROOT
+from conftest import ROOT, TINY
 
 from timm_kd import Teacher
 from timm_kd.checkpoint import safe_globals
@@ -16,22 +17,7 @@ from timm_kd.checkpoint import safe_globals
 sys.path.insert(0, ROOT)
 import train_kd  # noqa: E402
 
-FAST = [
-    '--img-size',
-    '32',
-    '-b',
-    '8',
-    '--lr',
-    '0.01',
-    '--warmup-epochs',
-    '0',
-    '-j',
-    '0',
-    '--log-interval',
-    '2',
-    '--device',
-    'cpu',
-]  # explicit: the tests compare CPU tensors, also on a CUDA machine
+FAST = [*TINY, '-b', '8', '--log-interval', '2']
 
 
 def _run(image_folder, out, name, *extra):
@@ -215,8 +201,9 @@ def test_missing_dataset_is_one_line_error(tmp_path):
 
 
 def test_torchrun_two_processes_gloo(vit_teacher, image_folder, tmp_path):
-    """DDP with learnable KD parts (fitnet regressors, CRD embeddings and all-gathered memory, an aux head), and an
-    EMA whose BatchNorm statistics are shared across the processes after the epoch."""
+    """DDP with learnable KD parts (fitnet regressors, CRD embeddings and all-gathered memory, an
+    aux head), and an EMA whose BatchNorm statistics are shared across the processes after the
+    epoch."""
     cmd = [
         sys.executable,
         '-m',
@@ -260,8 +247,9 @@ def test_torchrun_two_processes_gloo(vit_teacher, image_folder, tmp_path):
 def test_ddp_two_processes_train_as_one_at_the_same_global_batch(
     vit_teacher, image_folder, tmp_path
 ):
-    """A student without BatchNorm, no augmentation: 2 gloo processes x 24 images train exactly as 1 x 48 (one
-    update per epoch over the whole set, so the sampler's split cannot matter), epoch losses to 1e-4."""
+    """A student without BatchNorm, no augmentation: 2 gloo processes x 24 images train exactly as 1
+    x 48 (one update per epoch over the whole set, so the sampler's split cannot matter), epoch
+    losses to 1e-4."""
     flags = [
         image_folder,
         '--model',
@@ -313,7 +301,8 @@ def test_ddp_two_processes_train_as_one_at_the_same_global_batch(
 
 
 def test_teacher_agreement_is_a_summary_column(vit_teacher, image_folder, tmp_path):
-    """A student that is the teacher (same weights, no BatchNorm or dropout, lr ~0) agrees on every training view."""
+    """A student that is the teacher (same weights, no BatchNorm
+    or dropout, lr ~0) agrees on every training view."""
     checkpoint = vit_teacher[vit_teacher.index('--teacher-checkpoint') + 1]
     _run(
         image_folder,
@@ -351,22 +340,6 @@ def test_more_processes_than_gpus_is_one_line(monkeypatch):
         r'--nproc_per_node 1, or --device cpu',
     ):
         init_process(None)
-
-
-@pytest.fixture(scope='module')
-def vit_teacher(tmp_path_factory):
-    import timm
-
-    path = tmp_path_factory.mktemp('vit') / 'vit.pth'
-    torch.save(timm.create_model('test_vit', num_classes=3, img_size=32).state_dict(), path)
-    return [
-        '--teacher',
-        'test_vit',
-        '--teacher-kwargs',
-        'img_size=32',
-        '--teacher-checkpoint',
-        str(path),
-    ]
 
 
 STAGES = ['--kd-student-stages', '2', '3', '--kd-teacher-stages', '1', '3']
@@ -526,7 +499,8 @@ def test_feature_stage_errors_are_one_line(vit_teacher, image_folder, tmp_path, 
 def test_several_students_share_one_teacher_pass_and_resume_each(
     vit_teacher, image_folder, tmp_path, monkeypatch
 ):
-    """Two students (their own model, lr, losses, stages) on one data stream: the teacher runs once per batch."""
+    """Two students (their own model, lr, losses, stages)
+    on one data stream: the teacher runs once per batch."""
     from timm_kd.teacher import Teacher
 
     calls = []
@@ -567,8 +541,8 @@ def test_several_students_share_one_teacher_pass_and_resume_each(
 
 
 def test_fast_teacher_flags_train(vit_teacher, image_folder, tmp_path, monkeypatch):
-    """--teacher-fast: bf16 teacher weights, channels_last and a compiled teacher (dynamo's eager backend here,
-    to keep the test fast; the inductor path is checked in test_teacher.py)."""
+    """--teacher-fast: bf16 teacher weights, channels_last and a compiled teacher (dynamo's eager
+    backend here, to keep the test fast; the inductor path is checked in test_teacher.py)."""
     compiled = []
     original = Teacher.compile
     monkeypatch.setattr(
@@ -599,8 +573,8 @@ def test_fast_teacher_flags_train(vit_teacher, image_folder, tmp_path, monkeypat
 
 
 def test_summary_records_the_lr_each_epoch_trained_with(image_folder, tmp_path):
-    """As timm: the row of epoch e holds the lr before the scheduler steps to e + 1 (cosine from 0.1 over 2 epochs:
-    0.1, then 0.05), and the mean over parameter groups."""
+    """As timm: the row of epoch e holds the lr before the scheduler steps to e + 1 (cosine
+    from 0.1 over 2 epochs: 0.1, then 0.05), and the mean over parameter groups."""
     _run(image_folder, tmp_path, 'lr', '--epochs', '2', '--lr', '0.1', '--sched', 'cosine')
     assert [float(r['lr']) for r in _summary(tmp_path / 'lr' / 'summary.csv')] == pytest.approx(
         [0.1, 0.05]
@@ -636,8 +610,9 @@ def test_layer_decay_scales_the_lr_of_each_layer_group(image_folder, tmp_path):
 
 
 def test_validation_interval_stop_epoch_and_resume_auto(image_folder, tmp_path):
-    """--val-interval 2 validates and checkpoints on epochs 1 and 3 (and the last); --stop-epoch 2 stops early
-    without shortening the schedule; --resume auto picks the experiment's last.pth.tar up."""
+    """--val-interval 2 validates and checkpoints on epochs 1 and 3 (and the last); --stop-epoch 2
+    stops early without shortening the schedule; --resume auto picks the experiment's last.pth.tar
+    up."""
     common = ['--epochs', '3', '--val-interval', '2', '--resume', 'auto']
     _run(image_folder, tmp_path, 'vi', *common, '--stop-epoch', '2')
     assert [r['epoch'] for r in _summary(tmp_path / 'vi' / 'summary.csv')] == ['1']

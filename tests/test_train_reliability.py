@@ -1,4 +1,5 @@
-"""Reliability of timm-kd-train with real processes: kill -9 and SIGTERM then resume, non-finite losses."""
+"""Reliability of timm-kd-train with real processes:
+kill -9 and SIGTERM then resume, non-finite losses."""
 
 import os
 import signal
@@ -8,27 +9,12 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, TINY
 
 from timm_kd import KDError
 from timm_kd.reliability import reseed, truncate_summary
 
-FAST = [
-    '--model',
-    'test_resnet',
-    '--img-size',
-    '32',
-    '--lr',
-    '0.01',
-    '--warmup-epochs',
-    '0',
-    '-j',
-    '0',
-    '--log-interval',
-    '1',
-    '--device',
-    'cpu',
-]
+FAST = ['--model', 'test_resnet', *TINY, '--log-interval', '1']
 
 
 def _start(image_folder, out, name, *extra):
@@ -98,8 +84,9 @@ def test_truncate_summary_keeps_rows_before_the_resumed_epoch(tmp_path):
 
 
 def test_kill_9_then_resume_gives_the_uninterrupted_summary(image_folder, tmp_path):
-    """Killed as soon as epoch 1's row is written (maybe before its checkpoint): the resumed run's summary.csv
-    and weights equal those of a run that was never interrupted (augmentation, mixup, dropout included)."""
+    """Killed as soon as epoch 1's row is written (maybe before its checkpoint): the resumed run's
+    summary.csv and weights equal those of a run that was never interrupted (augmentation, mixup,
+    dropout included)."""
     flags = [
         '--epochs',
         '4',
@@ -197,7 +184,8 @@ class _RunsCode:
 
 @pytest.fixture(scope='module')
 def bad_files(tmp_path_factory, image_folder):
-    """Checkpoints a user may pass by mistake: truncated, of another architecture, with pickled code; a file."""
+    """Checkpoints a user may pass by mistake: truncated,
+    of another architecture, with pickled code; a file."""
     import argparse
 
     import timm
@@ -348,8 +336,9 @@ def test_resuming_into_another_folder_keeps_the_checkpoint_best_metric(image_fol
 def test_sigterm_under_torchrun_every_rank_stops_at_the_same_update_and_resumes(
     image_folder, tmp_path
 ):
-    """torchrun forwards SIGTERM to its workers; they agree (at a log interval) on the update to stop after, rank
-    0 writes the recovery checkpoint, and a torchrun resume from it finishes the run."""
+    """torchrun forwards SIGTERM to its workers; they agree (at a log interval) on the update to
+    stop after, rank 0 writes the recovery checkpoint, and a torchrun resume from it finishes the
+    run."""
     cmd = [
         sys.executable,
         '-m',

@@ -1,4 +1,5 @@
-"""`--student "FLAGS"`: each student is the shared flags plus its own; what all share may not differ."""
+"""`--student "FLAGS"`: each student is the shared
+flags plus its own; what all share may not differ."""
 
 import pytest
 import yaml
@@ -67,7 +68,8 @@ def test_resume_belongs_inside_each_student():
 
 
 def test_a_students_timm_weight_flags_keep_timms_meaning():
-    """A student's flags are parsed over the shared flags as given, so timm's complementary weighting applies."""
+    """A student's flags are parsed over the shared flags
+    as given, so timm's complementary weighting applies."""
     args, text = parse_args(
         ['/d', '--teacher', 't', '--student', '--task-loss-weight 0.25', '--student', '--model b']
     )

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from conftest import TINY
 from PIL import Image
 from torch import nn
 
@@ -13,24 +14,7 @@ from timm_kd import DistillationTask, KDError, Teacher, create_kd_student
 from timm_kd.cli.train.loop import cli, main
 from timm_kd.unlabeled import labeled_mask
 
-FAST = [
-    '--model',
-    'test_resnet',
-    '--img-size',
-    '32',
-    '-b',
-    '8',
-    '--lr',
-    '0.01',
-    '--warmup-epochs',
-    '0',
-    '-j',
-    '0',
-    '--device',
-    'cpu',
-    '--epochs',
-    '1',
-]
+FAST = ['--model', 'test_resnet', *TINY, '-b', '8', '--epochs', '1']
 
 
 @pytest.fixture(scope='module')
@@ -42,20 +26,6 @@ def unlabeled_folder(tmp_path_factory):
         folder.mkdir(exist_ok=True)
         Image.fromarray((rng.random((32, 32, 3)) * 255).astype('uint8')).save(folder / f'{i}.jpg')
     return root
-
-
-@pytest.fixture(scope='module')
-def teacher(tmp_path_factory):
-    path = tmp_path_factory.mktemp('t') / 'vit.pth'
-    torch.save(timm.create_model('test_vit', num_classes=3, img_size=32).state_dict(), path)
-    return [
-        '--teacher',
-        'test_vit',
-        '--teacher-kwargs',
-        'img_size=32',
-        '--teacher-checkpoint',
-        str(path),
-    ]
 
 
 def _task():
@@ -98,13 +68,13 @@ def _rows(path):
 
 
 def test_training_with_an_unlabeled_folder_and_with_no_labels_at_all(
-    image_folder, unlabeled_folder, teacher, tmp_path
+    image_folder, unlabeled_folder, vit_teacher, tmp_path
 ):
     main(
         [
             image_folder,
             *FAST,
-            *teacher,
+            *vit_teacher,
             '--unlabeled-data',
             str(unlabeled_folder),
             '--unlabeled-ratio',
@@ -123,7 +93,7 @@ def test_training_with_an_unlabeled_folder_and_with_no_labels_at_all(
         [
             image_folder,
             *FAST,
-            *teacher,
+            *vit_teacher,
             '--unlabeled-data',
             str(unlabeled_folder),
             '--train-fraction',
@@ -150,7 +120,7 @@ def test_training_with_an_unlabeled_folder_and_with_no_labels_at_all(
     ],
 )
 def test_unlabeled_runs_that_cannot_work_are_one_line(
-    image_folder, unlabeled_folder, teacher, tmp_path, capsys, extra, message
+    image_folder, unlabeled_folder, vit_teacher, tmp_path, capsys, extra, message
 ):
     flags = [
         image_folder,
@@ -162,17 +132,19 @@ def test_unlabeled_runs_that_cannot_work_are_one_line(
         *extra,
     ]
     with pytest.raises(SystemExit):
-        cli(flags + (teacher if extra else []))
+        cli(flags + (vit_teacher if extra else []))
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
 
 
-def test_a_teacher_cache_covers_unlabeled_images(image_folder, unlabeled_folder, teacher, tmp_path):
+def test_a_teacher_cache_covers_unlabeled_images(
+    image_folder, unlabeled_folder, vit_teacher, tmp_path
+):
     from timm_kd.cli.cache import main as cache_main
 
     flags = [
         image_folder,
         *FAST,
-        *teacher,
+        *vit_teacher,
         '--unlabeled-data',
         str(unlabeled_folder),
         '--mixup',

@@ -1,4 +1,5 @@
-"""`python -m timm_kd.validate`: accuracy with the model's own preprocessing, ImageNet-ReaL, teacher agreement."""
+"""`python -m timm_kd.validate`: accuracy with the model's
+own preprocessing, ImageNet-ReaL, teacher agreement."""
 
 import json
 
@@ -32,7 +33,8 @@ def test_accuracy_real_labels_and_teacher_agreement(val_folder, tmp_path):
     torch.manual_seed(0)
     model = timm.create_model('test_resnet', num_classes=3)
     torch.save(model.state_dict(), tmp_path / 'student.pth')
-    # ReaL: image i's reassessed labels; the first image gets no label (ReaL skips it), the rest get class 0
+    # ReaL: image i's reassessed labels; the first image
+    # gets no label (ReaL skips it), the rest get class 0
     (tmp_path / 'real.json').write_text(json.dumps([[]] + [[0]] * 11))
     out = tmp_path / 'results.json'
     result = main(
@@ -101,7 +103,8 @@ def test_unreachable_weights_are_one_line(val_folder, capsys):
 
 
 def test_a_one_channel_student_is_scored_on_an_image_folder(tmp_path):
-    """Grayscale students (--in-chans 1) read ImageFolder images as 'L', as timm's validate.py does."""
+    """Grayscale students (--in-chans 1) read ImageFolder
+    images as 'L', as timm's validate.py does."""
     rng = np.random.default_rng(0)
     for c in range(2):
         (tmp_path / 'validation' / f'class{c}').mkdir(parents=True)

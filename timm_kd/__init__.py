@@ -1,4 +1,5 @@
-"""timm-kd: knowledge distillation for timm image classifiers, with VanillaKD's recipes (Hao et al., 2023)."""
+"""timm-kd: knowledge distillation for timm image
+classifiers, with VanillaKD's recipes (Hao et al., 2023)."""
 
 from .errors import KDError
 from .features import Features, FeatureSpec

@@ -1,4 +1,5 @@
-"""Model cards for distilled students, in the shape of timm's published cards, with what distillation adds.
+"""Model cards for distilled students, in the shape of
+timm's published cards, with what distillation adds.
 
 A card has: front matter (tags, `library_name: timm`, license only when known, datasets only when
 named, and a `model-index` with the measured top-1/top-5 so the Hub shows them), a description of
@@ -19,7 +20,8 @@ VANILLAKD = (
     'Scale',
     'https://arxiv.org/abs/2305.15781',
     """@article{hao2023vanillakd,
-  title={VanillaKD: Revisit the Power of Vanilla Knowledge Distillation from Small Scale to Large Scale},
+  title={VanillaKD: Revisit the Power of Vanilla Knowledge Distillation
+         from Small Scale to Large Scale},
   author={Hao, Zhiwei and Guo, Jianyuan and Han, Kai and Hu, Han and Xu, Chang and Wang, Yunhe},
   journal={arXiv preprint arXiv:2305.15781},
   year={2023}
@@ -34,7 +36,8 @@ TIMM = """@misc{rw2019timm,
   doi={10.5281/zenodo.4414861},
   howpublished={\\url{https://github.com/huggingface/pytorch-image-models}}
 }"""
-# Architecture families (the name up to the first digit or `_`, keeping a `v2`) -> (paper title, url, bibtex)
+# Architecture families (the name up to the first digit
+# or `_`, keeping a `v2`) -> (paper title, url, bibtex)
 PAPERS = {
     'resnet': (
         'Deep Residual Learning for Image Recognition',
@@ -81,7 +84,8 @@ PAPERS = {
     ),
 }
 EXAMPLE_IMAGE = 'https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/beignets-task-guide.png'
-# Outputs counted as activations: those of convolutions, matrix products and attention (fvcore's definition).
+# Outputs counted as activations: those of convolutions,
+# matrix products and attention (fvcore's definition).
 _ACTIVATION_OPS = ('convolution', 'mm', 'addmm', 'bmm', 'baddbmm', '_scaled_dot_product')
 
 
@@ -93,7 +97,8 @@ def _paper(model_name: Optional[str]):
 
 
 def model_stats(model: torch.nn.Module, input_size) -> Dict[str, float]:
-    """Params (M), GMACs and activations (M) of one image at `input_size`, counted in one forward pass."""
+    """Params (M), GMACs and activations (M) of one image
+    at `input_size`, counted in one forward pass."""
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -195,7 +200,8 @@ def _usage(model_id: str, features: bool) -> str:
         + transform
         + 'with torch.no_grad():\n    embedding = model(batch)  # pooled features, the classifier '
         'removed\nprint(embedding.shape)  # (1, num_features)\n\n'
-        '# or, keeping the classifier: the unpooled features, then the head without its last layer\n'
+        '# or, keeping the classifier: the unpooled features, then the head without its last '
+        'layer\n'
         + load.format(extra='')
         + 'with torch.no_grad():\n    features = model.forward_features(batch)\n'
         '    embedding = model.forward_head(features, pre_logits=True)\n```\n'

@@ -15,17 +15,20 @@ from timm.models import load_state_dict as timm_load_state_dict
 
 from .errors import KDError
 
-# Types that timm's and our training checkpoints carry besides tensors ('args' is an argparse.Namespace).
+# Types that timm's and our training checkpoints carry
+# besides tensors ('args' is an argparse.Namespace).
 SAFE_GLOBALS = [argparse.Namespace]
 
 
 def safe_globals():
-    """Context manager that lets `torch.load(weights_only=True)` read timm-style training checkpoints."""
+    """Context manager that lets `torch.load(weights_only=True)`
+    read timm-style training checkpoints."""
     return torch.serialization.safe_globals(SAFE_GLOBALS)
 
 
 def load_state_dict(path: str, use_ema: bool = True, allow_pickle: bool = False) -> Dict[str, Any]:
-    """Load model weights from a timm/timm-kd training checkpoint, a bare state_dict or `.safetensors`.
+    """Load model weights from a timm/timm-kd training
+    checkpoint, a bare state_dict or `.safetensors`.
 
     Training checkpoints give their EMA weights when `use_ema` and present (`state_dict_ema` /
     `model_ema`), else `state_dict` / `model`. DDP `module.` prefixes are removed. Any failure is a
@@ -73,7 +76,8 @@ def load_state_dict(path: str, use_ema: bool = True, allow_pickle: bool = False)
 
 
 def load_training_metadata(path: str) -> Dict[str, Any]:
-    """What a timm/timm-kd checkpoint records besides weights: its `args` (as a dict), `epoch` and `metric`.
+    """What a timm/timm-kd checkpoint records besides
+    weights: its `args` (as a dict), `epoch` and `metric`.
 
     Empty for safetensors files and bare state_dicts. Loaded as safely as the weights
     (weights_only=True).
@@ -99,7 +103,8 @@ def load_training_metadata(path: str) -> Dict[str, Any]:
 
 
 def checkpoint_num_classes(arch: str, state_dict: Dict[str, Any]) -> Optional[int]:
-    """Class count of a state_dict, read off the classifier weight named in the architecture's pretrained cfg."""
+    """Class count of a state_dict, read off the classifier
+    weight named in the architecture's pretrained cfg."""
     cfg = get_pretrained_cfg(arch, allow_unregistered=True)
     classifier = cfg.classifier if cfg is not None else None
     for name in classifier if isinstance(classifier, (list, tuple)) else [classifier]:

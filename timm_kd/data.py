@@ -19,7 +19,8 @@ from .unlabeled import ImageFiles, WithUnlabeled
 
 @dataclass(frozen=True)
 class DatasetOptions:
-    """Where the images come from (timm's `create_dataset` arguments) and which fraction of them to train on."""
+    """Where the images come from (timm's `create_dataset`
+    arguments) and which fraction of them to train on."""
 
     data_dir: str = field(
         metadata=NOT_IDENTITY
@@ -46,7 +47,8 @@ class DatasetOptions:
 
 @dataclass(frozen=True)
 class LoaderOptions:
-    """Batching, augmentation and mixup/cutmix of the training stream, and the validation batch size."""
+    """Batching, augmentation and mixup/cutmix of the
+    training stream, and the validation batch size."""
 
     batch_size: int = 128
     validation_batch_size: Optional[int] = field(default=None, metadata=NOT_IDENTITY)
@@ -110,7 +112,8 @@ def check_split(root: str, split: str, flag: str) -> None:
 
 
 def create_datasets(opts: DatasetOptions, in_chans: int = 3) -> Tuple[Any, Optional[Any]]:
-    """Train and eval datasets (ImageFolder/ImageTar when `dataset` is empty, else timm's `type/name`).
+    """Train and eval datasets (ImageFolder/ImageTar
+    when `dataset` is empty, else timm's `type/name`).
 
     The eval set is None when `val_split` is empty (timm's train.py then picks the best epoch by
     training loss).
@@ -200,7 +203,8 @@ def dataset_class_names(dataset: Any) -> Optional[List[str]]:
 
 
 def dataset_num_classes(dataset: Any) -> Optional[int]:
-    """Number of classes a dataset declares (ImageFolder readers and torchvision datasets), None if unknown."""
+    """Number of classes a dataset declares (ImageFolder
+    readers and torchvision datasets), None if unknown."""
     names = dataset_class_names(dataset)
     return len(names) if names else None
 
@@ -233,7 +237,8 @@ def create_loaders(
     prefetcher: bool = False,
     img_dtype: torch.dtype = torch.float32,
 ) -> Tuple[Any, Optional[Any], Optional[Callable]]:
-    """Train loader, eval loader (None without an eval set), and the mixup function to apply per batch.
+    """Train loader, eval loader (None without an eval
+    set), and the mixup function to apply per batch.
 
     Mixup/cutmix always runs in the training process, after the loader (with the prefetcher too,
     where timm mixes in the workers' collate): there its random draws are fixed by the per-batch
@@ -319,7 +324,8 @@ def create_eval_loader(
     batch_size: int = 128,
     workers: int = 2,
 ) -> Any:
-    """An evaluation loader of one split, preprocessed as `data_config` (a model's test-time config) says.
+    """An evaluation loader of one split, preprocessed
+    as `data_config` (a model's test-time config) says.
 
     As timm's validate.py: ImageFolder images are read in the model's channel mode ('L' for one
     channel).
@@ -357,6 +363,7 @@ def set_loader_epoch(loader: Any, epoch: int) -> None:
 
 
 def disable_mixup(mixup_fn: Optional[Callable]) -> None:
-    """Stop mixup/cutmix (timm's --mixup-off-epoch): the per-batch function keeps label smoothing only."""
+    """Stop mixup/cutmix (timm's --mixup-off-epoch): the
+    per-batch function keeps label smoothing only."""
     if mixup_fn is not None:
         mixup_fn.mixup_enabled = False

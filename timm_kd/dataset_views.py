@@ -35,7 +35,8 @@ def dataset_targets(dataset: Any) -> torch.Tensor:
 
 
 class DatasetView(torch.utils.data.Dataset):
-    """A wrapper over a dataset; the transform timm's loader assigns to it goes to the wrapped dataset."""
+    """A wrapper over a dataset; the transform timm's
+    loader assigns to it goes to the wrapped dataset."""
 
     dataset: Any
 
@@ -49,10 +50,9 @@ class DatasetView(torch.utils.data.Dataset):
 
 
 class IndexedTargets(DatasetView):
-    """Yields (image, sample index) instead of (image, label), so losses that keep per-sample state (CRD's
-    memory bank) know which images are in the batch; the training loop maps the index back to its
-    label with
-    `targets` before mixup."""
+    """Yields (image, sample index) instead of (image, label), so losses that keep per-sample state
+    (CRD's memory bank) know which images are in the batch; the training loop maps the index back to
+    its label with `targets` before mixup."""
 
     def __init__(self, dataset: Any):
         self.dataset = dataset
@@ -66,7 +66,8 @@ class IndexedTargets(DatasetView):
 
 
 class StratifiedSubset(DatasetView):
-    """A seeded, class-stratified fraction of a dataset (VanillaKD's 30% / 60% ImageNet-1k subsets, Table 13).
+    """A seeded, class-stratified fraction of a dataset
+    (VanillaKD's 30% / 60% ImageNet-1k subsets, Table 13).
 
     Each class keeps round(fraction * its size) samples (at least one), drawn with `seed`, so the
     subset has the full set's class balance and is the same on every rank and every run.

@@ -1,4 +1,5 @@
-"""One training epoch of one or several students and one evaluation pass: the loop of `timm_kd.train`."""
+"""One training epoch of one or several students and
+one evaluation pass: the loop of `timm_kd.train`."""
 
 import logging
 import math
@@ -26,7 +27,8 @@ def _format_eta(seconds: float) -> str:
 
 @dataclass
 class StudentRun:
-    """One student's training state: its task (student, KD losses, EMA), optimizer, schedule and clipping.
+    """One student's training state: its task (student,
+    KD losses, EMA), optimizer, schedule and clipping.
 
     `train_one_epoch` trains one or several of these on one data stream, with one teacher pass per
     batch.
@@ -57,7 +59,8 @@ class StudentRun:
         )
 
     def mean_lr(self) -> float:
-        """The mean learning rate over the optimizer's parameter groups (what timm logs and writes)."""
+        """The mean learning rate over the optimizer's
+        parameter groups (what timm logs and writes)."""
         lrs = [group['lr'] for group in self.optimizer.param_groups]
         return sum(lrs) / len(lrs)
 
@@ -100,8 +103,9 @@ class StudentRun:
         self.count += n
 
     def backward_and_step(self, loss: torch.Tensor, need_update: bool) -> None:
-        """Backward (AMP-scaled when a loss scaler is set), then clip and step on update batches, as timm's loop:
-        AGC clipping leaves the classifier out, second-order optimizers get the graph of the gradients."""
+        """Backward (AMP-scaled when a loss scaler is set), then clip and step on update batches, as
+        timm's loop: AGC clipping leaves the classifier out, second-order optimizers get the graph
+        of the gradients."""
         second_order = getattr(self.optimizer, 'is_second_order', False)
         params = None
         if self.clip_grad is not None:
@@ -266,7 +270,8 @@ def validate(
     log_suffix: str = '',
     is_primary: bool = True,
 ) -> Dict[str, Any]:
-    """Loss, top-1 and top-5 (percent) of the student (or its EMA) on `loader`, reduced over ranks."""
+    """Loss, top-1 and top-5 (percent) of the student
+    (or its EMA) on `loader`, reduced over ranks."""
     model = task.get_eval_model(ema=ema)
     model.eval()
     evaluator = task.create_evaluator(max_samples=evaluation_sample_limit(loader))

@@ -27,8 +27,8 @@ from .teacher import TeacherOutput, create_teacher
 
 
 class EnsembleTeacher(nn.Module):
-    """Several `Teacher`s answering as one: the weighted mixture of their probabilities at `temperature`
-    (`mode='prob'`) or the weighted mean of their logits (`mode='logit'`)."""
+    """Several `Teacher`s answering as one: the weighted mixture of their probabilities at
+    `temperature` (`mode='prob'`) or the weighted mean of their logits (`mode='logit'`)."""
 
     def __init__(
         self,

@@ -19,7 +19,8 @@ class NonFiniteError(KDError):
 
 
 class Interrupted(KDError):
-    """SIGTERM/SIGINT stopped the run after a recovery checkpoint; exits with 128 + the signal number."""
+    """SIGTERM/SIGINT stopped the run after a recovery
+    checkpoint; exits with 128 + the signal number."""
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)
@@ -28,8 +29,8 @@ class Interrupted(KDError):
 
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
-    """Around an entry point: a `KDError` is printed as one line and exits 2 (an `Interrupted` run exits
-    128 + its signal) instead of a traceback."""
+    """Around an entry point: a `KDError` is printed as one line and exits 2
+    (an `Interrupted` run exits 128 + its signal) instead of a traceback."""
     try:
         yield
     except Interrupted as e:

@@ -1,4 +1,5 @@
-"""Intermediate features of any timm model, CNN or transformer, through timm's `forward_intermediates`.
+"""Intermediate features of any timm model, CNN or
+transformer, through timm's `forward_intermediates`.
 
 A stage index is an entry of the model's `feature_info` (ResNet: 0 = stem, 1..4 = layer1..4; ViT:
 one per block); negative indices count from the end, so -1 is the last stage of any architecture.
@@ -16,14 +17,16 @@ from .errors import KDError
 
 
 class Features(NamedTuple):
-    """What a feature loss sees of one network: the chosen stage maps (NCHW) and the pooled pre-logits (B x D)."""
+    """What a feature loss sees of one network: the chosen
+    stage maps (NCHW) and the pooled pre-logits (B x D)."""
 
     maps: List[torch.Tensor]
     pre_logits: torch.Tensor
 
 
 class FeatureSpec(NamedTuple):
-    """Shapes of `Features` without the batch: map shapes (C, H, W) per stage and the pre-logits width D."""
+    """Shapes of `Features` without the batch: map shapes
+    (C, H, W) per stage and the pre-logits width D."""
 
     map_shapes: List[Tuple[int, int, int]]
     pre_logits_dim: int
@@ -56,7 +59,8 @@ def resolve_stages(model: nn.Module, stages: Sequence[int], who: str = 'student'
 def forward_features(
     model: nn.Module, x: torch.Tensor, stages: Sequence[int]
 ) -> Tuple[torch.Tensor, Features]:
-    """One forward pass returning the logits and `Features` at `stages` (non-negative, any order)."""
+    """One forward pass returning the logits and
+    `Features` at `stages` (non-negative, any order)."""
     order = sorted(set(stages))
     final, intermediates = model.forward_intermediates(x, indices=order)
     by_stage = dict(zip(order, intermediates))
@@ -77,7 +81,8 @@ def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 def projector(in_channels: int, out_channels: int) -> nn.Module:
-    """1x1 conv + BN from the student's to the teacher's channels (FitNets' regressor; identity if equal)."""
+    """1x1 conv + BN from the student's to the teacher's
+    channels (FitNets' regressor; identity if equal)."""
     if in_channels == out_channels:
         return nn.Identity()
     return nn.Sequential(

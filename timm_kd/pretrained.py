@@ -1,4 +1,5 @@
-"""VanillaKD's distilled checkpoints as timm pretrained tags: `timm.create_model('resnet50.vkd', pretrained=True)`.
+"""VanillaKD's distilled checkpoints as timm pretrained
+tags: `timm.create_model('resnet50.vkd', pretrained=True)`.
 
 The weights are the files the paper's authors published as a GitHub release (VanillaKD, Hao et al.,
 2023, https://github.com/Hao840/vanillaKD/releases/tag/checkpoint). Each `<arch>.vkd` tag downloads
@@ -43,9 +44,10 @@ RELEASE_URL = 'https://github.com/Hao840/vanillaKD/releases/download/checkpoint/
 RELEASE_URL_ENV = 'TIMM_KD_RELEASE_URL'
 HUB_ORG_ENV = 'TIMM_KD_HUB_ORG'
 
-# VanillaKD Table 8 (teacher BEiTv2-B, strategy A1) and the reference README's model zoo (top-1/top-5, files).
-# Evaluation preprocessing: the timm 0.6.5 defaults the reference code trained and validated with, at 224 px for
-# training and test alike (the architectures' own cfgs test at 288 px, which would score other numbers).
+# VanillaKD Table 8 (teacher BEiTv2-B, strategy A1) and the reference README's model zoo
+# (top-1/top-5, files). Evaluation preprocessing: the timm 0.6.5 defaults the reference code trained
+# and validated with, at 224 px for training and test alike (the architectures' own cfgs test at 288
+# px, which would score other numbers).
 VKD_CHECKPOINTS: Dict[str, Dict[str, Any]] = {
     'resnet50': dict(
         top1=83.08,
@@ -91,7 +93,8 @@ _RELEASE_FILES: Dict[
 
 
 def release_url(file: str) -> str:
-    """Where `file` is downloaded from: `$TIMM_KD_RELEASE_URL` (a mirror) or the paper's GitHub release."""
+    """Where `file` is downloaded from: `$TIMM_KD_RELEASE_URL`
+    (a mirror) or the paper's GitHub release."""
     return (os.environ.get(RELEASE_URL_ENV, '').strip() or RELEASE_URL).rstrip('/') + '/' + file
 
 
@@ -101,7 +104,8 @@ def hub_org() -> Optional[str]:
 
 
 def add_pretrained_tag(arch: str, tag: str, **cfg: Any) -> str:
-    """Register `arch.tag` as a pretrained model of the existing timm architecture `arch`; returns the name.
+    """Register `arch.tag` as a pretrained model of the
+    existing timm architecture `arch`; returns the name.
 
     `cfg` holds `PretrainedCfg` fields (url, hf_hub_id, input_size, crop_pct, mean, std, ...) and
     optionally `release_file` (weights served by the release loader); other keys (our KD metadata:
@@ -145,7 +149,8 @@ def add_pretrained_tag(arch: str, tag: str, **cfg: Any) -> str:
 
 
 def register_vkd_checkpoints() -> List[str]:
-    """Register `<arch>.vkd` for the paper's four distilled checkpoints (weights: the release files)."""
+    """Register `<arch>.vkd` for the paper's four
+    distilled checkpoints (weights: the release files)."""
     org = hub_org()
     names = []
     for arch, c in VKD_CHECKPOINTS.items():
@@ -186,11 +191,13 @@ def register_vkd_checkpoints() -> List[str]:
 
 
 def _release_state_dict(name: str, cache_dir: Optional[str]) -> Dict[str, Any]:
-    """Download (or reuse from timm's cache) the release file of `name` and read its weights safely."""
+    """Download (or reuse from timm's cache) the release
+    file of `name` and read its weights safely."""
     file = _RELEASE_FILES[name]
     url = release_url(file)
     try:
-        # check_hash stays off: the release names carry accuracies (resnet50-83.078.pth), not hash prefixes
+        # check_hash stays off: the release names carry
+        # accuracies (resnet50-83.078.pth), not hash prefixes
         path = download_cached_file(
             url, check_hash=False, progress=_builder._DOWNLOAD_PROGRESS, cache_dir=cache_dir
         )
@@ -220,7 +227,8 @@ def _load_pretrained(
     strict: bool = True,
     cache_dir: Optional[str] = None,
 ) -> None:
-    """timm's `load_pretrained`, with the names registered with a release file served from it (or the Hub org)."""
+    """timm's `load_pretrained`, with the names registered
+    with a release file served from it (or the Hub org)."""
     load = partial(
         _TIMM_LOAD_PRETRAINED,
         model,
@@ -260,5 +268,6 @@ _load_pretrained.timm_original = _TIMM_LOAD_PRETRAINED
 
 
 def install_release_loader() -> None:
-    """Route timm's pretrained loading through `_load_pretrained` (idempotent; other names are untouched)."""
+    """Route timm's pretrained loading through `_load_pretrained`
+    (idempotent; other names are untouched)."""
     _builder.load_pretrained = _load_pretrained

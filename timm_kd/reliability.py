@@ -1,5 +1,5 @@
-"""What keeps a long run safe: random streams derived from (seed, epoch), honest records across crashes, and
-preemption by SIGTERM/SIGINT.
+"""What keeps a long run safe: random streams derived from (seed,
+epoch), honest records across crashes, and preemption by SIGTERM/SIGINT.
 
 - `reseed(seed, epoch, rank, step)`: at the start of every epoch (and before every batch) the
   Python, NumPy and torch generators are seeded from (seed, epoch[, step], rank).
@@ -53,7 +53,8 @@ def fsync_path(path: str) -> None:
 
 
 def truncate_summary(path: str, start_epoch: int) -> None:
-    """Keep only the rows of `summary.csv` for epochs before `start_epoch` (rewritten atomically)."""
+    """Keep only the rows of `summary.csv` for epochs
+    before `start_epoch` (rewritten atomically)."""
     if not os.path.isfile(path):
         return
     with open(path, newline='') as f:
@@ -69,7 +70,8 @@ def truncate_summary(path: str, start_epoch: int) -> None:
 
 
 class Preemption:
-    """Turns the first SIGTERM/SIGINT into a flag the training loop polls (a second one kills as usual)."""
+    """Turns the first SIGTERM/SIGINT into a flag the
+    training loop polls (a second one kills as usual)."""
 
     def __init__(self, distributed: bool = False, device: Optional[torch.device] = None):
         self.signum = 0
@@ -86,7 +88,8 @@ class Preemption:
         self.signum = signum
 
     def requested(self, check_ranks: bool = True) -> int:
-        """The signal number if any rank was signalled (ranks compared only when `check_ranks`), else 0."""
+        """The signal number if any rank was signalled
+        (ranks compared only when `check_ranks`), else 0."""
         if self.distributed:
             if not check_ranks:
                 return 0

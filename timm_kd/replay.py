@@ -1,5 +1,5 @@
-"""Replayable training views: epoch e's batch b is the same tensors in every run with the same data flags,
-whatever the number of loader workers.
+"""Replayable training views: epoch e's batch b is the same tensors in
+every run with the same data flags, whatever the number of loader workers.
 
 timm's loader draws each image's augmentation (crop, flip, RandAugment ops and magnitudes, color
 jitter, random erasing) from the random state of whichever worker happens to load it, so the views
@@ -83,8 +83,8 @@ class SlotSampler:
 
 
 class ReplayableViews(DatasetView):
-    """A dataset whose item (epoch, rank, position, index) is `dataset[index]` with its augmentation seeded by the
-    slot; a plain index (validation, tools) passes through unseeded."""
+    """A dataset whose item (epoch, rank, position, index) is `dataset[index]` with its
+    augmentation seeded by the slot; a plain index (validation, tools) passes through unseeded."""
 
     def __init__(self, dataset: Any, seed: int):
         self.dataset, self.seed = dataset, seed
@@ -187,7 +187,8 @@ class ReplayableShards(DatasetView, IterableDataset):
 
 
 class BatchErasing:
-    """timm's prefetcher random erasing, seeded per batch by (seed, epoch, rank, batch index in the pass)."""
+    """timm's prefetcher random erasing, seeded per batch
+    by (seed, epoch, rank, batch index in the pass)."""
 
     def __init__(self, erasing: Any, slots: SlotSampler, seed: int, device: torch.device):
         self.erasing, self.slots, self.seed = erasing, slots, seed

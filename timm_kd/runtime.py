@@ -1,4 +1,5 @@
-"""Process-level setup for training: device and DDP, learning rate from batch size, AMP, output folder."""
+"""Process-level setup for training: device and DDP,
+learning rate from batch size, AMP, output folder."""
 
 import logging
 import os
@@ -34,7 +35,8 @@ class Process:
 
 
 def init_process(device: Optional[str] = None) -> Process:
-    """CUDA when present (else CPU) if `device` is unset, and DDP under torchrun: nccl on GPU, gloo on CPU."""
+    """CUDA when present (else CPU) if `device` is unset,
+    and DDP under torchrun: nccl on GPU, gloo on CPU."""
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     if device.startswith('cuda') and not torch.cuda.is_available():
         raise KDError(
@@ -93,7 +95,8 @@ def resolve_lr(
     opt: str,
     lr_base_scale: str = '',
 ) -> float:
-    """`lr`, or `lr_base` scaled by global batch / `lr_base_size` (sqrt for adaptive optimizers, else linear).
+    """`lr`, or `lr_base` scaled by global batch /
+    `lr_base_size` (sqrt for adaptive optimizers, else linear).
 
     This is how a recipe written for a global batch of 2048 (VanillaKD's 5e-3 LAMB) transfers to
     other sizes.
@@ -135,7 +138,8 @@ def experiment_name(experiment: str, model: str, input_size: Sequence[int]) -> s
 
 
 def output_dir(output: str, name: str) -> str:
-    """Folder for checkpoints, args.yaml and summary.csv: OUTPUT/NAME (OUTPUT defaults to ./output/train)."""
+    """Folder for checkpoints, args.yaml and summary.csv:
+    OUTPUT/NAME (OUTPUT defaults to ./output/train)."""
     try:
         return get_outdir(output or os.path.join('.', 'output', 'train'), name)
     except (

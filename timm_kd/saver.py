@@ -1,5 +1,5 @@
-"""Checkpoints that are never lost: timm's `CheckpointSaver` ranking and history, with every file written
-durably and replaced atomically.
+"""Checkpoints that are never lost: timm's `CheckpointSaver` ranking
+and history, with every file written durably and replaced atomically.
 
 timm's saver deletes `last.pth.tar` before renaming the new file over it and never fsyncs, so a kill
 in that gap, or a power cut before the page cache is flushed, leaves no loadable `last.pth.tar`.
@@ -43,7 +43,8 @@ def newest_checkpoint(folder: str) -> str:
 
 
 def non_finite_tensors(state: Dict[str, Any]) -> list:
-    """Names of the floating-point tensors of `state` holding a NaN or an infinity (one host sync per device)."""
+    """Names of the floating-point tensors of `state` holding
+    a NaN or an infinity (one host sync per device)."""
     names = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
     if not names:
         return []
@@ -58,7 +59,8 @@ def non_finite_tensors(state: Dict[str, Any]) -> list:
 
 
 class DurableCheckpointSaver(CheckpointSaver):
-    """`CheckpointSaver` with atomic, fsynced files, a one-line full-disk error and a non-finite guard.
+    """`CheckpointSaver` with atomic, fsynced files, a
+    one-line full-disk error and a non-finite guard.
 
     `extra_state` (a dict) is written into every checkpoint: the loop puts the position of a
     recovery checkpoint there (`recovery_update`), so that `--resume` continues mid-epoch.
@@ -102,8 +104,9 @@ class DurableCheckpointSaver(CheckpointSaver):
         return {**super().state_dict(epoch, metric), **labels, **(self.extra_state or {})}
 
     def load_state_dict(self, state_dict):
-        """timm's restore, plus the resumed checkpoint's own metric, which timm counts only when its numbered file
-        is in this folder: a run resumed into another folder would otherwise forget the best epoch."""
+        """timm's restore, plus the resumed checkpoint's own metric, which timm counts only when its
+        numbered file is in this folder: a run resumed into another folder would otherwise forget
+        the best epoch."""
         super().load_state_dict({**state_dict, 'pending': (None, None)})
         self._restored_best = (self.best_metric, self.best_epoch)
         self.pending = state_dict.get('pending', (None, None))

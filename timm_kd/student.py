@@ -20,7 +20,8 @@ from .teacher import Teacher, TeacherOutput
 
 
 class AuxHead(nn.Module):
-    """Deep-supervision classifier on an intermediate stage map: global average pool, LayerNorm, linear."""
+    """Deep-supervision classifier on an intermediate
+    stage map: global average pool, LayerNorm, linear."""
 
     def __init__(self, channels: int, num_classes: int):
         super().__init__()
@@ -32,7 +33,8 @@ class AuxHead(nn.Module):
 
 
 class KDStudent(nn.Module):
-    """student + KD losses + auxiliary heads; `forward` returns (student logits, {component: loss})."""
+    """student + KD losses + auxiliary heads; `forward`
+    returns (student logits, {component: loss})."""
 
     def __init__(
         self,
@@ -116,7 +118,8 @@ class KDStudent(nn.Module):
         return {'student.' + n for n in inner()} if inner is not None else set()
 
     def group_matcher(self, coarse: bool = False):
-        """Layer-wise lr decay groups: the student's own, KD parts in the last group (as timm's KD task does)."""
+        """Layer-wise lr decay groups: the student's own, KD
+        parts in the last group (as timm's KD task does)."""
         if not hasattr(self.student, 'group_matcher'):
             return {}
         layer_map = group_parameters(
@@ -136,8 +139,8 @@ def _probe(
     student_stages: List[int],
     teacher_stages: Optional[List[int]],
 ) -> Tuple[FeatureSpec, Optional[FeatureSpec]]:
-    """Feature shapes of student and teacher (None without `teacher_stages`: aux heads only) from one forward
-    pass on a zero batch (student in eval mode)."""
+    """Feature shapes of student and teacher (None without `teacher_stages`: aux
+    heads only) from one forward pass on a zero batch (student in eval mode)."""
     device = next(student.parameters()).device
     x = torch.zeros(2, *input_size, device=device)
     was_training = student.training
@@ -162,7 +165,8 @@ def create_kd_student(
     num_classes: Optional[int] = None,
     num_samples: Optional[int] = None,
 ) -> KDStudent:
-    """Build the KD losses by name (feature losses sized from probed shapes) and wrap them with the student.
+    """Build the KD losses by name (feature losses sized
+    from probed shapes) and wrap them with the student.
 
     `loss_kwargs[name]` holds each loss's hyperparameters. Feature losses get the student's and
     teacher's `FeatureSpec`; losses that need the dataset size (crd) get `num_samples`.

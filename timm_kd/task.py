@@ -1,4 +1,5 @@
-"""The distillation training task: hard-label loss plus weighted KD losses, as one `timm.task.TrainingTask`."""
+"""The distillation training task: hard-label loss plus
+weighted KD losses, as one `timm.task.TrainingTask`."""
 
 import logging
 from typing import Callable, Dict, Mapping, Optional
@@ -15,7 +16,8 @@ _logger = logging.getLogger(__name__)
 
 
 class DistillationTask(TrainingTask):
-    """loss = ori_loss_weight * hard_label_loss(s, y) + sum_i w_i * kd_loss_i + aux_weight * aux_loss
+    """loss = ori_loss_weight * hard_label_loss(s, y)
+    + sum_i w_i * kd_loss_i + aux_weight * aux_loss
 
     VanillaKD (Hao et al., 2023, Sec. 2.1 and 3.4) uses one loss, `kd`, next to the hard-label loss,
     both with weight 1. The teacher sees exactly the batch the student sees (after augmentation and
@@ -85,7 +87,8 @@ class DistillationTask(TrainingTask):
     def prepare_distributed(
         self, device_ids: Optional[list] = None, **ddp_kwargs
     ) -> 'DistillationTask':
-        """Wrap the student and its KD parts in DDP; the frozen teacher runs locally on each rank."""
+        """Wrap the student and its KD parts in DDP; the
+        frozen teacher runs locally on each rank."""
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         self.trainable_module = DDP(self.trainable_module, device_ids=device_ids, **ddp_kwargs)
@@ -94,8 +97,8 @@ class DistillationTask(TrainingTask):
     def compile(
         self, backend: str = 'inductor', mode: Optional[str] = None, **compile_kwargs
     ) -> nn.Module:
-        """Compile the training forward (student + KD losses), the student for eval, and the teacher (once, if
-        several students share it)."""
+        """Compile the training forward (student + KD losses), the student
+        for eval, and the teacher (once, if several students share it)."""
         student = self.kd_student.student
         self.trainable_module = torch.compile(
             self.trainable_module, backend=backend, mode=mode, **compile_kwargs
@@ -151,11 +154,10 @@ class DistillationTask(TrainingTask):
         teacher_out: Optional[TeacherOutput] = None,
         labeled: Optional[torch.Tensor] = None,
     ) -> Dict[str, torch.Tensor]:
-        """One training forward. `teacher_out` is the teacher's output on `input` when the caller has already
-        run it (several students sharing one teacher pass, `Teacher.forward_many`); else the task
-        runs it. `labeled` (a boolean row mask) restricts the hard-label loss to images with known
-        labels: unlabeled
-        images (`timm_kd.unlabeled`) get the KD terms only."""
+        """One training forward. `teacher_out` is the teacher's output on `input` when the caller
+        has already run it (several students sharing one teacher pass, `Teacher.forward_many`); else
+        the task runs it. `labeled` (a boolean row mask) restricts the hard-label loss to images
+        with known labels: unlabeled images (`timm_kd.unlabeled`) get the KD terms only."""
         if teacher_out is None and self.teacher is not None:
             teacher_out = self.teacher(input, stages=self.teacher_stages)
         student_logits, kd_losses = self.trainable_module(input, teacher_out, target, index)

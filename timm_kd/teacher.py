@@ -1,4 +1,5 @@
-"""The frozen teacher: the student's augmented batch in, teacher logits (and optionally features) out.
+"""The frozen teacher: the student's augmented batch
+in, teacher logits (and optionally features) out.
 
 `Teacher` is the one interface the distillation task talks to. Anything with the same
 `forward(images, stages=None) -> TeacherOutput` (an ensemble, a cache of teacher outputs) can stand
@@ -67,7 +68,8 @@ def _clone(out: TeacherOutput) -> TeacherOutput:
 
 
 class InputAdapter(nn.Module):
-    """Converts a batch normalized for the student into the teacher's input, in one affine op plus a resize.
+    """Converts a batch normalized for the student into
+    the teacher's input, in one affine op plus a resize.
 
     x_teacher = (x * std_s + mean_s - mean_t) / std_t = x * (std_s / std_t) + (mean_s - mean_t) /
     std_t, and a resize to the teacher's resolution. Each step is skipped when student and teacher
@@ -97,8 +99,9 @@ class InputAdapter(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Resizing is linear with weights summing to one, so it commutes with the per-channel affine: apply the
-        # affine on whichever side has fewer pixels. Under `Teacher.compile` both fuse with the dtype cast.
+        # Resizing is linear with weights summing to one, so it commutes with the per-channel
+        # affine: apply the affine on whichever side has fewer pixels. Under `Teacher.compile` both
+        # fuse with the dtype cast.
         resize = self.size is not None and tuple(x.shape[-2:]) != self.size
         shrink = resize and x.shape[-2] * x.shape[-1] > self.size[0] * self.size[1]
         if self.renormalize and not shrink:
@@ -158,7 +161,8 @@ class Teacher(nn.Module):
         return self.model.num_classes
 
     def train(self, mode: bool = True) -> 'Teacher':
-        """The teacher stays in eval mode whatever its parent asks (no dropout, frozen BN statistics)."""
+        """The teacher stays in eval mode whatever its
+        parent asks (no dropout, frozen BN statistics)."""
         return super().train(False)
 
     def compile(
@@ -168,7 +172,8 @@ class Teacher(nn.Module):
         freeze: bool = True,
         **compile_kwargs,
     ) -> 'Teacher':
-        """torch.compile the teacher's whole inference (adapter, cast, model); calling it again is a no-op.
+        """torch.compile the teacher's whole inference
+        (adapter, cast, model); calling it again is a no-op.
 
         `freeze` (inductor only) folds the frozen weights into the graph as constants, which lets
         inductor fold BatchNorm into convolutions and pre-pack weights. Safe here because the
@@ -200,7 +205,8 @@ class Teacher(nn.Module):
     def forward(
         self, images: torch.Tensor, stages: Optional[Sequence[int]] = None
     ) -> TeacherOutput:
-        """Teacher logits for the student's batch; with `stages` also its `Features` at those stages."""
+        """Teacher logits for the student's batch; with
+        `stages` also its `Features` at those stages."""
         stages = tuple(stages) if stages is not None else None
         with torch.inference_mode() if self.inference_mode else torch.no_grad():
             out = (self._compiled or self._infer)(images, stages)
@@ -213,7 +219,8 @@ class Teacher(nn.Module):
     def forward_many(
         self, images: torch.Tensor, stage_sets: Sequence[Optional[Sequence[int]]]
     ) -> List[TeacherOutput]:
-        """One teacher pass serving several students: `stage_sets[i]` is what student i asks for (None: logits).
+        """One teacher pass serving several students:
+        `stage_sets[i]` is what student i asks for (None: logits).
 
         The pass computes the union of the stages; each student gets its own stages, in its own
         order.
@@ -234,7 +241,8 @@ class Teacher(nn.Module):
 
 
 def _parse_teacher_name(name: str) -> Tuple[Optional[str], str, str]:
-    """(source, architecture, tag): source is 'hf-hub'/'local-dir' or None for a timm registry name."""
+    """(source, architecture, tag): source is
+    'hf-hub'/'local-dir' or None for a timm registry name."""
     source, model_name = parse_model_name(name)
     if source:
         return source, name, ''

@@ -55,14 +55,15 @@ class ImageFiles(torch.utils.data.Dataset):
             image = Image.open(self.files[index]).convert(self.img_mode)
         except (OSError, SyntaxError, ValueError) as e:  # PIL: unreadable, truncated, not an image
             raise KDError(
-                f'cannot read unlabeled image {self.files[index]} ({" ".join(str(e).split())[:100]});'
-                ' remove or replace it'
+                f'cannot read unlabeled image {self.files[index]} '
+                f'({" ".join(str(e).split())[:100]}); remove or replace it'
             ) from None
         return (self.transform(image) if self.transform is not None else image), UNLABELED
 
 
 class WithUnlabeled(DatasetView):
-    """The labeled set followed by `count` images of the unlabeled one (a seeded draw), labeled -1."""
+    """The labeled set followed by `count` images of
+    the unlabeled one (a seeded draw), labeled -1."""
 
     def __init__(
         self, labeled: Optional[Any], unlabeled: Any, ratio: Optional[float], seed: int = 0
@@ -78,8 +79,9 @@ class WithUnlabeled(DatasetView):
         if count > len(unlabeled):
             _logger.info(
                 f'--unlabeled-ratio {ratio}: {count} unlabeled images per epoch beside {n_labeled} '
-                f'labeled ones, drawn from {len(unlabeled)} (each about {count / len(unlabeled):.0f} '
-                'times per epoch); the epoch is that much longer'
+                f'labeled ones, drawn from {len(unlabeled)} '
+                f'(each about {count / len(unlabeled):.0f} times per epoch); '
+                'the epoch is that much longer'
             )
         g = torch.Generator().manual_seed(seed)
         draws = [
@@ -126,12 +128,12 @@ def check_unlabeled_run(has_teacher: bool, losses: Sequence[Any]) -> None:
                 if not (get_kd_loss_class(n).needs_labels or get_kd_loss_class(n).needs_index)
             ]  # fmt: skip
             raise KDError(
-                f"--kd-loss {name} uses each image's label, which unlabeled images lack; use one of "
-                f'{", ".join(usable)} with --unlabeled-data'
+                f"--kd-loss {name} uses each image's label, which unlabeled images lack; "
+                f'use one of {", ".join(usable)} with --unlabeled-data'
             )
 
 
 def labeled_mask(known: torch.Tensor, mixed: bool) -> torch.Tensor:
-    """Rows whose hard label is known after mixup/cutmix: their own and, when mixing is on (timm pairs row i with
-    row n-1-i in every mode), their partner's too."""
+    """Rows whose hard label is known after mixup/cutmix: their own and, when mixing
+    is on (timm pairs row i with row n-1-i in every mode), their partner's too."""
     return known & known.flip(0) if mixed else known

@@ -109,18 +109,21 @@ def first_difference(
     now: Dict[str, Dict[str, Any]],
     parts: Sequence[str] = ('views', 'teacher', 'target'),
 ) -> Optional[str]:
-    """The first setting, in `parts` of two fingerprints, where they differ: 'views (mixup: the cache has ...)'."""
+    """The first setting, in `parts` of two fingerprints,
+    where they differ: 'views (mixup: the cache has ...)'."""
     for part in parts:
         for key in sorted(set(built[part]) | set(now[part])):
             if built[part].get(key) != now[part].get(key):
-                return f'{part} ({key}: the cache has {built[part].get(key)!r}, this run {now[part].get(key)!r})'
+                cached, current = built[part].get(key), now[part].get(key)
+                return f'{part} ({key}: the cache has {cached!r}, this run {current!r})'
     return None
 
 
 def rebuild_logits(
     values: torch.Tensor, indices: torch.Tensor, tail: torch.Tensor, num_classes: int
 ) -> torch.Tensor:
-    """Full teacher logits from the top-K values/indices and the tail's log-sum-exp (exact when K = C)."""
+    """Full teacher logits from the top-K values/indices
+    and the tail's log-sum-exp (exact when K = C)."""
     n, k = values.shape
     if k == num_classes:  # every class is stored
         logits = values.new_zeros(n, num_classes, dtype=torch.float32)
@@ -130,7 +133,8 @@ def rebuild_logits(
 
 
 def top_k_logits(logits: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """What the cache stores of each row of logits: the top-K values and indices, and the other logits' log-sum-exp."""
+    """What the cache stores of each row of logits: the top-K
+    values and indices, and the other logits' log-sum-exp."""
     top = logits.topk(k, dim=1)
     return top.values, top.indices, logits.scatter(1, top.indices, float('-inf')).logsumexp(1)
 
@@ -173,7 +177,8 @@ def top_k_loss_error(
 
 
 class TeacherCache:
-    """A built cache: its manifest, and the teacher's answers of one (epoch, rank) as memory-mapped arrays."""
+    """A built cache: its manifest, and the teacher's
+    answers of one (epoch, rank) as memory-mapped arrays."""
 
     def __init__(self, root: str):
         path = os.path.join(root, 'manifest.json')
@@ -233,7 +238,8 @@ class TeacherCache:
 
 
 class CachedTeacher(nn.Module):
-    """Stands in for `Teacher` in training: hands out the cached logits of the slots of each batch, in order."""
+    """Stands in for `Teacher` in training: hands out the
+    cached logits of the slots of each batch, in order."""
 
     def __init__(self, cache: TeacherCache, rank: int, device: torch.device, verify: bool = True):
         super().__init__()
@@ -291,13 +297,14 @@ def _logit_losses() -> List[str]:
 
 
 def check_logit_losses_only(loss_names: Sequence[str]) -> None:
-    """One line for feature losses, which need the live teacher's feature maps, under --teacher-cache."""
+    """One line for feature losses, which need the live
+    teacher's feature maps, under --teacher-cache."""
     features = [n for n in loss_names if get_kd_loss_class(n).needs_features]
     if features:
         raise KDError(
             f"--kd-loss {features[0]} is a feature loss: it needs the live teacher's feature maps, "
-            f'which --teacher-cache does not store; use logit losses ({", ".join(_logit_losses())}) '
-            'or drop --teacher-cache'
+            'which --teacher-cache does not store; use logit losses '
+            f'({", ".join(_logit_losses())}) or drop --teacher-cache'
         )
 
 

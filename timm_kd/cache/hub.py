@@ -95,7 +95,8 @@ def card(root: str, manifest: Dict[str, Any], repo_id: str) -> str:
         f'# {repo_id}: a timm-kd teacher-output cache', '',
         'The top-K answers of a teacher for every augmented view of a training run, built with '
         '`python -m timm_kd.cache build`. Train from it with', '',
-        f'```bash\ntimm-kd-train DATA ...the same data flags... --teacher-cache hf-hub:{repo_id}\n```',
+        '```bash', f'timm-kd-train DATA ...the same data flags... --teacher-cache hf-hub:{repo_id}',
+        '```',
         '', 'A run whose data, augmentation or teacher differs is refused in one line.', '',
         '| | |', '|---|---|',
         f'| teacher | `{json.dumps(teacher)}` |',

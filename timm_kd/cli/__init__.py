@@ -1,4 +1,5 @@
-"""The programs: each parses its flags, translates them once into typed values, and calls the library.
+"""The programs: each parses its flags, translates
+them once into typed values, and calls the library.
 
     timm-kd-train / python -m timm_kd.train      train (`train/`)
     python -m timm_kd.cache build                the teacher-output cache (`cache.py`)

@@ -48,7 +48,8 @@ _logger = logging.getLogger('timm_kd.cache')
 
 
 def build(argv: Optional[List[str]] = None) -> str:
-    """`python -m timm_kd.cache build`: the teacher's top-K answers for every slot of every epoch; returns DIR."""
+    """`python -m timm_kd.cache build`: the teacher's top-K
+    answers for every slot of every epoch; returns DIR."""
     own = argparse.ArgumentParser(add_help=False)
     own.add_argument('--top-k', type=int, required=True)
     own.add_argument('--out', required=True)
@@ -201,7 +202,8 @@ def push(argv: List[str]) -> str:
 
 
 def pull(argv: List[str]) -> str:
-    """`python -m timm_kd.cache pull ORG/NAME [--epochs E ...] [--ranks R ...]`: prints the folder."""
+    """`python -m timm_kd.cache pull ORG/NAME [--epochs E ...] [--ranks R ...]`:
+    prints the folder."""
     p = argparse.ArgumentParser(prog='python -m timm_kd.cache pull')
     p.add_argument('repo_id', help='ORG/NAME[@REVISION]')
     p.add_argument('--epochs', type=int, nargs='*', default=None, help='default: every epoch')

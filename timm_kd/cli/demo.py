@@ -1,4 +1,5 @@
-"""The embedded demo: teacher, scratch student and KD student on Fashion-MNIST, all through `timm_kd.train`.
+"""The embedded demo: teacher, scratch student and KD
+student on Fashion-MNIST, all through `timm_kd.train`.
 
     python -m timm_kd.demo [--output demo_output] [--data DIR]
 
@@ -30,8 +31,8 @@ FILES = [
 ]
 TRAIN = [sys.executable, '-m', 'timm_kd.train']  # the installed training entry (= timm-kd-train)
 
-# Shared by all three runs: 1-channel 32px input, Fashion-MNIST statistics, light augmentation, SGD + cosine
-# stepped per update.
+# Shared by all three runs: 1-channel 32px input, Fashion-MNIST
+# statistics, light augmentation, SGD + cosine stepped per update.
 COMMON = [
     '--dataset',
     'torch/fashion_mnist',
@@ -80,8 +81,9 @@ COMMON = [
 ]
 HALF_WIDTH = ['channels=(32,64,128,256)', 'stem_width=32']
 TEACHER = ['--model', 'resnet18', '--model-kwargs', *HALF_WIDTH, '--epochs', '4', '-b', '128']
-# Both students (scratch and KD) get mixup/cutmix, as every strategy of the VanillaKD paper does (its Table 2):
-# the teacher's soft labels of the mixed images are what KD adds over the mixed hard labels.
+# Both students (scratch and KD) get mixup/cutmix, as every strategy of the VanillaKD paper does
+# (its Table 2): the teacher's soft labels of the mixed images are what KD adds over the mixed hard
+# labels.
 STUDENT = [
     '--model',
     'test_resnet',
@@ -113,7 +115,8 @@ LABELS = {
 
 
 def prepare_fashion_mnist(root: str) -> None:
-    """Put the four idx files where torchvision's FashionMNIST reads them: ROOT/FashionMNIST/raw/."""
+    """Put the four idx files where torchvision's
+    FashionMNIST reads them: ROOT/FashionMNIST/raw/."""
     raw = os.path.join(root, 'FashionMNIST', 'raw')
     if all(os.path.exists(os.path.join(raw, f)) for f in FILES):
         return

@@ -1,8 +1,9 @@
-"""What distillation did: how often the student agrees with its teacher, how calibrated both are, and where in
-the network they look alike.
+"""What distillation did: how often the student agrees with its teacher,
+how calibrated both are, and where in the network they look alike.
 
-    python -m timm_kd.diagnose DATA --teacher NAME [--teacher-checkpoint P] --student NAME [--student-checkpoint P]
-        --out DIR [--dataset torch/fashion_mnist --split test --batch-size 256 --cka-images 512 ...]
+    python -m timm_kd.diagnose DATA --teacher NAME [--teacher-checkpoint P]
+        --student NAME [--student-checkpoint P] --out DIR
+        [--dataset torch/fashion_mnist --split test --batch-size 256 --cka-images 512 ...]
 
 Writes DIR/diagnostics.json and three PNGs: top-1 of both, their top-1 agreement, the mean
 KL(p_teacher || p_student) at T=1, the expected calibration error (ECE, 15 equal-width confidence
@@ -35,8 +36,9 @@ from .plots import pyplot
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Linear CKA of two representations of the same n examples, (n, p) and (n, q): 1 for identical ones, and
-    invariant to orthogonal transforms and isotropic scaling. ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)."""
+    """Linear CKA of two representations of the same n examples, (n, p) and (n, q): 1 for identical
+    ones, and invariant to orthogonal transforms and isotropic scaling. ||Yc^T Xc||_F^2 / (||Xc^T
+    Xc||_F ||Yc^T Yc||_F)."""
     x, y = x.double() - x.double().mean(0), y.double() - y.double().mean(0)
     cross = (y.T @ x).norm() ** 2
     return float(cross / ((x.T @ x).norm() * (y.T @ y).norm()))
@@ -45,8 +47,8 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
 def expected_calibration_error(
     probs: torch.Tensor, target: torch.Tensor, bins: int = 15
 ) -> Dict[str, Any]:
-    """ECE with `bins` equal-width confidence bins: sum over bins of |accuracy - confidence| x the bin's share;
-    also each bin's accuracy, confidence and count (the reliability diagram)."""
+    """ECE with `bins` equal-width confidence bins: sum over bins of |accuracy - confidence| x
+    the bin's share; also each bin's accuracy, confidence and count (the reliability diagram)."""
     confidence, prediction = probs.max(1)
     correct = (prediction == target).double()
     edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)

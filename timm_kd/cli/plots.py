@@ -9,7 +9,8 @@ def pyplot():
         import matplotlib
     except ImportError:
         raise KDError(
-            "plots need matplotlib, which timm-kd installs as an extra: pip install 'timm-kd[plots]'"
+            'plots need matplotlib, which timm-kd installs as an extra: '
+            "pip install 'timm-kd[plots]'"
         ) from None
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt

@@ -1,6 +1,7 @@
-"""Top-1/top-5 of a distilled model, with its own preprocessing; ImageNet-ReaL and teacher agreement optional.
+"""Top-1/top-5 of a distilled model, with its own
+preprocessing; ImageNet-ReaL and teacher agreement optional.
 
-    python -m timm_kd.validate DATA --model resnet50.vkd                      # registered name (Hub weights)
+    python -m timm_kd.validate DATA --model resnet50.vkd  # a registered name (its release weights)
     python -m timm_kd.validate DATA --model hf-hub:ORG/NAME
     python -m timm_kd.validate DATA --model resnet50 --checkpoint last.pth.tar
     python -m timm_kd.validate DATA --model resnet50.vkd --real-labels real.json \

@@ -29,7 +29,8 @@ from ..saver import non_finite_tensors
 def load_student(
     model_name: str, checkpoint: str, use_ema: bool = True, allow_pickle: bool = False
 ) -> torch.nn.Module:
-    """A timm model of `model_name` with the weights of `checkpoint`, keys converted by timm's filter if needed.
+    """A timm model of `model_name` with the weights of
+    `checkpoint`, keys converted by timm's filter if needed.
 
     A training checkpoint's recorded flags shape the model (`--in-chans`, `--model-kwargs`) and its
     preprocessing: the model's pretrained cfg gets the input size, crop, interpolation and mean/std
@@ -38,8 +39,8 @@ def load_student(
     """
     if not is_model(split_model_name_tag(model_name)[0]) and not model_name.startswith('hf-hub:'):
         raise KDError(
-            f'unknown --model {model_name!r}; pass the timm architecture the checkpoint was trained '
-            'with (python -c "import timm; print(timm.list_models())")'
+            f'unknown --model {model_name!r}; pass the timm architecture the checkpoint was '
+            'trained with (python -c "import timm; print(timm.list_models())")'
         )
     state_dict = load_state_dict(checkpoint, use_ema=use_ema, allow_pickle=allow_pickle)
     args = load_training_metadata(checkpoint).get('args') or {}
@@ -197,7 +198,8 @@ def export(
     config_path = os.path.join(out, 'config.json')
     with open(config_path) as f:
         config = json.load(f)
-    # The architecture's default cfg lends its tag ('r160_in1k') and license; neither describes these weights.
+    # The architecture's default cfg lends its tag ('r160_in1k')
+    # and license; neither describes these weights.
     arch, tag = split_model_name_tag(model_name)
     resolved = config['pretrained_cfg']
     resolved.update(tag=tag or 'kd', architecture=arch)
@@ -245,10 +247,10 @@ def push(
     commit_message: str = 'Add distilled model (timm-kd)',
     **export_kwargs: Any,
 ) -> str:
-    """Export, then publish as timm's `push_to_hf_hub` does: the repo is created if needed and tagged as a timm
-    library model, and a README.md already in the repo is kept unless `overwrite_card`. The token
-    comes from
-    huggingface_hub's usual places (HF_TOKEN, `hf auth login`); it is never printed or written to the folder."""
+    """Export, then publish as timm's `push_to_hf_hub` does: the repo is created if needed and
+    tagged as a timm library model, and a README.md already in the repo is kept unless
+    `overwrite_card`. The token comes from huggingface_hub's usual places (HF_TOKEN,
+    `hf auth login`); it is never printed or written to the folder."""
     import huggingface_hub
     import timm
 

@@ -38,8 +38,10 @@ class BinaryCrossEntropyKD(nn.Module):
 class BinaryKLDivergence(nn.Module):
     """Binary KL, VanillaKD (Hao et al., 2023) Eq. 3:
 
-        BKL = sum_{i in classes} [ p_t,i log(p_t,i / p_s,i) + (1 - p_t,i) log((1 - p_t,i) / (1 - p_s,i)) ],
-        p_t = softmax(z_t / T),  p_s = sigmoid(z_s / T);  summed over classes, mean over batch, times T^2.
+        BKL = sum_{i in classes} [ p_t,i log(p_t,i / p_s,i)
+                                   + (1 - p_t,i) log((1 - p_t,i) / (1 - p_s,i)) ],
+        p_t = softmax(z_t / T),  p_s = sigmoid(z_s / T);
+        summed over classes, mean over batch, times T^2.
 
     The student's per-class probability is a sigmoid, as in `bkd`, because the paper pairs BKL with
     the BCE recipes. It equals `bkd` times the class count minus the teacher's (constant) binary

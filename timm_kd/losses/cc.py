@@ -9,12 +9,14 @@ from .registry import register_kd_loss
 
 @register_kd_loss('cc', kind='feature')
 class CorrelationCongruence(nn.Module):
-    """CC (Peng et al., "Correlation Congruence for Knowledge Distillation", ICCV 2019), in the form VanillaKD
-    benchmarked (its official losses/correlation.py, inherited from CRD's RepDistiller code):
+    """CC (Peng et al., "Correlation Congruence for Knowledge Distillation", ICCV 2019), in the form
+    VanillaKD benchmarked (its official losses/correlation.py, inherited from CRD's RepDistiller
+    code):
 
-        e_s = W_s f_s,  e_t = W_t f_t          learnable linear embeddings of the pre-logits to `feat_dim`
-        d = |e_s - e_t|                        (B x feat_dim)
-        loss = scale * mean_i sum_j d[i, j] * d[i + 1, j]      consecutive images in the batch, scale = 0.02
+        e_s = W_s f_s,  e_t = W_t f_t    learnable linear embeddings of the pre-logits to `feat_dim`
+        d = |e_s - e_t|                  (B x feat_dim)
+        loss = scale * mean_i sum_j d[i, j] * d[i + 1, j]
+                                         consecutive images in the batch, scale = 0.02
 
     Both embeddings are trained with the student and dropped from exported weights.
     """

@@ -15,7 +15,8 @@ _NOT_FLAGS = {'student', 'teacher', 'num_samples', 'base_kwargs'}
 
 
 def loss_hyperparameters(name: str) -> Dict[str, Any]:
-    """Constructor arguments of a registered loss that become `--NAME-ARG` flags, with their defaults."""
+    """Constructor arguments of a registered loss that
+    become `--NAME-ARG` flags, with their defaults."""
     params = inspect.signature(get_kd_loss_class(name)).parameters.values()
     return {
         q.name: q.default

@@ -13,7 +13,8 @@ from .registry import register_kd_loss
 
 
 def _nce(scores: torch.Tensor, num_samples: int, eps: float = 1e-7) -> torch.Tensor:
-    """NCE loss of CRD: column 0 holds the positive's score P, the other m columns the negatives' (noise 1/N).
+    """NCE loss of CRD: column 0 holds the positive's score
+    P, the other m columns the negatives' (noise 1/N).
 
     loss = -( sum_i log(P_i0 / (P_i0 + m/N)) + sum_{i, j>0} log((m/N) / (P_ij + m/N)) ) / B
     """
@@ -34,13 +35,16 @@ def _all_gather(x: torch.Tensor) -> torch.Tensor:
 
 @register_kd_loss('crd', kind='feature')
 class ContrastiveRepresentationKD(nn.Module):
-    """CRD (Tian et al., "Contrastive Representation Distillation", ICLR 2020), as VanillaKD's official code.
+    """CRD (Tian et al., "Contrastive Representation
+    Distillation", ICLR 2020), as VanillaKD's official code.
 
-        v_s = l2norm(W_s f_s), v_t = l2norm(W_t f_t)               learnable embeddings of the pre-logits
+        v_s = l2norm(W_s f_s), v_t = l2norm(W_t f_t)    learnable embeddings of the pre-logits
         memory banks M_s, M_t: one `feat_dim` row per training image
-        P(v, row) = exp(<row, v> / tau) / Z                         Z fixed from the first batch (mean * N)
-        scores_s = P(v_s, M_t[idx]), scores_t = P(v_t, M_s[idx])   idx = [own index, K uniform negatives]
-        loss = NCE(scores_s) + NCE(scores_t);  then M[i] <- l2norm(momentum * M[i] + (1 - momentum) * v_i)
+        P(v, row) = exp(<row, v> / tau) / Z              Z fixed from the first batch (mean * N)
+        scores_s = P(v_s, M_t[idx]), scores_t = P(v_t, M_s[idx])
+                                                         idx = [own index, K uniform negatives]
+        loss = NCE(scores_s) + NCE(scores_t)
+        then M[i] <- l2norm(momentum * M[i] + (1 - momentum) * v_i)
 
     tau is `nce_temperature` (0.07), not a softmax temperature: --kd-temperature leaves it alone.
     Needs each image's dataset index (timm-kd-train passes it when crd is chosen). Cost: the banks

@@ -7,7 +7,8 @@ from .registry import register_kd_loss, upcast
 
 
 def _pearson_distance(a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
-    """1 - mean over rows of the Pearson correlation between rows of a and b (eps added to the norm product)."""
+    """1 - mean over rows of the Pearson correlation between
+    rows of a and b (eps added to the norm product)."""
     a = a - a.mean(dim=1, keepdim=True)
     b = b - b.mean(dim=1, keepdim=True)
     corr = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
@@ -18,9 +19,9 @@ def _pearson_distance(a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Ten
 class DIST(nn.Module):
     """DIST (Huang et al., "Knowledge Distillation from A Stronger Teacher", NeurIPS 2022).
 
-        Y_s = softmax(z_s / T), Y_t = softmax(z_t / T)                (batch x classes)
-        inter = T^2 * (1 - mean_i pearson(Y_s[i, :], Y_t[i, :]))      relation across classes, per image
-        intra = T^2 * (1 - mean_j pearson(Y_s[:, j], Y_t[:, j]))      relation across images, per class
+        Y_s = softmax(z_s / T), Y_t = softmax(z_t / T)            (batch x classes)
+        inter = T^2 * (1 - mean_i pearson(Y_s[i, :], Y_t[i, :]))  across classes, per image
+        intra = T^2 * (1 - mean_j pearson(Y_s[:, j], Y_t[:, j]))  across images, per class
         loss = beta * inter + gamma * intra
 
     eps=1e-8 is added to the product of the norms (not to each norm), as in the official VanillaKD

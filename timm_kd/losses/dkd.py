@@ -9,7 +9,8 @@ from .registry import hard_labels, register_kd_loss, upcast
 
 @register_kd_loss('dkd')
 class DecoupledKD(nn.Module):
-    """DKD (Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022): loss = alpha * TCKD + beta * NCKD.
+    """DKD (Zhao et al., "Decoupled Knowledge Distillation",
+    CVPR 2022): loss = alpha * TCKD + beta * NCKD.
 
         b = [p_gt, 1 - p_gt]               binary target/non-target probabilities (softmax at T)
         TCKD = T^2 * KL(b_t || b_s)

@@ -7,13 +7,15 @@ from .registry import create_kd_loss, get_kd_loss_class, register_kd_loss, upcas
 
 
 def standardize(z: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Z-score of each row: (z - mean) / (std + eps), with the unbiased std as the official code uses."""
+    """Z-score of each row: (z - mean) / (std + eps),
+    with the unbiased std as the official code uses."""
     return (z - z.mean(dim=-1, keepdim=True)) / (z.std(dim=-1, keepdim=True) + eps)
 
 
 @register_kd_loss('ls')
 class LogitStandardizedKD(nn.Module):
-    """Logit standardization (Sun et al., "Logit Standardization in Knowledge Distillation", CVPR 2024).
+    """Logit standardization (Sun et al., "Logit
+    Standardization in Knowledge Distillation", CVPR 2024).
 
         loss = base( Z(z_s), Z(z_t), target ),   Z(z) = (z - mean(z)) / (std(z) + 1e-7)
 

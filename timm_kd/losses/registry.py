@@ -5,11 +5,11 @@ A loss class declares what it needs beyond logits: `needs_labels` (each image's 
 derive their refusals from these (unlabeled images, the teacher cache).
 
 Two kinds of loss are registered:
-- 'logit':   `loss(student_logits, teacher_logits, target)`; target is class indices or dense mixup
-  rows.
-- 'feature': `loss(student_features, teacher_features)` on `timm_kd.features.Features`; created with
-  the
-             `FeatureSpec`s of both sides (`student=`, `teacher=`) so their learnable parts can be sized.
+- 'logit': `loss(student_logits, teacher_logits, target)`; target is class indices or dense
+  mixup rows.
+- 'feature': `loss(student_features, teacher_features)` on `timm_kd.features.Features`; created
+  with the `FeatureSpec`s of both sides (`student=`, `teacher=`) so their learnable parts can be
+  sized.
 """
 
 import inspect
@@ -48,7 +48,8 @@ def register_kd_loss(
 
 
 def list_kd_losses(kind: str = None) -> List[str]:
-    """Names accepted by `create_kd_loss`, sorted; only those of one kind ('logit', 'feature') if given."""
+    """Names accepted by `create_kd_loss`, sorted; only
+    those of one kind ('logit', 'feature') if given."""
     return sorted(n for n, c in _KD_LOSSES.items() if kind is None or c.kind == kind)
 
 
@@ -59,7 +60,8 @@ def get_kd_loss_class(name: str) -> Type[nn.Module]:
 
 
 def loss_accepts(name: str, arg: str) -> bool:
-    """Whether the loss registered as `name` takes the constructor argument `arg` (e.g. 'temperature')."""
+    """Whether the loss registered as `name` takes the
+    constructor argument `arg` (e.g. 'temperature')."""
     return arg in inspect.signature(get_kd_loss_class(name)).parameters
 
 
@@ -73,13 +75,15 @@ def create_kd_loss(name: str, **kwargs) -> nn.Module:
         raise KDError(f'bad arguments for KD loss {name!r}: {e}') from None
 
 
-# Hyperparameters every loss shares by name: temperatures and eps must be positive, term weights not negative.
+# Hyperparameters every loss shares by name: temperatures
+# and eps must be positive, term weights not negative.
 _POSITIVE = ('temperature', 'nce_temperature', 'eps')
 _NON_NEGATIVE = ('alpha', 'beta', 'gamma', 'weight')
 
 
 def check_hyperparameters(name: str, kwargs: dict) -> None:
-    """One line naming the flag for a value no loss can train with (T <= 0 divides by zero or flips the softmax)."""
+    """One line naming the flag for a value no loss can train
+    with (T <= 0 divides by zero or flips the softmax)."""
     for key, value in kwargs.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             continue
@@ -102,5 +106,6 @@ def upcast(x: torch.Tensor) -> torch.Tensor:
 
 
 def hard_labels(target: torch.Tensor) -> torch.Tensor:
-    """Class indices from integer labels or from dense (mixup/cutmix/smoothed) target rows, via argmax."""
+    """Class indices from integer labels or from dense
+    (mixup/cutmix/smoothed) target rows, via argmax."""
     return target.argmax(dim=-1) if target.ndim == 2 else target

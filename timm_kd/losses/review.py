@@ -11,7 +11,8 @@ from .registry import register_kd_loss
 
 
 class AttentionFusion(nn.Module):
-    """ABF: project a student map, fuse it with the upsampled output of the deeper level (2-channel attention)."""
+    """ABF: project a student map, fuse it with the upsampled
+    output of the deeper level (2-channel attention)."""
 
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, fuse: bool):
         super().__init__()
@@ -42,8 +43,9 @@ class AttentionFusion(nn.Module):
 def hierarchical_context_loss(
     student: List[torch.Tensor], teacher: List[torch.Tensor]
 ) -> torch.Tensor:
-    """HCL: per level, MSE of the maps plus MSE of 4x4, 2x2, 1x1 average-pooled maps (those smaller than the map),
-    weighted 1, 1/2, 1/4, 1/8 and normalized by the weights' sum; summed over levels."""
+    """HCL: per level, MSE of the maps plus MSE of 4x4, 2x2, 1x1 average-pooled maps (those smaller
+    than the map), weighted 1, 1/2, 1/4, 1/8 and normalized by the weights' sum; summed over
+    levels."""
     total = 0.0
     for f_s, f_t in zip(student, teacher):
         loss, weight, weights = F.mse_loss(f_s, f_t), 1.0, 1.0
@@ -61,11 +63,13 @@ def hierarchical_context_loss(
 
 @register_kd_loss('review', kind='feature')
 class ReviewKD(nn.Module):
-    """ReviewKD (Chen et al., "Distilling Knowledge via Knowledge Review", CVPR 2021), as VanillaKD's official
-    losses/review.py:
+    """ReviewKD (Chen et al., "Distilling Knowledge via Knowledge
+    Review", CVPR 2021), as VanillaKD's official losses/review.py:
 
-        levels = chosen stage maps + the pre-logits as a 1x1 map, student and teacher paired one to one
-        from the deepest level down: out_l, res_l = ABF_l(F_s,l, res_{l+1})   (fusion with the deeper level)
+        levels = chosen stage maps + the pre-logits as a 1x1 map,
+                 student and teacher paired one to one
+        from the deepest level down: out_l, res_l = ABF_l(F_s,l, res_{l+1})
+                                     (fusion with the deeper level)
         loss = min(epoch / warmup_epochs, 1) * sum_l HCL(out_l, F_t,l)
 
     ABF_l maps the student's channels to the teacher's (mid channels min(512, student pre-logits

@@ -9,7 +9,8 @@ from .registry import register_kd_loss
 
 
 def _distances(e: torch.Tensor, gram: torch.Tensor, eps: float, squared: bool) -> torch.Tensor:
-    """Pairwise (squared) Euclidean distances from the Gram matrix, clamped at eps, zero on the diagonal."""
+    """Pairwise (squared) Euclidean distances from the
+    Gram matrix, clamped at eps, zero on the diagonal."""
     sq = gram.diagonal()
     d = (sq[:, None] + sq[None, :] - 2 * gram).clamp(min=eps)
     if not squared:
@@ -18,21 +19,22 @@ def _distances(e: torch.Tensor, gram: torch.Tensor, eps: float, squared: bool) -
 
 
 def _angles(e: torch.Tensor) -> torch.Tensor:
-    """cos of the angle at i between e_j - e_i and e_k - e_i for all (i, j, k): B x B x B, from the B x B x D
-    tensor of differences (zero vectors, j == i, give 0). Differences, not the Gram matrix, keep it
-    exact for
-    nearby embeddings."""
+    """cos of the angle at i between e_j - e_i and e_k - e_i for all (i, j, k): B x B x B, from the
+    B x B x D tensor of differences (zero vectors, j == i, give 0). Differences, not the Gram
+    matrix, keep it exact for nearby embeddings."""
     diff = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), p=2, dim=2)
     return torch.bmm(diff, diff.transpose(1, 2))
 
 
 @register_kd_loss('rkd', kind='feature')
 class RelationalKD(nn.Module):
-    """RKD (Park et al., "Relational Knowledge Distillation", CVPR 2019), on the pre-logits embeddings:
+    """RKD (Park et al., "Relational Knowledge
+    Distillation", CVPR 2019), on the pre-logits embeddings:
 
         psi_D(i, j) = ||e_i - e_j|| / mu,   mu = mean of the non-zero distances in the batch
         psi_A(i, j, k) = cos angle(e_j - e_i, e_k - e_i)
-        loss = distance_weight * smoothL1(psi_D^s, psi_D^t) + angle_weight * smoothL1(psi_A^s, psi_A^t)
+        loss = distance_weight * smoothL1(psi_D^s, psi_D^t)
+               + angle_weight * smoothL1(psi_A^s, psi_A^t)
 
     Defaults (25, 50, eps=1e-12, unsquared) are VanillaKD's official losses/rkd.py. The angle term
     holds a B x B x D tensor (batch 128, 2048-d: 134 MB in float32). Works for student and teacher

@@ -1,4 +1,5 @@
-"""Pieces the experiments share: a training cell that runs once and resumes, and the demo teacher as --teacher."""
+"""Pieces the experiments share: a training cell that runs
+once and resumes, and the demo teacher as --teacher."""
 
 import json
 import os

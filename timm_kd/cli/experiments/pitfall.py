@@ -1,6 +1,7 @@
 """The small-data pitfall (VanillaKD Fig. 1 / Table 13): KD methods against training-set size.
 
-    python -m timm_kd.experiments pitfall [--output pitfall_output] [--fractions 0.05 0.2 1.0] [--seeds 0 1]
+    python -m timm_kd.experiments pitfall [--output pitfall_output]
+        [--fractions 0.05 0.2 1.0] [--seeds 0 1]
 
 For each training-set fraction (stratified, seeded subsets; epochs scaled so every cell takes the
 same number of optimizer steps, as the paper's 4000/2000/1200 epochs), each seed, it trains the
@@ -34,7 +35,8 @@ def _train_size(data: str, dataset_args: List[str], fraction: float) -> int:
 
 
 def summarize(rows: List[Dict], methods: List[str], output: str) -> str:
-    """results.md (mean top-1 over seeds, gaps over kd) and pitfall.png; returns the Markdown table."""
+    """results.md (mean top-1 over seeds, gaps over kd)
+    and pitfall.png; returns the Markdown table."""
     fractions = sorted({r['fraction'] for r in rows})
     mean = {
         (f, m): statistics.mean(r['top1'] for r in rows if r['fraction'] == f and r['method'] == m)

@@ -1,6 +1,8 @@
-"""A student's top-1 against K, the teacher logits per sample the teacher cache keeps, on a task with 100 classes.
+"""A student's top-1 against K, the teacher logits per
+sample the teacher cache keeps, on a task with 100 classes.
 
-    python -m timm_kd.experiments topk [--output topk_output] [--top-k 1 2 5 10 100] [--kd-temperatures 1 4]
+    python -m timm_kd.experiments topk [--output topk_output] [--top-k 1 2 5 10 100]
+        [--kd-temperatures 1 4]
 
 Fashion-MNIST's 10 classes are too few for K to matter, and this machine has no CIFAR-100 or
 ImageNet, so the task is built from Fashion-MNIST: "Fashion-MNIST pairs", each image two items side
@@ -32,7 +34,8 @@ from ..demo import COMMON, STUDENT, TEACHER, prepare_fashion_mnist
 from ..plots import pyplot
 from .common import cell, kd_args, replace_flag
 
-# the pairs' ImageFolder at 1x32x64: later flags override the demo's (COMMON) for Fashion-MNIST at 32x32
+# the pairs' ImageFolder at 1x32x64: later flags override
+# the demo's (COMMON) for Fashion-MNIST at 32x32
 PAIRS = [
     '--dataset',
     '',
@@ -51,7 +54,8 @@ PAIRS = [
 
 
 def write_pairs(data_root: str, out: str, seed: int = 0) -> None:
-    """The 100-class ImageFolder OUT/{train,validation}/NN/*.png from Fashion-MNIST (unpacked in DATA_ROOT)."""
+    """The 100-class ImageFolder OUT/{train,validation}/NN/*.png
+    from Fashion-MNIST (unpacked in DATA_ROOT)."""
     if os.path.isfile(os.path.join(out, 'done')):
         return
     from PIL import Image
@@ -71,8 +75,8 @@ def write_pairs(data_root: str, out: str, seed: int = 0) -> None:
 
 
 def build_cache(args: List[str], data: str, out: str, top_k: int, workers: int) -> None:
-    """`python -m timm_kd.cache build` with a student run's flags (as demo.run passes them); resumes, or finds it
-    done."""
+    """`python -m timm_kd.cache build` with a student run's flags
+    (as demo.run passes them); resumes, or finds it done."""
     cmd = [
         sys.executable,
         '-m',
@@ -96,7 +100,8 @@ def build_cache(args: List[str], data: str, out: str, top_k: int, workers: int) 
 def loss_error(
     output: str, pairs: str, ks: List[int], temperatures: List[float]
 ) -> List[Dict[str, float]]:
-    """The KD loss's relative error against K: the teacher and the scratch student on the test pairs."""
+    """The KD loss's relative error against K: the
+    teacher and the scratch student on the test pairs."""
     from timm.data import resolve_data_config
 
     from ...cache import top_k_loss_error
@@ -150,7 +155,8 @@ def plot(results: Dict[str, Any], ks: List[int], temperatures: List[float], out:
 
 
 def table(results: Dict[str, Any], ks: List[int], temperatures: List[float]) -> str:
-    """Markdown: per K, the KD loss error and the student's top-1 at each temperature; then live and scratch."""
+    """Markdown: per K, the KD loss error and the student's
+    top-1 at each temperature; then live and scratch."""
     error = {(r['k'], r['temperature']): r['relative_error'] for r in results['loss_error']}
     head = ['K of 100'] + [
         f'{what}, T = {t:g}' for t in temperatures for what in ('KD loss error', 'top-1 (%)')

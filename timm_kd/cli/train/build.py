@@ -1,5 +1,5 @@
-"""Building a training run from parsed flags: the student, the teacher, the data, and each student's task,
-optimizer, schedule, EMA and checkpoint saver. `loop` wires these together."""
+"""Building a training run from parsed flags: the student, the teacher, the data, and each
+student's task, optimizer, schedule, EMA and checkpoint saver. `loop` wires these together."""
 
 import argparse
 import dataclasses
@@ -76,9 +76,9 @@ def replayable_loaders(
     num_classes: int,
     process: Process,
 ) -> Tuple[Any, Optional[Any], Optional[Any], bool]:
-    """The training stream as training and `timm_kd.cache build` both read it: timm's loaders over replayable views
-    (`timm_kd.replay`) with timm's prefetcher unless --no-prefetcher, on every device as in timm's
-    train.py.
+    """The training stream as training and `timm_kd.cache build` both read it: timm's loaders over
+    replayable views (`timm_kd.replay`) with timm's prefetcher unless --no-prefetcher, on every
+    device as in timm's train.py.
 
     Returns the train loader, the eval loader (None without `eval_set`), the mixup function, and
     whether the views replay (not with scheduled batch sizes, `--train-img-sizes`).
@@ -138,7 +138,8 @@ def model_dtype(args: argparse.Namespace) -> Optional[torch.dtype]:
 def create_student(
     args: argparse.Namespace, in_chans: int, process: Process, num_classes: Optional[int]
 ) -> torch.nn.Module:
-    """The student as timm's train.py creates it (pretrained path, BatchNorm overrides, head init, dtype, layout)."""
+    """The student as timm's train.py creates it (pretrained
+    path, BatchNorm overrides, head init, dtype, layout)."""
     overlay = (
         dict(pretrained_cfg_overlay=dict(file=args.pretrained_path, num_classes=-1))
         if args.pretrained_path
@@ -171,7 +172,8 @@ def create_student(
                 f'unknown --model {args.model!r}; list names with python -c "import timm; '
                 f'print(timm.list_models())"'
             ) from None
-        # a missing, corrupt or unsafe file gets its own line; checked only on failure, so a good file is read once
+        # a missing, corrupt or unsafe file gets its own line;
+        # checked only on failure, so a good file is read once
         check_checkpoint('--initial-checkpoint', args.initial_checkpoint, args.allow_unsafe_pickle)
         check_checkpoint('--pretrained-path', args.pretrained_path, args.allow_unsafe_pickle)
         if isinstance(e, RuntimeError) and 'state_dict' in str(
@@ -205,7 +207,8 @@ def _first_line(e: Exception) -> str:
 
 
 def check_checkpoint(flag: str, path: Optional[str], allow_pickle: bool = False) -> None:
-    """One line for a student checkpoint that is missing, corrupt or runs code (nothing when it loads safely)."""
+    """One line for a student checkpoint that is missing,
+    corrupt or runs code (nothing when it loads safely)."""
     if not path:
         return
     try:
@@ -327,7 +330,8 @@ def setup_run(
 
 @dataclass
 class StudentJob:
-    """What the training script keeps per student besides its training state: flags, output, saver, best."""
+    """What the training script keeps per student besides
+    its training state: flags, output, saver, best."""
 
     args: argparse.Namespace
     run: StudentRun
@@ -343,8 +347,8 @@ class StudentJob:
 
 
 def resume_path(args: argparse.Namespace) -> str:
-    """--resume as given, or for `--resume auto` the experiment's newest checkpoint, last.pth.tar or a mid-epoch
-    recovery-*.pth.tar ('' when there is none)."""
+    """--resume as given, or for `--resume auto` the experiment's newest checkpoint,
+    last.pth.tar or a mid-epoch recovery-*.pth.tar ('' when there is none)."""
     if args.resume != 'auto':
         return args.resume
     if not args.experiment:
@@ -378,8 +382,9 @@ def resume_student(
     primary: bool,
     world_size: int = 1,
 ) -> Tuple[int, int, Optional[Dict[str, Any]]]:
-    """Restore a student from `resume`; returns the epoch to start at, the batches of it already trained (a
-    mid-epoch recovery checkpoint) and that epoch's running loss sums (None at an epoch boundary)."""
+    """Restore a student from `resume`; returns the epoch to start at, the batches of it already
+    trained (a mid-epoch recovery checkpoint) and that epoch's running loss sums (None at an epoch
+    boundary)."""
     if not os.path.isfile(resume):
         raise KDError(
             f'--resume checkpoint not found: {resume!r}; pass OUTPUT/EXPERIMENT/last.pth.tar'
@@ -418,7 +423,8 @@ def resume_student(
             f'has {_shape(stream)}; resume with the same, or from the last epoch boundary '
             f'(last.pth.tar) to change them'
         )
-    # written mid-epoch: continue that epoch after its trained batches; the sums are over all ranks, rank 0 has them
+    # written mid-epoch: continue that epoch after its trained
+    # batches; the sums are over all ranks, rank 0 has them
     sums = saver_state.get('partial_sums') or {}
     partial = {
         'sums': {k: v if primary else 0.0 for k, v in sums.items()},
@@ -439,7 +445,8 @@ def setup_student(
     process: Process,
     decreasing: bool,
 ) -> StudentJob:
-    """One student's task, optimizer, schedule, EMA and (on the primary process) checkpoint saver."""
+    """One student's task, optimizer, schedule, EMA
+    and (on the primary process) checkpoint saver."""
     device, primary = process.device, process.is_primary
     criterion = create_classification_loss(
         loss_type='bce' if args.bce_loss else 'ce',
@@ -548,7 +555,8 @@ def setup_student(
 
 
 def check_same_start(jobs: List[StudentJob]) -> Tuple[int, int]:
-    """The (epoch, batches already trained in it) every student resumes at; they share one data stream."""
+    """The (epoch, batches already trained in it) every
+    student resumes at; they share one data stream."""
     starts = sorted({(job.start_epoch, job.skip_batches) for job in jobs})
     if len(starts) > 1:
         raise KDError(

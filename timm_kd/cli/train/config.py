@@ -33,8 +33,8 @@ from .timm_flags import add_timm_flags, refuse_unsupported
 
 _logger = logging.getLogger('timm_kd.train')
 
-# Keys of an args.yaml that describe a finished run rather than a setting (written by timm's train.py, by earlier
-# timm versions, or by earlier timm-kd versions).
+# Keys of an args.yaml that describe a finished run rather than a setting (written
+# by timm's train.py, by earlier timm versions, or by earlier timm-kd versions).
 RUNTIME_KEYS = {
     'distributed',
     'prefetcher',
@@ -70,7 +70,8 @@ LIST_KEYS = (
 
 
 class _HelpFormatter(argparse.HelpFormatter):
-    """Every flag's help ends with its default, unless the help already says what happens when unset."""
+    """Every flag's help ends with its default, unless
+    the help already says what happens when unset."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ''
@@ -108,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config_path(path: str) -> str:
-    """A YAML path as given, else the bundled recipe of that name; one-line error if neither exists."""
+    """A YAML path as given, else the bundled recipe
+    of that name; one-line error if neither exists."""
     if os.path.isfile(path):
         return path
     recipe = find_recipe(path)
@@ -186,7 +188,8 @@ def _old_timm_keys(path: str, cfg: dict) -> None:
 
 
 def load_config(path: str, parser: argparse.ArgumentParser, _seen: Tuple[str, ...] = ()) -> dict:
-    """Read a YAML config (or bundled recipe) into parser defaults: `inherit:` first, then this file's keys."""
+    """Read a YAML config (or bundled recipe) into parser
+    defaults: `inherit:` first, then this file's keys."""
     path = resolve_config_path(path) if not _seen else path
     if os.path.abspath(path) in _seen:
         raise KDError(f'--config {path!r} inherits itself')
@@ -256,7 +259,8 @@ def check_names(args: argparse.Namespace) -> None:
     if opt not in known:
         close = difflib.get_close_matches(opt, known, n=3)
         raise KDError(
-            f'unknown --opt {args.opt!r}; timm knows {", ".join(close) or ", ".join(known[:8])}, ... '
+            f'unknown --opt {args.opt!r}; '
+            f'timm knows {", ".join(close) or ", ".join(known[:8])}, ... '
             '(python -c "import timm.optim; print(timm.optim.list_optimizers())")'
         )
     if args.sched not in SCHEDULERS:
@@ -290,8 +294,9 @@ def check_kd_flags_have_a_teacher(args: argparse.Namespace) -> None:
 
 
 def finish_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Checks and derived values after parsing the flags as given (the shared ones, or one --student's over
-    them): refuse what cannot apply, fold timm's KD flags into ours, validate the losses early."""
+    """Checks and derived values after parsing the flags as given (the shared ones, or one
+    --student's over them): refuse what cannot apply, fold timm's KD flags into ours, validate the
+    losses early."""
     listify(args)
     args.data_dir = args.data_dir or args.data
     if not 0 < args.train_fraction <= 1 and not (args.train_fraction == 0 and args.unlabeled_data):

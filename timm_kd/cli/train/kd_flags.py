@@ -18,8 +18,9 @@ from ...losses.config import kd_loss_config, loss_hyperparameters
 TIMM_KD_TEMPERATURE = 4.0  # timm train.py's --kd-temperature default
 
 
-# The flags each --teacher has for itself: (field, flag names, argparse options). Here they are `teacher_<field>`;
-# with several --teacher, `timm_kd.ensemble.split_teachers` reads them per teacher as `<field>`.
+# The flags each --teacher has for itself: (field, flag names, argparse options). Here they are
+# `teacher_<field>`; with several --teacher, `timm_kd.ensemble.split_teachers` reads them per
+# teacher as `<field>`.
 TEACHER_OWN_FLAGS = (
     (
         'checkpoint',
@@ -122,7 +123,8 @@ def _flag_type(default: Any):
 
 
 def add_loss_hyperparameter_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per loss hyperparameter: --dkd-beta, --rkd-angle-weight, ... (unset: the loss's own default)."""
+    """One flag per loss hyperparameter: --dkd-beta,
+    --rkd-angle-weight, ... (unset: the loss's own default)."""
     g = p.add_argument_group('Loss hyperparameters (used when the loss is in --kd-loss)')
     for name in list_kd_losses():
         for arg, default in loss_hyperparameters(name).items():
@@ -316,8 +318,8 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_timm_kd(args: argparse.Namespace) -> None:
-    """Fold timm's KD flags into ours, in place, with timm's meaning; consumes them so that a second call (a
-    student's arguments parsed over these) changes nothing.
+    """Fold timm's KD flags into ours, in place, with timm's meaning; consumes them
+    so that a second call (a student's arguments parsed over these) changes nothing.
 
     - `--kd-model-name` is the teacher; with it the temperature defaults to timm's 4.
     - `--distill-loss-weight D`: KD weight D. `--task-loss-weight W`: hard-label weight W, and KD
@@ -355,7 +357,8 @@ def resolve_timm_kd(args: argparse.Namespace) -> None:
 
 
 def loss_config(args: argparse.Namespace) -> Tuple[Dict[str, float], Dict[str, Dict[str, Any]]]:
-    """(weight, kwargs) of each distillation loss a student's flags ask for (after `resolve_timm_kd`)."""
+    """(weight, kwargs) of each distillation loss a
+    student's flags ask for (after `resolve_timm_kd`)."""
     return kd_loss_config(
         args.kd_loss,
         args.kd_loss_weight,
@@ -366,7 +369,8 @@ def loss_config(args: argparse.Namespace) -> Tuple[Dict[str, float], Dict[str, D
 
 
 def _teacher_parser() -> argparse.ArgumentParser:
-    """The flags one --teacher of an ensemble has for itself, as `<field>` (kd_flags.TEACHER_OWN_FLAGS)."""
+    """The flags one --teacher of an ensemble has for
+    itself, as `<field>` (kd_flags.TEACHER_OWN_FLAGS)."""
 
     p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for field, flags, options in TEACHER_OWN_FLAGS:
@@ -379,7 +383,8 @@ def _teacher_parser() -> argparse.ArgumentParser:
 
 
 def split_teachers(argv: List[str]) -> Tuple[List[str], Optional[List[Dict[str, Any]]]]:
-    """With `--teacher` given twice or more: the other arguments, and one dict per teacher of its own flags."""
+    """With `--teacher` given twice or more: the other
+    arguments, and one dict per teacher of its own flags."""
     starts = [i for i, a in enumerate(argv) if a == '--teacher' or a.startswith('--teacher=')]
     own_flags = {f for _, flags, _ in TEACHER_OWN_FLAGS for f in flags}
     given = [a.split('=', 1)[0] for a in argv if a.split('=', 1)[0] in own_flags]

@@ -121,7 +121,8 @@ def accept_run(t: Training) -> List[FolderLock]:
 
 
 def build_training(args, students, setup: Setup, process: Process) -> Training:
-    """The teacher (live, ensemble or cached), each student's task and job, the stream, the start."""
+    """The teacher (live, ensemble or cached), each
+    student's task and job, the stream, the start."""
     run, device = setup.run, process.device
     losses = [spec.losses for spec in run.students]
     if run.teachers.cache:  # no teacher runs: its answers were stored by `timm_kd.cache build`
@@ -307,7 +308,8 @@ def _report(t: Training) -> None:
     for job in t.jobs:
         if job.best[0] is not None:
             _logger.info(
-                f'*** Best {t.eval_metric}: {job.best[0]:.4f} (epoch {job.best[1]}) in {job.out_dir}'
+                f'*** Best {t.eval_metric}: {job.best[0]:.4f} (epoch {job.best[1]}) '
+                f'in {job.out_dir}'
             )
     if t.stop_epoch < t.num_epochs:
         last = os.path.join(t.jobs[0].out_dir, 'last.pth.tar')

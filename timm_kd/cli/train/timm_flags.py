@@ -850,7 +850,8 @@ def add_timm_flags(p: argparse.ArgumentParser) -> None:
         add(p)
 
 
-# Flags that cannot apply to distillation: (when it counts as used, why). Each is refused with one line.
+# Flags that cannot apply to distillation: (when it
+# counts as used, why). Each is refused with one line.
 UNSUPPORTED: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     'torchscript': (
         bool,
