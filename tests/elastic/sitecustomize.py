@@ -27,10 +27,17 @@ if FAULT and FIRST_ROUND and RANK is not None:
             time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGKILL)
 
-    def _children():
-        path = f'/proc/{os.getpid()}/task/{os.getpid()}/children'
-        with open(path) as f:
-            return [int(pid) for pid in f.read().split()]
+    def _loader_workers():
+        """This process's forked children (DataLoader workers share its command line), not the
+        helpers it may have started (a resource tracker, a compiler)."""
+
+        def cmdline(pid):
+            with open(f'/proc/{pid}/cmdline', 'rb') as f:
+                return f.read()
+
+        with open(f'/proc/{os.getpid()}/task/{os.getpid()}/children') as f:
+            children = [int(pid) for pid in f.read().split()]
+        return [pid for pid in children if cmdline(pid) == cmdline(os.getpid())]
 
     if FAULT == 'worker' and RANK == '1':
         threading.Thread(target=_kill_self_after_a_checkpoint, daemon=True).start()
@@ -44,7 +51,7 @@ if FAULT and FIRST_ROUND and RANK is not None:
                 if len(calls) == 2:  # the second checkpoint: its bytes written, not yet synced
                     if FAULT == 'write':
                         os.kill(os.getpid(), signal.SIGKILL)
-                    os.kill(_children()[0], signal.SIGKILL)
+                    os.kill(_loader_workers()[0], signal.SIGKILL)
                     time.sleep(1.0)  # the loader's SIGCHLD handler fires here
             return real_fsync(fd)
 
