@@ -161,6 +161,7 @@ def bench_teacher(args, teacher_name, data, work, device):
     config = timm.data.resolve_data_config(
         {'input_size': (3, args.img_size, args.img_size)}, model=student0
     )
+    # as training
     loader, _, mixup_fn = create_loaders(
         opts,
         ReplayableViews(train_set, 42),
@@ -169,7 +170,7 @@ def bench_teacher(args, teacher_name, data, work, device):
         args.num_classes,
         device,
         prefetcher=True,
-    )  # as training
+    )
     make_replayable(loader)
     teacher = create_teacher(
         teacher_name,

@@ -21,9 +21,8 @@ from kd_step import measure  # the same interleaved timing as benchmarks/kd_step
 
 from timm_kd import DistillationTask, Teacher, create_kd_student, list_kd_losses
 
-EXTRA = {
-    'crd': {'num_negatives': 4096}
-}  # CRD's cost grows with its negatives; 16384 is the paper's
+# CRD's cost grows with its negatives; 16384 is the paper's
+EXTRA = {'crd': {'num_negatives': 4096}}
 
 
 def build(method, args, device):

@@ -224,9 +224,8 @@ def main():
 
     teacher_dtype = getattr(torch, args.teacher_dtype)
     s_cfg, t_cfg = resolve_data_config({}, model=student0), resolve_data_config({}, model=teacher0)
-    adapter = InputAdapter(
-        s_cfg['mean'], s_cfg['std'], t_cfg['mean'], t_cfg['std']
-    )  # as timm's task renormalizes
+    # as timm's task renormalizes
+    adapter = InputAdapter(s_cfg['mean'], s_cfg['std'], t_cfg['mean'], t_cfg['std'])
     ours_teacher = Teacher(
         copy.deepcopy(teacher0),
         adapter,
@@ -234,9 +233,8 @@ def main():
         channels_last=args.channels_last,
         inference_mode=not args.no_inference_mode,
     ).to(device)
-    reference_logits = (
-        Teacher(copy.deepcopy(teacher0), adapter).to(device)(x).logits.float()
-    )  # float32, no autocast
+    # float32, no autocast
+    reference_logits = Teacher(copy.deepcopy(teacher0), adapter).to(device)(x).logits.float()
     if args.teacher_compile:
         ours_teacher.compile(mode=args.compile_mode)
 

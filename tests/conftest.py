@@ -177,9 +177,8 @@ def _isolated_hf_cache(tmp_path, monkeypatch):
     monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf_home'))
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))  # timm's download cache
-    monkeypatch.setenv(
-        'TIMM_KD_RELEASE_URL', 'http://127.0.0.1:9/'
-    )  # release files: refused at once, never GitHub
+    # release files: refused at once, never GitHub
+    monkeypatch.setenv('TIMM_KD_RELEASE_URL', 'http://127.0.0.1:9/')
     monkeypatch.delenv('TIMM_KD_HUB_ORG', raising=False)
     torch.manual_seed(0)
 

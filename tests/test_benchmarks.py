@@ -106,9 +106,8 @@ def test_kd_cache_reports_the_cached_step_against_plain_live_and_timm(bench):
         'build_vs_teacher_inference',
     ):
         assert out[key] > 0, key
-    assert (
-        out['bytes_per_sample_epoch'] == 2 * (4 + 2) + 4
-    )  # K float32 values + K int16 indices + the tail
+    # K float32 values + K int16 indices + the tail
+    assert out['bytes_per_sample_epoch'] == 2 * (4 + 2) + 4
 
 
 def test_cache_read_reports_what_verification_costs(bench):

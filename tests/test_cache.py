@@ -109,10 +109,11 @@ def test_a_cached_run_equals_the_live_run(image_folder, vit_teacher, built, tmp_
     'extra, message',
     [
         (['--mixup', '0.2'], 'other views (mixup: the cache has 0.5, this run 0.2)'),
+        # erasing moves
         (
             ['--no-prefetcher'],
             'other views (prefetcher: the cache has True, this run False)',
-        ),  # erasing moves
+        ),
         (['--epochs', '3'], 'lacks epoch 2'),
         (['--kd-loss', 'fitnet'], 'is a feature loss'),
         (['--teacher', 'test_resnet'], 'other teacher (teacher: the cache has'),

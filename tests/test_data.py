@@ -40,9 +40,8 @@ def test_fraction_flag_builds_a_subset_and_can_keep_the_step_count(image_folder)
         [image_folder, '--train-fraction', '0.5', '--epochs', '1200', '--train-fraction-keep-steps']
     )
     train, _ = create_datasets(dataset_options(args))
-    assert (
-        isinstance(train, StratifiedSubset) and len(train) == 24
-    )  # 16 per class x 3 classes x 0.5
+    # 16 per class x 3 classes x 0.5
+    assert isinstance(train, StratifiedSubset) and len(train) == 24
     assert dataset_num_classes(train) == 3 and dataset_num_classes(IndexedTargets(train)) == 3
     assert torch.bincount(dataset_targets(train)).tolist() == [8, 8, 8]
     assert args.epochs == 2400
@@ -84,9 +83,8 @@ def test_mixup_runs_in_the_training_process_and_turns_off(image_folder, prefetch
     disable_mixup(mixup_fn)
     assert not mixup_fn.mixup_enabled
     _, targets = mixup_fn(torch.randn(8, 3, 32, 32), torch.arange(8) % 3)
-    assert torch.allclose(
-        targets.max(dim=1).values, torch.tensor(0.9 + 0.1 / 3)
-    )  # smoothed, not mixed
+    # smoothed, not mixed
+    assert torch.allclose(targets.max(dim=1).values, torch.tensor(0.9 + 0.1 / 3))
 
 
 @pytest.mark.parametrize('flag, split', [('--train-split', 'trian'), ('--val-split', 'valdation')])

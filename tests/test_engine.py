@@ -81,9 +81,8 @@ def test_one_teacher_pass_per_batch_serves_every_student():
 
 
 def test_epoch_metrics_are_the_sample_weighted_mean_of_the_steps():
-    teacher, runs = _runs(
-        lr=0.0
-    )  # weights stay put, so each batch's loss can be recomputed afterwards
+    # weights stay put, so each batch's loss can be recomputed afterwards
+    teacher, runs = _runs(lr=0.0)
     metrics = _epoch(runs, teacher, _loader(3))
     mixup = Mixup(mixup_alpha=0.4, cutmix_alpha=1.0, num_classes=4)
     sums, count = [0.0, 0.0], 0
@@ -185,9 +184,8 @@ def _one_step_update(clip_mode: str, clip_grad: float):
 def test_clip_by_norm_and_by_value():
     updates, grads = _one_step_update('norm', 1e-3)
     assert torch.cat([u.flatten() for u in updates]).norm().item() == pytest.approx(1e-3, rel=1e-3)
-    assert (
-        torch.cat([g.flatten() for g in grads]).norm().item() > 1e-2
-    )  # the raw gradient was larger
+    # the raw gradient was larger
+    assert torch.cat([g.flatten() for g in grads]).norm().item() > 1e-2
     updates, grads = _one_step_update('value', 1e-4)
     assert max(u.abs().max().item() for u in updates) == pytest.approx(1e-4, rel=1e-2)
 

@@ -33,10 +33,11 @@ def _teachers():
 def test_the_ensemble_target_is_the_weighted_mixture_of_the_teachers_probabilities():
     cnn, vit = _teachers()
     x = torch.randn(4, 3, 32, 32)
+    # each through its own preprocessing: other mean/std, 48 px
     z1, z2 = (
         cnn(x).logits,
         vit(x).logits,
-    )  # each through its own preprocessing: other mean/std, 48 px
+    )
     prob = EnsembleTeacher([cnn, vit], [1, 3], mode='prob', temperature=2.0)
     expected = 0.25 * (z1 / 2).softmax(-1) + 0.75 * (z2 / 2).softmax(-1)
     assert torch.allclose((prob(x).logits / 2).softmax(-1), expected, atol=1e-6)
@@ -85,6 +86,7 @@ def test_a_cnn_and_a_vit_teacher_at_different_sizes_train_a_student(image_folder
     torch.save(
         timm.create_model('test_vit', num_classes=3, img_size=48).state_dict(), tmp_path / 'vit.pth'
     )
+    # the fast path's bf16 weights, for the ViT only
     teachers = [
         '--teacher',
         'test_resnet',
@@ -104,7 +106,7 @@ def test_a_cnn_and_a_vit_teacher_at_different_sizes_train_a_student(image_folder
         '2',
         '--teacher-dtype',
         'bfloat16',
-    ]  # the fast path's bf16 weights, for the ViT only
+    ]
     main(
         [
             image_folder,
@@ -122,10 +124,11 @@ def test_a_cnn_and_a_vit_teacher_at_different_sizes_train_a_student(image_folder
         row = next(csv.DictReader(f))
     assert float(row['train_kd_loss']) > 0 and 0 <= float(row['train_teacher_agreement']) <= 100
     reloaded, _ = parse_args([image_folder, '--config', str(tmp_path / 'ens' / 'args.yaml')])
+    # args.yaml keeps the ensemble
     assert [t['name'] for t in reloaded.teachers] == [
         'test_resnet',
         'test_vit',
-    ]  # args.yaml keeps the ensemble
+    ]
     assert [t['dtype'] for t in reloaded.teachers] == [None, 'bfloat16']
     with pytest.raises(SystemExit):
         cli([image_folder, *FAST, *teachers, '--kd-loss', 'fitnet', '--output', str(tmp_path)])

@@ -215,9 +215,8 @@ def test_review_outputs_teacher_shapes_and_warms_up():
     assert torch.allclose(half * 2, full)
     full.backward()
     assert all(m.grad is not None and m.grad.abs().sum() > 0 for m in s.maps)
-    assert (
-        len(loss_fn.fusions) == 3 and loss_fn.fusions[-1].attention is None
-    )  # deepest level: no fusion
+    # deepest level: no fusion
+    assert len(loss_fn.fusions) == 3 and loss_fn.fusions[-1].attention is None
 
 
 @pytest.mark.parametrize('name', ['fitnet', 'at', 'cc', 'rkd', 'crd', 'review'])

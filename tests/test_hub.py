@@ -83,14 +83,14 @@ def test_export_writes_a_timm_folder_of_the_student_only(kd_checkpoint, tmp_path
     weights = load_file(folder / 'model.safetensors')
     assert set(weights) == set(timm.create_model('test_resnet', num_classes=3).state_dict())
     ckpt = torch.load(kd_checkpoint, map_location='cpu', weights_only=False)
-    assert all(
-        torch.equal(weights[k], v) for k, v in ckpt['state_dict_ema'].items()
-    )  # EMA weights by default
+    # EMA weights by default
+    assert all(torch.equal(weights[k], v) for k, v in ckpt['state_dict_ema'].items())
     config = json.loads((folder / 'config.json').read_text())
     assert config['architecture'] == 'test_resnet' and config['num_classes'] == 3
     assert config['pretrained_cfg']['input_size'] == [3, 32, 32]
     kd = dict(config['kd'])
     training = kd.pop('training')
+    # every loss with its weight and hyperparameters
     assert kd == {
         'teacher': 'test_vit',
         'kd_loss': 'kd, fitnet',
@@ -100,21 +100,19 @@ def test_export_writes_a_timm_folder_of_the_student_only(kd_checkpoint, tmp_path
         'epochs': 1,
         'top1': round(ckpt['metric'], 3),
         'top5': 99.5,
-    }  # every loss with its weight and hyperparameters
+    }
     assert (
         training[0].startswith('optimizer sgd, lr ') and 'batch size 8 per process' in training[2]
     )
     assert config['label_names'] == ['class0', 'class1', 'class2']  # the ImageFolder's classes
     assert oct((folder / 'model.safetensors').stat().st_mode & 0o777) == '0o644'
-    assert (
-        config['pretrained_cfg']['tag'] == 'kd' and 'license' not in config['pretrained_cfg']
-    )  # no borrowed cfg
+    # no borrowed cfg
+    assert config['pretrained_cfg']['tag'] == 'kd' and 'license' not in config['pretrained_cfg']
     card = (folder / 'README.md').read_text()
     front = yaml.safe_load(card.split('---')[1])
     assert front['library_name'] == 'timm' and 'knowledge-distillation' in front['tags']
-    assert (
-        'license' not in front and 'datasets' not in front
-    )  # neither is known: a folder's name is no dataset
+    # neither is known: a folder's name is no dataset
+    assert 'license' not in front and 'datasets' not in front
     for fact in (
         'Params (M):',
         'GMACs:',
@@ -130,9 +128,8 @@ def test_export_writes_a_timm_folder_of_the_student_only(kd_checkpoint, tmp_path
     ):
         assert fact in card, fact
     raw = tmp_path / 'raw'
-    (tmp_path / 'results.json').write_text(
-        json.dumps({'top1': 71.25, 'top5': 90.5})
-    )  # as timm_kd.validate writes
+    # as timm_kd.validate writes
+    (tmp_path / 'results.json').write_text(json.dumps({'top1': 71.25, 'top5': 90.5}))
     main(
         [
             'export',
@@ -386,15 +383,13 @@ def test_card_snippets_run_and_the_front_matter_carries_the_results(
     assert len(blocks) == 3
     outputs = []
     for code in blocks:
-        assert (
-            f'local-dir:{folder}' in code and 'ORG' not in code
-        )  # loads from where it was written
+        # loads from where it was written
+        assert f'local-dir:{folder}' in code and 'ORG' not in code
         code = re.sub(r"urlopen\('[^']+'\)", f"urlopen('file://{tmp_path}/image.png')", code)
         exec(compile(code, 'card', 'exec'), {})
         outputs.append(capsys.readouterr().out.strip().splitlines())
-    assert len(outputs[0]) == 3 and outputs[0][0].startswith(
-        'class '
-    )  # top-5 of a 3-class model: 3 lines
+    # top-5 of a 3-class model: 3 lines
+    assert len(outputs[0]) == 3 and outputs[0][0].startswith('class ')
     assert len(outputs[1]) == len(timm.create_model('test_resnet', features_only=True).feature_info)
     assert outputs[2] == ['torch.Size([1, 96])']
 

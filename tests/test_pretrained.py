@@ -22,12 +22,13 @@ from timm_kd.cli.validate import main as validate_main
 from timm_kd.hub import export
 from timm_kd.pretrained import VKD_CHECKPOINTS, release_url
 
+# Table 8, the reference README; crops of timm 0.6.5
 PAPER = {
     'resnet50': (83.08, 96.35, 4800, 0.95),
     'vit_tiny_patch16_224': (78.11, 94.26, 4800, 0.9),
     'vit_small_patch16_224': (84.33, 97.09, 4800, 0.9),
     'convnextv2_tiny': (85.03, 97.44, 1200, 0.875),
-}  # Table 8, the reference README; crops of timm 0.6.5
+}
 
 
 class _RunsCode:
@@ -83,14 +84,12 @@ def test_vkd_tags_are_listed_with_the_paper_figures_and_release_urls(monkeypatch
     for arch, (top1, top5, epochs, _) in PAPER.items():
         cfg = get_pretrained_cfg(f'{arch}.vkd')
         assert cfg.url.endswith('/' + VKD_CHECKPOINTS[arch]['release_file'])
-        assert (
-            cfg.hf_hub_id is None and cfg.license is None
-        )  # no Hub repo by default; no license is stated
+        # no Hub repo by default; no license is stated
+        assert cfg.hf_hub_id is None and cfg.license is None
         assert (cfg.kd['top1'], cfg.kd['top5'], cfg.kd['epochs']) == (top1, top5, epochs)
         assert cfg.kd['teacher'] == 'beitv2_base_patch16_224.in1k_ft_in22k_in1k'
-        assert (
-            cfg.classifier == get_pretrained_cfg(arch).classifier
-        )  # the architecture's own head name
+        # the architecture's own head name
+        assert cfg.classifier == get_pretrained_cfg(arch).classifier
 
 
 @pytest.mark.parametrize('arch', PAPER)
@@ -152,9 +151,8 @@ def test_a_second_load_uses_timm_download_cache(sources, file_server, monkeypatc
     timm.create_model('vit_tiny_patch16_224.vkd', pretrained=True)
     cached = tmp_path / 'torch_home' / 'hub' / 'checkpoints' / 'vit_tiny_patch16_224-78.106.pth'
     assert cached.is_file() and len(file_server.requests) == 1
-    again = timm.create_model(
-        'vit_tiny_patch16_224.vkd', pretrained=True, num_classes=10
-    )  # timm adapts the head
+    # timm adapts the head
+    again = timm.create_model('vit_tiny_patch16_224.vkd', pretrained=True, num_classes=10)
     assert len(file_server.requests) == 1 and again.num_classes == 10
     features = timm.create_model(
         'vit_tiny_patch16_224.vkd', pretrained=True, features_only=True, out_indices=(-1,)
@@ -186,9 +184,8 @@ def test_a_corrupt_file_is_one_line_and_leaves_the_cache(file_server, monkeypatc
         and 'corrupt' in str(info.value)
         and '\n' not in str(info.value)
     )
-    assert not os.listdir(
-        tmp_path / 'torch_home' / 'hub' / 'checkpoints'
-    )  # the next load downloads again
+    # the next load downloads again
+    assert not os.listdir(tmp_path / 'torch_home' / 'hub' / 'checkpoints')
 
 
 def test_a_release_file_with_pickled_code_is_refused_without_running_it(

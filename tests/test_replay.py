@@ -50,10 +50,11 @@ def _epoch_batches(image_folder, workers, epoch, extra=(), prefetcher=False, bet
     batches = []
     for x, y in loader:
         batches.append((x.clone(), y.clone()))
+        # what a training step draws (dropout, ...) between batches
         (
             random.random(),
             torch.rand(between),
-        )  # what a training step draws (dropout, ...) between batches
+        )
     return batches
 
 
@@ -74,9 +75,8 @@ def test_the_prefetchers_batch_erasing_replays_too(image_folder):
     for (xa, ya), (xb, yb) in zip(plain, other):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     erased = torch.cat([(a != b).flatten(1).any(1) for (a, _), (b, _) in zip(plain, unerased)])
-    assert (
-        0.2 < erased.float().mean() < 0.8
-    )  # --reprob 0.5: about half the images have an erased patch
+    # --reprob 0.5: about half the images have an erased patch
+    assert 0.2 < erased.float().mean() < 0.8
 
 
 def test_views_change_with_the_epoch_and_the_seed(image_folder):

@@ -41,9 +41,8 @@ def test_adapter_resizes_to_teacher_resolution(size):
     x = torch.full((2, 3, 8, 8), 0.25)
     out = adapter(x)
     assert out.shape == (2, 3, *size)
-    assert torch.allclose(
-        out, torch.full_like(out, 0.25), atol=1e-6
-    )  # a constant image stays constant
+    # a constant image stays constant
+    assert torch.allclose(out, torch.full_like(out, 0.25), atol=1e-6)
 
 
 def test_teacher_stays_frozen_in_eval_mode_without_autograd():
@@ -62,10 +61,11 @@ def test_teacher_returns_intermediate_features_on_request():
     x = torch.randn(2, 3, 32, 32)
     out = teacher(x, stages=[3, 1])
     assert torch.allclose(out.logits, teacher(x).logits, atol=1e-5)
+    # in the order asked
     assert [tuple(f.shape[1:]) for f in out.features.maps] == [
         (192, 2, 2),
         (32, 8, 8),
-    ]  # in the order asked
+    ]
     assert out.features.pre_logits.shape == (2, 96)
 
 
@@ -97,9 +97,8 @@ def test_inference_mode_outputs_can_enter_the_student_loss_and_equal_no_grad():
         student_logits.log_softmax(-1), fast.logits.softmax(-1), reduction='batchmean'
     )
     kl.backward()
-    assert (
-        student_logits.grad is not None
-    )  # an inference tensor saved for backward would raise here
+    # an inference tensor saved for backward would raise here
+    assert student_logits.grad is not None
     teacher.inference_mode = False
     slow = teacher(x, stages=[1])
     assert torch.equal(fast.logits, slow.logits) and torch.equal(
@@ -204,9 +203,8 @@ def test_tagged_teacher_uses_its_pretrained_cfg_and_flags_override(tmp_path):
         student_input_size=(3, 32, 32),
     )
     teacher = create_teacher('test_resnet.r160_in1k', **kwargs)
-    assert (
-        teacher.adapter.size == (160, 160) and teacher.adapter.renormalize
-    )  # cfg: 160px, mean/std 0.5
+    # cfg: 160px, mean/std 0.5
+    assert teacher.adapter.size == (160, 160) and teacher.adapter.renormalize
     teacher = create_teacher(
         'test_resnet.r160_in1k', input_size=[48, 48], mean=[0.1, 0.2, 0.3], std=[0.2] * 3, **kwargs
     )

@@ -202,9 +202,8 @@ def test_teacher_fast_turns_on_each_part_of_the_fast_path():
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
 with open(os.path.join(DATA, 'timm_train_flags.json')) as _f:
-    TIMM_FLAGS = json.load(
-        _f
-    )  # every flag of timm's train.py: names, dest, nargs, default, action, type
+    # every flag of timm's train.py: names, dest, nargs, default, action, type
+    TIMM_FLAGS = json.load(_f)
 SAMPLE = {'int': '3', 'float': '0.5', None: 'x', 'str': 'x'}
 # timm flags that cannot apply to distillation: accepted
 # (configs load) but refused with one line when used
@@ -323,15 +322,13 @@ def test_our_args_yaml_reloads_to_the_same_run(tmp_path):
     ]
     args, text = parse_args(argv)
     saved = yaml.safe_load(text)
-    saved.update(
-        distributed=False, prefetcher=True, rank=0, world_size=1
-    )  # what a finished run may add
+    # what a finished run may add
+    saved.update(distributed=False, prefetcher=True, rank=0, world_size=1)
     (tmp_path / 'args.yaml').write_text(yaml.safe_dump(saved))
     again, text_again = parse_args(['--config', str(tmp_path / 'args.yaml')])
     assert vars(again) == {**vars(args), 'config': str(tmp_path / 'args.yaml')}
-    assert (
-        again.epochs == 20 and again.ori_loss_weight == 0.4
-    )  # derived once, from the flags as given
+    # derived once, from the flags as given
+    assert again.epochs == 20 and again.ori_loss_weight == 0.4
     assert kd_loss_config(again) == kd_loss_config(args)
 
 
@@ -347,10 +344,11 @@ def test_older_key_names_load(tmp_path):
     'content, message',
     [
         ('crd_num_negatives: 8.5\n', 'crd_num_negatives must be int, got 8.5'),
+        # YAML 1.1 reads 5e-4 as text
         (
             'weight_decay: 5e-4\n',
             "weight_decay must be float, got '5e-4'",
-        ),  # YAML 1.1 reads 5e-4 as text
+        ),
         ('epochs: 10\nno_such_key: 1\nother: 2\n', r"unknown keys \['no_such_key', 'other'\]"),
         ('amp: "false"\n', r"amp must be bool, got 'false' \(write true or false, unquoted\)"),
         ('pin_mem: 1\n', 'pin_mem must be bool, got 1'),
@@ -472,9 +470,8 @@ def test_our_args_yaml_is_read_by_timms_parser_and_reloads_to_the_same_run(tmp_p
     timm_flags = json.load(
         open(os.path.join(os.path.dirname(__file__), 'data', 'timm_train_flags.json'))
     )
-    for flag in (
-        timm_flags
-    ):  # what timm's train.py reads: a value of its type, None only where timm has None
+    # what timm's train.py reads: a value of its type, None only where timm has None
+    for flag in timm_flags:
         value = written[flag['dest']]
         if value is None:
             assert flag['default'] is None, flag['dest']

@@ -564,9 +564,8 @@ def test_fast_teacher_flags_train(vit_teacher, image_folder, tmp_path, monkeypat
     assert compiled == [{'backend': 'eager', 'mode': 'reduce-overhead'}]
     row = _summary(tmp_path / 'fast' / 'summary.csv')[0]
     assert float(row['train_kd_loss']) > 0
-    assert (
-        yaml.safe_load((tmp_path / 'fast' / 'args.yaml').read_text())['teacher_fast'] is True
-    )  # flags as given
+    # flags as given
+    assert yaml.safe_load((tmp_path / 'fast' / 'args.yaml').read_text())['teacher_fast'] is True
 
 
 # --- timm train.py's epoch logic ---
@@ -601,12 +600,10 @@ def test_layer_decay_scales_the_lr_of_each_layer_group(image_folder, tmp_path):
     )
     groups = _load(tmp_path / 'ld' / 'last.pth.tar')['optimizer']['param_groups']
     scales = sorted({g['lr_scale'] for g in groups})
-    assert (
-        len(scales) > 2 and scales[-1] == 1.0 and scales[-2] == 0.5
-    )  # the head at full lr, each layer below x0.5
-    assert all(
-        g['lr'] == pytest.approx(g['lr_scale'] * 0.01) for g in groups
-    )  # saved before the scheduler steps
+    # the head at full lr, each layer below x0.5
+    assert len(scales) > 2 and scales[-1] == 1.0 and scales[-2] == 0.5
+    # saved before the scheduler steps
+    assert all(g['lr'] == pytest.approx(g['lr_scale'] * 0.01) for g in groups)
 
 
 def test_validation_interval_stop_epoch_and_resume_auto(image_folder, tmp_path):
@@ -618,16 +615,16 @@ def test_validation_interval_stop_epoch_and_resume_auto(image_folder, tmp_path):
     assert [r['epoch'] for r in _summary(tmp_path / 'vi' / 'summary.csv')] == ['1']
     assert _load(tmp_path / 'vi' / 'last.pth.tar')['epoch'] == 1
     _run(image_folder, tmp_path, 'vi', *common)
+    # the last epoch validates
     assert [r['epoch'] for r in _summary(tmp_path / 'vi' / 'summary.csv')] == [
         '1',
         '2',
-    ]  # the last epoch validates
+    ]
 
 
 def test_recovery_checkpoints_every_n_updates(image_folder, tmp_path):
-    _run(
-        image_folder, tmp_path, 'rec', '--epochs', '1', '--recovery-interval', '2'
-    )  # 6 batches: updates 2, 4, 6
+    # 6 batches: updates 2, 4, 6
+    _run(image_folder, tmp_path, 'rec', '--epochs', '1', '--recovery-interval', '2')
     # timm's saver names them epoch-update index and keeps the newest two
     assert sorted(p.name for p in (tmp_path / 'rec').glob('recovery-*')) == [
         'recovery-0-3.pth.tar',

@@ -145,9 +145,8 @@ def test_a_signal_mid_epoch_writes_a_recovery_checkpoint_and_resume_continues_th
         _weights(tmp_path / 'whole' / 'last.pth.tar'),
         _weights(tmp_path / 'cut' / 'last.pth.tar'),
     )
-    assert all(
-        torch.equal(whole[k], cut[k]) for k in whole
-    )  # the same batches, augmentation and dropout
+    # the same batches, augmentation and dropout
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
     assert _rows(tmp_path / 'cut' / 'summary.csv') == _rows(tmp_path / 'whole' / 'summary.csv')
 
 

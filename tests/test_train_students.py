@@ -76,6 +76,5 @@ def test_a_students_timm_weight_flags_keep_timms_meaning():
     (first, first_text), (second, _) = student_args(args, text)
     assert (first.ori_loss_weight, first.kd_loss_weight) == (0.25, [0.75])
     assert (second.ori_loss_weight, second.kd_loss_weight) == (1.0, [1.0])
-    assert (
-        yaml.safe_load(first_text)['task_loss_weight'] == 0.25
-    )  # its args.yaml holds its flags as given
+    # its args.yaml holds its flags as given
+    assert yaml.safe_load(first_text)['task_loss_weight'] == 0.25

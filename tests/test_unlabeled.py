@@ -43,9 +43,8 @@ def test_unlabeled_rows_get_no_hard_label_loss():
     none = task(x, target, labeled=torch.zeros(4, dtype=torch.bool))
     assert none['task_loss'].item() == 0 and none['kd_loss'].item() > 0
     some = task(x, target, labeled=torch.tensor([True, False, True, False]))
-    expected = (
-        nn.CrossEntropyLoss(reduction='sum')(none['output'][[0, 2]], target[[0, 2]]) / 4
-    )  # per batch row
+    # per batch row
+    expected = nn.CrossEntropyLoss(reduction='sum')(none['output'][[0, 2]], target[[0, 2]]) / 4
     assert torch.allclose(some['task_loss'], expected) and torch.allclose(
         some['kd_loss'], none['kd_loss']
     )
@@ -54,12 +53,13 @@ def test_unlabeled_rows_get_no_hard_label_loss():
 def test_after_mixing_a_row_is_labeled_only_with_a_labeled_partner():
     known = torch.tensor([True, True, False, True])
     assert labeled_mask(known, mixed=False).tolist() == [True, True, False, True]
+    # row i mixes with row 3 - i
     assert labeled_mask(known, mixed=True).tolist() == [
         True,
         False,
         False,
         True,
-    ]  # row i mixes with row 3 - i
+    ]
 
 
 def _rows(path):

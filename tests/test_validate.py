@@ -37,6 +37,7 @@ def test_accuracy_real_labels_and_teacher_agreement(val_folder, tmp_path):
     # gets no label (ReaL skips it), the rest get class 0
     (tmp_path / 'real.json').write_text(json.dumps([[]] + [[0]] * 11))
     out = tmp_path / 'results.json'
+    # compared with CPU numbers below
     result = main(
         [
             str(val_folder),
@@ -59,11 +60,10 @@ def test_accuracy_real_labels_and_teacher_agreement(val_folder, tmp_path):
             '--device',
             'cpu',
         ]
-    )  # compared with CPU numbers below
+    )
     assert json.loads(out.read_text()) == result and result['num_images'] == 12
-    assert result['data_config']['input_size'] == list(
-        model.pretrained_cfg['input_size']
-    )  # the model's own cfg
+    # the model's own cfg
+    assert result['data_config']['input_size'] == list(model.pretrained_cfg['input_size'])
 
     # the same numbers computed by hand with the same preprocessing
     config = timm.data.resolve_data_config({}, model=model)
@@ -79,19 +79,16 @@ def test_accuracy_real_labels_and_teacher_agreement(val_folder, tmp_path):
         (pred[1:] == 0).float().mean().item() * 100, abs=1e-3
     )
     assert result['top5'] == 100.0  # 3 classes: top-5 covers them all
-    assert (
-        result['agreement'] == 100.0 and result['teacher_top1'] == result['top1']
-    )  # the teacher is the student
+    # the teacher is the student
+    assert result['agreement'] == 100.0 and result['teacher_top1'] == result['top1']
 
 
 def test_unreachable_weights_are_one_line(val_folder, capsys):
-    with pytest.raises(
-        SystemExit
-    ) as info:  # conftest points the release files at a closed local port
+    # conftest points the release files at a closed local port
+    with pytest.raises(SystemExit) as info:
         main([str(val_folder), '--model', 'resnet50.vkd'])
-    line = (
-        capsys.readouterr().err.strip().splitlines()[-1]
-    )  # (a subprocess test in test_pretrained counts lines)
+    # (a subprocess test in test_pretrained counts lines)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
     assert info.value.code == 2 and line.startswith(
         'error: cannot download the weights of resnet50.vkd from'
     )

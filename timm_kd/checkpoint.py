@@ -13,7 +13,7 @@ import torch
 from timm.models import get_pretrained_cfg
 from timm.models import load_state_dict as timm_load_state_dict
 
-from .errors import KDError
+from .errors import KDError, flat
 
 # Types that timm's and our training checkpoints carry
 # besides tensors ('args' is an argparse.Namespace).
@@ -42,13 +42,11 @@ def load_state_dict(path: str, use_ema: bool = True, allow_pickle: bool = False)
     try:
         with safe_globals():
             state_dict = timm_load_state_dict(path, use_ema=use_ema, weights_only=not allow_pickle)
-    except (
-        Exception
-    ) as e:  # torch, zipfile and safetensors raise many types for the same two causes
-        message = ' '.join(str(e).split())
-        if (
-            'Unsupported global' in message
-        ):  # name the global that would run, not an allowed one torch met first
+    # torch, zipfile and safetensors raise many types for the same two causes
+    except Exception as e:
+        message = flat(e)
+        # name the global that would run, not an allowed one torch met first
+        if 'Unsupported global' in message:
             allowed = {f'{g.__module__}.{g.__qualname__}' for g in SAFE_GLOBALS}
             found = [
                 g

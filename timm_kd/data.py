@@ -12,7 +12,7 @@ import torch
 from timm.data import Mixup, create_dataset, create_loader
 
 from .dataset_views import DatasetView, StratifiedSubset
-from .errors import KDError
+from .errors import KDError, flat
 from .identity import NOT_IDENTITY
 from .unlabeled import ImageFiles, WithUnlabeled
 
@@ -22,9 +22,8 @@ class DatasetOptions:
     """Where the images come from (timm's `create_dataset`
     arguments) and which fraction of them to train on."""
 
-    data_dir: str = field(
-        metadata=NOT_IDENTITY
-    )  # the dataset's files are identified relative to it
+    # the dataset's files are identified relative to it
+    data_dir: str = field(metadata=NOT_IDENTITY)
     dataset: str = ''
     train_split: str = 'train'
     val_split: str = field(default='validation', metadata=NOT_IDENTITY)
@@ -165,7 +164,7 @@ def create_datasets(opts: DatasetOptions, in_chans: int = 3) -> Tuple[Any, Optio
     except (RuntimeError, OSError, AssertionError, ValueError) as e:
         raise KDError(
             f'cannot open dataset {opts.dataset or "ImageFolder"!r} at {opts.data_dir!r} '
-            f'({" ".join(str(e).split())[:160]}); check the path, --dataset and the split names'
+            f'({flat(e, 160)}); check the path, --dataset and the split names'
         ) from None
     if len(train) == 0:
         raise KDError(f'the {opts.train_split!r} split at {opts.data_dir!r} holds no images')

@@ -42,9 +42,8 @@ class StudentRun:
     clip_mode: str = 'norm'
     name: str = ''
     num_updates: int = 0
-    sums: Dict[str, torch.Tensor] = field(
-        default_factory=dict
-    )  # loss components summed over this epoch's samples
+    # loss components summed over this epoch's samples
+    sums: Dict[str, torch.Tensor] = field(default_factory=dict)
     count: Any = 0.0  # samples seen this epoch (a device tensor while training)
     partial: Optional[Dict[str, Any]] = (
         None  # sums and count up to a recovery checkpoint, restored after skipping

@@ -7,7 +7,7 @@ point prints it as ``error: <message>`` and exits with status 2 instead of a tra
 
 import contextlib
 import sys
-from typing import Iterator
+from typing import Iterator, Optional
 
 
 class KDError(ValueError):
@@ -25,6 +25,12 @@ class Interrupted(KDError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+def flat(e: BaseException, limit: Optional[int] = None) -> str:
+    """An exception's message on one line (its whitespace collapsed), cut at `limit` characters:
+    what a one-line error quotes of the exception behind it."""
+    return ' '.join(str(e).split())[:limit]
 
 
 @contextlib.contextmanager
@@ -66,6 +72,4 @@ def hub_problem(e: Exception) -> str:
             f'HTTP {status}: not authorized; log in with `hf auth login` or set HF_TOKEN to a '
             f'token with write access'
         )
-    return (
-        f'{type(e).__name__}: {" ".join(str(e).split())[:120]}; check the network and the repo id'
-    )
+    return f'{type(e).__name__}: {flat(e, 120)}; check the network and the repo id'

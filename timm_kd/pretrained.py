@@ -37,7 +37,7 @@ from timm.models._hub import download_cached_file, get_cache_dir
 from timm.models._pretrained import DefaultCfg, PretrainedCfg
 
 from .checkpoint import load_state_dict
-from .errors import KDError
+from .errors import KDError, flat
 
 TEACHER = 'beitv2_base_patch16_224.in1k_ft_in22k_in1k'  # BEiTv2-B, 86.47% (VanillaKD Sec. 3.6)
 RELEASE_URL = 'https://github.com/Hao840/vanillaKD/releases/download/checkpoint/'
@@ -87,9 +87,8 @@ VKD_CHECKPOINTS: Dict[str, Dict[str, Any]] = {
     ),
 }
 
-_RELEASE_FILES: Dict[
-    str, str
-] = {}  # 'resnet50.vkd' -> 'resnet50-83.078.pth': the names the release loader serves
+# 'resnet50.vkd' -> 'resnet50-83.078.pth': the names the release loader serves
+_RELEASE_FILES: Dict[str, str] = {}
 
 
 def release_url(file: str) -> str:
@@ -117,9 +116,8 @@ def add_pretrained_tag(arch: str, tag: str, **cfg: Any) -> str:
     release_file = cfg.pop('release_file', None)
     fields = set(PretrainedCfg.__dataclass_fields__)
     kd = {k: cfg.pop(k) for k in list(cfg) if k not in fields}
-    base = _registry._model_pretrained_cfgs.get(
-        arch
-    )  # the architecture's default cfg: classifier, first_conv, ...
+    # the architecture's default cfg: classifier, first_conv, ...
+    base = _registry._model_pretrained_cfgs.get(arch)
     values = {k: v for k, v in (base.to_dict() if base else {}).items() if k in fields}
     values.update(
         url='',
@@ -205,7 +203,7 @@ def _release_state_dict(name: str, cache_dir: Optional[str]) -> Dict[str, Any]:
         cache = cache_dir or get_cache_dir()
         raise KDError(
             f'cannot download the weights of {name} from {url} ({type(e).__name__}: '
-            f'{" ".join(str(e).split())[:100]}); set {RELEASE_URL_ENV} to a mirror that holds '
+            f'{flat(e, 100)}); set {RELEASE_URL_ENV} to a mirror that holds '
             f'{file}, or put the file into {cache}'
         ) from None
     try:
@@ -241,17 +239,15 @@ def _load_pretrained(
     cfg = dict(pretrained_cfg or getattr(model, 'pretrained_cfg', None) or {})
     name = f'{cfg.get("architecture")}.{cfg.get("tag")}'
     if name not in _RELEASE_FILES or cfg.get('source') or cfg.get('file') or cfg.get('state_dict'):
-        return load(
-            pretrained_cfg
-        )  # not ours, or the caller chose other weights (pretrained_cfg_overlay)
+        # not ours, or the caller chose other weights (pretrained_cfg_overlay)
+        return load(pretrained_cfg)
     org = hub_org()
     if org:
         repo = f'{org}/{name}'
         try:
             return load({**cfg, 'hf_hub_id': repo, 'url': ''})
-        except (
-            Exception
-        ) as e:  # huggingface_hub: RepositoryNotFoundError, LocalEntryNotFoundError, HTTP errors
+        # huggingface_hub: RepositoryNotFoundError, LocalEntryNotFoundError, HTTP errors
+        except Exception as e:
             raise KDError(
                 f'cannot load the weights of {name} from the Hugging Face Hub repo {repo} '
                 f'({type(e).__name__}); check that {repo} exists and that you are online, or unset '

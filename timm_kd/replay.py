@@ -204,9 +204,8 @@ class BatchErasing:
         if self.pass_ != (self.slots.epoch, self.slots.passes):  # a new pass over the loader
             self.pass_ = self.slots.epoch, self.slots.passes
             self.batch = self.slots.first_batch
-        seed = slot_seed(
-            self.seed, self.slots.epoch, self.slots.rank, -1 - self.batch
-        )  # apart from the samples'
+        # apart from the samples'
+        seed = slot_seed(self.seed, self.slots.epoch, self.slots.rank, -1 - self.batch)
         self.batch += 1
         seed_all(seed, self.generator)
         return self.erasing(input)

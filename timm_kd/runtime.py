@@ -142,9 +142,8 @@ def output_dir(output: str, name: str) -> str:
     OUTPUT/NAME (OUTPUT defaults to ./output/train)."""
     try:
         return get_outdir(output or os.path.join('.', 'output', 'train'), name)
-    except (
-        OSError
-    ) as e:  # NotADirectoryError (a file on the path), PermissionError, read-only file system
+    # NotADirectoryError (a file on the path), PermissionError, read-only file system
+    except OSError as e:
         raise KDError(
             f'cannot create the output folder {os.path.join(output or "./output/train", name)!r} '
             f'({type(e).__name__}: {e.strerror}); pass an --output folder you can write to'

@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional
 import torch
 from timm.utils import CheckpointSaver
 
-from .errors import KDError, NonFiniteError
+from .errors import KDError, NonFiniteError, flat
 from .reliability import fsync_path
 
 
@@ -83,15 +83,11 @@ class DurableCheckpointSaver(CheckpointSaver):
                 )
         try:
             with open(save_path, 'wb') as f:
-                super()._save(
-                    f, epoch, metric
-                )  # timm's checkpoint layout; torch.save writes into the open file
+                # timm's checkpoint layout; torch.save writes into the open file
+                super()._save(f, epoch, metric)
                 f.flush()
                 os.fsync(f.fileno())
-        except (
-            OSError,
-            RuntimeError,
-        ) as e:  # ENOSPC surfaces as RuntimeError from torch's zip writer
+        except (OSError, RuntimeError) as e:  # ENOSPC: a RuntimeError from torch's zip writer
             if os.path.exists(save_path):
                 os.remove(save_path)
             folder = os.path.dirname(save_path) or '.'
@@ -149,9 +145,8 @@ class DurableCheckpointSaver(CheckpointSaver):
             self._track_checkpoint(path, epoch, metric)
 
     def _replace(self, src, dst):
-        os.replace(
-            src, dst
-        )  # atomic; timm deletes dst first (for Windows), which opens a gap with no file
+        # atomic; timm deletes dst first (for Windows), which opens a gap with no file
+        os.replace(src, dst)
         fsync_path(os.path.dirname(dst) or '.')
 
     def _duplicate(self, src, dst):
@@ -176,7 +171,7 @@ def _write_problem(path: str, e: BaseException, newest: Optional[str]) -> str:
     folder = os.path.dirname(path) or '.'
     free = shutil.disk_usage(folder).free
     needed = os.path.getsize(newest) if newest and os.path.exists(newest) else 64 * 2**20
-    what = ' '.join(str(e).split())[:100]
+    what = flat(e, 100)
     if getattr(e, 'errno', None) == errno.ENOSPC or 'No space left' in what or free < needed:
         return (
             f'cannot write checkpoint {path} ({what}; {free / 2**20:.0f} MiB free); free disk '

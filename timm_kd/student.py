@@ -51,9 +51,8 @@ class KDStudent(nn.Module):
         self.student_stages = list(student_stages)
         self.aux_stages = list(aux_stages)
         self.aux_heads = nn.ModuleList(aux_heads or [])
-        self.teacher_stages = (
-            list(teacher_stages) if teacher_stages is not None else None
-        )  # None: logits only
+        # None: logits only
+        self.teacher_stages = list(teacher_stages) if teacher_stages is not None else None
         logit = [n for n, m in self.kd_losses.items() if m.kind == 'logit']
         if self.aux_heads and not logit:
             raise KDError(

@@ -166,9 +166,8 @@ class DistillationTask(TrainingTask):
         if self.ori_loss_weight:
             if labeled is None:
                 result['task_loss'] = self.criterion(student_logits, target)
-            elif bool(
-                labeled.any()
-            ):  # labeled rows weigh as in a fully labeled batch (a host sync, unlabeled only)
+            # labeled rows weigh as in a fully labeled batch (a host sync, unlabeled only)
+            elif bool(labeled.any()):
                 share = labeled.float().mean()
                 result['task_loss'] = (
                     self.criterion(student_logits[labeled], target[labeled]) * share

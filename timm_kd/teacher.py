@@ -22,7 +22,7 @@ from timm.models import (
 )
 
 from .checkpoint import checkpoint_num_classes, load_state_dict
-from .errors import KDError
+from .errors import KDError, flat
 from .features import Features, forward_features
 
 _logger = logging.getLogger(__name__)
@@ -210,9 +210,8 @@ class Teacher(nn.Module):
         stages = tuple(stages) if stages is not None else None
         with torch.inference_mode() if self.inference_mode else torch.no_grad():
             out = (self._compiled or self._infer)(images, stages)
-        if (
-            self.inference_mode
-        ):  # inference tensors cannot be saved for backward: hand out normal ones
+        # inference tensors cannot be saved for backward: hand out normal ones
+        if self.inference_mode:
             out = _clone(out)
         return out
 
@@ -309,17 +308,14 @@ def _create_teacher_model(
     except KDError:
         raise
     except RuntimeError as e:
-        raise KDError(
-            f'could not create teacher {name!r}: {" ".join(str(e).split())[:200]}'
-        ) from None
-    except (
-        Exception
-    ) as e:  # hub/network errors come in many types (LocalEntryNotFoundError, OSError, HTTPError)
+        raise KDError(f'could not create teacher {name!r}: {flat(e, 200)}') from None
+    # hub/network errors come in many types (LocalEntryNotFoundError, OSError, HTTPError)
+    except Exception as e:
         offline = type(e).__name__ == 'LocalEntryNotFoundError' or 'offline' in str(e).lower()
         reason = (
             'not in the local Hugging Face cache, and the Hub is unreachable or HF_HUB_OFFLINE=1'
             if offline
-            else f'{type(e).__name__}: {" ".join(str(e).split())[:120]}'
+            else f'{type(e).__name__}: {flat(e, 120)}'
         )
         raise KDError(
             f'no pretrained weights for teacher {name!r} ({reason}); download them once with '

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from .dataset_views import DatasetView, dataset_targets
-from .errors import KDError
+from .errors import KDError, flat
 from .losses import get_kd_loss_class, list_kd_losses
 
 UNLABELED = -1
@@ -56,7 +56,7 @@ class ImageFiles(torch.utils.data.Dataset):
         except (OSError, SyntaxError, ValueError) as e:  # PIL: unreadable, truncated, not an image
             raise KDError(
                 f'cannot read unlabeled image {self.files[index]} '
-                f'({" ".join(str(e).split())[:100]}); remove or replace it'
+                f'({flat(e, 100)}); remove or replace it'
             ) from None
         return (self.transform(image) if self.transform is not None else image), UNLABELED
 

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Dict, List
 
-from ..errors import Interrupted, KDError, one_line_errors
+from ..errors import Interrupted, KDError, flat, one_line_errors
 
 DEBIAN_DIR = '/usr/share/datasets/fashion-mnist'
 FILES = [
@@ -138,7 +138,7 @@ def prepare_fashion_mnist(root: str) -> None:
         FashionMNIST(root, train=False, download=True)
     except RuntimeError as e:
         raise KDError(
-            f"cannot download Fashion-MNIST ({' '.join(str(e).split())}); install Debian's "
+            f"cannot download Fashion-MNIST ({flat(e)}); install Debian's "
             f'dataset-fashion-mnist or put the four idx files in {raw}'
         ) from None
 

@@ -36,9 +36,8 @@ def _create(model_name: str, checkpoint: Optional[str], allow_pickle: bool) -> t
         return load_student(model_name, checkpoint, allow_pickle=allow_pickle)
     try:
         return create_model(model_name, pretrained=True).eval()
-    except (
-        KDError
-    ):  # a release-file tag that cannot be fetched: the message names the URL and the fix
+    # a release-file tag that cannot be fetched: the message names the URL and the fix
+    except KDError:
         raise
     except Exception as e:  # huggingface_hub raises several types for a missing file / offline miss
         raise KDError(
@@ -75,9 +74,8 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
             device=device,
             allow_pickle=args.allow_unsafe_pickle,
         )
-    sums = torch.zeros(
-        4, device=device
-    )  # top1, top5, teacher top1, agreement: summed on the device, read once
+    # top1, top5, teacher top1, agreement: summed on the device, read once
+    sums = torch.zeros(4, device=device)
     count = 0
     for images, target in loader:
         images, target = images.to(device), target.to(device)

@@ -21,7 +21,7 @@ from timm.models._hub import save_for_hf
 
 from ..card import model_card
 from ..checkpoint import checkpoint_num_classes, load_state_dict, load_training_metadata
-from ..errors import KDError, hub_problem
+from ..errors import KDError, flat, hub_problem
 from ..losses.config import kd_loss_config, loss_hyperparameters
 from ..saver import non_finite_tensors
 
@@ -60,7 +60,7 @@ def load_student(
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
-        first = ' '.join(str(e).split())[:200]
+        first = flat(e, 200)
         raise KDError(
             f'checkpoint {checkpoint!r} does not fit {model_name!r} ({first}); pass the '
             f'architecture it was trained with as --model'
@@ -108,6 +108,7 @@ def kd_metadata(
             loss_kwargs=args.get('kd_loss_kwargs'),
             flags=args,
         )
+        # a folder's name is no dataset name: --dataset names it
         meta.update(
             teacher=', '.join(_teacher_name(t) for t in teachers),
             kd_loss=', '.join(losses),
@@ -119,7 +120,7 @@ def kd_metadata(
             epochs=args.get('epochs'),
             recipe=os.path.basename(args['config']) if args.get('config') else None,
             dataset=args.get('dataset') or None,
-        )  # a folder's name is no dataset name: --dataset names it
+        )
     elif args:  # trained by timm-kd without a teacher: plain supervised training
         meta.update(
             teacher=None,
@@ -189,9 +190,8 @@ def export(
     label_names = (training.get('saver') or {}).get('label_names')
     if label_names and len(label_names) == model.num_classes:
         model_config['label_names'] = list(label_names)
-    data_config = (
-        resolve_data_config({}, model=model) if training.get('args') else None
-    )  # as trained
+    # as trained
+    data_config = resolve_data_config({}, model=model) if training.get('args') else None
     save_for_hf(
         model, out, model_config=model_config, safe_serialization=True, data_config=data_config
     )
@@ -209,9 +209,8 @@ def export(
     with open(config_path, 'w') as f:
         json.dump(config, f, indent=2)
     name = hub_id.split('/')[-1] if hub_id else model_name
-    model_id = (
-        f'hf-hub:{hub_id}' if hub_id else f'local-dir:{out}'
-    )  # where it loads from as written
+    # where it loads from as written
+    model_id = f'hf-hub:{hub_id}' if hub_id else f'local-dir:{out}'
     with open(os.path.join(out, 'README.md'), 'w', encoding='utf-8') as f:
         f.write(model_card(name, model, meta, resolved, model_id))
     for file in os.listdir(out):  # readable by others, as any published file (the writer used 0600)

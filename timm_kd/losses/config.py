@@ -51,9 +51,8 @@ def kd_loss_config(
     if len(set(names)) != len(names):
         raise KDError(f'--kd-loss lists a loss twice: {names}')
     for w in weights:
-        if (
-            not w >= 0
-        ):  # a negative weight would reward the student for moving away from the teacher
+        # a negative weight would reward the student for moving away from the teacher
+        if not w >= 0:
             raise KDError(f'--kd-loss-weight {w} is not valid: a loss weight must be >= 0')
     if len(weights) not in (1, len(names)):
         raise KDError(

@@ -91,10 +91,11 @@ class ContrastiveRepresentationKD(nn.Module):
         }
 
     def set_extra_state(self, state) -> None:
+        # updated in place
         self.memory_s, self.memory_t = (
             state['memory_s'].clone(),
             state['memory_t'].clone(),
-        )  # updated in place
+        )
         self.z_s, self.z_t = state['z_s'], state['z_t']
 
     def _normalizer(self, p: torch.Tensor) -> torch.Tensor:

@@ -224,9 +224,8 @@ def main(argv=None) -> str:
             'live': cell(f'kd-T{t:g}-live', kd, pairs, output, args.workers)
         }
         for k in args.top_k:
-            cache = os.path.join(
-                output, f'cache-k{k}'
-            )  # the cache holds logits: one serves every temperature
+            # the cache holds logits: one serves every temperature
+            cache = os.path.join(output, f'cache-k{k}')
             build_cache(kd, pairs, cache, k, args.workers)
             runs[f'K={k}'] = cell(
                 f'kd-T{t:g}-k{k}', kd + ['--teacher-cache', cache], pairs, output, args.workers

@@ -18,7 +18,7 @@ from typing import List, Optional, Tuple
 import yaml
 from timm.optim import list_optimizers
 
-from ...errors import KDError
+from ...errors import KDError, flat
 from ...hparams import find_recipe
 from ...losses import list_kd_losses
 from ...losses.config import loss_hyperparameters
@@ -131,9 +131,7 @@ def _read_yaml(path: str) -> dict:
             f'cannot read --config {path!r}: {e.strerror}; pass an existing YAML file'
         ) from None
     except yaml.YAMLError as e:
-        raise KDError(
-            f'--config {path!r} is not valid YAML ({" ".join(str(e).split())[:120]})'
-        ) from None
+        raise KDError(f'--config {path!r} is not valid YAML ({flat(e, 120)})') from None
     if not isinstance(cfg, dict):
         raise KDError(f'--config {path!r} must be a mapping of flag names to values')
     return cfg
@@ -312,9 +310,8 @@ def finish_args(args: argparse.Namespace) -> argparse.Namespace:
     resolve_timm_kd(args)
     if args.drop_connect is not None and args.drop_path is None:  # timm's deprecated name
         args.drop_path = args.drop_connect
-    loss_config(
-        args
-    )  # fail early on bad loss names, weights, kwargs and hyperparameters (T > 0, ...)
+    # fail early on bad loss names, weights, kwargs and hyperparameters (T > 0, ...)
+    loss_config(args)
     if args.teacher_checkpoint and not args.teacher:
         raise KDError(
             '--teacher-checkpoint needs --teacher ARCH, the architecture the checkpoint was '
@@ -358,9 +355,8 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, st
     `--config` to the same run.
     """
     parser = build_parser()
-    argv, teachers = split_teachers(
-        list(sys.argv[1:] if argv is None else argv)
-    )  # several --teacher: an ensemble
+    # several --teacher: an ensemble
+    argv, teachers = split_teachers(list(sys.argv[1:] if argv is None else argv))
     config_only = argparse.ArgumentParser(add_help=False)
     config_only.add_argument('-c', '--config', default='')
     known, _ = config_only.parse_known_args(argv)

@@ -158,9 +158,8 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
         help='ensemble target: the weighted mean of probabilities at --kd-temperature, or of '
         'logits',
     )
-    g.add_argument(
-        '--teachers', default=None, help=argparse.SUPPRESS
-    )  # set from several --teacher (args.yaml)
+    # set from several --teacher (args.yaml)
+    g.add_argument('--teachers', default=None, help=argparse.SUPPRESS)
     g.add_argument(
         '--unlabeled-data',
         default='',
@@ -374,9 +373,8 @@ def _teacher_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for field, flags, options in TEACHER_OWN_FLAGS:
-        if (
-            field == 'dtype'
-        ):  # unset: the shared --teacher-dtype (or --teacher-fast) applies to this teacher
+        # unset: the shared --teacher-dtype (or --teacher-fast) applies to this teacher
+        if field == 'dtype':
             options = dict(options, default=None)
         p.add_argument(*flags, dest=field, **options)
     return p

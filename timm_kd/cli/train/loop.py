@@ -24,18 +24,9 @@ from ...runtime import Process, amp_setup, init_process
 from ...stream import TrainingStream
 from ...student import create_kd_student
 from ...unlabeled import check_unlabeled_run
-from .build import (
-    Setup,
-    StudentJob,
-    check_same_start,
-    model_dtype,
-    setup_process_flags,
-    setup_run,
-    setup_student,
-    stream_shape,
-    training_stream,
-)
+from .build import Setup, model_dtype, setup_process_flags, setup_run, training_stream
 from .config import args_yaml, check_kd_flags_have_a_teacher, parse_args
+from .student_job import StudentJob, check_same_start, setup_student, stream_shape
 from .students import student_args
 
 _logger = logging.getLogger('timm_kd.train')
@@ -146,9 +137,8 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
         )  # fmt: skip
         for model, spec in zip(setup.models, losses)
     ]
-    if (
-        teacher is not None and run.teachers.compile
-    ):  # after the shape probes: compiles for training
+    # after the shape probes: compiles for training
+    if teacher is not None and run.teachers.compile:
         teacher.compile(backend=run.teachers.compile, mode=run.teachers.compile_mode)
     needs_index = any(spec.needs('needs_index') for spec in losses)
     stream, eval_loader, _ = training_stream(args, setup, process, needs_index)
