@@ -95,6 +95,11 @@ def parse_args():
         help='torch.compile mode of every compile, e.g. reduce-overhead (CUDA graphs)',
     )
     p.add_argument(
+        '--compile-backend',
+        default='inductor',
+        help='torch.compile backend of every compile (eager: only dynamo, for a quick check)',
+    )
+    p.add_argument(
         '--students',
         type=int,
         default=0,
@@ -171,7 +176,7 @@ def ablation(args, teacher0, x, device, amp):
     for name, kwargs, compiled in configs:
         teachers[name] = Teacher(copy.deepcopy(teacher0), **kwargs).to(device)
         if compiled:
-            teachers[name].compile(mode=args.compile_mode)
+            teachers[name].compile(args.compile_backend, mode=args.compile_mode)
     reference = teachers['fp32, no_grad'](x).logits.float()  # float32 weights, no autocast
 
     def infer(t):
@@ -236,7 +241,7 @@ def main():
     # float32, no autocast
     reference_logits = Teacher(copy.deepcopy(teacher0), adapter).to(device)(x).logits.float()
     if args.teacher_compile:
-        ours_teacher.compile(mode=args.compile_mode)
+        ours_teacher.compile(args.compile_backend, mode=args.compile_mode)
 
     def ours_task():
         return DistillationTask(
@@ -257,8 +262,8 @@ def main():
     plain = fresh_student()
     if args.compile:
         for task in [ours, theirs] + many:
-            task.compile(mode=args.compile_mode)
-        plain = torch.compile(plain, mode=args.compile_mode)
+            task.compile(backend=args.compile_backend, mode=args.compile_mode)
+        plain = torch.compile(plain, backend=args.compile_backend, mode=args.compile_mode)
     opt = {
         name: torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9)
         for name, module in [
@@ -319,6 +324,7 @@ def main():
         'inference_mode': not args.no_inference_mode,
         'compile': args.compile,
         'compile_mode': args.compile_mode,
+        'compile_backend': args.compile_backend,
         'images_per_s': {k: round(args.batch_size / v, 1) for k, v in med.items()},
         'ms': {k: round(v * 1e3, 2) for k, v in med.items()},
         'peak_mib': {k: round(v) for k, v in peak.items()} or None,
