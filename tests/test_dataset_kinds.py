@@ -7,15 +7,15 @@ import csv
 import pytest
 import timm
 import torch
+from conftest import TINY
 
 from timm_kd.cli.cache import main as cache_main
 from timm_kd.cli.train.loop import cli
 from timm_kd.cli.train.loop import main as train_main
 
-FAST = ['--dataset', 'wds/tiny', '--model', 'test_resnet', '--img-size', '32', '-b', '8',
-        '--lr', '0.01', '--warmup-epochs', '0', '-j', '2', '--device', 'cpu', '--epochs', '2',
-        '--mixup', '0.5', '--aa', 'rand-m9-mstd0.5', '--reprob', '0.25', '--drop', '0.1',
-        '--num-classes', '3']  # fmt: skip
+FAST = ['--dataset', 'wds/tiny', '--model', 'test_resnet', *TINY, '-b', '8', '-j', '2',
+        '--epochs', '2', '--mixup', '0.5', '--aa', 'rand-m9-mstd0.5', '--reprob', '0.25',
+        '--drop', '0.1', '--num-classes', '3']  # fmt: skip
 
 
 @pytest.fixture(scope='module')
@@ -50,6 +50,35 @@ def test_live_kd_on_shards_resumes_exactly_and_trains_from_the_cache(wds_shards,
     cache_main(['build', wds_shards, *FAST, *teacher, '--top-k', '3', '--out', str(cache)])
     train_main([wds_shards, *FAST, *out, '--teacher-cache', str(cache), '--experiment', 'cached'])
     assert _close(_rows(tmp_path / 'cached' / 'summary.csv'), live)
+
+
+def test_a_mid_epoch_resume_of_shards_continues_the_epoch_with_the_same_workers(
+    wds_shards, teacher, tmp_path, run_cli
+):
+    """The loader workers deal the shards' records: a mid-epoch checkpoint resumes exactly with
+    the same --workers, and another count is one line (the epoch would repeat some records and
+    skip others)."""
+    out = ['--output', str(tmp_path)]
+    train_main(
+        [wds_shards, *FAST, *teacher, *out, '--recovery-interval', '4', '--experiment', 'full']
+    )
+    recovery = tmp_path / 'full' / 'recovery-1-3.pth.tar'  # epoch 1 after 4 of its 6 batches
+    train_main(
+        [wds_shards, *FAST, *teacher, *out, '--experiment', 'mid', '--resume', str(recovery)]
+    )
+    assert _close(
+        _rows(tmp_path / 'mid' / 'summary.csv'), _rows(tmp_path / 'full' / 'summary.csv')[1:]
+    )
+
+    other = run_cli(cli, wds_shards, *FAST, *teacher, *out, '--experiment', 'other',
+                    '--resume', recovery, '-j', '1')  # fmt: skip
+    assert other.returncode == 2
+    assert other.stderr.strip().splitlines()[-1] == (
+        f"error: --resume '{recovery}' was written mid-epoch by a run with --batch-size 8, "
+        '--grad-accum-steps 1, 1 process(es) and --workers 2 (streamed input), this run has '
+        '--batch-size 8, --grad-accum-steps 1, 1 process(es) and --workers 1 (streamed input); '
+        'resume with the same, or from the last epoch boundary (last.pth.tar) to change them'
+    )
 
 
 def test_a_cache_of_shards_refuses_another_worker_count(wds_shards, teacher, tmp_path, run_cli):

@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 import torchvision
 from timm.utils import distribute_bn, random_seed, setup_default_logging, update_summary
+from torch.utils.data import IterableDataset
 
 from ...cache import CachedTeacher, check_logit_losses_only
 from ...cache.hub import open_cache
@@ -50,6 +51,7 @@ class Training:
     stop_epoch: int
     num_epochs: int
     num_classes: int
+    recovery_stream: Dict[str, int]  # what a mid-epoch position is counted in (`stream_shape`)
 
 
 def main(argv: Optional[List[str]] = None) -> Any:
@@ -150,6 +152,8 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
     updates_per_epoch = (len(loader) + args.grad_accum_steps - 1) // args.grad_accum_steps
     global_batch = batch_reference * process.world_size * args.grad_accum_steps
     eval_metric = args.eval_metric if eval_loader is not None else 'loss'
+    streamed = isinstance(setup.train_set, IterableDataset)
+    recovery_stream = stream_shape(args, process.world_size, streamed)
     jobs = [
         setup_student(
             sargs,
@@ -162,6 +166,7 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
             global_batch,
             process,
             decreasing=eval_metric == 'loss',
+            stream=recovery_stream,
         )  # fmt: skip
         for (sargs, text), kd_student, spec in zip(students, kd_students, losses)
     ]
@@ -183,7 +188,7 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
     amp_autocast, _ = amp_setup(args.amp, args.amp_dtype, device)
     return Training(args, process, jobs, teacher, stream, eval_loader, amp_autocast, eval_metric,
                     batch_reference, start_epoch, skip_batches, stop_epoch, num_epochs,
-                    run.num_classes)  # fmt: skip
+                    run.num_classes, recovery_stream)  # fmt: skip
 
 
 def train_epoch(t: Training, epoch: int, preemption: Preemption) -> Dict[str, float]:
@@ -269,7 +274,7 @@ def _after_update(t: Training, epoch: int, update: int, preemption: Preemption) 
             if job.saver is not None:
                 job.saver.extra_state = {
                     'recovery_update': update,
-                    'recovery_stream': stream_shape(args, process.world_size),
+                    'recovery_stream': t.recovery_stream,
                     'partial_count': count.item(),
                     'partial_sums': {k: v.item() for k, v in sums.items()},
                 }

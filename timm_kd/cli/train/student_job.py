@@ -55,20 +55,26 @@ def resume_path(args: argparse.Namespace) -> str:
     return resumable_checkpoint(folder)
 
 
-def stream_shape(args: argparse.Namespace, world_size: int) -> Dict[str, int]:
-    """What a mid-epoch position (a count of updates) is counted in."""
-    return {
+def stream_shape(args: argparse.Namespace, world_size: int, streamed: bool) -> Dict[str, int]:
+    """What a mid-epoch position (a count of updates) is counted in. A streamed input (`wds/`)
+    deals its records to the loader workers, so their number orders the epoch too."""
+    shape = {
         'batch_size': args.batch_size,
         'grad_accum_steps': args.grad_accum_steps,
         'world_size': world_size,
     }
+    return {**shape, 'workers': args.workers} if streamed else shape
 
 
 def _shape(stream: Dict[str, int]) -> str:
-    return (
-        f'--batch-size {stream["batch_size"]}, --grad-accum-steps {stream["grad_accum_steps"]} and '
-        f'{stream["world_size"]} process(es)'
-    )
+    parts = [
+        f'--batch-size {stream["batch_size"]}',
+        f'--grad-accum-steps {stream["grad_accum_steps"]}',
+        f'{stream["world_size"]} process(es)',
+    ]
+    if 'workers' in stream:
+        parts.append(f'--workers {stream["workers"]} (streamed input)')
+    return ', '.join(parts[:-1]) + ' and ' + parts[-1]
 
 
 def resume_student(
@@ -78,11 +84,11 @@ def resume_student(
     optimizer,
     loss_scaler,
     primary: bool,
-    world_size: int = 1,
+    stream: Dict[str, int],
 ) -> Tuple[int, int, Optional[Dict[str, Any]]]:
     """Restore a student from `resume`; returns the epoch to start at, the batches of it already
     trained (a mid-epoch recovery checkpoint) and that epoch's running loss sums (None at an epoch
-    boundary)."""
+    boundary). `stream` is this run's `stream_shape`: a mid-epoch checkpoint must match it."""
     if not os.path.isfile(resume):
         raise KDError(
             f'--resume checkpoint not found: {resume!r}; pass OUTPUT/EXPERIMENT/last.pth.tar'
@@ -111,7 +117,6 @@ def resume_student(
     saver_state = load_training_metadata(resume).get('saver') or {}
     if saver_state.get('recovery_update') is None:
         return start_epoch, 0, None
-    stream = stream_shape(args, world_size)
     written = saver_state.get('recovery_stream', stream)
     if written != stream:  # the position counts batches of the stream it was written in
         raise KDError(
@@ -140,9 +145,10 @@ def setup_student(
     global_batch: float,
     process: Process,
     decreasing: bool,
+    stream: Dict[str, int],
 ) -> StudentJob:
-    """One student's task, optimizer, schedule, EMA
-    and (on the primary process) checkpoint saver."""
+    """One student's task, optimizer, schedule, EMA and (on the primary process) checkpoint
+    saver; `stream` is the run's `stream_shape`, what a mid-epoch resume must match."""
     device, primary = process.device, process.is_primary
     criterion = create_classification_loss(
         loss_type='bce' if args.bce_loss else 'ce',
@@ -183,7 +189,7 @@ def setup_student(
         )
     resume = resume_path(args)
     start_epoch, skip_batches, partial = (
-        resume_student(args, resume, task, optimizer, loss_scaler, primary, process.world_size)
+        resume_student(args, resume, task, optimizer, loss_scaler, primary, stream)
         if resume
         else (0, 0, None)
     )
