@@ -134,16 +134,22 @@ def test_a_hugging_face_dataset_on_disk_trains_and_caches_as_the_live_run(
 
 
 def test_a_streamed_hugging_face_dataset_trains_live_and_its_cache_is_one_line(
-    hf_dataset, teacher, tmp_path, run_cli
+    hf_dataset, teacher, tmp_path, run_cli, caplog
 ):
-    """hfids/: timm's own (not replayed) views; the cache names what works instead."""
+    """hfids/: timm's own (not replayed) views: a mid-epoch resume says it is not exact, and the
+    cache names what works instead."""
     from timm_kd.cli.cache import main
 
     flags = [hf_dataset, *FAST, '--dataset', f'hfids/{hf_dataset}', '-j', '0', '--epochs', '1',
              '--train-num-samples', '48', '--val-num-samples', '24',
              '--output', str(tmp_path)]  # fmt: skip
-    train_main([*flags, *teacher, '--experiment', 'live'])
+    train_main([*flags, *teacher, '--experiment', 'live', '--recovery-interval', '4'])
     assert float(_rows(tmp_path / 'live' / 'summary.csv')[0]['train_kd_loss']) > 0
+    recovery = str(tmp_path / 'live' / 'recovery-0-3.pth.tar')
+    train_main([*flags, *teacher, '--experiment', 'resumed', '--resume', recovery])
+    assert (
+        'after its first 4 batches of a new pass, so it is not the uninterrupted run' in caplog.text
+    )
     refused = run_cli(main, 'build', *flags, *teacher, '--top-k', '3', '--out', tmp_path / 'c')
     errors = [line for line in refused.stderr.splitlines() if line.startswith('error')]
     assert refused.returncode == 2 and len(errors) == 1 and 'hfds/, wds/' in errors[0]

@@ -143,7 +143,7 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
     if teacher is not None and run.teachers.compile:
         teacher.compile(backend=run.teachers.compile, mode=run.teachers.compile_mode)
     needs_index = any(spec.needs('needs_index') for spec in losses)
-    stream, eval_loader, _ = training_stream(args, setup, process, needs_index)
+    stream, eval_loader, replayable = training_stream(args, setup, process, needs_index)
     scheduled = args.train_img_sizes is not None
     loader = stream.loader
     batch_reference = (
@@ -180,6 +180,12 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
     if run.teachers.cache:
         epochs = range(start_epoch, stop_epoch)
         teacher.cache.check(run, setup.train_set, process.world_size, epochs, process.rank)
+    if skip_batches and not replayable and process.is_primary:
+        _logger.warning(
+            f'Resuming mid-epoch on {args.dataset}, whose views timm draws (not replayed): the '
+            f'epoch goes on after its first {skip_batches} batches of a new pass, so it is not the '
+            'uninterrupted run to the bit; wds/ or map-style input resumes exactly'
+        )
     if start_epoch >= stop_epoch:
         _logger.warning(
             f'Nothing to train: the checkpoint is at epoch {start_epoch} and the run stops at '
