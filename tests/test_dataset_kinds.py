@@ -53,11 +53,11 @@ def test_live_kd_on_shards_resumes_exactly_and_trains_from_the_cache(wds_shards,
 
 
 def test_a_mid_epoch_resume_of_shards_continues_the_epoch_with_the_same_workers(
-    wds_shards, teacher, tmp_path, run_cli
+    wds_shards, teacher, tmp_path, run_cli, caplog
 ):
     """The loader workers deal the shards' records: a mid-epoch checkpoint resumes exactly with
     the same --workers, and another count is one line (the epoch would repeat some records and
-    skip others)."""
+    skip others); at an epoch boundary another count trains on, with a warning."""
     out = ['--output', str(tmp_path)]
     train_main(
         [wds_shards, *FAST, *teacher, *out, '--recovery-interval', '4', '--experiment', 'full']
@@ -79,6 +79,10 @@ def test_a_mid_epoch_resume_of_shards_continues_the_epoch_with_the_same_workers(
         '--batch-size 8, --grad-accum-steps 1, 1 process(es) and --workers 1 (streamed input); '
         'resume with the same, or from the last epoch boundary (last.pth.tar) to change them'
     )
+    boundary = str(tmp_path / 'full' / 'checkpoint-0.pth.tar')
+    train_main([wds_shards, *FAST, *teacher, *out, '--experiment', 'j1', '--resume', boundary,
+                '-j', '1'])  # fmt: skip
+    assert 'trained with --workers 2, this run has 1' in caplog.text
 
 
 def test_a_cache_of_shards_refuses_another_worker_count(wds_shards, teacher, tmp_path, run_cli):

@@ -114,8 +114,16 @@ def resume_student(
                 f'--model, --kd-loss and stage flags it was trained with'
             ) from None
         raise
-    saver_state = load_training_metadata(resume).get('saver') or {}
+    metadata = load_training_metadata(resume)
+    saver_state = metadata.get('saver') or {}
     if saver_state.get('recovery_update') is None:
+        before = metadata.get('args', {}).get('workers')
+        if 'workers' in stream and before is not None and before != args.workers and primary:
+            _logger.warning(
+                f'--resume {resume!r} was trained with --workers {before}, this run has '
+                f"{args.workers}: the workers deal a streamed input's records, so the epochs "
+                'from here are ordered otherwise than in the uninterrupted run'
+            )
         return start_epoch, 0, None
     written = saver_state.get('recovery_stream', stream)
     if written != stream:  # the position counts batches of the stream it was written in
