@@ -24,8 +24,8 @@ TINY = ['--img-size', '32', '--lr', '0.01', '--warmup-epochs', '0', '-j', '0', '
 @pytest.fixture(scope='session', autouse=True)
 def _temporary_files_inside_the_base_temp(tmp_path_factory):
     """What the code under test and the programs it starts put in the temporary folder (torchrun's
-    run folders, wandb's, DataLoader sockets) goes under
-    pytest's base temp, and is removed with it."""
+    run folders, wandb's, DataLoader sockets) goes under pytest's base temp, and is removed with
+    it."""
     import tempfile
 
     folder = str(tmp_path_factory.mktemp('tmp'))
