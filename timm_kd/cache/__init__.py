@@ -90,7 +90,7 @@ def fingerprint(
         for key, value in identity(getattr(run, name)).items():
             views[key if views.get(key, value) == value else f'{name} {key}'] = value
     if isinstance(dataset, IterableDataset):  # a stream's order depends on its readers
-        views['workers (streamed input)'] = run.views.workers
+        views['workers (streamed input)'] = max(1, run.views.workers)  # 0: the main process
     views.update(
         world_size=world_size,
         num_classes=run.num_classes,

@@ -57,13 +57,14 @@ def resume_path(args: argparse.Namespace) -> str:
 
 def stream_shape(args: argparse.Namespace, world_size: int, streamed: bool) -> Dict[str, int]:
     """What a mid-epoch position (a count of updates) is counted in. A streamed input (`wds/`)
-    deals its records to the loader workers, so their number orders the epoch too."""
+    deals its records to the loader workers, so their number orders the epoch too (0 workers read
+    as 1: the main process reads the stream as one worker would)."""
     shape = {
         'batch_size': args.batch_size,
         'grad_accum_steps': args.grad_accum_steps,
         'world_size': world_size,
     }
-    return {**shape, 'workers': args.workers} if streamed else shape
+    return {**shape, 'workers': max(1, args.workers)} if streamed else shape
 
 
 def _shape(stream: Dict[str, int]) -> str:
@@ -118,7 +119,8 @@ def resume_student(
     saver_state = metadata.get('saver') or {}
     if saver_state.get('recovery_update') is None:
         before = metadata.get('args', {}).get('workers')
-        if 'workers' in stream and before is not None and before != args.workers and primary:
+        changed = before is not None and max(1, before) != stream.get('workers', max(1, before))
+        if changed and primary:
             _logger.warning(
                 f'--resume {resume!r} was trained with --workers {before}, this run has '
                 f"{args.workers}: the workers deal a streamed input's records, so the epochs "
