@@ -88,14 +88,21 @@ def test_a_mid_epoch_resume_of_shards_continues_the_epoch_with_the_same_workers(
 def test_a_streamed_position_counts_workers_and_zero_workers_read_as_one():
     from argparse import Namespace
 
-    from timm_kd.cli.train.student_job import stream_shape
+    from torch.utils.data import IterableDataset
 
-    def shape(workers, streamed=True):
+    from timm_kd.cli.train.student_job import stream_shape
+    from timm_kd.replay import stream_readers
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(())
+
+    def shape(workers, dataset=Stream()):
         flags = Namespace(batch_size=8, grad_accum_steps=1, workers=workers)
-        return stream_shape(flags, 2, streamed)
+        return stream_shape(flags, 2, stream_readers(dataset, workers))
 
     assert shape(0) == shape(1) != shape(2)  # the main process reads the stream as one worker
-    assert shape(0, streamed=False) == shape(4, streamed=False)  # map-style: any --workers
+    assert shape(0, dataset=[]) == shape(4, dataset=[])  # map-style: any --workers
 
 
 def test_a_cache_of_shards_refuses_another_worker_count(wds_shards, teacher, tmp_path, run_cli):

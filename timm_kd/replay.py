@@ -211,6 +211,13 @@ class BatchErasing:
         return self.erasing(input)
 
 
+def stream_readers(dataset: Any, workers: int) -> Optional[int]:
+    """How many readers order an epoch of `dataset`: None for map-style input, which replays the
+    same whatever `--workers`; for a stream, its loader workers (`ReplayableShards` deals the
+    records to them), 0 counting as 1 because the main process then reads as one worker."""
+    return max(1, workers) if isinstance(dataset, IterableDataset) else None
+
+
 def replayable_views(dataset: Any, seed: int, rank: int = 0) -> Any:
     """The training set as replayable views: `ReplayableViews` over a map-style dataset,
     `ReplayableShards` over webdataset shards, and any other stream (timm's hfids/, tfds/) as it is,

@@ -36,13 +36,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import IterableDataset
 
 from ..dataset_views import dataset_targets
 from ..errors import KDError
 from ..identity import identity
 from ..losses import create_kd_loss, get_kd_loss_class, list_kd_losses
 from ..reliability import write_text
+from ..replay import stream_readers
 from ..run import RunSpec
 from ..teacher import TeacherOutput
 from .layout import Layout
@@ -89,8 +89,9 @@ def fingerprint(
     for name in ('data', 'views', 'process'):  # a flag shared by two sections is one key
         for key, value in identity(getattr(run, name)).items():
             views[key if views.get(key, value) == value else f'{name} {key}'] = value
-    if isinstance(dataset, IterableDataset):  # a stream's order depends on its readers
-        views['workers (streamed input)'] = max(1, run.views.workers)  # 0: the main process
+    readers = stream_readers(dataset, run.views.workers)
+    if readers is not None:  # a stream's order depends on its readers
+        views['workers (streamed input)'] = readers
     views.update(
         world_size=world_size,
         num_classes=run.num_classes,

@@ -11,7 +11,6 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 import torchvision
 from timm.utils import distribute_bn, random_seed, setup_default_logging, update_summary
-from torch.utils.data import IterableDataset
 
 from ...cache import CachedTeacher, check_logit_losses_only
 from ...cache.hub import open_cache
@@ -21,6 +20,7 @@ from ...ensemble import create_teachers
 from ...errors import Interrupted, one_line_errors
 from ...locks import FolderLock
 from ...reliability import Preemption, truncate_summary, write_text
+from ...replay import stream_readers
 from ...runtime import Process, amp_setup, init_process
 from ...stream import TrainingStream
 from ...student import create_kd_student
@@ -152,8 +152,8 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
     updates_per_epoch = (len(loader) + args.grad_accum_steps - 1) // args.grad_accum_steps
     global_batch = batch_reference * process.world_size * args.grad_accum_steps
     eval_metric = args.eval_metric if eval_loader is not None else 'loss'
-    streamed = isinstance(setup.train_set, IterableDataset)
-    recovery_stream = stream_shape(args, process.world_size, streamed)
+    readers = stream_readers(setup.train_set, args.workers)
+    recovery_stream = stream_shape(args, process.world_size, readers)
     jobs = [
         setup_student(
             sargs,

@@ -55,16 +55,17 @@ def resume_path(args: argparse.Namespace) -> str:
     return resumable_checkpoint(folder)
 
 
-def stream_shape(args: argparse.Namespace, world_size: int, streamed: bool) -> Dict[str, int]:
-    """What a mid-epoch position (a count of updates) is counted in. A streamed input (`wds/`)
-    deals its records to the loader workers, so their number orders the epoch too (0 workers read
-    as 1: the main process reads the stream as one worker would)."""
+def stream_shape(
+    args: argparse.Namespace, world_size: int, readers: Optional[int]
+) -> Dict[str, int]:
+    """What a mid-epoch position (a count of updates) is counted in; for a streamed input (`wds/`)
+    also its `readers` (`timm_kd.replay.stream_readers`), which order the epoch too."""
     shape = {
         'batch_size': args.batch_size,
         'grad_accum_steps': args.grad_accum_steps,
         'world_size': world_size,
     }
-    return {**shape, 'workers': max(1, args.workers)} if streamed else shape
+    return shape if readers is None else {**shape, 'workers': readers}
 
 
 def _shape(stream: Dict[str, int]) -> str:
