@@ -89,9 +89,9 @@ def build(argv: Optional[List[str]] = None) -> str:
     layout = Layout(mine.layout, k, num_classes, mine.value_dtype)
     manifest = _manifest(mine, now, layout, slots)
     amp_autocast, _ = amp_setup(args.amp, args.amp_dtype, device)
-    start, done_images = time.time(), 0
-    if 'loss_error' not in manifest:  # the card's table (`timm_kd.cache.hub`)
+    if process.is_primary and 'loss_error' not in manifest:  # the card's table; rank 0 writes it
         manifest['loss_error'] = _loss_error(stream, teacher, amp_autocast, layout)
+    start, done_images = time.time(), 0
     with FolderLock(mine.out, f'build-rank-{process.rank}.lock', 'the cache folder --out'):
         todo = [e for e in range(args.epochs) if not is_built(mine.out, e, process.rank)]
         built = [e for e in range(args.epochs) if e not in todo]  # a kill may have come before
@@ -174,7 +174,8 @@ def _manifest(mine: argparse.Namespace, now: dict, layout: Layout, slots: int) -
                 'another --out'
             )
         manifest['epochs'] = old['epochs']
-        manifest.update({k: old[k] for k in ('loss_error',) if k in old})
+        if 'loss_error' in old:
+            manifest['loss_error'] = old['loss_error']
     return manifest
 
 
