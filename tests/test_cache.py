@@ -115,6 +115,7 @@ def test_a_cached_run_equals_the_live_run(image_folder, vit_teacher, built, tmp_
             'other views (prefetcher: the cache has True, this run False)',
         ),
         (['--epochs', '3'], 'lacks epoch 2'),
+        (['--mixup-off-epoch', '1'], 'views (mixup_off_epoch: the cache has None, this run 1)'),
         (['--kd-loss', 'fitnet'], 'is a feature loss'),
         (['--teacher', 'test_resnet'], 'other teacher (teacher: the cache has'),
     ],
@@ -137,6 +138,39 @@ def test_a_run_the_cache_does_not_fit_is_one_line(
         )
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert info.value.code == 2 and line.startswith('error: ') and message in line, line
+
+
+def test_the_build_feeds_the_teacher_the_batches_training_feeds_it(
+    image_folder, vit_teacher, tmp_path, monkeypatch
+):
+    """Epoch by epoch, with mixing switched off from epoch 1 (--mixup-off-epoch): the teacher of
+    the build sees the batches the live teacher sees, and the cached run equals the live one."""
+    from timm_kd.teacher import Teacher
+
+    seen = []
+    forward = Teacher.forward
+
+    def recording(self, images, stages=None):
+        seen.append(images.detach().clone())
+        return forward(self, images, stages)
+
+    monkeypatch.setattr(Teacher, 'forward', recording)
+    flags = [image_folder, *FAST, *VIEWS, '--epochs', '3', '--mixup-off-epoch', '1']
+    out = tmp_path / 'cache'
+    cache_main(['build', *flags, *vit_teacher, '--top-k', '3', '--out', str(out)])
+    built = seen[1:]  # the first: the card's loss error on epoch 0's first batch
+    seen.clear()
+    train_main([*flags, *vit_teacher, '--output', str(tmp_path), '--experiment', 'live'])
+    live = seen[-len(built) :]  # after the start-up shape probes
+    assert len(built) == 18  # 3 epochs of 6 batches
+    for i, (a, b) in enumerate(zip(built, live)):
+        assert torch.equal(a, b), f'epoch {i // 6}, batch {i % 6}'
+    train_main([*flags, '--teacher-cache', str(out), '--output', str(tmp_path),
+                '--experiment', 'cached'])  # fmt: skip
+    rows = [_rows(tmp_path / name / 'summary.csv') for name in ('live', 'cached')]
+    assert len(rows[0]) == 3
+    for a, b in zip(*rows):
+        assert all(float(a[k]) == pytest.approx(float(b[k]), abs=1e-5) for k in a)
 
 
 def test_a_killed_build_resumes_at_the_first_missing_epoch(

@@ -7,7 +7,7 @@ import torch
 from timm_kd import KDError
 from timm_kd.cli.train import parse_args
 from timm_kd.cli.train.build import dataset_options, loader_options
-from timm_kd.data import create_datasets, create_loaders, dataset_num_classes, disable_mixup
+from timm_kd.data import create_datasets, create_loaders, dataset_num_classes, set_mixup_epoch
 from timm_kd.dataset_views import IndexedTargets, StratifiedSubset, dataset_targets
 
 
@@ -80,11 +80,13 @@ def test_mixup_runs_in_the_training_process_and_turns_off(image_folder, prefetch
         loader_options(args), train, evaluation, cfg, 3, torch.device('cpu'), prefetcher=prefetcher
     )
     assert mixup_fn.mixup_enabled and not getattr(loader, 'mixup_enabled', False)
-    disable_mixup(mixup_fn)
+    set_mixup_epoch(mixup_fn, 2, off_epoch=2)
     assert not mixup_fn.mixup_enabled
     _, targets = mixup_fn(torch.randn(8, 3, 32, 32), torch.arange(8) % 3)
     # smoothed, not mixed
     assert torch.allclose(targets.max(dim=1).values, torch.tensor(0.9 + 0.1 / 3))
+    set_mixup_epoch(mixup_fn, 1, off_epoch=2)  # a stream that starts over mixes again
+    assert mixup_fn.mixup_enabled
 
 
 @pytest.mark.parametrize('flag, split', [('--train-split', 'trian'), ('--val-split', 'valdation')])

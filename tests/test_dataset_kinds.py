@@ -86,7 +86,7 @@ def test_a_mid_epoch_resume_of_shards_continues_the_epoch_with_the_same_workers(
 
 
 def test_a_streamed_position_counts_workers_and_zero_workers_read_as_one():
-    from argparse import Namespace
+    from types import SimpleNamespace
 
     from torch.utils.data import IterableDataset
 
@@ -98,8 +98,10 @@ def test_a_streamed_position_counts_workers_and_zero_workers_read_as_one():
             return iter(())
 
     def shape(workers, dataset=Stream()):
-        flags = Namespace(batch_size=8, grad_accum_steps=1, workers=workers)
-        return stream_shape(flags, 2, stream_readers(dataset, workers))
+        run = SimpleNamespace(
+            views=SimpleNamespace(batch_size=8), process=SimpleNamespace(grad_accum_steps=1)
+        )
+        return stream_shape(run, 2, stream_readers(dataset, workers))
 
     assert shape(0) == shape(1) != shape(2)  # the main process reads the stream as one worker
     assert shape(0, dataset=[]) == shape(4, dataset=[])  # map-style: any --workers

@@ -13,7 +13,7 @@ from timm.data import Mixup, create_dataset, create_loader
 
 from .dataset_views import DatasetView, StratifiedSubset
 from .errors import KDError, flat
-from .identity import NOT_IDENTITY
+from .identity import IF_SET, NOT_IDENTITY
 from .unlabeled import ImageFiles, WithUnlabeled
 
 
@@ -78,6 +78,7 @@ class LoaderOptions:
     mixup_prob: float = 1.0
     mixup_switch_prob: float = 0.5
     mixup_mode: str = 'batch'
+    mixup_off_epoch: int = field(default=0, metadata=IF_SET)  # from this epoch on, no mixing
     smoothing: float = 0.1
     train_img_sizes: Optional[Sequence[int]] = None
     train_batch_sizes: Optional[Sequence[int]] = None
@@ -361,8 +362,9 @@ def set_loader_epoch(loader: Any, epoch: int) -> None:
             return
 
 
-def disable_mixup(mixup_fn: Optional[Callable]) -> None:
-    """Stop mixup/cutmix (timm's --mixup-off-epoch): the
-    per-batch function keeps label smoothing only."""
+def set_mixup_epoch(mixup_fn: Optional[Callable], epoch: int, off_epoch: int = 0) -> None:
+    """Mix in `epoch` unless timm's --mixup-off-epoch (`off_epoch` > 0) has come: from then on
+    the per-batch function keeps label smoothing only. Set at each epoch's start, so a stream that
+    starts at any epoch (a resume, a cache build) mixes exactly where training does."""
     if mixup_fn is not None:
-        mixup_fn.mixup_enabled = False
+        mixup_fn.mixup_enabled = not (off_epoch and epoch >= off_epoch)

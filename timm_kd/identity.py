@@ -2,7 +2,9 @@
 
 Every dataclass field counts unless its metadata says otherwise: `NOT_IDENTITY` for what does not
 change what a run computes (worker counts, validation settings, paths, logging), `FILE` for a path
-whose file content counts rather than its name. A new field is therefore covered by construction.
+whose file content counts rather than its name, `IF_SET` for a field added after runs were recorded:
+it counts when it differs from its default, so a record written before it existed still matches a
+run that leaves it at the default. A new field is therefore covered by construction.
 """
 
 import dataclasses
@@ -11,6 +13,7 @@ from typing import Any, Dict
 
 NOT_IDENTITY = {'identity': False}
 FILE = {'identity': 'file'}
+IF_SET = {'identity': 'if-set'}
 
 
 def sha256(path: str) -> str:
@@ -31,6 +34,8 @@ def identity(value: Any, prefix: str = '') -> Dict[str, Any]:
         if kind is False:
             continue
         v = getattr(value, f.name)
+        if kind == 'if-set' and v == f.default:
+            continue
         key = ' '.join(p for p in (prefix, f.metadata.get('label', f.name)) if p)
         if dataclasses.is_dataclass(v):
             out.update(identity(v, key))

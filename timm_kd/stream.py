@@ -8,10 +8,11 @@ decoded in one place (`TrainingStream.prepare`) into the named fields of a `Batc
   CRD), mapped to its label with the dataset's labels,
 - -1 for an unlabeled image (`timm_kd.unlabeled`), turned into the `labeled` mask.
 
-Then mixup/cutmix runs, in the training process. The random streams are those of
-`timm_kd.reliability.reseed`: each epoch starts from (seed, epoch, rank), each batch is mixed and
-trained after a reseed from (seed, epoch, rank, batch), so a batch's views and mixing depend on its
-position only: a resumed run, and the teacher-output cache, see exactly the uninterrupted stream.
+Then mixup/cutmix runs, in the training process, in the epochs before `--mixup-off-epoch`. The
+random streams are those of `timm_kd.reliability.reseed`: each epoch starts from (seed, epoch,
+rank), each batch is mixed and trained after a reseed from (seed, epoch, rank, batch), so a batch's
+views and mixing depend on its position only: a resumed run, and the teacher-output cache, see
+exactly the uninterrupted stream.
 """
 
 import itertools
@@ -20,7 +21,7 @@ from typing import Any, Callable, Iterator, Optional, Tuple
 
 import torch
 
-from .data import set_loader_epoch
+from .data import set_loader_epoch, set_mixup_epoch
 from .reliability import reseed
 from .replay import resumable
 from .unlabeled import labeled_mask
@@ -67,11 +68,13 @@ class TrainingStream:
         input_dtype: Optional[torch.dtype] = None,
         labels: Optional[torch.Tensor] = None,
         unlabeled: bool = False,
+        mixup_off_epoch: int = 0,
     ):
         self.loader, self.mixup_fn, self.device = loader, mixup_fn, device
         self.seed, self.rank, self.grad_accum_steps = seed, rank, grad_accum_steps
         self.channels_last, self.input_dtype = channels_last, input_dtype
         self.labels, self.unlabeled = labels, unlabeled
+        self.mixup_off_epoch = mixup_off_epoch
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -90,6 +93,7 @@ class TrainingStream:
         what the consumer did between batches (a recovery checkpoint), changes nothing after."""
         reseed(self.seed, epoch, self.rank)
         set_loader_epoch(self.loader, epoch)
+        set_mixup_epoch(self.mixup_fn, epoch, self.mixup_off_epoch)
         slots = resumable(self.loader)
         if slots is not None and skip_batches:
             slots.start_at(skip_batches)

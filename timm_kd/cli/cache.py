@@ -74,27 +74,27 @@ def build(argv: Optional[List[str]] = None) -> str:
     k = min(mine.top_k, num_classes)
     if k < 1:
         raise KDError(f'--top-k {mine.top_k}: keep at least one logit per sample')
-    stream, _, replayable = training_stream(args, setup, process)
-    if args.train_img_sizes is not None:
+    stream, _, replayable = training_stream(setup, process)
+    if run.views.train_img_sizes is not None:
         raise KDError('the teacher cache needs a fixed input and batch size (no --train-img-sizes)')
     if not replayable:
         raise KDError(
             'the teacher cache needs replayable views: map-style or webdataset input (ImageFolder, '
-            f'hfds/, wds/; not {args.dataset})'
+            f'hfds/, wds/; not {run.data.dataset})'
         )
-    slots = len(stream) * args.batch_size
+    slots = len(stream) * run.views.batch_size
     now = fingerprint(run, train_set, process.world_size, mtimes=mine.strict_files)
     if mine.layout == 'compact' and mine.value_dtype != 'float32':
         raise KDError("--value-dtype is the exact layout's; --layout compact stores float16 always")
     layout = Layout(mine.layout, k, num_classes, mine.value_dtype)
     manifest = _manifest(mine, now, layout, slots)
-    amp_autocast, _ = amp_setup(args.amp, args.amp_dtype, device)
+    amp_autocast, _ = amp_setup(run.teachers.amp, run.teachers.amp_dtype, device)
     if process.is_primary and 'loss_error' not in manifest:  # the card's table; rank 0 writes it
         manifest['loss_error'] = _loss_error(stream, teacher, amp_autocast, layout)
     start, done_images = time.time(), 0
     with FolderLock(mine.out, f'build-rank-{process.rank}.lock', 'the cache folder --out'):
-        todo = [e for e in range(args.epochs) if not is_built(mine.out, e, process.rank)]
-        built = [e for e in range(args.epochs) if e not in todo]  # a kill may have come before
+        todo = [e for e in range(run.views.epochs) if not is_built(mine.out, e, process.rank)]
+        built = [e for e in range(run.views.epochs) if e not in todo]  # a kill may have come before
         manifest['epochs'] = sorted(set(manifest['epochs']) | set(built))  # the manifest's update
         for n, epoch in enumerate(todo):
             shard = ShardWriter(mine.out, epoch, process.rank, layout.arrays(slots))

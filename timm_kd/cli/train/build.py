@@ -58,50 +58,38 @@ def loader_options(args: argparse.Namespace) -> LoaderOptions:
     return options(LoaderOptions, args)
 
 
-def replayable_loaders(
-    args: argparse.Namespace,
-    train_set: Any,
-    eval_set: Optional[Any],
-    data_config: Dict[str, Any],
-    num_classes: int,
-    process: Process,
-) -> Tuple[Any, Optional[Any], Optional[Any], bool]:
-    """The training stream as training and `timm_kd.cache build` both read it: timm's loaders over
-    replayable views (`timm_kd.replay`) with timm's prefetcher unless --no-prefetcher, on every
-    device as in timm's train.py.
+def training_stream(
+    setup: 'Setup', process: Process, needs_index: bool = False
+) -> Tuple[TrainingStream, Optional[Any], bool]:
+    """The training stream as training and `cache build` both read it, built from the typed run
+    alone: timm's loaders over replayable views (`timm_kd.replay`) with timm's prefetcher unless
+    --no-prefetcher, mixup/cutmix until --mixup-off-epoch, sample indices as targets when a loss
+    keeps per-sample state.
 
-    Returns the train loader, the eval loader (None without `eval_set`), the mixup function, and
-    whether the views replay (not with scheduled batch sizes, `--train-img-sizes`).
+    Returns the stream, the eval loader (None without an eval set) and whether the views replay
+    (not with scheduled batch sizes, `--train-img-sizes`).
     """
-    train_loader, eval_loader, mixup_fn = create_loaders(
-        loader_options(args),
-        replayable_views(train_set, args.seed, process.rank),
-        eval_set,
-        data_config,
-        num_classes,
+    run = setup.run
+    train_set = IndexedTargets(setup.train_set) if needs_index else setup.train_set
+    dtype = DTYPES[run.process.model_dtype] if run.process.model_dtype else None
+    loader, eval_loader, mixup_fn = create_loaders(
+        run.views,
+        replayable_views(train_set, run.process.seed, process.rank),
+        setup.eval_set,
+        run.student_data_config,
+        run.num_classes,
         process.device,
         distributed=process.distributed,
-        prefetcher=not args.no_prefetcher,
-        img_dtype=model_dtype(args) or torch.float32,
+        prefetcher=run.process.prefetcher,
+        img_dtype=dtype or torch.float32,
     )
-    return train_loader, eval_loader, mixup_fn, make_replayable(train_loader, process.rank)
-
-
-def training_stream(
-    args: argparse.Namespace, setup: 'Setup', process: Process, needs_index: bool = False
-) -> Tuple[TrainingStream, Optional[Any], bool]:
-    """The training stream as training and `cache build` both read it (sample indices as targets
-    when a loss keeps per-sample state), the eval loader, and whether the views replay."""
-    train_set = IndexedTargets(setup.train_set) if needs_index else setup.train_set
-    run = setup.run
-    loader, eval_loader, mixup_fn, replayable = replayable_loaders(
-        args, train_set, setup.eval_set, run.student_data_config, run.num_classes, process
-    )
+    replayable = make_replayable(loader, process.rank)
     stream = TrainingStream(
-        loader, mixup_fn, device=process.device, seed=args.seed, rank=process.rank,
-        grad_accum_steps=args.grad_accum_steps, channels_last=args.channels_last,
-        input_dtype=model_dtype(args), unlabeled=bool(args.unlabeled_data),
+        loader, mixup_fn, device=process.device, seed=run.process.seed, rank=process.rank,
+        grad_accum_steps=run.process.grad_accum_steps, channels_last=run.process.channels_last,
+        input_dtype=dtype, unlabeled=bool(run.data.unlabeled_data),
         labels=train_set.targets.to(process.device) if needs_index else None,
+        mixup_off_epoch=run.views.mixup_off_epoch,
     )  # fmt: skip
     return stream, eval_loader, replayable
 

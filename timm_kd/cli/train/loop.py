@@ -14,18 +14,19 @@ from timm.utils import distribute_bn, random_seed, setup_default_logging, update
 
 from ...cache import CachedTeacher, check_logit_losses_only
 from ...cache.hub import open_cache
-from ...data import dataset_class_names, disable_mixup
+from ...data import dataset_class_names
 from ...engine import check_finite, train_one_epoch, validate
 from ...ensemble import create_teachers
 from ...errors import Interrupted, one_line_errors
 from ...locks import FolderLock
 from ...reliability import Preemption, truncate_summary, write_text
 from ...replay import stream_readers
+from ...run import RunSpec
 from ...runtime import Process, amp_setup, init_process
 from ...stream import TrainingStream
 from ...student import create_kd_student
 from ...unlabeled import check_unlabeled_run
-from .build import Setup, model_dtype, setup_process_flags, setup_run, training_stream
+from .build import DTYPES, Setup, setup_process_flags, setup_run, training_stream
 from .config import args_yaml, check_kd_flags_have_a_teacher, parse_args
 from .student_job import StudentJob, check_same_start, setup_student, stream_shape
 from .students import student_args
@@ -38,6 +39,7 @@ class Training:
     """Everything the epochs need, built once by `build_training`."""
 
     args: Any  # the shared flags (logging, validation and checkpoint intervals, wandb)
+    run: RunSpec
     process: Process
     jobs: List[StudentJob]
     teacher: Any
@@ -143,17 +145,17 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
     if teacher is not None and run.teachers.compile:
         teacher.compile(backend=run.teachers.compile, mode=run.teachers.compile_mode)
     needs_index = any(spec.needs('needs_index') for spec in losses)
-    stream, eval_loader, replayable = training_stream(args, setup, process, needs_index)
-    scheduled = args.train_img_sizes is not None
+    stream, eval_loader, replayable = training_stream(setup, process, needs_index)
+    scheduled, accum = run.views.train_img_sizes is not None, run.process.grad_accum_steps
     loader = stream.loader
     batch_reference = (
-        loader.batch_sampler.average_batch_size if scheduled else float(args.batch_size)
+        loader.batch_sampler.average_batch_size if scheduled else float(run.views.batch_size)
     )
-    updates_per_epoch = (len(loader) + args.grad_accum_steps - 1) // args.grad_accum_steps
-    global_batch = batch_reference * process.world_size * args.grad_accum_steps
+    updates_per_epoch = (len(loader) + accum - 1) // accum
+    global_batch = batch_reference * process.world_size * accum
     eval_metric = args.eval_metric if eval_loader is not None else 'loss'
-    readers = stream_readers(setup.train_set, args.workers)
-    recovery_stream = stream_shape(args, process.world_size, readers)
+    readers = stream_readers(setup.train_set, run.views.workers)
+    recovery_stream = stream_shape(run, process.world_size, readers)
     jobs = [
         setup_student(
             sargs,
@@ -182,7 +184,7 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
         teacher.cache.check(run, setup.train_set, process.world_size, epochs, process.rank)
     if skip_batches and not replayable and process.is_primary:
         _logger.warning(
-            f'Resuming mid-epoch on {args.dataset}, whose views timm draws (not replayed): the '
+            f'Resuming mid-epoch on {run.data.dataset}, whose views timm draws (not replayed): the '
             f'epoch goes on after its first {skip_batches} batches of a new pass, so it is not the '
             'uninterrupted run to the bit; wds/ or map-style input resumes exactly'
         )
@@ -191,10 +193,10 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
             f'Nothing to train: the checkpoint is at epoch {start_epoch} and the run stops at '
             f'{stop_epoch} (--epochs {num_epochs}); raise --epochs to train on'
         )
-    amp_autocast, _ = amp_setup(args.amp, args.amp_dtype, device)
-    return Training(args, process, jobs, teacher, stream, eval_loader, amp_autocast, eval_metric,
-                    batch_reference, start_epoch, skip_batches, stop_epoch, num_epochs,
-                    run.num_classes, recovery_stream)  # fmt: skip
+    amp_autocast, _ = amp_setup(run.teachers.amp, run.teachers.amp_dtype, device)
+    return Training(args, run, process, jobs, teacher, stream, eval_loader, amp_autocast,
+                    eval_metric, batch_reference, start_epoch, skip_batches, stop_epoch,
+                    num_epochs, run.num_classes, recovery_stream)  # fmt: skip
 
 
 def train_epoch(t: Training, epoch: int, preemption: Preemption) -> Dict[str, float]:
@@ -203,10 +205,8 @@ def train_epoch(t: Training, epoch: int, preemption: Preemption) -> Dict[str, fl
     args, primary = t.args, t.process.is_primary
     skip = t.skip_batches if epoch == t.start_epoch else 0
     if isinstance(t.teacher, CachedTeacher):
-        t.teacher.start_epoch(epoch, skip * args.batch_size)
-    if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
-        disable_mixup(t.stream.mixup_fn)
-    scheduled = args.train_img_sizes is not None
+        t.teacher.start_epoch(epoch, skip * t.run.views.batch_size)
+    scheduled = t.run.views.train_img_sizes is not None
     train_metrics = train_one_epoch(
         epoch, [job.run for job in t.jobs], t.stream, num_epochs=t.num_epochs, teacher=t.teacher,
         amp_autocast=t.amp_autocast, distributed=t.process.distributed,
@@ -235,9 +235,12 @@ def _end_of_epoch(t: Training, job: StudentJob, epoch: int, metrics) -> Dict[str
     run, args = job.run, t.args
     eval_metrics, row = None, {}
     if t.eval_loader is not None:
+        process = t.run.process
         kwargs = dict(
-            device=t.process.device, amp_autocast=t.amp_autocast, channels_last=args.channels_last,
-            input_dtype=model_dtype(args), distributed=t.process.distributed,
+            device=t.process.device, amp_autocast=t.amp_autocast,
+            channels_last=process.channels_last,
+            input_dtype=DTYPES[process.model_dtype] if process.model_dtype else None,
+            distributed=t.process.distributed,
             is_primary=t.process.is_primary, log_suffix=f' [{run.name}]' if run.name else '',
         )  # fmt: skip
         eval_metrics = validate(run.task, t.eval_loader, **kwargs)

@@ -17,6 +17,7 @@ from ...checkpoint import load_training_metadata, safe_globals
 from ...data import mixup_args
 from ...engine import StudentRun
 from ...errors import KDError, flat
+from ...run import RunSpec
 from ...runtime import Process, amp_setup, experiment_name, output_dir, resolve_lr
 from ...saver import DurableCheckpointSaver, resumable_checkpoint
 from ...task import DistillationTask
@@ -55,14 +56,12 @@ def resume_path(args: argparse.Namespace) -> str:
     return resumable_checkpoint(folder)
 
 
-def stream_shape(
-    args: argparse.Namespace, world_size: int, readers: Optional[int]
-) -> Dict[str, int]:
+def stream_shape(run: RunSpec, world_size: int, readers: Optional[int]) -> Dict[str, int]:
     """What a mid-epoch position (a count of updates) is counted in; for a streamed input (`wds/`)
     also its `readers` (`timm_kd.replay.stream_readers`), which order the epoch too."""
     shape = {
-        'batch_size': args.batch_size,
-        'grad_accum_steps': args.grad_accum_steps,
+        'batch_size': run.views.batch_size,
+        'grad_accum_steps': run.process.grad_accum_steps,
         'world_size': world_size,
     }
     return shape if readers is None else {**shape, 'workers': readers}
