@@ -192,6 +192,61 @@ def test_checkpoint_teacher_loads_ema_weights_and_uses_student_preprocessing(tmp
     assert torch.equal(teacher.model.fc.weight, raw.fc.weight)
 
 
+def test_a_checkpoint_that_records_its_training_decides_the_teachers_preprocessing(
+    image_folder, tmp_path, caplog
+):
+    """A timm-kd-train checkpoint trained at mean 0.4 / std 0.2 teaches a student at 0.5 / 0.5
+    through a renormalization to 0.4 / 0.2; a timm checkpoint recording `resnet18` with unset
+    mean/std/size gets resnet18's own config; flags still override the record."""
+    import logging
+    from argparse import Namespace
+
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    from timm_kd.cli.train.loop import main as train_main
+
+    stats = ['--mean', '0.4', '0.4', '0.4', '--std', '0.2', '0.2', '0.2']
+    train_main([image_folder, '--model', 'test_resnet', '--img-size', '32', *stats, '-b', '8',
+                '--epochs', '1', '-j', '0', '--device', 'cpu', '--output', str(tmp_path),
+                '--experiment', 'teacher'])  # fmt: skip
+    ours = str(tmp_path / 'teacher' / 'last.pth.tar')
+    with caplog.at_level(logging.INFO, logger='timm_kd.teacher'):
+        teacher = create_teacher('test_resnet', num_classes=3, checkpoint=ours, **STUDENT)
+    assert 'as its checkpoint records its training' in caplog.text
+    assert teacher.adapter.renormalize and teacher.adapter.size == (32, 32)
+    x = torch.rand(2, 3, 32, 32)  # normalized at 0.5 / 0.5 -> the same pixels at 0.4 / 0.2
+    assert torch.allclose(teacher.adapter(x), (x * 0.5 + 0.5 - 0.4) / 0.2, atol=1e-6)
+    overridden = create_teacher(
+        'test_resnet', num_classes=3, checkpoint=ours, mean=[0.5] * 3, std=[0.5] * 3, **STUDENT
+    )
+    assert not overridden.adapter.renormalize
+
+    timms = tmp_path / 'timm.pth.tar'
+    record = Namespace(model='resnet18', mean=None, std=None, input_size=None, img_size=None)
+    weights = timm.create_model('resnet18', num_classes=3).state_dict()
+    torch.save({'state_dict': weights, 'args': record, 'epoch': 3}, timms)
+    teacher = create_teacher('resnet18', num_classes=3, checkpoint=str(timms), **STUDENT)
+    own = timm.data.resolve_data_config({}, model=teacher.model)  # resnet18's own config
+    assert teacher.adapter.size == (224, 224) == own['input_size'][1:]
+    assert teacher.adapter.interpolation == own['interpolation']
+    scale = torch.tensor(STUDENT['student_std']) / torch.tensor(IMAGENET_DEFAULT_STD)
+    assert torch.allclose(teacher.adapter.scale.flatten(), scale)
+    assert IMAGENET_DEFAULT_MEAN != STUDENT['student_mean']
+
+
+def test_a_checkpoint_without_a_record_gets_the_students_preprocessing_and_says_so(
+    tmp_path, caplog
+):
+    import logging
+
+    path = tmp_path / 'bare.pth'
+    torch.save(timm.create_model('test_resnet', num_classes=3).state_dict(), path)
+    with caplog.at_level(logging.INFO, logger='timm_kd.teacher'):
+        teacher = create_teacher('test_resnet', num_classes=3, checkpoint=str(path), **STUDENT)
+    assert not teacher.adapter.renormalize and teacher.adapter.size == (32, 32)
+    assert "the student's: its checkpoint" in caplog.text and 'records no training' in caplog.text
+
+
 def test_tagged_teacher_uses_its_pretrained_cfg_and_flags_override(tmp_path):
     path = tmp_path / 't.pth'
     torch.save(timm.create_model('test_resnet', num_classes=3).state_dict(), path)

@@ -7,7 +7,17 @@ in its place.
 """
 
 import logging
-from typing import List, NamedTuple, Optional, Protocol, Sequence, Tuple, runtime_checkable
+from typing import (
+    Any,
+    Dict,
+    List,
+    NamedTuple,
+    Optional,
+    Protocol,
+    Sequence,
+    Tuple,
+    runtime_checkable,
+)
 
 import torch
 import torch.nn as nn
@@ -21,7 +31,7 @@ from timm.models import (
     split_model_name_tag,
 )
 
-from .checkpoint import checkpoint_num_classes, load_state_dict
+from .checkpoint import checkpoint_num_classes, load_state_dict, load_training_metadata
 from .errors import KDError, flat
 from .features import Features, forward_features
 
@@ -323,6 +333,31 @@ def _create_teacher_model(
         ) from None
 
 
+# The keys of a training checkpoint's recorded `args` (timm's train.py and timm-kd-train write them)
+# that fix how its images were preprocessed, read as timm's `resolve_data_config` reads flags.
+PREPROCESSING_KEYS = (
+    'input_size',
+    'img_size',
+    'in_chans',
+    'mean',
+    'std',
+    'interpolation',
+    'crop_pct',
+    'crop_mode',
+)
+
+
+def recorded_preprocessing(checkpoint: str, model: nn.Module) -> Optional[Dict[str, Any]]:
+    """How the model of a training `checkpoint` saw its images, from the flags the checkpoint
+    records (resolved against `model`'s pretrained cfg, as its training resolved them), or None
+    for a checkpoint without a record (a bare state_dict, safetensors)."""
+    recorded = load_training_metadata(checkpoint).get('args') or {}
+    if 'model' not in recorded:
+        return None
+    flags = {key: recorded[key] for key in PREPROCESSING_KEYS if key in recorded}
+    return resolve_data_config(flags, model=model)
+
+
 def create_teacher(
     name: str,
     *,
@@ -345,10 +380,11 @@ def create_teacher(
 ) -> Teacher:
     """Build a frozen teacher from a timm name (pretrained weights) or a name plus `checkpoint`.
 
-    Preprocessing: a pretrained teacher uses its pretrained cfg's mean/std/input size. A teacher
-    from a bare architecture plus `checkpoint` is assumed to have been trained with the student's
-    preprocessing (timm-kd-train checkpoints are). `mean`, `std` and `input_size` (H W, or C H W)
-    override either.
+    Preprocessing: a pretrained teacher uses its pretrained cfg's mean/std/input size and
+    interpolation. A teacher from a bare architecture plus a training `checkpoint` uses what the
+    checkpoint records of its training (the `args` timm's train.py and timm-kd-train store); only
+    a checkpoint without a record is assumed to have been trained with the student's, with a line
+    saying so. `mean`, `std` and `input_size` (H W, or C H W) override any of them.
     """
     if dtype not in DTYPES:
         raise KDError(f'unknown --teacher-dtype {dtype!r}; choose one of: {", ".join(DTYPES)}')
@@ -370,15 +406,27 @@ def create_teacher(
         )
 
     source, _, tag = _parse_teacher_name(name)
+    data_config = resolve_data_config({}, model=model)
     if checkpoint and not (source or tag):
-        data_config = dict(
-            mean=tuple(student_mean),
-            std=tuple(student_std),
-            input_size=tuple(student_input_size),
-            interpolation='bicubic',
-        )
+        data_config = recorded_preprocessing(checkpoint, model)
+        if data_config is not None:
+            origin = f'as its checkpoint records its training ({checkpoint})'
+        else:
+            data_config = dict(
+                mean=tuple(student_mean),
+                std=tuple(student_std),
+                input_size=tuple(student_input_size),
+                interpolation='bicubic',
+            )
+            origin = (
+                f"the student's: its checkpoint {checkpoint!r} records no training flags; pass "
+                '--teacher-mean/--teacher-std/--teacher-input-size if it was trained otherwise'
+            )
     else:
-        data_config = resolve_data_config({}, model=model)
+        origin = 'its pretrained config'
+    if mean or std or input_size:
+        origin += ', with the --teacher-mean/--teacher-std/--teacher-input-size given'
+    _logger.info(f'Teacher {name} preprocessing: {origin}')
     t_mean = tuple(mean) if mean else data_config['mean']
     t_std = tuple(std) if std else data_config['std']
     size = tuple(input_size)[-2:] if input_size else tuple(data_config['input_size'])[-2:]
