@@ -117,6 +117,11 @@ def test_a_cached_run_equals_the_live_run(image_folder, vit_teacher, built, tmp_
         (['--epochs', '3'], 'lacks epoch 2'),
         (['--mixup-off-epoch', '1'], 'views (mixup_off_epoch: the cache has None, this run 1)'),
         (['--kd-loss', 'fitnet'], 'is a feature loss'),
+        # a teacher's settings without its name: compared with the cache's teacher
+        (['--teacher-mean', '0.4', '0.4', '0.4'], 'whose teacher ran with its own default'),
+        (['--teacher-input-size', '64', '64'], '--teacher-input-size (64, 64) beside'),
+        (['--teacher-dtype', 'bfloat16'], "whose teacher ran with 'float32'"),
+        (['--teacher-kwargs', 'img_size=64'], "ran with [['img_size', 32]]"),
         (['--teacher', 'test_resnet'], 'other teacher (teacher: the cache has'),
     ],
 )
@@ -171,6 +176,14 @@ def test_the_build_feeds_the_teacher_the_batches_training_feeds_it(
     assert len(rows[0]) == 3
     for a, b in zip(*rows):
         assert all(float(a[k]) == pytest.approx(float(b[k]), abs=1e-5) for k in a)
+
+
+def test_teacher_settings_equal_to_the_caches_and_amp_are_accepted(image_folder, built, tmp_path):
+    """--amp is the student's precision; a teacher setting the cache's teacher ran with is
+    consistent with it."""
+    flags = ['--teacher-kwargs', 'img_size=32', '--amp', '--epochs', '1', '--output', str(tmp_path)]
+    train_main([image_folder, *FAST, *VIEWS, *flags, '--teacher-cache', str(built)])
+    assert _rows(next(tmp_path.glob('*/summary.csv')))
 
 
 def test_a_killed_build_resumes_at_the_first_missing_epoch(

@@ -206,6 +206,7 @@ class TeacherCache:
         epochs it lacks. A run that names no teacher is compared on its views and on what the
         cached target depends on (an ensemble's temperature against this run's KD temperature)."""
         built = self.manifest['fingerprint']
+        self._check_teacher_settings(run.teachers.beside_cache, built['teacher'])
         now = fingerprint(run, dataset, world_size, signature_uses_mtimes(built))
         if not run.teachers.members:
             now['target'] = {
@@ -228,6 +229,26 @@ class TeacherCache:
                 f'{len(self.manifest["epochs"])} epochs); build more with --epochs '
                 f'{max(epochs) + 1}, or train fewer epochs'
             )
+
+    def _check_teacher_settings(self, given: Sequence[Tuple[str, Any]], built: Dict[str, Any]):
+        """One line for a teacher setting (`--teacher-mean`, ...) given without a teacher's name
+        that differs from how the cache's teacher ran: the cached answers are that teacher's."""
+        for name, value in given:
+            flag = f'--teacher-{name.replace("_", "-")}'
+            if f'teacher {name}' not in built:
+                raise KDError(
+                    f'{flag} beside --teacher-cache {self.root!r}, whose answers are an '
+                    "ensemble's: name its teachers with --teacher (each with its own flags) to "
+                    f'compare, or drop {flag}'
+                )
+            cached = built[f'teacher {name}']
+            if json.loads(json.dumps(value, default=list)) != cached:
+                ran = 'its own default' if cached is None else repr(cached)
+                raise KDError(
+                    f'{flag} {value!r} beside --teacher-cache {self.root!r}, whose teacher ran '
+                    f"with {ran}: the cached answers are that teacher's; drop {flag}, or build a "
+                    'cache with it'
+                )
 
     def fetch(self, epochs: Sequence[int], rank: int) -> None:
         """Bring the shards of `epochs` for `rank` here: a local cache has them already (a Hub

@@ -195,6 +195,12 @@ def teacher_setup(args: argparse.Namespace) -> TeacherSetup:
     ensemble, each with its own), or none."""
     own = {field: getattr(args, f'teacher_{field}') for field, _, _ in TEACHER_OWN_FLAGS}
     specs = args.teachers or ([dict(name=args.teacher, **own)] if args.teacher else [])
+    defaults = {field: options['default'] for field, _, options in TEACHER_OWN_FLAGS}
+    beside_cache = tuple(
+        (field, freeze(value))
+        for field, value in own.items()
+        if args.teacher_cache and not specs and value != defaults[field]
+    )
     members = tuple(
         TeacherSpec(
             name=spec['name'],
@@ -222,6 +228,7 @@ def teacher_setup(args: argparse.Namespace) -> TeacherSetup:
         inference_mode=args.teacher_inference_mode,
         allow_pickle=args.allow_unsafe_pickle,
         cache=args.teacher_cache,
+        beside_cache=beside_cache,
     )
 
 
