@@ -54,7 +54,8 @@ class LoaderOptions:
     workers: int = field(default=4, metadata=NOT_IDENTITY)
     pin_mem: bool = field(default=False, metadata=NOT_IDENTITY)
     worker_seeding: str = 'all'
-    use_multi_epochs_loader: bool = field(default=False, metadata=NOT_IDENTITY)
+    # its views are timm's (not replayed; `timm_kd.replay.make_replayable`)
+    use_multi_epochs_loader: bool = field(default=False, metadata=IF_SET)
     no_aug: bool = False
     train_crop_mode: Optional[str] = None
     scale: Sequence[float] = (0.08, 1.0)

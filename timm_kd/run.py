@@ -64,8 +64,8 @@ class TeacherSetup:
     inference_mode: bool = field(default=True, metadata=NOT_IDENTITY)
     allow_pickle: bool = field(default=False, metadata=NOT_IDENTITY)
     cache: Optional[str] = field(default=None, metadata=NOT_IDENTITY)  # train from a built cache
-    # teacher settings given beside `cache` without a teacher's name (TeacherSpec field, value):
-    # compared with the cache's teacher (`timm_kd.cache.TeacherCache.check`)
+    # teacher settings given beside `cache` without a teacher's name (the cache fingerprint's key,
+    # the flag, the value): compared with the cache's teacher (`timm_kd.cache.TeacherCache.check`)
     beside_cache: Tuple[Tuple[str, Any], ...] = field(default=(), metadata=NOT_IDENTITY)
 
     def target_identity(self) -> Dict[str, Any]:

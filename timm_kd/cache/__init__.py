@@ -230,18 +230,17 @@ class TeacherCache:
                 f'{max(epochs) + 1}, or train fewer epochs'
             )
 
-    def _check_teacher_settings(self, given: Sequence[Tuple[str, Any]], built: Dict[str, Any]):
+    def _check_teacher_settings(self, given: Sequence[Tuple[str, str, Any]], built: Dict[str, Any]):
         """One line for a teacher setting (`--teacher-mean`, ...) given without a teacher's name
         that differs from how the cache's teacher ran: the cached answers are that teacher's."""
-        for name, value in given:
-            flag = f'--teacher-{name.replace("_", "-")}'
-            if f'teacher {name}' not in built:
+        for key, flag, value in given:
+            if key not in built:
                 raise KDError(
                     f'{flag} beside --teacher-cache {self.root!r}, whose answers are an '
                     "ensemble's: name its teachers with --teacher (each with its own flags) to "
                     f'compare, or drop {flag}'
                 )
-            cached = built[f'teacher {name}']
+            cached = built[key]
             if json.loads(json.dumps(value, default=list)) != cached:
                 ran = 'its own default' if cached is None else repr(cached)
                 raise KDError(

@@ -195,11 +195,15 @@ def teacher_setup(args: argparse.Namespace) -> TeacherSetup:
     ensemble, each with its own), or none."""
     own = {field: getattr(args, f'teacher_{field}') for field, _, _ in TEACHER_OWN_FLAGS}
     specs = args.teachers or ([dict(name=args.teacher, **own)] if args.teacher else [])
-    defaults = {field: options['default'] for field, _, options in TEACHER_OWN_FLAGS}
+    # teacher settings given beside a cache without a teacher's name: the fingerprint keys of the
+    # cache's teacher they must equal (a member's own, and the ensemble's mode)
+    given = {f'teacher {field}': (flags[0], own[field], options['default'])
+             for field, flags, options in TEACHER_OWN_FLAGS}  # fmt: skip
+    given['ensemble'] = ('--teacher-ensemble', args.teacher_ensemble, 'prob')
     beside_cache = tuple(
-        (field, freeze(value))
-        for field, value in own.items()
-        if args.teacher_cache and not specs and value != defaults[field]
+        (key, flag, freeze(value))
+        for key, (flag, value, default) in given.items()
+        if args.teacher_cache and not specs and value != default
     )
     members = tuple(
         TeacherSpec(

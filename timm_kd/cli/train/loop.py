@@ -17,7 +17,7 @@ from ...cache.hub import open_cache
 from ...data import dataset_class_names
 from ...engine import check_finite, train_one_epoch, validate
 from ...ensemble import create_teachers
-from ...errors import Interrupted, one_line_errors
+from ...errors import Interrupted, KDError, one_line_errors
 from ...locks import FolderLock
 from ...reliability import Preemption, truncate_summary, write_text
 from ...replay import stream_readers
@@ -180,6 +180,12 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
     (start_epoch, skip_batches), num_epochs = check_same_start(jobs), jobs[0].num_epochs
     stop_epoch = min(num_epochs, args.stop_epoch) if args.stop_epoch else num_epochs
     if run.teachers.cache:
+        if not replayable:
+            raise KDError(
+                f'--teacher-cache {run.teachers.cache!r} needs views that replay, and these are '
+                "timm's own (--train-img-sizes, --use-multi-epochs-loader, or a streamed dataset "
+                'other than wds/): drop them, or train with the live --teacher'
+            )
         epochs = range(start_epoch, stop_epoch)
         teacher.cache.check(run, setup.train_set, process.world_size, epochs, process.rank)
     if skip_batches and not replayable and process.is_primary:

@@ -1,0 +1,206 @@
+"""The table of what every flag is to the teacher (`timm_kd.cli.train.flag_roles`), checked against
+a teacher-output cache built without the flag: each flag of the teacher's class flipped is a
+one-line refusal, each flag of the student's (and of neither) flipped is accepted and leaves the
+batches the teacher sees as they were."""
+
+import argparse
+import dataclasses
+import os
+
+import pytest
+import timm
+import torch
+from conftest import ROOT, TINY
+from timm.data import resolve_data_config
+
+from timm_kd.cache import TeacherCache
+from timm_kd.cli.cache import main as cache_main
+from timm_kd.cli.train.build import run_spec, setup_run, training_stream
+from timm_kd.cli.train.config import build_parser, parse_args
+from timm_kd.cli.train.flag_roles import (
+    FLAG_ROLES,
+    MARKERS,
+    NEITHER,
+    REFUSED,
+    STUDENT,
+    TEACHER,
+    flag_roles,
+    identity_markdown,
+)
+from timm_kd.errors import KDError
+from timm_kd.runtime import Process
+
+BASE = ['--model', 'test_resnet', *TINY, '-b', '8', '--epochs', '1']
+PARSER = build_parser()
+ACTIONS = {a.dest: a for a in PARSER._actions}
+ROLES = flag_roles(PARSER)
+# Flips that the rule in `_flip` cannot write (a value of the right shape that differs)
+FLIPS = {
+    'model': ['--model', 'resnet18'],  # another data config (ImageNet mean/std)
+    'teachers': ['--teacher', 'test_vit', '--teacher', 'test_resnet'],
+    'teacher': ['--teacher', 'test_resnet'],
+    'kd_model_name': ['--kd-model-name', 'test_resnet'],
+    'teacher_checkpoint': ['--teacher-checkpoint', 'other.pth'],
+    'teacher_kwargs': ['--teacher-kwargs', 'img_size=64'],
+    'model_kwargs': ['--model-kwargs', 'drop_rate=0.1'],
+    'opt_kwargs': ['--opt-kwargs', 'foreach=False'],
+    'kd_loss_kwargs': ['--kd-loss-kwargs', 'temperature=2'],
+    'kd_loss': ['--kd-loss', 'dkd'],
+    'opt': ['--opt', 'adamw'],
+    'sched': ['--sched', 'step'],
+    'students': ['--student=--model test_resnet --lr 0.02'],
+    'dataset': ['--dataset', 'folder/'],  # timm's folder reader by name: the same images
+    'class_map': ['--class-map', os.path.join(ROOT, 'tests', 'no-such-map.txt')],
+    'unlabeled_data': ['--unlabeled-data', 'unlabeled'],
+    'train_split': ['--train-split', 'validation'],
+    'model_dtype': ['--model-dtype', 'bfloat16'],
+    'in_chans': ['--in-chans', '1'],
+    'input_size': ['--input-size', '3', '48', '48'],
+    'img_size': ['--img-size', '48'],
+    'num_classes': ['--num-classes', '5'],
+    'mean': ['--mean', '0.4', '0.4', '0.4'],
+    'std': ['--std', '0.2', '0.2', '0.2'],
+    'train_img_sizes': ['--train-img-sizes', '32', '48'],
+    'train_batch_sizes': ['--train-batch-sizes', '8', '4'],
+    'train_size_probs': ['--train-size-probs', '0.5', '0.5'],
+    'scale': ['--scale', '0.5', '1.0'],
+    'ratio': ['--ratio', '0.5', '2.0'],
+    'cutmix_minmax': ['--cutmix-minmax', '0.2', '0.8'],
+    'opt_betas': ['--opt-betas', '0.8', '0.9'],
+    'decay_milestones': ['--decay-milestones', '1', '2'],
+    'lr_noise': ['--lr-noise', '0.5'],
+    'kd_loss_weight': ['--kd-loss-weight', '2'],
+    'kd_student_stages': ['--kd-student-stages', '1'],
+    'kd_teacher_stages': ['--kd-teacher-stages', '1'],
+    'kd_deep_supervision': ['--kd-deep-supervision', '1'],
+    'device': ['--device', 'cpu:0'],
+    'train_fraction': ['--train-fraction', '0.5'],
+    'train_fraction_keep_steps': ['--train-fraction-keep-steps'],  # with a fraction below 1
+    'experiment': ['--experiment', 'other'],
+    'resume': ['--resume', 'out/last.pth.tar'],
+    'wandb_tags': ['--wandb-tags', 'a'],
+    'device_modules': ['--device-modules', 'math'],
+    'fuser': ['--fuser', 'te'],
+    'naflex_train_seq_lens': ['--naflex-train-seq-lens', '64'],
+    'naflex_patch_sizes': ['--naflex-patch-sizes', '8'],
+    'naflex_patch_size_probs': ['--naflex-patch-size-probs', '1.0'],
+}
+# Flags whose flip cannot be parsed without another flag beside it
+WITH = {
+    'train_fraction_keep_steps': ['--train-fraction', '1'],
+    'unlabeled_ratio': ['--unlabeled-data', 'unlabeled'],
+    'train_batch_sizes': ['--train-img-sizes', '32', '48'],
+    'train_size_probs': ['--train-img-sizes', '32', '48'],
+}
+NOT_FLIPPED = {'help', 'config', 'data', 'data_dir', 'teacher_cache'}  # what the test itself sets
+
+
+def _flip(dest):
+    """Command-line words that set `dest` to a value other than its default."""
+    if dest in FLIPS:
+        return WITH.get(dest, []) + FLIPS[dest]
+    action = ACTIONS[dest]
+    flag = max(action.option_strings, key=len)
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        return WITH.get(dest, []) + [flag]
+    if getattr(action.type, '__name__', '') == '_flag_bool':  # a loss's on/off hyperparameter
+        return WITH.get(dest, []) + [flag, 'true']
+    if action.choices:
+        value = next(str(c) for c in action.choices if c != action.default)
+    elif action.type is int or isinstance(action.default, int):
+        value = str((action.default or 1) + 1)
+    elif action.type is float or isinstance(action.default, float):
+        value = str((action.default or 0.25) * 0.5 + 0.125)
+    else:
+        value = 'other'
+    return WITH.get(dest, []) + [flag, value]
+
+
+@pytest.fixture(scope='module')
+def cache(image_folder, vit_teacher, tmp_path_factory):
+    out = tmp_path_factory.mktemp('cache')
+    cache_main(['build', image_folder, *BASE, *vit_teacher, '--top-k', '3', '--out', str(out)])
+    return TeacherCache(str(out))
+
+
+_MODELS = {}
+
+
+def _run(argv):
+    """The typed run of a command line, as the program translates it (the students' models only
+    resolve the data config: one of each kind is made)."""
+    args, _ = parse_args(argv)
+    in_chans = args.in_chans or (args.input_size[0] if args.input_size else 3)
+    key = (args.model, in_chans, args.num_classes or 3)
+    if key not in _MODELS:
+        _MODELS[key] = timm.create_model(args.model, in_chans=in_chans, num_classes=key[2])
+    data_config = resolve_data_config(vars(args), model=_MODELS[key])
+    return args, run_spec(args, key[2], data_config, [args])
+
+
+def _stream_batches(argv, epoch=0):
+    args, _ = parse_args(argv)
+    setup = setup_run(args, [args], Process(torch.device('cpu')), with_eval=False)
+    stream, _, _ = training_stream(setup, Process(torch.device('cpu')))
+    return [(b.input, b.target) for _, b in stream.epoch(epoch)]
+
+
+def test_every_flag_of_the_parser_has_a_role_and_the_table_names_no_other():
+    assert [dest for dest, role in ROLES.items() if role is None] == []
+    assert sorted(set(FLAG_ROLES) - set(ROLES)) == []
+    assert set(ROLES.values()) == {TEACHER, STUDENT, NEITHER, REFUSED}
+
+
+def test_a_flag_missing_from_the_table_fails_the_check():
+    parser = build_parser()
+    parser.add_argument('--a-new-timm-flag', default=None)
+    assert flag_roles(parser)['a_new_timm_flag'] is None
+
+
+@pytest.mark.parametrize('dest', sorted(d for d, r in ROLES.items() if r == TEACHER))
+def test_flipping_a_teacher_flag_is_refused_by_a_cache_built_without_it(dest, cache, image_folder):
+    base_args, base_run = _run([image_folder, *BASE, '--teacher-cache', cache.root])
+    dataset = setup_run(base_args, [base_args], Process(torch.device('cpu')), False).train_set
+    cache.check(base_run, dataset, 1, [0], 0)  # the base run fits
+    try:
+        _, run = _run([image_folder, *BASE, *_flip(dest), '--teacher-cache', cache.root])
+        cache.check(run, dataset, 1, [0], 0)
+    except KDError as e:
+        assert '\n' not in str(e) and '--teacher' in str(e), str(e)
+    else:
+        pytest.fail(f'{_flip(dest)} was accepted by a cache built without it')
+
+
+@pytest.mark.parametrize(
+    'dest', sorted(d for d, r in ROLES.items() if r in (STUDENT, NEITHER) and d not in NOT_FLIPPED)
+)
+def test_flipping_a_student_flag_is_accepted_and_the_teacher_sees_the_same_batches(
+    dest, cache, image_folder
+):
+    base_args, base_run = _run([image_folder, *BASE, '--teacher-cache', cache.root])
+    dataset = setup_run(base_args, [base_args], Process(torch.device('cpu')), False).train_set
+    argv = [image_folder, *BASE, *_flip(dest), '--teacher-cache', cache.root]
+    args, run = _run(argv)
+    assert vars(args) != vars(base_args), f'{_flip(dest)} changed nothing'
+    cache.check(run, dataset, 1, [0], 0)
+    # the stream is built from the run's data and teacher values alone: where a flip changes one
+    # that does not count (workers, layout, device, precision), the batches are compared
+    if dataclasses.replace(run, students=()) != dataclasses.replace(base_run, students=()):
+        base = _stream_batches([image_folder, *BASE])
+        flipped = _stream_batches(argv)
+        assert len(base) == len(flipped)
+        for (x, y), (fx, fy) in zip(base, flipped):
+            assert torch.equal(x.float(), fx.float()) and torch.equal(y, fy)
+
+
+@pytest.mark.parametrize('dest', sorted(d for d, r in ROLES.items() if r == REFUSED))
+def test_a_refused_flag_is_one_line(dest, image_folder):
+    with pytest.raises(KDError, match='is not supported by timm-kd'):
+        parse_args([image_folder, *BASE, *_flip(dest)])
+
+
+def test_the_readme_lists_the_identity_from_the_table():
+    with open(os.path.join(ROOT, 'README.md')) as f:
+        text = f.read()
+    written = text[text.index(MARKERS[0]) + len(MARKERS[0]) : text.index(MARKERS[1])]
+    assert written.strip() == identity_markdown(PARSER).strip(), 'run `make readme`'
