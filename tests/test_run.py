@@ -127,3 +127,52 @@ def test_the_run_is_frozen(tmp_path):
     for target, name in ((run, 'num_classes'), (run.views, 'mixup'), (run.teachers, 'ensemble')):
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(target, name, 1)
+
+
+@pytest.mark.parametrize('mode', ['plain', 'kd', 'ensemble', 'cached', 'students'])
+def test_a_checkpoint_records_the_run_and_it_loads_back(
+    mode, image_folder, vit_teacher, tmp_path, monkeypatch
+):
+    """Every mode's checkpoints hold the typed run beside timm's args, read with weights_only."""
+    from conftest import TINY
+
+    from timm_kd.checkpoint import safe_globals
+    from timm_kd.cli.cache import main as cache_main
+    from timm_kd.cli.train import loop
+    from timm_kd.run import run_from_record
+
+    flags = [image_folder, '--model', 'test_resnet', *TINY, '-b', '8', '--epochs', '1']
+    resnet = ['--teacher', 'test_resnet', '--teacher-checkpoint', str(tmp_path / 'r.pth')]
+    torch.save(__import__('timm').create_model('test_resnet', num_classes=3).state_dict(),
+               tmp_path / 'r.pth')  # fmt: skip
+    extra = {
+        'plain': [],
+        'kd': vit_teacher,
+        'ensemble': [*vit_teacher, *resnet],
+        'cached': ['--teacher-cache', str(tmp_path / 'cache')],
+        'students': [
+            *vit_teacher,
+            '--student=--lr 0.02 --experiment s1',
+            '--student=--lr 0.05 --experiment s2',
+        ],  # fmt: skip
+    }[mode]
+    if mode == 'cached':
+        cache_main(
+            ['build', *flags, *vit_teacher, '--top-k', '3', '--out', str(tmp_path / 'cache')]
+        )
+    seen = []
+    build = loop.build_training
+    monkeypatch.setattr(
+        loop, 'build_training', lambda *a: seen.append(a[2].run) or build(*a)
+    )  # fmt: skip
+    loop.main([*flags, *extra, '--output', str(tmp_path / 'out'), '--experiment', 'e'])
+    checkpoints = sorted((tmp_path / 'out').rglob('last.pth.tar'))
+    assert len(checkpoints) == (2 if mode == 'students' else 1)
+    for path in checkpoints:
+        with safe_globals():  # timm's args is a Namespace: the one global allowed
+            saved = torch.load(path, map_location='cpu', weights_only=True)
+        record = saved['saver']['run']  # the saver's own state, beside timm's args
+        assert record['student'] == (1 if path.parent.name == 's2' else 0)
+        assert len(record['run']['students']) == len(checkpoints)
+        assert run_from_record(record) == seen[0]
+        assert saved['args'].model == 'test_resnet'  # timm's record stays

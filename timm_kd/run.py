@@ -11,6 +11,9 @@ paths; `FILE`: a path whose file content counts rather than its name), so a new 
 construction. The teacher-output cache (`timm_kd.cache.fingerprint`) is built on it.
 """
 
+import dataclasses
+import json
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -146,3 +149,37 @@ class RunSpec:
     @property
     def student_data_config(self) -> Dict[str, Any]:
         return dict(self.data_config)
+
+
+# The version of the run value a checkpoint records (`run_record`); `run_from_record` reads it.
+RUN_RECORD_FORMAT = 1
+
+
+def run_record(run: RunSpec, student: int = 0) -> Dict[str, Any]:
+    """The run value as a checkpoint records it beside timm's `args`: versioned, made of plain
+    values only (so `torch.load(weights_only=True)` reads it), with the index of the checkpoint's
+    student among the run's students."""
+    value = json.loads(json.dumps(dataclasses.asdict(run), default=list))
+    return {'format': RUN_RECORD_FORMAT, 'student': student, 'run': value}
+
+
+def _value(kind: Any, data: Any) -> Any:
+    """`data` read back as a value of the annotated type `kind`: dataclasses field by field,
+    tuples of dataclasses item by item, anything else frozen as the run holds it."""
+    if dataclasses.is_dataclass(kind):
+        hints = typing.get_type_hints(kind)
+        return kind(**{f.name: _value(hints[f.name], data[f.name])
+                       for f in dataclasses.fields(kind) if f.name in data})  # fmt: skip
+    items = [a for a in typing.get_args(kind) if a is not Ellipsis]
+    if typing.get_origin(kind) is tuple and len(items) == 1 and dataclasses.is_dataclass(items[0]):
+        return tuple(_value(items[0], item) for item in data)
+    return freeze(data)
+
+
+def run_from_record(record: Mapping[str, Any]) -> RunSpec:
+    """The `RunSpec` a checkpoint recorded (`run_record`); a record of another format is refused."""
+    if record.get('format') != RUN_RECORD_FORMAT:
+        raise ValueError(
+            f'run record format {record.get("format")!r}; this timm-kd reads {RUN_RECORD_FORMAT}'
+        )
+    return _value(RunSpec, record['run'])

@@ -63,10 +63,13 @@ class DurableCheckpointSaver(CheckpointSaver):
     one-line full-disk error and a non-finite guard.
 
     `extra_state` (a dict) is written into every checkpoint: the loop puts the position of a
-    recovery checkpoint there (`recovery_update`), so that `--resume` continues mid-epoch.
+    recovery checkpoint there (`recovery_update`), so that `--resume` continues mid-epoch. Beside
+    timm's `args`, each checkpoint records the typed run (`run_record`) in the saver's state,
+    `checkpoint['saver']['run']`.
     """
 
     extra_state: Optional[Dict[str, Any]] = None
+    run_record: Optional[Dict[str, Any]] = None  # the typed run, `timm_kd.run.run_record`
     label_names: Optional[list] = None  # the training data's class names, for the exported config
 
     def _save(self, save_path, epoch, metric=None):
@@ -97,7 +100,8 @@ class DurableCheckpointSaver(CheckpointSaver):
 
     def state_dict(self, epoch=None, metric=None):
         labels = {'label_names': self.label_names} if self.label_names else {}
-        return {**super().state_dict(epoch, metric), **labels, **(self.extra_state or {})}
+        run = {'run': self.run_record} if self.run_record else {}
+        return {**super().state_dict(epoch, metric), **labels, **run, **(self.extra_state or {})}
 
     def load_state_dict(self, state_dict):
         """timm's restore, plus the resumed checkpoint's own metric, which timm counts only when its

@@ -21,7 +21,7 @@ from ...errors import Interrupted, KDError, one_line_errors
 from ...locks import FolderLock
 from ...reliability import Preemption, truncate_summary, write_text
 from ...replay import stream_readers
-from ...run import RunSpec
+from ...run import RunSpec, run_record
 from ...runtime import Process, amp_setup, init_process
 from ...stream import TrainingStream
 from ...student import create_kd_student
@@ -173,10 +173,11 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
         for (sargs, text), kd_student, spec in zip(students, kd_students, losses)
     ]
     label_names = dataset_class_names(setup.train_set)
-    for job, (sargs, _) in zip(jobs, students):
+    for index, (job, (sargs, _)) in enumerate(zip(jobs, students)):
         job.run.name = os.path.basename(sargs.experiment) if args.students else ''
         if job.saver is not None:
             job.saver.label_names = label_names
+            job.saver.run_record = run_record(run, index)
     (start_epoch, skip_batches), num_epochs = check_same_start(jobs), jobs[0].num_epochs
     stop_epoch = min(num_epochs, args.stop_epoch) if args.stop_epoch else num_epochs
     if run.teachers.cache:
