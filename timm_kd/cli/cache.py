@@ -87,7 +87,7 @@ def build(argv: Optional[List[str]] = None) -> str:
     if mine.layout == 'compact' and mine.value_dtype != 'float32':
         raise KDError("--value-dtype is the exact layout's; --layout compact stores float16 always")
     layout = Layout(mine.layout, k, num_classes, mine.value_dtype)
-    manifest = _manifest(mine, now, layout, slots)
+    manifest = _manifest(mine.out, now, layout, slots)
     amp_autocast, _ = amp_setup(run.teachers.amp, run.teachers.amp_dtype, device)
     if process.is_primary and 'loss_error' not in manifest:  # the card's table; rank 0 writes it
         manifest['loss_error'] = _loss_error(stream, teacher, amp_autocast, layout)
@@ -140,15 +140,15 @@ def build(argv: Optional[List[str]] = None) -> str:
     return mine.out
 
 
-def _manifest(mine: argparse.Namespace, now: dict, layout: Layout, slots: int) -> dict:
+def _manifest(out: str, now: dict, layout: Layout, slots: int) -> dict:
     """The manifest to write: a new one, or the one in --out when it was built for this run."""
-    if os.path.exists(mine.out) and not os.path.isdir(mine.out):
-        raise KDError(f'--out {mine.out!r} is a file; pass a folder for the cache')
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise KDError(f'--out {out!r} is a file; pass a folder for the cache')
     try:
-        os.makedirs(mine.out, exist_ok=True)
+        os.makedirs(out, exist_ok=True)
     except OSError as e:
         raise KDError(
-            f'cannot create --out {mine.out!r} ({e.strerror}); pass a folder you can write to'
+            f'cannot create --out {out!r} ({e.strerror}); pass a folder you can write to'
         ) from None
     manifest = {
         'format': FORMAT,
@@ -161,15 +161,15 @@ def _manifest(mine: argparse.Namespace, now: dict, layout: Layout, slots: int) -
         'bytes_per_sample': layout.bytes_per_sample(),
         'epochs': [],
     }
-    if os.path.isfile(os.path.join(mine.out, 'manifest.json')):
-        old = TeacherCache(mine.out).manifest
+    if os.path.isfile(os.path.join(out, 'manifest.json')):
+        old = TeacherCache(out).manifest
         diff = first_difference(old['fingerprint'], now)
         if diff:
-            raise KDError(f'--out {mine.out!r} holds a cache for other {diff}; use another --out')
+            raise KDError(f'--out {out!r} holds a cache for other {diff}; use another --out')
         mine_layout = (layout.k, layout.value_dtype, layout.name)
         if (old['top_k'], old['value_dtype'], old.get('layout', 'exact')) != mine_layout:
             raise KDError(
-                f'--out {mine.out!r} holds a cache with --top-k {old["top_k"]} --value-dtype '
+                f'--out {out!r} holds a cache with --top-k {old["top_k"]} --value-dtype '
                 f'{old["value_dtype"]} --layout {old.get("layout", "exact")}; use the same or '
                 'another --out'
             )
