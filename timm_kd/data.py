@@ -226,7 +226,7 @@ def mixup_args(opts: LoaderOptions, num_classes: int) -> Optional[Dict[str, Any]
     )
 
 
-def create_loaders(
+def create_loaders(  # noqa: PLR0913
     opts: LoaderOptions,
     train_set: Any,
     eval_set: Optional[Any],

@@ -127,7 +127,7 @@ class StudentRun:
             self.optimizer.step()
 
 
-def train_one_epoch(
+def train_one_epoch(  # noqa: PLR0913
     epoch: int,
     runs: Sequence[StudentRun],
     stream: TrainingStream,
@@ -256,7 +256,7 @@ def check_finite(losses: Dict[str, float], epoch: int, batch_idx: int, run: Stud
 
 
 @torch.no_grad()
-def validate(
+def validate(  # noqa: PLR0913
     task,
     loader,
     *,

@@ -55,7 +55,7 @@ class TrainingStream:
     `unlabeled` says a -1 marks an unlabeled image.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913
         self,
         loader: Any,
         mixup_fn: Optional[Callable] = None,

@@ -151,7 +151,7 @@ def _probe(
     ) if teacher_stages else None
 
 
-def create_kd_student(
+def create_kd_student(  # noqa: PLR0913
     student: nn.Module,
     teacher: Optional[Teacher],
     loss_names: Sequence[str] = ('kd',),

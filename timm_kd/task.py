@@ -34,7 +34,7 @@ class DistillationTask(TrainingTask):
     as tensors: no host sync per step.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913
         self,
         student: nn.Module,
         criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],

@@ -358,7 +358,7 @@ def recorded_preprocessing(checkpoint: str, model: nn.Module) -> Optional[Dict[s
     return resolve_data_config(flags, model=model)
 
 
-def create_teacher(
+def create_teacher(  # noqa: PLR0913
     name: str,
     *,
     num_classes: int,

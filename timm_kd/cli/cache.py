@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 import time
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import torch
 from timm.utils import setup_default_logging
@@ -40,6 +40,7 @@ from ..cache.shards import ShardWriter, is_built
 from ..ensemble import create_teachers
 from ..errors import KDError, one_line_errors
 from ..locks import FolderLock
+from ..run import RunSpec
 from ..runtime import amp_setup, init_process
 from .train.build import setup_run, training_stream
 from .train.config import parse_args
@@ -50,13 +51,7 @@ _logger = logging.getLogger('timm_kd.cache')
 def build(argv: Optional[List[str]] = None) -> str:
     """`python -m timm_kd.cache build`: the teacher's top-K
     answers for every slot of every epoch; returns DIR."""
-    own = argparse.ArgumentParser(add_help=False)
-    own.add_argument('--top-k', type=int, required=True)
-    own.add_argument('--out', required=True)
-    own.add_argument('--value-dtype', choices=('float32', 'float16'), default='float32')
-    own.add_argument('--layout', choices=LAYOUTS, default='exact')  # timm_kd.cache.layout
-    own.add_argument('--strict-files', action='store_true')  # file times in the dataset signature
-    mine, rest = own.parse_known_args(argv)
+    mine, rest = _build_flags().parse_known_args(argv)
     setup_default_logging()
     args, _ = parse_args(rest)
     if not args.teacher:
@@ -71,61 +66,31 @@ def build(argv: Optional[List[str]] = None) -> str:
     data_config = run.student_data_config
     del setup.models[:]  # the student only resolved the data config
     teacher = create_teachers(run.teachers, num_classes, setup.in_chans, data_config, device)
-    k = min(mine.top_k, num_classes)
-    if k < 1:
-        raise KDError(f'--top-k {mine.top_k}: keep at least one logit per sample')
     stream, _, replayable = training_stream(setup, process)
-    if run.views.train_img_sizes is not None:
-        raise KDError('the teacher cache needs a fixed input and batch size (no --train-img-sizes)')
-    if not replayable:
-        raise KDError(
-            'the teacher cache needs replayable views: map-style or webdataset input (ImageFolder, '
-            f'hfds/, wds/; not {run.data.dataset})'
-        )
+    layout = _buildable(mine, run, replayable)
     slots = len(stream) * run.views.batch_size
     now = fingerprint(run, train_set, process.world_size, mtimes=mine.strict_files)
-    if mine.layout == 'compact' and mine.value_dtype != 'float32':
-        raise KDError("--value-dtype is the exact layout's; --layout compact stores float16 always")
-    layout = Layout(mine.layout, k, num_classes, mine.value_dtype)
     manifest = _manifest(mine.out, now, layout, slots)
     amp_autocast, _ = amp_setup(run.teachers.amp, run.teachers.amp_dtype, device)
     if process.is_primary and 'loss_error' not in manifest:  # the card's table; rank 0 writes it
         manifest['loss_error'] = _loss_error(stream, teacher, amp_autocast, layout)
-    start, done_images = time.time(), 0
+    answers = _TopKAnswers(teacher, amp_autocast, layout)
     with FolderLock(mine.out, f'build-rank-{process.rank}.lock', 'the cache folder --out'):
         todo = [e for e in range(run.views.epochs) if not is_built(mine.out, e, process.rank)]
         built = [e for e in range(run.views.epochs) if e not in todo]  # a kill may have come before
         manifest['epochs'] = sorted(set(manifest['epochs']) | set(built))  # the manifest's update
-        for n, epoch in enumerate(todo):
+        progress = _Progress(len(stream), slots * len(todo), args.log_interval)
+        for epoch in todo:
             shard = ShardWriter(mine.out, epoch, process.rank, layout.arrays(slots))
-            row, epoch_start = 0, time.time()
+            epoch_start = time.time()
             try:
-                for batch_idx, batch in stream.epoch(epoch):  # the batches training sees, in order
-                    with amp_autocast():
-                        logits = teacher(batch.input).logits.float()
-                    if not torch.isfinite(logits).all():
-                        raise KDError(
-                            f'the teacher answered NaN or infinity in epoch {epoch}, batch '
-                            f"{batch_idx}; nothing of this epoch was kept: check the teacher's "
-                            'weights and --teacher-dtype (float16 overflows)'
-                        )
-                    rows = slice(row, row + len(batch))
-                    shard.write(rows, layout.encode(*top_k_logits(logits, k)))
-                    row += len(batch)
-                    done_images += len(batch)
-                    if batch_idx % args.log_interval == 0 or batch_idx + 1 == len(stream):
-                        rate = done_images / (time.time() - start)
-                        left = (len(todo) - n) * slots - row
-                        _logger.info(
-                            f'Cache: epoch {epoch} [{batch_idx + 1:>4d}/{len(stream)}]  '
-                            f'{rate:.1f} img/s  ETA {left / max(rate, 1e-9) / 60:.1f} min'
-                        )
+                rows = _write_epoch(stream, epoch, answers, shard, progress)
             except BaseException:
                 shard.abort()
                 raise
             shard.commit()
             # the teacher pass with the writes, data loading included, of the last epoch built
-            manifest['build_images_per_s'] = row / (time.time() - epoch_start)
+            manifest['build_images_per_s'] = rows / (time.time() - epoch_start)
             if process.distributed:
                 torch.distributed.barrier()
             manifest['epochs'] = sorted(set(manifest['epochs']) | {epoch})
@@ -135,9 +100,84 @@ def build(argv: Optional[List[str]] = None) -> str:
         write_manifest(mine.out, manifest)
         _logger.info(
             f'Teacher cache: {len(manifest["epochs"])} epochs x {slots * process.world_size} '
-            f'samples, top-{k} of {num_classes} classes, in {mine.out}'
+            f'samples, top-{layout.k} of {num_classes} classes, in {mine.out}'
         )
     return mine.out
+
+
+def _build_flags() -> argparse.ArgumentParser:
+    """The build's own flags, beside the training flags."""
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument('--top-k', type=int, required=True)
+    own.add_argument('--out', required=True)
+    own.add_argument('--value-dtype', choices=('float32', 'float16'), default='float32')
+    own.add_argument('--layout', choices=LAYOUTS, default='exact')  # timm_kd.cache.layout
+    own.add_argument('--strict-files', action='store_true')  # file times in the dataset signature
+    return own
+
+
+def _buildable(mine: Any, run: RunSpec, replayable: bool) -> Layout:
+    """The cache's layout, or one line for a run the cache cannot serve."""
+    k = min(mine.top_k, run.num_classes)
+    if k < 1:
+        raise KDError(f'--top-k {mine.top_k}: keep at least one logit per sample')
+    if run.views.train_img_sizes is not None:
+        raise KDError('the teacher cache needs a fixed input and batch size (no --train-img-sizes)')
+    if not replayable:
+        raise KDError(
+            'the teacher cache needs replayable views: map-style or webdataset input (ImageFolder, '
+            f'hfds/, wds/; not {run.data.dataset or "--use-multi-epochs-loader"})'
+        )
+    if mine.layout == 'compact' and mine.value_dtype != 'float32':
+        raise KDError("--value-dtype is the exact layout's; --layout compact stores float16 always")
+    return Layout(mine.layout, k, run.num_classes, mine.value_dtype)
+
+
+class _TopKAnswers:
+    """The teacher's top-K answers to a batch, encoded in the cache's layout."""
+
+    def __init__(self, teacher, amp_autocast, layout: Layout):
+        self.teacher, self.amp_autocast, self.layout = teacher, amp_autocast, layout
+
+    def __call__(self, images: torch.Tensor, epoch: int, batch_idx: int) -> dict:
+        with self.amp_autocast():
+            logits = self.teacher(images).logits.float()
+        if not torch.isfinite(logits).all():
+            raise KDError(
+                f'the teacher answered NaN or infinity in epoch {epoch}, batch {batch_idx}; '
+                "nothing of this epoch was kept: check the teacher's weights and --teacher-dtype "
+                '(float16 overflows)'
+            )
+        return self.layout.encode(*top_k_logits(logits, self.layout.k))
+
+
+class _Progress:
+    """The build's log line every --log-interval batches: images/s and the ETA of what is left."""
+
+    def __init__(self, batches: int, images: int, interval: int):
+        self.batches, self.images, self.interval = batches, images, interval
+        self.start, self.done = time.time(), 0
+
+    def __call__(self, epoch: int, batch_idx: int, images: int) -> None:
+        self.done += images
+        if batch_idx % self.interval == 0 or batch_idx + 1 == self.batches:
+            rate = self.done / (time.time() - self.start)
+            left = self.images - self.done
+            _logger.info(
+                f'Cache: epoch {epoch} [{batch_idx + 1:>4d}/{self.batches}]  {rate:.1f} img/s  '
+                f'ETA {left / max(rate, 1e-9) / 60:.1f} min'
+            )
+
+
+def _write_epoch(stream, epoch: int, answers: _TopKAnswers, shard: ShardWriter, progress) -> int:
+    """The teacher's answers to every batch of `epoch`, the batches training sees, in order, into
+    `shard`; returns the rows written."""
+    row = 0
+    for batch_idx, batch in stream.epoch(epoch):
+        shard.write(slice(row, row + len(batch)), answers(batch.input, epoch, batch_idx))
+        row += len(batch)
+        progress(epoch, batch_idx, len(batch))
+    return row
 
 
 def _manifest(out: str, now: dict, layout: Layout, slots: int) -> dict:

@@ -144,7 +144,7 @@ def resume_student(
     return start_epoch - 1, (saver_state['recovery_update'] + 1) * args.grad_accum_steps, partial
 
 
-def setup_student(
+def setup_student(  # noqa: PLR0913
     args: argparse.Namespace,
     args_text: str,
     kd_student,
