@@ -50,6 +50,7 @@ from timm_kd.data import (
 )  # noqa
 from timm_kd.reliability import reseed  # noqa: E402
 from timm_kd.replay import ReplayableViews, make_replayable  # noqa: E402
+from timm_kd.run import TeacherSpec, freeze  # noqa: E402
 from timm_kd.teacher import create_teacher  # noqa: E402
 
 PRESETS = {
@@ -172,16 +173,8 @@ def bench_teacher(args, teacher_name, data, work, device):
         prefetcher=True,
     )
     make_replayable(loader)
-    teacher = create_teacher(
-        teacher_name,
-        num_classes=args.num_classes,
-        checkpoint=weights,
-        device=device,
-        student_mean=config['mean'],
-        student_std=config['std'],
-        student_input_size=config['input_size'],
-        model_kwargs=kwargs,
-    )
+    spec = TeacherSpec(teacher_name, weights, kwargs=freeze(kwargs))
+    teacher = create_teacher(spec, config, args.num_classes, device=device)
     cached = CachedTeacher(TeacherCache(out), 0, device)
 
     def task(t):

@@ -5,11 +5,9 @@ import pytest
 import timm
 import torch
 
-from timm_kd import InputAdapter, KDError, Teacher, create_teacher
+from timm_kd import InputAdapter, KDError, Teacher, TeacherSetup, TeacherSpec, create_teacher
 
-STUDENT = dict(
-    student_mean=(0.5, 0.5, 0.5), student_std=(0.5, 0.5, 0.5), student_input_size=(3, 32, 32)
-)
+STUDENT = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=(3, 32, 32))
 
 
 def test_adapter_renormalizes_from_student_to_teacher_statistics():
@@ -74,14 +72,8 @@ def test_teacher_dtype_and_channels_last(dtype, tmp_path):
     model = timm.create_model('test_resnet', num_classes=4)
     path = tmp_path / 't.pth'
     torch.save(model.state_dict(), path)
-    teacher = create_teacher(
-        'test_resnet',
-        num_classes=4,
-        checkpoint=str(path),
-        dtype=dtype,
-        channels_last=True,
-        **STUDENT,
-    )
+    spec = TeacherSpec('test_resnet', str(path), dtype=dtype)
+    teacher = create_teacher(spec, STUDENT, 4, TeacherSetup(channels_last=True))
     assert next(teacher.model.parameters()).dtype == getattr(torch, dtype)
     reference = model.eval()(torch.ones(2, 3, 32, 32))
     assert torch.allclose(teacher(torch.ones(2, 3, 32, 32)).logits.float(), reference, atol=0.1)
@@ -183,12 +175,10 @@ def test_checkpoint_teacher_loads_ema_weights_and_uses_student_preprocessing(tmp
     )
     path = tmp_path / 'last.pth.tar'
     torch.save({'state_dict': raw.state_dict(), 'state_dict_ema': ema.state_dict()}, path)
-    teacher = create_teacher('test_resnet', num_classes=4, checkpoint=str(path), **STUDENT)
+    teacher = create_teacher(TeacherSpec('test_resnet', str(path)), STUDENT, 4)
     assert torch.equal(teacher.model.fc.weight, ema.fc.weight)
     assert not teacher.adapter.renormalize and teacher.adapter.size == (32, 32)
-    teacher = create_teacher(
-        'test_resnet', num_classes=4, checkpoint=str(path), use_ema=False, **STUDENT
-    )
+    teacher = create_teacher(TeacherSpec('test_resnet', str(path), no_ema=True), STUDENT, 4)
     assert torch.equal(teacher.model.fc.weight, raw.fc.weight)
 
 
@@ -211,27 +201,26 @@ def test_a_checkpoint_that_records_its_training_decides_the_teachers_preprocessi
                 '--experiment', 'teacher'])  # fmt: skip
     ours = str(tmp_path / 'teacher' / 'last.pth.tar')
     with caplog.at_level(logging.INFO, logger='timm_kd.teacher'):
-        teacher = create_teacher('test_resnet', num_classes=3, checkpoint=ours, **STUDENT)
+        teacher = create_teacher(TeacherSpec('test_resnet', ours), STUDENT, 3)
     assert 'as its checkpoint records its training' in caplog.text
     assert teacher.adapter.renormalize and teacher.adapter.size == (32, 32)
     x = torch.rand(2, 3, 32, 32)  # normalized at 0.5 / 0.5 -> the same pixels at 0.4 / 0.2
     assert torch.allclose(teacher.adapter(x), (x * 0.5 + 0.5 - 0.4) / 0.2, atol=1e-6)
-    overridden = create_teacher(
-        'test_resnet', num_classes=3, checkpoint=ours, mean=[0.5] * 3, std=[0.5] * 3, **STUDENT
-    )
+    spec = TeacherSpec('test_resnet', ours, mean=(0.5,) * 3, std=(0.5,) * 3)
+    overridden = create_teacher(spec, STUDENT, 3)
     assert not overridden.adapter.renormalize
 
     timms = tmp_path / 'timm.pth.tar'
     record = Namespace(model='resnet18', mean=None, std=None, input_size=None, img_size=None)
     weights = timm.create_model('resnet18', num_classes=3).state_dict()
     torch.save({'state_dict': weights, 'args': record, 'epoch': 3}, timms)
-    teacher = create_teacher('resnet18', num_classes=3, checkpoint=str(timms), **STUDENT)
+    teacher = create_teacher(TeacherSpec('resnet18', str(timms)), STUDENT, 3)
     own = timm.data.resolve_data_config({}, model=teacher.model)  # resnet18's own config
     assert teacher.adapter.size == (224, 224) == own['input_size'][1:]
     assert teacher.adapter.interpolation == own['interpolation']
-    scale = torch.tensor(STUDENT['student_std']) / torch.tensor(IMAGENET_DEFAULT_STD)
+    scale = torch.tensor(STUDENT['std']) / torch.tensor(IMAGENET_DEFAULT_STD)
     assert torch.allclose(teacher.adapter.scale.flatten(), scale)
-    assert IMAGENET_DEFAULT_MEAN != STUDENT['student_mean']
+    assert IMAGENET_DEFAULT_MEAN != STUDENT['mean']
 
 
 def test_a_checkpoint_without_a_record_gets_the_students_preprocessing_and_says_so(
@@ -242,7 +231,7 @@ def test_a_checkpoint_without_a_record_gets_the_students_preprocessing_and_says_
     path = tmp_path / 'bare.pth'
     torch.save(timm.create_model('test_resnet', num_classes=3).state_dict(), path)
     with caplog.at_level(logging.INFO, logger='timm_kd.teacher'):
-        teacher = create_teacher('test_resnet', num_classes=3, checkpoint=str(path), **STUDENT)
+        teacher = create_teacher(TeacherSpec('test_resnet', str(path)), STUDENT, 3)
     assert not teacher.adapter.renormalize and teacher.adapter.size == (32, 32)
     assert "the student's: its checkpoint" in caplog.text and 'records no training' in caplog.text
 
@@ -250,19 +239,18 @@ def test_a_checkpoint_without_a_record_gets_the_students_preprocessing_and_says_
 def test_tagged_teacher_uses_its_pretrained_cfg_and_flags_override(tmp_path):
     path = tmp_path / 't.pth'
     torch.save(timm.create_model('test_resnet', num_classes=3).state_dict(), path)
-    kwargs = dict(
-        num_classes=3,
-        checkpoint=str(path),
-        student_mean=(0.1, 0.2, 0.3),
-        student_std=(0.2,) * 3,
-        student_input_size=(3, 32, 32),
-    )
-    teacher = create_teacher('test_resnet.r160_in1k', **kwargs)
+    student = dict(mean=(0.1, 0.2, 0.3), std=(0.2,) * 3, input_size=(3, 32, 32))
+    teacher = create_teacher(TeacherSpec('test_resnet.r160_in1k', str(path)), student, 3)
     # cfg: 160px, mean/std 0.5
     assert teacher.adapter.size == (160, 160) and teacher.adapter.renormalize
-    teacher = create_teacher(
-        'test_resnet.r160_in1k', input_size=[48, 48], mean=[0.1, 0.2, 0.3], std=[0.2] * 3, **kwargs
+    spec = TeacherSpec(
+        'test_resnet.r160_in1k',
+        str(path),
+        input_size=(48, 48),
+        mean=(0.1, 0.2, 0.3),
+        std=(0.2,) * 3,
     )
+    teacher = create_teacher(spec, student, 3)
     assert teacher.adapter.size == (48, 48) and not teacher.adapter.renormalize
 
 
@@ -270,25 +258,25 @@ def test_class_count_mismatch_names_both_counts(tmp_path):
     path = tmp_path / 't.pth'
     torch.save(timm.create_model('test_resnet', num_classes=7).state_dict(), path)
     with pytest.raises(KDError, match='predicts 7 classes but the student has 3'):
-        create_teacher('test_resnet', num_classes=3, checkpoint=str(path), **STUDENT)
+        create_teacher(TeacherSpec('test_resnet', str(path)), STUDENT, 3)
 
 
 def test_checkpoint_of_another_architecture_is_an_error(tmp_path):
     path = tmp_path / 't.pth'
     torch.save(timm.create_model('test_vit', num_classes=3).state_dict(), path)
     with pytest.raises(KDError, match="does not fit architecture 'test_resnet'"):
-        create_teacher('test_resnet', num_classes=3, checkpoint=str(path), **STUDENT)
+        create_teacher(TeacherSpec('test_resnet', str(path)), STUDENT, 3)
 
 
 def test_teacher_without_weights_offline_is_an_error_never_a_random_teacher():
     with pytest.raises(
         KDError, match="no pretrained weights for teacher 'test_resnet'.*--teacher-checkpoint"
     ):
-        create_teacher('test_resnet', num_classes=1000, **STUDENT)
+        create_teacher('test_resnet', STUDENT, 1000)
 
 
 def test_unknown_teacher_and_dtype():
     with pytest.raises(KDError, match="unknown teacher model 'no_such_net'"):
-        create_teacher('no_such_net', num_classes=10, **STUDENT)
+        create_teacher('no_such_net', STUDENT, 10)
     with pytest.raises(KDError, match='unknown --teacher-dtype'):
-        create_teacher('test_resnet', num_classes=10, dtype='int8', **STUDENT)
+        create_teacher(TeacherSpec('test_resnet', dtype='int8'), STUDENT, 10)

@@ -5,6 +5,7 @@ from .errors import KDError
 from .features import Features, FeatureSpec
 from .losses import create_kd_loss, list_kd_losses, register_kd_loss
 from .pretrained import add_pretrained_tag, register_vkd_checkpoints
+from .run import TeacherSetup, TeacherSpec
 from .student import KDStudent, create_kd_student
 from .task import DistillationTask
 from .teacher import InputAdapter, Teacher, TeacherOutput, create_teacher
@@ -29,5 +30,7 @@ __all__ = [
     'Teacher',
     'TeacherOutput',
     'create_teacher',
+    'TeacherSpec',
+    'TeacherSetup',
     '__version__',
 ]

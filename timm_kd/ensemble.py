@@ -113,28 +113,9 @@ def create_teachers(
     preprocessing."""
     if not setup.members:
         return None
-    teachers = [
-        create_teacher(
-            spec.name,
-            num_classes=num_classes,
-            in_chans=in_chans,
-            checkpoint=spec.checkpoint,
-            use_ema=not spec.no_ema,
-            student_mean=data_config['mean'],
-            student_std=data_config['std'],
-            student_input_size=data_config['input_size'],
-            mean=spec.mean,
-            std=spec.std,
-            input_size=spec.input_size,
-            dtype=spec.dtype or setup.dtype,
-            channels_last=setup.channels_last,
-            inference_mode=setup.inference_mode,
-            device=device,
-            allow_pickle=setup.allow_pickle,
-            model_kwargs=dict(spec.kwargs),
-        )
-        for spec in setup.members
-    ]
+    # the student's channels, as its model has them
+    config = {**data_config, 'input_size': (in_chans, *data_config['input_size'][1:])}
+    teachers = [create_teacher(spec, config, num_classes, setup, device) for spec in setup.members]
     if len(teachers) == 1:
         return teachers[0]
     weights = [spec.weight for spec in setup.members]

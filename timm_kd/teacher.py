@@ -11,11 +11,13 @@ from typing import (
     Any,
     Dict,
     List,
+    Mapping,
     NamedTuple,
     Optional,
     Protocol,
     Sequence,
     Tuple,
+    Union,
     runtime_checkable,
 )
 
@@ -34,6 +36,7 @@ from timm.models import (
 from .checkpoint import checkpoint_num_classes, load_state_dict, load_training_metadata
 from .errors import KDError, flat
 from .features import Features, forward_features
+from .run import TeacherSetup, TeacherSpec
 
 _logger = logging.getLogger(__name__)
 
@@ -358,45 +361,39 @@ def recorded_preprocessing(checkpoint: str, model: nn.Module) -> Optional[Dict[s
     return resolve_data_config(flags, model=model)
 
 
-def create_teacher(  # noqa: PLR0913
-    name: str,
-    *,
+def create_teacher(
+    spec: Union[str, TeacherSpec],
+    student_config: Mapping[str, Any],
     num_classes: int,
-    student_mean: Sequence[float],
-    student_std: Sequence[float],
-    student_input_size: Sequence[int],
-    in_chans: int = 3,
-    checkpoint: Optional[str] = None,
-    use_ema: bool = True,
-    mean: Optional[Sequence[float]] = None,
-    std: Optional[Sequence[float]] = None,
-    input_size: Optional[Sequence[int]] = None,
-    dtype: str = 'float32',
-    channels_last: bool = False,
-    inference_mode: bool = True,
+    setup: TeacherSetup = TeacherSetup(),
     device: Optional[torch.device] = None,
-    allow_pickle: bool = False,
-    model_kwargs: Optional[dict] = None,
 ) -> Teacher:
-    """Build a frozen teacher from a timm name (pretrained weights) or a name plus `checkpoint`.
+    """Build a frozen teacher from a timm name (pretrained weights) or a `TeacherSpec`: a name
+    plus a checkpoint, its own preprocessing and dtype. `student_config` is the student's data
+    config (mean, std, input size: the batch the teacher is given); `setup` says how teachers run
+    (dtype, channels_last, inference mode, whether pickled checkpoints may load).
 
     Preprocessing: a pretrained teacher uses its pretrained cfg's mean/std/input size and
-    interpolation. A teacher from a bare architecture plus a training `checkpoint` uses what the
+    interpolation. A teacher from a bare architecture plus a training checkpoint uses what the
     checkpoint records of its training (the `args` timm's train.py and timm-kd-train store); only
     a checkpoint without a record is assumed to have been trained with the student's, with a line
-    saying so. `mean`, `std` and `input_size` (H W, or C H W) override any of them.
+    saying so. The spec's `mean`, `std` and `input_size` (H W, or C H W) override any of them.
     """
+    spec = TeacherSpec(spec) if isinstance(spec, str) else spec
+    name, checkpoint, model_kwargs = spec.name, spec.checkpoint, dict(spec.kwargs)
+    dtype = spec.dtype or setup.dtype
     if dtype not in DTYPES:
         raise KDError(f'unknown --teacher-dtype {dtype!r}; choose one of: {", ".join(DTYPES)}')
     for key in ('num_classes', 'in_chans', 'pretrained'):
-        if key in (model_kwargs or {}):
+        if key in model_kwargs:
             raise KDError(
                 f'--teacher-kwargs {key}={model_kwargs[key]} of teacher {name!r}: timm-kd sets '
                 f'{key} itself (the class count from the data or the checkpoint, the channels from '
                 f'the student); drop it from --teacher-kwargs'
             )
+    in_chans = student_config['input_size'][0]
     model = _create_teacher_model(
-        name, checkpoint, in_chans, use_ema, allow_pickle, num_classes, model_kwargs or {}
+        name, checkpoint, in_chans, not spec.no_ema, setup.allow_pickle, num_classes, model_kwargs
     )
     if model.num_classes != num_classes:
         raise KDError(
@@ -413,9 +410,9 @@ def create_teacher(  # noqa: PLR0913
             origin = f'as its checkpoint records its training ({checkpoint})'
         else:
             data_config = dict(
-                mean=tuple(student_mean),
-                std=tuple(student_std),
-                input_size=tuple(student_input_size),
+                mean=tuple(student_config['mean']),
+                std=tuple(student_config['std']),
+                input_size=tuple(student_config['input_size']),
                 interpolation='bicubic',
             )
             origin = (
@@ -424,6 +421,7 @@ def create_teacher(  # noqa: PLR0913
             )
     else:
         origin = 'its pretrained config'
+    mean, std, input_size = spec.mean, spec.std, spec.input_size
     if mean or std or input_size:
         origin += ', with the --teacher-mean/--teacher-std/--teacher-input-size given'
     _logger.info(f'Teacher {name} preprocessing: {origin}')
@@ -431,8 +429,8 @@ def create_teacher(  # noqa: PLR0913
     t_std = tuple(std) if std else data_config['std']
     size = tuple(input_size)[-2:] if input_size else tuple(data_config['input_size'])[-2:]
     adapter = InputAdapter(
-        student_mean,
-        student_std,
+        student_config['mean'],
+        student_config['std'],
         t_mean,
         t_std,
         size=size,
@@ -447,7 +445,7 @@ def create_teacher(  # noqa: PLR0913
         model,
         adapter,
         dtype=DTYPES[dtype],
-        channels_last=channels_last,
-        inference_mode=inference_mode,
+        channels_last=setup.channels_last,
+        inference_mode=setup.inference_mode,
     )
     return teacher.to(device) if device is not None else teacher

@@ -31,6 +31,7 @@ from ..data import create_eval_loader
 from ..errors import KDError, one_line_errors
 from ..features import forward_features, num_stages
 from ..hub import load_student
+from ..run import TeacherSetup, TeacherSpec, freeze
 from ..teacher import create_teacher
 from .plots import pyplot
 
@@ -81,18 +82,9 @@ def diagnose(args: argparse.Namespace) -> Dict[str, Any]:
     loader = create_eval_loader(
         args.dataset, args.data, args.split, config, args.batch_size, args.workers
     )
-    teacher = create_teacher(
-        args.teacher,
-        num_classes=student.num_classes,
-        in_chans=config['input_size'][0],
-        checkpoint=args.teacher_checkpoint,
-        student_mean=config['mean'],
-        student_std=config['std'],
-        student_input_size=config['input_size'],
-        device=device,
-        allow_pickle=args.allow_unsafe_pickle,
-        model_kwargs=args.teacher_kwargs,
-    )
+    spec = TeacherSpec(args.teacher, args.teacher_checkpoint, kwargs=freeze(args.teacher_kwargs))
+    setup = TeacherSetup(allow_pickle=args.allow_unsafe_pickle)
+    teacher = create_teacher(spec, config, student.num_classes, setup, device)
     s_stages, t_stages = list(range(num_stages(student))), list(range(num_stages(teacher.model)))
     logits: Dict[str, List[torch.Tensor]] = {'student': [], 'teacher': [], 'target': []}
     pooled: Dict[str, List[List[torch.Tensor]]] = {

@@ -28,6 +28,7 @@ from timm.utils import accuracy
 from ..data import create_eval_loader
 from ..errors import KDError, one_line_errors
 from ..hub import load_student
+from ..run import TeacherSetup, TeacherSpec
 from ..teacher import create_teacher
 
 
@@ -64,16 +65,9 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     )
     teacher = None
     if args.teacher:
-        teacher = create_teacher(
-            args.teacher,
-            num_classes=model.num_classes,
-            checkpoint=args.teacher_checkpoint,
-            student_mean=data_config['mean'],
-            student_std=data_config['std'],
-            student_input_size=data_config['input_size'],
-            device=device,
-            allow_pickle=args.allow_unsafe_pickle,
-        )
+        spec = TeacherSpec(args.teacher, args.teacher_checkpoint)
+        setup = TeacherSetup(allow_pickle=args.allow_unsafe_pickle)
+        teacher = create_teacher(spec, data_config, model.num_classes, setup, device)
     # top1, top5, teacher top1, agreement: summed on the device, read once
     sums = torch.zeros(4, device=device)
     count = 0
