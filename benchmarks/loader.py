@@ -29,6 +29,7 @@ from PIL import Image
 from timm.data import ImageDataset, create_loader
 
 from timm_kd.replay import ReplayableViews, make_replayable
+from timm_kd.run import ProcessSpec
 from timm_kd.stream import TrainingStream
 
 
@@ -89,7 +90,7 @@ def main() -> None:
                 'replay_vs_timm': round(replay_rate / timm_rate, 4),
             }
             ratios.append(replay_rate / timm_rate)
-        stream = TrainingStream(replay, device=torch.device('cpu'), seed=0)
+        stream = TrainingStream(replay, device=torch.device('cpu'), process=ProcessSpec(seed=0))
         batches = len(stream)
         start = time.perf_counter()
         for _ in stream.epoch(1):

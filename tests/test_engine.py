@@ -10,6 +10,7 @@ from timm.loss import SoftTargetCrossEntropy
 
 from timm_kd import DistillationTask, Teacher, create_kd_student
 from timm_kd.engine import StudentRun, train_one_epoch
+from timm_kd.run import ProcessSpec
 from timm_kd.stream import TrainingStream
 
 # Python-level reads of a tensor's value: each one waits
@@ -60,9 +61,8 @@ def _loader(num_batches: int, last: int = 2):  # mixup needs even batches
 
 
 def _stream(loader, mixup=None, grad_accum_steps=1):
-    return TrainingStream(
-        loader, mixup, device=torch.device('cpu'), seed=2, grad_accum_steps=grad_accum_steps
-    )
+    process = ProcessSpec(seed=2, grad_accum_steps=grad_accum_steps)
+    return TrainingStream(loader, mixup, device=torch.device('cpu'), process=process)
 
 
 def _epoch(runs, teacher, loader, **kwargs):

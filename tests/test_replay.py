@@ -11,6 +11,7 @@ from timm_kd.data import create_datasets, create_loaders, set_loader_epoch
 from timm_kd.dataset_views import DatasetView
 from timm_kd.reliability import reseed
 from timm_kd.replay import ReplayableViews, make_replayable, replayable_views
+from timm_kd.run import ProcessSpec
 from timm_kd.stream import TrainingStream
 
 AUG = [
@@ -39,7 +40,9 @@ def _stream(root, flags, workers=0, prefetcher=True, wrap=lambda dataset: datase
         torch.device('cpu'), prefetcher=prefetcher,
     )  # fmt: skip
     assert make_replayable(loader)
-    return TrainingStream(loader, mixup, device=torch.device('cpu'), seed=7), train
+    return TrainingStream(
+        loader, mixup, device=torch.device('cpu'), process=ProcessSpec(seed=7)
+    ), train
 
 
 def _epoch_batches(image_folder, workers, epoch, extra=(), prefetcher=False, between=0):

@@ -24,6 +24,7 @@ import torch
 from .data import set_loader_epoch, set_mixup_epoch
 from .reliability import reseed
 from .replay import resumable
+from .run import ProcessSpec
 from .unlabeled import labeled_mask
 
 
@@ -51,28 +52,27 @@ def to_device(input, target, device, channels_last, dtype=None):
 class TrainingStream:
     """Batches of a training loader over replayable views, on the device, decoded and mixed.
 
-    `labels` (a device tensor of every sample's class) says the loader yields sample indices;
-    `unlabeled` says a -1 marks an unlabeled image.
+    `process` gives the seed, the accumulation window, the layout and the input dtype; `labels` (a
+    device tensor of every sample's class) says the loader yields sample indices; `unlabeled` says
+    a -1 marks an unlabeled image.
     """
 
-    def __init__(  # noqa: PLR0913
+    def __init__(
         self,
         loader: Any,
         mixup_fn: Optional[Callable] = None,
         *,
         device: torch.device,
-        seed: int,
         rank: int = 0,
-        grad_accum_steps: int = 1,
-        channels_last: bool = False,
-        input_dtype: Optional[torch.dtype] = None,
+        process: ProcessSpec = ProcessSpec(),
         labels: Optional[torch.Tensor] = None,
         unlabeled: bool = False,
         mixup_off_epoch: int = 0,
     ):
-        self.loader, self.mixup_fn, self.device = loader, mixup_fn, device
-        self.seed, self.rank, self.grad_accum_steps = seed, rank, grad_accum_steps
-        self.channels_last, self.input_dtype = channels_last, input_dtype
+        self.loader, self.mixup_fn, self.device, self.rank = loader, mixup_fn, device, rank
+        self.seed, self.grad_accum_steps = process.seed, process.grad_accum_steps
+        self.channels_last = process.channels_last
+        self.input_dtype = getattr(torch, process.model_dtype) if process.model_dtype else None
         self.labels, self.unlabeled = labels, unlabeled
         self.mixup_off_epoch = mixup_off_epoch
 

@@ -85,11 +85,9 @@ def training_stream(
     )
     replayable = make_replayable(loader, process.rank)
     stream = TrainingStream(
-        loader, mixup_fn, device=process.device, seed=run.process.seed, rank=process.rank,
-        grad_accum_steps=run.process.grad_accum_steps, channels_last=run.process.channels_last,
-        input_dtype=dtype, unlabeled=bool(run.data.unlabeled_data),
+        loader, mixup_fn, device=process.device, rank=process.rank, process=run.process,
         labels=train_set.targets.to(process.device) if needs_index else None,
-        mixup_off_epoch=run.views.mixup_off_epoch,
+        unlabeled=bool(run.data.unlabeled_data), mixup_off_epoch=run.views.mixup_off_epoch,
     )  # fmt: skip
     return stream, eval_loader, replayable
 
