@@ -51,6 +51,7 @@ from timm_kd.data import (
 from timm_kd.reliability import reseed  # noqa: E402
 from timm_kd.replay import ReplayableViews, make_replayable  # noqa: E402
 from timm_kd.run import TeacherSpec, freeze  # noqa: E402
+from timm_kd.runtime import Process  # noqa: E402
 from timm_kd.teacher import create_teacher  # noqa: E402
 
 PRESETS = {
@@ -169,7 +170,7 @@ def bench_teacher(args, teacher_name, data, work, device):
         None,
         config,
         args.num_classes,
-        device,
+        Process(device),
         prefetcher=True,
     )
     make_replayable(loader)

@@ -9,6 +9,7 @@ from timm_kd.cli.train import parse_args
 from timm_kd.cli.train.build import dataset_options, loader_options
 from timm_kd.data import create_datasets, create_loaders, dataset_num_classes, set_mixup_epoch
 from timm_kd.dataset_views import IndexedTargets, StratifiedSubset, dataset_targets
+from timm_kd.runtime import Process
 
 
 class _Labels(torch.utils.data.Dataset):
@@ -77,7 +78,7 @@ def test_mixup_runs_in_the_training_process_and_turns_off(image_folder, prefetch
         crop_pct=1.0,
     )
     loader, _, mixup_fn = create_loaders(
-        loader_options(args), train, evaluation, cfg, 3, torch.device('cpu'), prefetcher=prefetcher
+        loader_options(args), train, evaluation, cfg, 3, Process(torch.device('cpu')), prefetcher
     )
     assert mixup_fn.mixup_enabled and not getattr(loader, 'mixup_enabled', False)
     set_mixup_epoch(mixup_fn, 2, off_epoch=2)

@@ -12,6 +12,7 @@ from timm_kd.dataset_views import DatasetView
 from timm_kd.reliability import reseed
 from timm_kd.replay import ReplayableViews, make_replayable, replayable_views
 from timm_kd.run import ProcessSpec
+from timm_kd.runtime import Process
 from timm_kd.stream import TrainingStream
 
 AUG = [
@@ -37,7 +38,7 @@ def _stream(root, flags, workers=0, prefetcher=True, wrap=lambda dataset: datase
                interpolation='bilinear', crop_pct=1.0)  # fmt: skip
     loader, _, mixup = create_loaders(
         loader_options(args), replayable_views(wrap(train), seed=7), None, cfg, 3,
-        torch.device('cpu'), prefetcher=prefetcher,
+        Process(torch.device('cpu')), prefetcher,
     )  # fmt: skip
     assert make_replayable(loader)
     return TrainingStream(

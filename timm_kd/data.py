@@ -14,6 +14,7 @@ from timm.data import Mixup, create_dataset, create_loader
 from .dataset_views import DatasetView, StratifiedSubset
 from .errors import KDError, flat
 from .identity import IF_SET, NOT_IDENTITY
+from .runtime import Process
 from .unlabeled import ImageFiles, WithUnlabeled
 
 
@@ -226,26 +227,25 @@ def mixup_args(opts: LoaderOptions, num_classes: int) -> Optional[Dict[str, Any]
     )
 
 
-def create_loaders(  # noqa: PLR0913
+def create_loaders(
     opts: LoaderOptions,
     train_set: Any,
     eval_set: Optional[Any],
     data_config: Dict[str, Any],
     num_classes: int,
-    device: torch.device,
-    *,
-    distributed: bool = False,
+    process: Process,
     prefetcher: bool = False,
     img_dtype: torch.dtype = torch.float32,
 ) -> Tuple[Any, Optional[Any], Optional[Callable]]:
-    """Train loader, eval loader (None without an eval
-    set), and the mixup function to apply per batch.
+    """Train loader, eval loader (None without an eval set), and the mixup function to apply per
+    batch, for the device and the place among DDP processes of `process`.
 
     Mixup/cutmix always runs in the training process, after the loader (with the prefetcher too,
     where timm mixes in the workers' collate): there its random draws are fixed by the per-batch
     reseed, so the views replay (`timm_kd.replay`), and sample indices (CRD) can be mapped to labels
     first.
     """
+    device, distributed = process.device, process.distributed
     if opts.aug_repeats and not distributed:
         raise KDError(
             f'--aug-repeats {opts.aug_repeats:g} needs several processes (torchrun): timm spreads '

@@ -78,8 +78,7 @@ def training_stream(
         setup.eval_set,
         run.student_data_config,
         run.num_classes,
-        process.device,
-        distributed=process.distributed,
+        process,
         prefetcher=run.process.prefetcher,
         img_dtype=dtype or torch.float32,
     )
