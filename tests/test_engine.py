@@ -9,7 +9,7 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 
 from timm_kd import DistillationTask, Teacher, create_kd_student
-from timm_kd.engine import StudentRun, train_one_epoch
+from timm_kd.engine import LoopSettings, StudentRun, train_one_epoch
 from timm_kd.run import ProcessSpec
 from timm_kd.stream import TrainingStream
 
@@ -67,7 +67,8 @@ def _stream(loader, mixup=None, grad_accum_steps=1):
 
 def _epoch(runs, teacher, loader, **kwargs):
     mixup = Mixup(mixup_alpha=0.4, cutmix_alpha=1.0, num_classes=4)
-    return train_one_epoch(0, runs, _stream(loader, mixup), num_epochs=1, teacher=teacher, **kwargs)
+    settings = LoopSettings(**kwargs)
+    return train_one_epoch(0, runs, _stream(loader, mixup), teacher=teacher, settings=settings)
 
 
 def test_one_teacher_pass_per_batch_serves_every_student():
@@ -154,7 +155,7 @@ def test_accumulation_averages_each_window_including_a_short_last_one(num_batche
     those, as timm does."""
     loader = _loader(num_batches, last=4)
     run = _plain_run()
-    train_one_epoch(0, [run], _stream(loader, grad_accum_steps=accum), num_epochs=1)
+    train_one_epoch(0, [run], _stream(loader, grad_accum_steps=accum))
 
     reference = _plain_run()
     windows = [loader[i : i + accum] for i in range(0, num_batches, accum)]
@@ -177,7 +178,7 @@ def _one_step_update(clip_mode: str, clip_grad: float):
     grads = [p.grad.clone() for p in raw.task.kd_student.student.parameters()]
     run = _plain_run(clip_grad=clip_grad, clip_mode=clip_mode)
     before = _weights(run)
-    train_one_epoch(0, [run], _stream([(x, y)]), num_epochs=1)
+    train_one_epoch(0, [run], _stream([(x, y)]))
     return [(b - a) / 0.1 for a, b in zip(_weights(run), before)], grads
 
 
@@ -208,5 +209,5 @@ def test_second_order_optimizers_get_the_graph_of_the_gradients():
     run = _plain_run(opt='adahessian')
     assert run.optimizer.is_second_order
     before = _weights(run)
-    train_one_epoch(0, [run], _stream(_loader(2, last=4)), num_epochs=1)
+    train_one_epoch(0, [run], _stream(_loader(2, last=4)))
     assert any(not torch.equal(a, b) for a, b in zip(before, _weights(run)))

@@ -127,21 +127,30 @@ class StudentRun:
             self.optimizer.step()
 
 
-def train_one_epoch(  # noqa: PLR0913
+@dataclass(frozen=True)
+class LoopSettings:
+    """How the epochs run in this process, the same in every epoch: autocast, DDP, logging, and
+    the loss scale of scheduled batch sizes (`batch_loss_scale` 'linear' or 'sqrt': each batch's
+    loss scaled by its size over `batch_size_reference`)."""
+
+    num_epochs: int = 1  # for the ETA
+    amp_autocast: Callable = nullcontext
+    distributed: bool = False
+    is_primary: bool = True
+    log_interval: int = 50
+    on_log: Optional[Callable[[int, torch.Tensor], None]] = None  # (batch index, input) at a log
+    batch_loss_scale: str = 'none'
+    batch_size_reference: Optional[float] = None
+
+
+def train_one_epoch(
     epoch: int,
     runs: Sequence[StudentRun],
     stream: TrainingStream,
     *,
-    num_epochs: int,
     teacher: Optional[TeacherLike] = None,
-    amp_autocast: Callable = nullcontext,
-    distributed: bool = False,
-    log_interval: int = 50,
-    is_primary: bool = True,
-    batch_loss_scale: str = 'none',
-    batch_size_reference: Optional[float] = None,
+    settings: LoopSettings = LoopSettings(),
     after_update: Optional[Callable[[int], None]] = None,
-    on_log: Optional[Callable[[int, torch.Tensor], None]] = None,
     skip_batches: int = 0,
 ) -> List[Dict[str, float]]:
     """Train every student of `runs` for one epoch of `stream`; returns, per run, the epoch mean of
@@ -151,9 +160,9 @@ def train_one_epoch(  # noqa: PLR0913
     student asks for), then through each student's own step (`training_step`). As in timm's loop:
     the loss is divided by the number of batches in its accumulation window (the last window of an
     epoch may be shorter), and with `batch_loss_scale` 'linear' or 'sqrt' (scheduled batch sizes)
-    each batch's loss is scaled by its size over `batch_size_reference`. `after_update(update)`
-    runs after every optimizer update (recovery checkpoints), `on_log(batch_index, input)` at each
-    log interval on the primary process.
+    each batch's loss is scaled by its size over `batch_size_reference` (`settings`).
+    `after_update(update)` runs after every optimizer update (recovery checkpoints),
+    `settings.on_log(batch_index, input)` at each log interval on the primary process.
 
     Loss components (and, with a teacher, the student's top-1 agreement with it on the training
     views, `teacher_agreement` in percent) are summed on the device and read back only at log
@@ -172,22 +181,24 @@ def train_one_epoch(  # noqa: PLR0913
     start = time.time()
     for batch_idx, batch in batches:
         need_update = stream.is_update(batch_idx)
-        scale = _loss_scale(batch_idx, len(batch), num_batches, accum, batch_loss_scale,
-                            batch_size_reference)  # fmt: skip
-        training_step(runs, teacher, batch, scale, need_update, amp_autocast)
+        scale = _loss_scale(batch_idx, len(batch), num_batches, accum, settings.batch_loss_scale,
+                            settings.batch_size_reference)  # fmt: skip
+        training_step(runs, teacher, batch, scale, need_update, settings.amp_autocast)
         if need_update and after_update is not None:
             after_update(batch_idx // accum)
-        if is_primary and (batch_idx % log_interval == 0 or batch_idx == num_batches - 1):
+        logs = batch_idx % settings.log_interval == 0 or batch_idx == num_batches - 1
+        if settings.is_primary and logs:
             per_batch = (time.time() - start) / (batch_idx + 1 - skip_batches)
-            _log_progress(runs, epoch, batch_idx, num_batches, num_epochs, per_batch, len(batch))
-            if on_log is not None:
-                on_log(batch_idx, batch.input)
+            _log_progress(runs, epoch, batch_idx, num_batches, settings.num_epochs, per_batch,
+                          len(batch))  # fmt: skip
+            if settings.on_log is not None:
+                settings.on_log(batch_idx, batch.input)
     for run in runs:
         if hasattr(run.optimizer, 'sync_lookahead'):
             run.optimizer.sync_lookahead()
     return [
         OrderedDict((k, (v / total).item()) for k, v in sums.items())
-        for sums, total in (run.global_sums(distributed) for run in runs)
+        for sums, total in (run.global_sums(settings.distributed) for run in runs)
     ]
 
 
@@ -256,30 +267,28 @@ def check_finite(losses: Dict[str, float], epoch: int, batch_idx: int, run: Stud
 
 
 @torch.no_grad()
-def validate(  # noqa: PLR0913
+def validate(
     task,
     loader,
     *,
     device: torch.device,
+    settings: LoopSettings = LoopSettings(),
     ema: bool = False,
-    amp_autocast: Callable = nullcontext,
     channels_last: bool = False,
     input_dtype: Optional[torch.dtype] = None,
-    distributed: bool = False,
     log_suffix: str = '',
-    is_primary: bool = True,
 ) -> Dict[str, Any]:
-    """Loss, top-1 and top-5 (percent) of the student
-    (or its EMA) on `loader`, reduced over ranks."""
+    """Loss, top-1 and top-5 (percent) of the student (or its EMA) on `loader`, reduced over ranks
+    (under the autocast, DDP and logging of `settings`)."""
     model = task.get_eval_model(ema=ema)
     model.eval()
     evaluator = task.create_evaluator(max_samples=evaluation_sample_limit(loader))
     for input, target in loader:
         input, target = to_device(input, target, device, channels_last, input_dtype)
-        with amp_autocast():
+        with settings.amp_autocast():
             output = model(input)
         evaluator.update(output.float(), target)
-    metrics = evaluator.compute(distributed=distributed)
-    if is_primary:
+    metrics = evaluator.compute(distributed=settings.distributed)
+    if settings.is_primary:
         _logger.info(f'Eval{log_suffix}: ' + '  '.join(f'{k}: {v:.4f}' for k, v in metrics.items()))
     return metrics

@@ -6,7 +6,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import torchvision
@@ -15,7 +15,7 @@ from timm.utils import distribute_bn, random_seed, setup_default_logging, update
 from ...cache import CachedTeacher, check_logit_losses_only
 from ...cache.hub import open_cache
 from ...data import dataset_class_names
-from ...engine import check_finite, train_one_epoch, validate
+from ...engine import LoopSettings, check_finite, train_one_epoch, validate
 from ...ensemble import create_teachers
 from ...errors import Interrupted, KDError, one_line_errors
 from ...locks import FolderLock
@@ -45,9 +45,8 @@ class Training:
     teacher: Any
     stream: TrainingStream
     eval_loader: Any
-    amp_autocast: Callable
+    settings: LoopSettings  # autocast, DDP, logging, scheduled batch sizes' loss scale
     eval_metric: str
-    batch_reference: float
     start_epoch: int
     skip_batches: int
     stop_epoch: int
@@ -201,27 +200,30 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
             f'{stop_epoch} (--epochs {num_epochs}); raise --epochs to train on'
         )
     amp_autocast, _ = amp_setup(run.teachers.amp, run.teachers.amp_dtype, device)
-    return Training(args, run, process, jobs, teacher, stream, eval_loader, amp_autocast,
-                    eval_metric, batch_reference, start_epoch, skip_batches, stop_epoch,
+    out_dir = jobs[0].out_dir
+    settings = LoopSettings(
+        num_epochs=num_epochs, amp_autocast=amp_autocast, distributed=process.distributed,
+        is_primary=process.is_primary, log_interval=args.log_interval,
+        on_log=(lambda i, x: _save_images(out_dir, i, x))
+        if args.save_images and process.is_primary else None,
+        batch_loss_scale=args.variable_batch_loss_scale if scheduled else 'none',
+        batch_size_reference=batch_reference,
+    )  # fmt: skip
+    return Training(args, run, process, jobs, teacher, stream, eval_loader, settings,
+                    eval_metric, start_epoch, skip_batches, stop_epoch,
                     num_epochs, run.num_classes, recovery_stream)  # fmt: skip
 
 
 def train_epoch(t: Training, epoch: int, preemption: Preemption) -> Dict[str, float]:
     """One epoch: train every student on the stream, then validate, record and checkpoint each as
     timm does. Returns the wandb row."""
-    args, primary = t.args, t.process.is_primary
+    args = t.args
     skip = t.skip_batches if epoch == t.start_epoch else 0
     if isinstance(t.teacher, CachedTeacher):
         t.teacher.start_epoch(epoch, skip * t.run.views.batch_size)
-    scheduled = t.run.views.train_img_sizes is not None
     train_metrics = train_one_epoch(
-        epoch, [job.run for job in t.jobs], t.stream, num_epochs=t.num_epochs, teacher=t.teacher,
-        amp_autocast=t.amp_autocast, distributed=t.process.distributed,
-        log_interval=args.log_interval, is_primary=primary,
-        batch_loss_scale=args.variable_batch_loss_scale if scheduled else 'none',
-        batch_size_reference=t.batch_reference,
+        epoch, [job.run for job in t.jobs], t.stream, teacher=t.teacher, settings=t.settings,
         after_update=lambda update: _after_update(t, epoch, update, preemption),
-        on_log=(lambda i, x: _save_images(t, i, x)) if args.save_images and primary else None,
         skip_batches=skip,
     )  # fmt: skip
     validating = (epoch + 1) % args.val_interval == 0 or epoch + 1 == t.num_epochs
@@ -244,11 +246,9 @@ def _end_of_epoch(t: Training, job: StudentJob, epoch: int, metrics) -> Dict[str
     if t.eval_loader is not None:
         process = t.run.process
         kwargs = dict(
-            device=t.process.device, amp_autocast=t.amp_autocast,
-            channels_last=process.channels_last,
+            device=t.process.device, settings=t.settings, channels_last=process.channels_last,
             input_dtype=DTYPES[process.model_dtype] if process.model_dtype else None,
-            distributed=t.process.distributed,
-            is_primary=t.process.is_primary, log_suffix=f' [{run.name}]' if run.name else '',
+            log_suffix=f' [{run.name}]' if run.name else '',
         )  # fmt: skip
         eval_metrics = validate(run.task, t.eval_loader, **kwargs)
         if run.task.has_ema() and not args.model_ema_force_cpu:
@@ -310,8 +310,8 @@ def _after_update(t: Training, epoch: int, update: int, preemption: Preemption) 
         )
 
 
-def _save_images(t: Training, batch_idx: int, input: torch.Tensor) -> None:
-    path = os.path.join(t.jobs[0].out_dir, f'train-batch-{batch_idx}.jpg')
+def _save_images(out_dir: str, batch_idx: int, input: torch.Tensor) -> None:
+    path = os.path.join(out_dir, f'train-batch-{batch_idx}.jpg')
     torchvision.utils.save_image(input.float(), path, padding=0, normalize=True)
 
 
