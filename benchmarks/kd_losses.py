@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from kd_step import measure  # the same interleaved timing as benchmarks/kd_step.py
 
-from timm_kd import DistillationTask, Teacher, create_kd_student, list_kd_losses
+from timm_kd import DistillationTask, LossSpec, Teacher, create_kd_student, freeze, list_kd_losses
 
 # CRD's cost grows with its negatives; 16384 is the paper's
 EXTRA = {'crd': {'num_negatives': 4096}}
@@ -32,11 +32,13 @@ def build(method, args, device):
     kd_student = create_kd_student(
         student,
         teacher,
-        [method],
-        {method: dict(EXTRA.get(method, {}))},
+        LossSpec(
+            (method,),
+            kwargs=freeze({method: EXTRA.get(method, {})}),
+            student_stages=tuple(args.student_stages),
+            teacher_stages=tuple(args.teacher_stages),
+        ),
         input_size=(3, args.img_size, args.img_size),
-        student_stages=args.student_stages,
-        teacher_stages=args.teacher_stages,
         num_samples=args.num_samples,
     )
     task = DistillationTask(kd_student, nn.CrossEntropyLoss(), teacher=teacher, verbose=False).to(

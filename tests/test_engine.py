@@ -8,7 +8,7 @@ import torch.nn as nn
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 
-from timm_kd import DistillationTask, Teacher, create_kd_student
+from timm_kd import DistillationTask, LossSpec, Teacher, create_kd_student
 from timm_kd.engine import LoopSettings, StudentRun, train_one_epoch
 from timm_kd.run import ProcessSpec
 from timm_kd.stream import TrainingStream
@@ -39,10 +39,8 @@ def _runs(lr: float = 0.05):
         kd_student = create_kd_student(
             timm.create_model(name, num_classes=4),
             teacher,
-            losses,
+            LossSpec(tuple(losses), student_stages=stages, teacher_stages=stages),
             input_size=(3, 32, 32),
-            student_stages=stages,
-            teacher_stages=stages,
         )
         task = DistillationTask(
             kd_student, SoftTargetCrossEntropy(), teacher=teacher, verbose=False
@@ -133,7 +131,7 @@ def _plain_run(opt: str = 'sgd', **run_kwargs):
 
     torch.manual_seed(0)
     kd_student = create_kd_student(
-        timm.create_model('test_convnext', num_classes=4), None, [], input_size=(3, 32, 32)
+        timm.create_model('test_convnext', num_classes=4), None, input_size=(3, 32, 32)
     )
     task = DistillationTask(kd_student, nn.CrossEntropyLoss(), verbose=False)
     optimizer = (

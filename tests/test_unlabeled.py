@@ -10,7 +10,7 @@ from conftest import TINY
 from PIL import Image
 from torch import nn
 
-from timm_kd import DistillationTask, KDError, Teacher, create_kd_student
+from timm_kd import DistillationTask, KDError, LossSpec, Teacher, create_kd_student
 from timm_kd.cli.train.loop import cli, main
 from timm_kd.unlabeled import labeled_mask
 
@@ -32,7 +32,7 @@ def _task():
     torch.manual_seed(0)
     teacher = Teacher(timm.create_model('test_vit', num_classes=3, img_size=32))
     student = create_kd_student(
-        timm.create_model('test_resnet', num_classes=3), teacher, ['kd'], input_size=(3, 32, 32)
+        timm.create_model('test_resnet', num_classes=3), teacher, LossSpec(), input_size=(3, 32, 32)
     )
     return DistillationTask(student, nn.CrossEntropyLoss(), teacher=teacher, verbose=False).train()
 

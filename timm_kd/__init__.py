@@ -5,7 +5,7 @@ from .errors import KDError
 from .features import Features, FeatureSpec
 from .losses import create_kd_loss, list_kd_losses, register_kd_loss
 from .pretrained import add_pretrained_tag, register_vkd_checkpoints
-from .run import TeacherSetup, TeacherSpec
+from .run import LossSpec, TeacherSetup, TeacherSpec, freeze
 from .student import KDStudent, create_kd_student
 from .task import DistillationTask
 from .teacher import InputAdapter, Teacher, TeacherOutput, create_teacher
@@ -32,5 +32,7 @@ __all__ = [
     'create_teacher',
     'TeacherSpec',
     'TeacherSetup',
+    'LossSpec',
+    'freeze',
     '__version__',
 ]

@@ -109,16 +109,6 @@ class LossSpec:
         """The losses that declare `what` ('needs_labels', 'needs_index', 'needs_features')."""
         return [n for n in self.names if getattr(get_kd_loss_class(n), what, False)]
 
-    def kd_student_kwargs(self, has_teacher: bool) -> Dict[str, Any]:
-        """`timm_kd.create_kd_student` arguments (no losses without a teacher)."""
-        return dict(
-            loss_names=list(self.names) if has_teacher else [],
-            loss_kwargs={name: dict(kwargs) for name, kwargs in self.kwargs},
-            student_stages=self.student_stages,
-            teacher_stages=self.teacher_stages,
-            aux_stages=self.deep_supervision,
-        )
-
     def weights_dict(self, has_teacher: bool) -> Dict[str, float]:
         return dict(zip(self.names, self.weights)) if has_teacher else {}
 

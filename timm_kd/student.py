@@ -16,6 +16,7 @@ from timm.models import group_parameters
 from .errors import KDError
 from .features import Features, FeatureSpec, forward_features, resolve_stages, spec_of
 from .losses import create_kd_loss, get_kd_loss_class, loss_accepts
+from .run import LossSpec
 from .teacher import Teacher, TeacherOutput
 
 
@@ -151,26 +152,24 @@ def _probe(
     ) if teacher_stages else None
 
 
-def create_kd_student(  # noqa: PLR0913
+def create_kd_student(
     student: nn.Module,
     teacher: Optional[Teacher],
-    loss_names: Sequence[str] = ('kd',),
-    loss_kwargs: Optional[Mapping[str, dict]] = None,
+    losses: LossSpec = LossSpec(),
     *,
     input_size: Sequence[int] = (3, 224, 224),
-    student_stages: Sequence[int] = (-1,),
-    teacher_stages: Sequence[int] = (-1,),
-    aux_stages: Sequence[int] = (),
     num_classes: Optional[int] = None,
     num_samples: Optional[int] = None,
 ) -> KDStudent:
-    """Build the KD losses by name (feature losses sized
-    from probed shapes) and wrap them with the student.
+    """Build the KD losses of `losses` by name (feature losses sized from probed shapes) and wrap
+    them with the student; without a teacher, the student alone.
 
-    `loss_kwargs[name]` holds each loss's hyperparameters. Feature losses get the student's and
+    `losses` names the losses, their hyperparameters, the stages the feature losses pair and the
+    deep-supervision stages (`timm_kd.run.LossSpec`). Feature losses get the student's and
     teacher's `FeatureSpec`; losses that need the dataset size (crd) get `num_samples`.
     """
-    loss_kwargs = loss_kwargs or {}
+    loss_kwargs = {name: dict(kwargs) for name, kwargs in losses.kwargs}
+    loss_names, aux_stages = losses.names, losses.deep_supervision
     if teacher is None:
         if aux_stages:
             raise KDError(
@@ -179,8 +178,10 @@ def create_kd_student(  # noqa: PLR0913
             )
         return KDStudent(student)
     feature_names = [n for n in loss_names if get_kd_loss_class(n).kind == 'feature']
-    s_stages = resolve_stages(student, student_stages, 'student') if feature_names else []
-    t_stages = resolve_stages(teacher.model, teacher_stages, 'teacher') if feature_names else None
+    s_stages = resolve_stages(student, losses.student_stages, 'student') if feature_names else []
+    t_stages = (
+        resolve_stages(teacher.model, losses.teacher_stages, 'teacher') if feature_names else None
+    )
     a_stages = resolve_stages(student, aux_stages, 'student') if aux_stages else []
     specs = (
         _probe(student, teacher, input_size, s_stages + a_stages, t_stages)

@@ -34,7 +34,7 @@ class DistillationTask(TrainingTask):
     as tensors: no host sync per step.
     """
 
-    def __init__(  # noqa: PLR0913
+    def __init__(
         self,
         student: nn.Module,
         criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -43,10 +43,9 @@ class DistillationTask(TrainingTask):
         ori_loss_weight: float = 1.0,
         aux_loss_weight: float = 1.0,
         device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
         verbose: bool = True,
     ):
-        super().__init__(device=device, dtype=dtype, verbose=verbose)
+        super().__init__(device=device, verbose=verbose)
         kd_student = student if isinstance(student, KDStudent) else KDStudent(student)
         if (teacher is None) != (len(kd_student.kd_losses) == 0):
             raise ValueError('a teacher needs at least one KD loss, and KD losses need a teacher')

@@ -133,7 +133,7 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
         create_kd_student(
             model,
             teacher,
-            **spec.kd_student_kwargs(teacher is not None),
+            spec,
             input_size=run.student_data_config['input_size'],
             num_classes=run.num_classes,
             num_samples=len(setup.train_set),
