@@ -141,12 +141,9 @@ TRANSLATION = {
         'create_student', 'teacher_setup', 'student_spec', 'run_spec', 'setup_run',
     },
 }  # fmt: skip
-# Still given flags: each student's optimizer, schedule, EMA and saver, and the loop's logging,
-# validation and checkpoint intervals. A function is added here only to be typed later.
-NOT_YET_TYPED = {
-    'timm_kd.cli.train.student_job': {'resume_path', 'resume_student', 'setup_student'},
-    'timm_kd.cli.train.loop': {'build_training', '_init_wandb'},
-}
+# The loop's run control, which the run value does not hold: logging, validation and recovery
+# intervals, --stop-epoch, BatchNorm syncing, wandb (`test_the_loop_reads_no_run_value_from_flags`)
+RUN_CONTROL = {'timm_kd.cli.train.loop': {'build_training', '_init_wandb'}}
 
 
 def _takes_flags(node):
@@ -161,7 +158,7 @@ def _takes_flags(node):
     'name', sorted(m for m in MODULES if m.startswith(('timm_kd.cli.train', 'timm_kd.cli.cache')))
 )
 def test_below_the_translation_nothing_takes_the_flags(name):
-    allowed = {**TRANSLATION, **NOT_YET_TYPED}
+    allowed = {**TRANSLATION, **RUN_CONTROL}
     if name in allowed and allowed[name] is None:
         return
     tree, _ = MODULES[name]
@@ -177,3 +174,30 @@ def test_the_stream_and_the_cache_build_read_the_run():
     # a check that could fail: the translation itself takes them
     run_spec = next(n for n in ast.walk(tree) if getattr(n, 'name', '') == 'run_spec')
     assert _takes_flags(run_spec)
+
+
+def _run_fields(cls, out):
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        out.add(f.name)
+        for kind in (hints[f.name], *typing.get_args(hints[f.name])):
+            if dataclasses.is_dataclass(kind):
+                _run_fields(kind, out)
+    return out
+
+
+def test_the_loop_reads_no_run_value_from_flags():
+    """Below `main` (which translates), the loop reads from the flags only what the run does not
+    hold; `students` there is the list of --student strings."""
+    from timm_kd.run import RunSpec
+
+    held = _run_fields(RunSpec, set()) - {'students'}
+    assert {'batch_size', 'seed', 'mixup_off_epoch', 'amp', 'grad_accum_steps'} <= held
+    tree, _ = MODULES['timm_kd.cli.train.loop']
+    for function in (n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name != 'main'):
+        for node in ast.walk(function):
+            if isinstance(node, ast.Attribute) and ast.unparse(node.value) in ('args', 't.args'):
+                assert node.attr not in held, f'{function.name} reads args.{node.attr}'

@@ -114,12 +114,82 @@ class LossSpec:
 
 
 @dataclass(frozen=True)
+class CriterionSpec:
+    """The hard-label loss as timm's train.py picks it: BCE, or cross entropy on dense targets
+    (mixup/cutmix) or on smoothed labels."""
+
+    bce: bool = False
+    smoothing: float = 0.1
+    soft_targets: bool = False  # mixup/cutmix hand out dense targets
+    bce_target_thresh: Optional[float] = None
+    bce_sum: bool = False
+    bce_pos_weight: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """The optimizer as timm's `optimizer_kwargs` translates the flags (with --opt-kwargs), the
+    learning-rate rule (--lr, or --lr-base scaled to the global batch) and gradient clipping."""
+
+    kwargs: Tuple[Tuple[str, Any], ...] = (('opt', 'sgd'),)
+    lr: Optional[float] = None
+    lr_base: float = 0.1
+    lr_base_size: int = 256
+    lr_base_scale: str = ''
+    clip_grad: Optional[float] = None
+    clip_mode: str = 'norm'
+
+    @property
+    def opt(self) -> str:
+        return dict(self.kwargs)['opt']
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """The schedule as timm's `scheduler_kwargs` translates the flags (its plateau mode follows
+    the metric the run tracks), and the epoch --start-epoch forces."""
+
+    kwargs: Tuple[Tuple[str, Any], ...] = (('sched', 'cosine'),)
+    start_epoch: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class EMASpec:
+    """timm's model EMA: on or off, decay, warmup, kept on the CPU."""
+
+    enabled: bool = False
+    decay: float = 0.9998
+    warmup: bool = False
+    force_cpu: bool = False
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Where a student's run is written and what it resumes from."""
+
+    output: str = ''
+    experiment: str = ''
+    resume: str = ''  # a checkpoint, 'auto' (the experiment's newest) or '' (none)
+    no_resume_opt: bool = False
+    checkpoint_hist: int = 10
+
+
+@dataclass(frozen=True)
 class StudentSpec:
-    """A student on the stream: its architecture and its distillation terms. (Its optimizer,
-    schedule and EMA are built from its flags by timm's own translators in the program.)"""
+    """A student on the stream: its architecture, distillation terms, hard-label loss, optimizer,
+    schedule, EMA, compilation and output, each as timm's translators produce them from its flags.
+    """
 
     model: str
     losses: LossSpec = LossSpec()
+    criterion: CriterionSpec = CriterionSpec()
+    optimizer: OptimizerSpec = OptimizerSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
+    ema: EMASpec = EMASpec()
+    output: OutputSpec = OutputSpec()
+    compile: Optional[str] = None  # --torchcompile backend
+    compile_mode: Optional[str] = None
+    ddp_broadcast_buffers: bool = True  # not --no-ddp-bb
 
 
 @dataclass(frozen=True)

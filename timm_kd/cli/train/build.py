@@ -12,6 +12,8 @@ import torch
 from timm.data import resolve_data_config
 from timm.layers import set_fast_norm
 from timm.models import create_model
+from timm.optim import optimizer_kwargs
+from timm.scheduler import scheduler_kwargs
 from timm.utils import set_jit_fuser
 
 from ...checkpoint import load_state_dict
@@ -21,14 +23,20 @@ from ...data import (
     create_datasets,
     create_loaders,
     dataset_num_classes,
+    mixup_args,
 )
 from ...dataset_views import IndexedTargets
 from ...errors import KDError, flat
 from ...replay import make_replayable, replayable_views
 from ...run import (
+    CriterionSpec,
+    EMASpec,
     LossSpec,
+    OptimizerSpec,
+    OutputSpec,
     ProcessSpec,
     RunSpec,
+    ScheduleSpec,
     StudentSpec,
     TeacherSetup,
     TeacherSpec,
@@ -246,7 +254,49 @@ def student_spec(args: argparse.Namespace) -> StudentSpec:
         deep_supervision_weight=args.kd_deep_supervision_weight,
         ori_weight=args.ori_loss_weight,
     )
-    return StudentSpec(model=args.model, losses=losses)
+    criterion = CriterionSpec(
+        bce=args.bce_loss,
+        smoothing=args.smoothing,
+        soft_targets=mixup_args(loader_options(args), 0) is not None,
+        bce_target_thresh=args.bce_target_thresh,
+        bce_sum=args.bce_sum,
+        bce_pos_weight=args.bce_pos_weight,
+    )
+    optimizer = OptimizerSpec(
+        kwargs=freeze({**optimizer_kwargs(cfg=args), **args.opt_kwargs}),
+        lr=args.lr,
+        lr_base=args.lr_base,
+        lr_base_size=args.lr_base_size,
+        lr_base_scale=args.lr_base_scale,
+        clip_grad=args.clip_grad,
+        clip_mode=args.clip_mode,
+    )
+    schedule = ScheduleSpec(kwargs=freeze(scheduler_kwargs(args)), start_epoch=args.start_epoch)
+    ema = EMASpec(
+        enabled=args.model_ema,
+        decay=args.model_ema_decay,
+        warmup=args.model_ema_warmup,
+        force_cpu=args.model_ema_force_cpu,
+    )
+    output = OutputSpec(
+        output=args.output,
+        experiment=args.experiment,
+        resume=args.resume,
+        no_resume_opt=args.no_resume_opt,
+        checkpoint_hist=args.checkpoint_hist,
+    )
+    return StudentSpec(
+        model=args.model,
+        losses=losses,
+        criterion=criterion,
+        optimizer=optimizer,
+        schedule=schedule,
+        ema=ema,
+        output=output,
+        compile=args.torchcompile,
+        compile_mode=args.torchcompile_mode,
+        ddp_broadcast_buffers=not args.no_ddp_bb,
+    )
 
 
 def run_spec(

@@ -28,7 +28,7 @@ from ...student import create_kd_student
 from ...unlabeled import check_unlabeled_run
 from .build import DTYPES, Setup, setup_process_flags, setup_run, training_stream
 from .config import args_yaml, check_kd_flags_have_a_teacher, parse_args
-from .student_job import StudentJob, check_same_start, setup_student, stream_shape
+from .student_job import StreamPlace, StudentJob, check_same_start, setup_student, stream_shape
 from .students import student_args
 
 _logger = logging.getLogger('timm_kd.train')
@@ -105,7 +105,7 @@ def accept_run(t: Training) -> List[FolderLock]:
                 job.saver.finish_pending_save(job.resume)
             if t.start_epoch < t.stop_epoch:  # with nothing to train, the records stay as they are
                 truncate_summary(os.path.join(job.out_dir, 'summary.csv'), t.start_epoch)
-                text = args_yaml(job.args_text, job.args, t.process.device.type, t.num_classes)
+                text = args_yaml(job.args_text, job.record, t.process.device.type, t.num_classes)
                 write_text(os.path.join(job.out_dir, 'args.yaml'), text)
     except BaseException:
         for lock in locks:
@@ -155,25 +155,15 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
     eval_metric = args.eval_metric if eval_loader is not None else 'loss'
     readers = stream_readers(setup.train_set, run.views.workers)
     recovery_stream = stream_shape(run, process.world_size, readers)
+    place = StreamPlace(updates_per_epoch, global_batch, eval_metric == 'loss', recovery_stream)
     jobs = [
-        setup_student(
-            sargs,
-            text,
-            kd_student,
-            spec.weights_dict(teacher is not None),
-            teacher,
-            run.student_data_config,
-            updates_per_epoch,
-            global_batch,
-            process,
-            decreasing=eval_metric == 'loss',
-            stream=recovery_stream,
-        )  # fmt: skip
-        for (sargs, text), kd_student, spec in zip(students, kd_students, losses)
+        setup_student(spec, run, kd_student, teacher, place, process, record)
+        for spec, kd_student, (record, _) in zip(run.students, kd_students, students)
     ]
     label_names = dataset_class_names(setup.train_set)
-    for index, (job, (sargs, _)) in enumerate(zip(jobs, students)):
-        job.run.name = os.path.basename(sargs.experiment) if args.students else ''
+    for index, (job, (_, text)) in enumerate(zip(jobs, students)):
+        job.args_text = text
+        job.run.name = os.path.basename(job.spec.output.experiment) if args.students else ''
         if job.saver is not None:
             job.saver.label_names = label_names
             job.saver.run_record = run_record(run, index)
@@ -241,7 +231,7 @@ def train_epoch(t: Training, epoch: int, preemption: Preemption) -> Dict[str, fl
 def _end_of_epoch(t: Training, job: StudentJob, epoch: int, metrics) -> Dict[str, float]:
     """Validate (the EMA's result when there is one), then as timm: the summary row with the lr the
     epoch trained with, the checkpoint, the scheduler step. Returns the student's wandb row."""
-    run, args = job.run, t.args
+    run = job.run
     eval_metrics, row = None, {}
     if t.eval_loader is not None:
         process = t.run.process
@@ -251,7 +241,7 @@ def _end_of_epoch(t: Training, job: StudentJob, epoch: int, metrics) -> Dict[str
             log_suffix=f' [{run.name}]' if run.name else '',
         )  # fmt: skip
         eval_metrics = validate(run.task, t.eval_loader, **kwargs)
-        if run.task.has_ema() and not args.model_ema_force_cpu:
+        if run.task.has_ema() and not job.spec.ema.force_cpu:
             kwargs['log_suffix'] += ' (EMA)'
             eval_metrics = validate(run.task, t.eval_loader, ema=True, **kwargs)
     metric = (eval_metrics or metrics)[t.eval_metric]
@@ -272,7 +262,7 @@ def _distribute_bn(t: Training, job: StudentJob) -> None:
         return
     task, reduce = job.run.task, args.dist_bn == 'reduce'
     distribute_bn(task.kd_student.student, t.process.world_size, reduce)
-    if task.has_ema() and not args.model_ema_force_cpu:
+    if task.has_ema() and not job.spec.ema.force_cpu:
         distribute_bn(task.get_eval_model(ema=True), t.process.world_size, reduce)
 
 

@@ -1,7 +1,7 @@
 """One student of a training run: its task, optimizer, schedule, EMA and checkpoint saver, resumed
-from its checkpoint when there is one. `build` makes what all students share; `loop` trains them."""
+from its checkpoint when there is one, all built from its typed `StudentSpec`. `build` makes what
+all students share; `loop` trains them."""
 
-import argparse
 import logging
 import os
 from dataclasses import dataclass
@@ -9,30 +9,30 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from timm.loss import create_classification_loss
 from timm.models import safe_model_name
-from timm.optim import create_optimizer_v2, optimizer_kwargs
-from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
 from timm.task import load_task_ema_checkpoint, resume_task_checkpoint
 
 from ...checkpoint import load_training_metadata, safe_globals
-from ...data import mixup_args
 from ...engine import StudentRun
 from ...errors import KDError, flat
-from ...run import RunSpec
+from ...run import OutputSpec, RunSpec, StudentSpec
 from ...runtime import Process, amp_setup, experiment_name, output_dir, resolve_lr
 from ...saver import DurableCheckpointSaver, resumable_checkpoint
 from ...task import DistillationTask
 from ...teacher import Teacher
-from .build import check_checkpoint, loader_options
+from .build import check_checkpoint
 
 _logger = logging.getLogger(__name__)
 
 
 @dataclass
 class StudentJob:
-    """What the training script keeps per student besides
-    its training state: flags, output, saver, best."""
+    """What the training script keeps per student besides its training state: its typed settings,
+    the record of its flags (timm's `args` in checkpoints, args.yaml), output, saver, best."""
 
-    args: argparse.Namespace
+    spec: StudentSpec
+    record: Any  # its parsed flags as timm records them (checkpoints' `args`, args.yaml)
     run: StudentRun
     start_epoch: int
     num_epochs: int
@@ -45,14 +45,26 @@ class StudentJob:
     resume: str = ''  # the checkpoint it resumed from
 
 
-def resume_path(args: argparse.Namespace) -> str:
+@dataclass(frozen=True)
+class StreamPlace:
+    """What every student takes from the shared stream: its updates per epoch and global batch
+    (the lr rule, the schedule), whether the tracked metric decreases, and the `stream_shape` a
+    mid-epoch resume must match."""
+
+    updates_per_epoch: int
+    global_batch: float
+    decreasing: bool
+    shape: Dict[str, int]
+
+
+def resume_path(out: OutputSpec) -> str:
     """--resume as given, or for `--resume auto` the experiment's newest checkpoint,
     last.pth.tar or a mid-epoch recovery-*.pth.tar ('' when there is none)."""
-    if args.resume != 'auto':
-        return args.resume
-    if not args.experiment:
+    if out.resume != 'auto':
+        return out.resume
+    if not out.experiment:
         raise KDError('--resume auto needs --experiment NAME, the folder to resume from')
-    folder = os.path.join(args.output or os.path.join('.', 'output', 'train'), args.experiment)
+    folder = os.path.join(out.output or os.path.join('.', 'output', 'train'), out.experiment)
     return resumable_checkpoint(folder)
 
 
@@ -79,7 +91,8 @@ def _shape(stream: Dict[str, int]) -> str:
 
 
 def resume_student(
-    args: argparse.Namespace,
+    run: RunSpec,
+    out: OutputSpec,
     resume: str,
     task,
     optimizer,
@@ -99,15 +112,15 @@ def resume_student(
             resume_task_checkpoint(
                 task,
                 resume,
-                optimizer=None if args.no_resume_opt else optimizer,
-                loss_scaler=None if args.no_resume_opt else loss_scaler,
+                optimizer=None if out.no_resume_opt else optimizer,
+                loss_scaler=None if out.no_resume_opt else loss_scaler,
                 log_info=primary,
             )
             or 0
         )
     except Exception as e:
         # a corrupt or unsafe file: its own line
-        check_checkpoint('--resume', resume, args.allow_unsafe_pickle)
+        check_checkpoint('--resume', resume, run.teachers.allow_pickle)
         # weights or KD parts of another model / loss set
         if isinstance(e, (RuntimeError, KeyError, ValueError)):
             raise KDError(
@@ -123,7 +136,7 @@ def resume_student(
         if changed and primary:
             _logger.warning(
                 f'--resume {resume!r} was trained with --workers {before}, this run has '
-                f"{args.workers}: the workers deal a streamed input's records, so the epochs "
+                f"{run.views.workers}: the workers deal a streamed input's records, so the epochs "
                 'from here are ordered otherwise than in the uninterrupted run'
             )
         return start_epoch, 0, None
@@ -141,129 +154,154 @@ def resume_student(
         'sums': {k: v if primary else 0.0 for k, v in sums.items()},
         'count': saver_state.get('partial_count', 0.0) if primary else 0.0,
     }
-    return start_epoch - 1, (saver_state['recovery_update'] + 1) * args.grad_accum_steps, partial
+    return (
+        start_epoch - 1,
+        (saver_state['recovery_update'] + 1) * run.process.grad_accum_steps,
+        partial,
+    )
 
 
-def setup_student(  # noqa: PLR0913
-    args: argparse.Namespace,
-    args_text: str,
+def setup_student(
+    spec: StudentSpec,
+    run: RunSpec,
     kd_student,
-    loss_weights: Dict[str, float],
     teacher: Optional[Teacher],
-    data_config: Dict[str, Any],
-    updates_per_epoch: int,
-    global_batch: float,
+    place: StreamPlace,
     process: Process,
-    decreasing: bool,
-    stream: Dict[str, int],
+    record: Any,
 ) -> StudentJob:
-    """One student's task, optimizer, schedule, EMA and (on the primary process) checkpoint
-    saver; `stream` is the run's `stream_shape`, what a mid-epoch resume must match."""
+    """One student's task, optimizer, schedule, EMA and (on the primary process) checkpoint saver,
+    from its `spec`; `record` (its parsed flags) is what its checkpoints store as timm's `args`."""
     device, primary = process.device, process.is_primary
-    criterion = create_classification_loss(
-        loss_type='bce' if args.bce_loss else 'ce',
-        smoothing=args.smoothing,
-        soft_targets=mixup_args(loader_options(args), 0) is not None,
-        bce_target_thresh=args.bce_target_thresh,
-        bce_sum=args.bce_sum,
-        pos_weight=args.bce_pos_weight,
-    )
-    task = DistillationTask(
-        kd_student,
-        criterion,
-        teacher=teacher,
-        kd_loss_weights=loss_weights,
-        ori_loss_weight=args.ori_loss_weight,
-        aux_loss_weight=args.kd_deep_supervision_weight,
-        device=device,
-        verbose=primary,
-    ).to(device)
-
+    task = _task(spec, kd_student, teacher, device, primary)
+    opt = spec.optimizer
     lr = resolve_lr(
-        args.lr, args.lr_base, args.lr_base_size, global_batch, args.opt, args.lr_base_scale
+        opt.lr, opt.lr_base, opt.lr_base_size, place.global_batch, opt.opt, opt.lr_base_scale
     )
-    opt_kwargs = {**optimizer_kwargs(cfg=args), 'lr': lr}  # the flags stay as given
-    optimizer = create_optimizer_v2(kd_student, **opt_kwargs, **args.opt_kwargs)
-    _, loss_scaler = amp_setup(args.amp, args.amp_dtype, device)
+    optimizer = create_optimizer_v2(kd_student, **{**dict(opt.kwargs), 'lr': lr})
+    _, loss_scaler = amp_setup(run.teachers.amp, run.teachers.amp_dtype, device)
     if primary:  # the start-up lines timm's train.py prints
-        params = sum(p.numel() for p in kd_student.student.parameters())
-        _logger.info(f'Model {safe_model_name(args.model)} created, param count:{params}')
-        _logger.info(
-            f'Created {type(optimizer).__name__} ({args.opt}) optimizer: lr {lr:.3e}, weight decay '
-            f'{args.weight_decay}'
-        )
-        _logger.info(
-            f'Using native Torch AMP ({args.amp_dtype}). Training in mixed precision.'
-            if args.amp
-            else f'AMP not enabled. Training in {args.model_dtype or "float32"}.'
-        )
-    resume = resume_path(args)
+        _log_start(spec, run, kd_student, optimizer, lr)
+    resume = resume_path(spec.output)
     start_epoch, skip_batches, partial = (
-        resume_student(args, resume, task, optimizer, loss_scaler, primary, stream)
+        resume_student(
+            run, spec.output, resume, task, optimizer, loss_scaler, primary, place.shape
+        )  # fmt: skip
         if resume
         else (0, 0, None)
     )
-    if args.model_ema:
+    if spec.ema.enabled:
         task.setup_ema(
-            decay=args.model_ema_decay,
-            use_warmup=args.model_ema_warmup,
-            device='cpu' if args.model_ema_force_cpu else None,
+            decay=spec.ema.decay,
+            use_warmup=spec.ema.warmup,
+            device='cpu' if spec.ema.force_cpu else None,
         )
         if resume:
             load_task_ema_checkpoint(task, resume)
-    if args.torchcompile:
-        task.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
+    if spec.compile:
+        task.compile(backend=spec.compile, mode=spec.compile_mode)
     if process.distributed:
         task.prepare_distributed(
             device_ids=[device.index] if device.type == 'cuda' else None,
-            broadcast_buffers=not args.no_ddp_bb,
+            broadcast_buffers=spec.ddp_broadcast_buffers,
         )
-
-    lr_scheduler, num_epochs = create_scheduler_v2(
-        optimizer,
-        **scheduler_kwargs(args, decreasing_metric=decreasing),
-        updates_per_epoch=updates_per_epoch,
-    )
-    if primary and lr_scheduler is not None:
-        per = 'epoch' if lr_scheduler.t_in_epochs else 'update'
-        _logger.info(f'Scheduled epochs: {num_epochs}. LR stepped per {per}.')
-    start_epoch = args.start_epoch if args.start_epoch is not None else start_epoch
-    if lr_scheduler is not None and start_epoch > 0:
-        if args.sched_on_updates:
-            lr_scheduler.step_update(start_epoch * updates_per_epoch)
-        else:
-            lr_scheduler.step(start_epoch)
-    run = StudentRun(
+    start_epoch = start_epoch if spec.schedule.start_epoch is None else spec.schedule.start_epoch
+    lr_scheduler, num_epochs = _schedule(spec, optimizer, place, start_epoch, primary)
+    student_run = StudentRun(
         task,
         optimizer,
         lr_scheduler,
         loss_scaler,
-        clip_grad=args.clip_grad,
-        clip_mode=args.clip_mode,
+        clip_grad=opt.clip_grad,
+        clip_mode=opt.clip_mode,
         partial=partial,
     )
-    job = StudentJob(args, run, start_epoch, num_epochs, skip_batches=skip_batches)
-    job.args_text, job.resume = args_text, resume
+    job = StudentJob(spec, record, student_run, start_epoch, num_epochs, skip_batches=skip_batches)
+    job.resume = resume
     if primary:
         job.out_dir = output_dir(
-            args.output, experiment_name(args.experiment, args.model, data_config['input_size'])
+            spec.output.output,
+            experiment_name(
+                spec.output.experiment, spec.model, run.student_data_config['input_size']
+            ),
         )
-        job.saver = DurableCheckpointSaver(
-            model=kd_student.student,
-            optimizer=optimizer,
-            args=args,
-            amp_scaler=loss_scaler,
-            checkpoint_dir=job.out_dir,
-            recovery_dir=job.out_dir,
-            decreasing=decreasing,
-            max_history=args.checkpoint_hist,
-            task=task,
-        )
-        if resume:
-            with safe_globals():
-                job.saver.load_state_dict_from_checkpoint(resume)
+        job.saver = _saver(job, kd_student, optimizer, loss_scaler, task, place.decreasing)
         _logger.info(f'Output: {job.out_dir}; training epochs {start_epoch}..{num_epochs - 1}')
     return job
+
+
+def _task(spec: StudentSpec, kd_student, teacher, device, primary: bool) -> DistillationTask:
+    """The student's distillation task with timm's hard-label loss."""
+    c, losses = spec.criterion, spec.losses
+    criterion = create_classification_loss(
+        loss_type='bce' if c.bce else 'ce',
+        smoothing=c.smoothing,
+        soft_targets=c.soft_targets,
+        bce_target_thresh=c.bce_target_thresh,
+        bce_sum=c.bce_sum,
+        pos_weight=c.bce_pos_weight,
+    )
+    return DistillationTask(
+        kd_student,
+        criterion,
+        teacher=teacher,
+        kd_loss_weights=losses.weights_dict(teacher is not None),
+        ori_loss_weight=losses.ori_weight,
+        aux_loss_weight=losses.deep_supervision_weight,
+        device=device,
+        verbose=primary,
+    ).to(device)
+
+
+def _log_start(spec: StudentSpec, run: RunSpec, kd_student, optimizer, lr: float) -> None:
+    params = sum(p.numel() for p in kd_student.student.parameters())
+    _logger.info(f'Model {safe_model_name(spec.model)} created, param count:{params}')
+    _logger.info(
+        f'Created {type(optimizer).__name__} ({spec.optimizer.opt}) optimizer: lr {lr:.3e}, '
+        f'weight decay {dict(spec.optimizer.kwargs).get("weight_decay")}'
+    )
+    _logger.info(
+        f'Using native Torch AMP ({run.teachers.amp_dtype}). Training in mixed precision.'
+        if run.teachers.amp
+        else f'AMP not enabled. Training in {run.process.model_dtype or "float32"}.'
+    )
+
+
+def _schedule(spec: StudentSpec, optimizer, place: StreamPlace, start_epoch: int, primary: bool):
+    """timm's scheduler of the student's schedule (plateau mode following the tracked metric),
+    stepped to `start_epoch`; returns it and the epoch count."""
+    kwargs = {**dict(spec.schedule.kwargs), 'plateau_mode': 'min' if place.decreasing else 'max'}
+    lr_scheduler, num_epochs = create_scheduler_v2(
+        optimizer, **kwargs, updates_per_epoch=place.updates_per_epoch
+    )
+    if primary and lr_scheduler is not None:
+        per = 'epoch' if lr_scheduler.t_in_epochs else 'update'
+        _logger.info(f'Scheduled epochs: {num_epochs}. LR stepped per {per}.')
+    if lr_scheduler is not None and start_epoch > 0:
+        if not kwargs['step_on_epochs']:
+            lr_scheduler.step_update(start_epoch * place.updates_per_epoch)
+        else:
+            lr_scheduler.step(start_epoch)
+    return lr_scheduler, num_epochs
+
+
+def _saver(job: StudentJob, kd_student, optimizer, loss_scaler, task, decreasing: bool):
+    """The student's checkpoint saver, restored from the checkpoint it resumes."""
+    saver = DurableCheckpointSaver(
+        model=kd_student.student,
+        optimizer=optimizer,
+        args=job.record,
+        amp_scaler=loss_scaler,
+        checkpoint_dir=job.out_dir,
+        recovery_dir=job.out_dir,
+        decreasing=decreasing,
+        max_history=job.spec.output.checkpoint_hist,
+        task=task,
+    )
+    if job.resume:
+        with safe_globals():
+            saver.load_state_dict_from_checkpoint(job.resume)
+    return saver
 
 
 def check_same_start(jobs: List[StudentJob]) -> Tuple[int, int]:
