@@ -209,3 +209,25 @@ def test_second_order_optimizers_get_the_graph_of_the_gradients():
     before = _weights(run)
     train_one_epoch(0, [run], _stream(_loader(2, last=4)))
     assert any(not torch.equal(a, b) for a, b in zip(before, _weights(run)))
+
+
+def test_a_recovery_keeps_each_ranks_sums_and_each_rank_resumes_its_own():
+    """A total restored on rank 0 would be added up in another order than the uninterrupted run's
+    (((p0 + p1) + r0) + r1 against (p0 + r0) + (p1 + r1)), and round otherwise in float32."""
+    from timm_kd.cli.train.student_job import _partial_sums
+
+    run = StudentRun(task=None, optimizer=None)
+    run.sums = {'loss': torch.tensor(1.1), 'kd_loss': torch.tensor(0.3)}
+    run.count = torch.tensor(8.0)
+    sums, counts = run.sums_by_rank(distributed=False)
+    assert sums == [{'kd_loss': torch.tensor(0.3).item(), 'loss': torch.tensor(1.1).item()}]
+    assert counts == [8.0]
+    state = {'partial_sums_by_rank': [{'loss': 1.0}, {'loss': 2.0}],
+             'partial_counts_by_rank': [4.0, 4.0]}  # fmt: skip
+    assert _partial_sums(state, 1) == {'sums': {'loss': 2.0}, 'count': 4.0}
+    older = {'partial_sums': {'loss': 3.0}, 'partial_count': 8.0}  # the total, on rank 0
+    assert _partial_sums(older, 0)['sums'] == {'loss': 3.0}
+    assert _partial_sums(older, 1) == {'sums': {'loss': 0.0}, 'count': 0.0}
+    p0, p1, r0, r1 = (torch.tensor(v) for v in (2.818378448486328, 7.558042049407959,
+                                                6.183690071105957, 2.50506329536438))  # fmt: skip
+    assert ((p0 + p1) + r0) + r1 != (p0 + r0) + (p1 + r1)  # why the order matters

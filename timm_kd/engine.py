@@ -57,6 +57,20 @@ class StudentRun:
             self.count, 1
         )
 
+    def sums_by_rank(self, distributed: bool) -> Tuple[List[Dict[str, float]], List[float]]:
+        """This epoch's loss sums and sample count so far of every DDP process, in rank order: what
+        a mid-epoch recovery checkpoint keeps, so that each rank resumes with its own sums and the
+        epoch's total is added up in the uninterrupted run's order (a total restored on one rank
+        would be added in another order, and round otherwise in float32)."""
+        keys = sorted(self.sums)
+        local = torch.stack([self.sums[k].float() for k in keys] + [self.count.float()])
+        gathered = [local]
+        if distributed:
+            gathered = [torch.zeros_like(local) for _ in range(torch.distributed.get_world_size())]
+            torch.distributed.all_gather(gathered, local)
+        rows = [row.tolist() for row in gathered]
+        return [dict(zip(keys, row[:-1])) for row in rows], [row[-1] for row in rows]
+
     def mean_lr(self) -> float:
         """The mean learning rate over the optimizer's
         parameter groups (what timm logs and writes)."""

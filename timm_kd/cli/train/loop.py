@@ -276,13 +276,13 @@ def _after_update(t: Training, epoch: int, update: int, preemption: Preemption) 
     signum = preemption.requested(check_ranks=recovery or (update + 1) % args.log_interval == 0)
     if recovery or signum:
         for job in t.jobs:
-            sums, count = job.run.global_sums(process.distributed)  # every rank takes part
+            sums, counts = job.run.sums_by_rank(process.distributed)  # every rank takes part
             if job.saver is not None:
                 job.saver.extra_state = {
                     'recovery_update': update,
                     'recovery_stream': t.recovery_stream,
-                    'partial_count': count.item(),
-                    'partial_sums': {k: v.item() for k, v in sums.items()},
+                    'partial_counts_by_rank': counts,
+                    'partial_sums_by_rank': sums,
                 }
                 job.saver.save_recovery(epoch, batch_idx=update)
                 job.saver.extra_state = None

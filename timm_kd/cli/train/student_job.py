@@ -97,12 +97,13 @@ def resume_student(
     task,
     optimizer,
     loss_scaler,
-    primary: bool,
+    rank: int,
     stream: Dict[str, int],
 ) -> Tuple[int, int, Optional[Dict[str, Any]]]:
     """Restore a student from `resume`; returns the epoch to start at, the batches of it already
     trained (a mid-epoch recovery checkpoint) and that epoch's running loss sums (None at an epoch
     boundary). `stream` is this run's `stream_shape`: a mid-epoch checkpoint must match it."""
+    primary = rank == 0
     if not os.path.isfile(resume):
         raise KDError(
             f'--resume checkpoint not found: {resume!r}; pass OUTPUT/EXPERIMENT/last.pth.tar'
@@ -147,18 +148,29 @@ def resume_student(
             f'has {_shape(stream)}; resume with the same, or from the last epoch boundary '
             f'(last.pth.tar) to change them'
         )
-    # written mid-epoch: continue that epoch after its trained
-    # batches; the sums are over all ranks, rank 0 has them
-    sums = saver_state.get('partial_sums') or {}
-    partial = {
-        'sums': {k: v if primary else 0.0 for k, v in sums.items()},
-        'count': saver_state.get('partial_count', 0.0) if primary else 0.0,
-    }
+    # written mid-epoch: continue that epoch after its trained batches, each rank from its own
+    # running sums (the world size is part of the stream shape checked above)
+    partial = _partial_sums(saver_state, rank)
     return (
         start_epoch - 1,
         (saver_state['recovery_update'] + 1) * run.process.grad_accum_steps,
         partial,
     )
+
+
+def _partial_sums(saver_state: Dict[str, Any], rank: int) -> Dict[str, Any]:
+    """This rank's running sums and count of the epoch a recovery checkpoint was written in (one
+    of an earlier version holds the total over ranks: rank 0 takes it)."""
+    if 'partial_sums_by_rank' in saver_state:
+        return {
+            'sums': saver_state['partial_sums_by_rank'][rank],
+            'count': saver_state['partial_counts_by_rank'][rank],
+        }
+    sums = saver_state.get('partial_sums') or {}
+    return {
+        'sums': {k: v if rank == 0 else 0.0 for k, v in sums.items()},
+        'count': saver_state.get('partial_count', 0.0) if rank == 0 else 0.0,
+    }
 
 
 def setup_student(
