@@ -9,7 +9,6 @@ in its place.
 import logging
 from typing import (
     Any,
-    Dict,
     List,
     Mapping,
     NamedTuple,
@@ -23,8 +22,6 @@ from typing import (
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from timm.data import resolve_data_config
 from timm.models import (
     create_model,
     get_pretrained_cfg,
@@ -33,10 +30,11 @@ from timm.models import (
     split_model_name_tag,
 )
 
-from .checkpoint import checkpoint_num_classes, load_state_dict, load_training_metadata
+from .checkpoint import checkpoint_num_classes, load_state_dict
 from .errors import KDError, flat
 from .features import Features, forward_features
 from .run import TeacherSetup, TeacherSpec
+from .teacher_input import InputAdapter, input_adapter
 
 _logger = logging.getLogger(__name__)
 
@@ -78,67 +76,6 @@ def _clone(out: TeacherOutput) -> TeacherOutput:
         out.logits.clone(),
         Features([m.clone() for m in out.features.maps], out.features.pre_logits.clone()),
     )
-
-
-class InputAdapter(nn.Module):
-    """Converts a batch normalized for the student into
-    the teacher's input, in one affine op plus a resize.
-
-    x_teacher = (x * std_s + mean_s - mean_t) / std_t = x * (std_s / std_t) + (mean_s - mean_t) /
-    std_t, and a resize to the teacher's resolution. Each step is skipped when student and teacher
-    agree.
-    """
-
-    def __init__(
-        self,
-        student_mean: Sequence[float],
-        student_std: Sequence[float],
-        teacher_mean: Sequence[float],
-        teacher_std: Sequence[float],
-        size: Optional[Tuple[int, int]] = None,
-        interpolation: str = 'bicubic',
-    ):
-        super().__init__()
-        s_mean, s_std, t_mean, t_std = (
-            torch.tensor(v, dtype=torch.float64).view(1, -1, 1, 1)
-            for v in (student_mean, student_std, teacher_mean, teacher_std)
-        )
-        self.renormalize = not (torch.equal(s_mean, t_mean) and torch.equal(s_std, t_std))
-        self.register_buffer('scale', (s_std / t_std).float(), persistent=False)
-        self.register_buffer('shift', ((s_mean - t_mean) / t_std).float(), persistent=False)
-        self.size = tuple(size) if size is not None else None
-        self.interpolation = (
-            interpolation if interpolation in ('bilinear', 'bicubic', 'nearest') else 'bicubic'
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Resizing is linear with weights summing to one, so it commutes with the per-channel
-        # affine: apply the affine on whichever side has fewer pixels. Under `Teacher.compile` both
-        # fuse with the dtype cast.
-        resize = self.size is not None and tuple(x.shape[-2:]) != self.size
-        shrink = resize and x.shape[-2] * x.shape[-1] > self.size[0] * self.size[1]
-        if self.renormalize and not shrink:
-            x = self._affine(x)
-        if resize:
-            down = x.shape[-2] > self.size[0] or x.shape[-1] > self.size[1]
-            x = F.interpolate(
-                x,
-                size=self.size,
-                mode=self.interpolation,
-                align_corners=False,
-                antialias=down and self.interpolation != 'nearest',
-            )
-        if self.renormalize and shrink:
-            x = self._affine(x)
-        return x
-
-    def _affine(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.shift.to(x.dtype), x, self.scale.to(x.dtype))
-
-    def extra_repr(self) -> str:
-        return (
-            f'renormalize={self.renormalize}, size={self.size}, interpolation={self.interpolation}'
-        )
 
 
 class Teacher(nn.Module):
@@ -336,31 +273,6 @@ def _create_teacher_model(
         ) from None
 
 
-# The keys of a training checkpoint's recorded `args` (timm's train.py and timm-kd-train write them)
-# that fix how its images were preprocessed, read as timm's `resolve_data_config` reads flags.
-PREPROCESSING_KEYS = (
-    'input_size',
-    'img_size',
-    'in_chans',
-    'mean',
-    'std',
-    'interpolation',
-    'crop_pct',
-    'crop_mode',
-)
-
-
-def recorded_preprocessing(checkpoint: str, model: nn.Module) -> Optional[Dict[str, Any]]:
-    """How the model of a training `checkpoint` saw its images, from the flags the checkpoint
-    records (resolved against `model`'s pretrained cfg, as its training resolved them), or None
-    for a checkpoint without a record (a bare state_dict, safetensors)."""
-    recorded = load_training_metadata(checkpoint).get('args') or {}
-    if 'model' not in recorded:
-        return None
-    flags = {key: recorded[key] for key in PREPROCESSING_KEYS if key in recorded}
-    return resolve_data_config(flags, model=model)
-
-
 def create_teacher(
     spec: Union[str, TeacherSpec],
     student_config: Mapping[str, Any],
@@ -403,43 +315,12 @@ def create_teacher(
         )
 
     source, _, tag = _parse_teacher_name(name)
-    data_config = resolve_data_config({}, model=model)
-    if checkpoint and not (source or tag):
-        data_config = recorded_preprocessing(checkpoint, model)
-        if data_config is not None:
-            origin = f'as its checkpoint records its training ({checkpoint})'
-        else:
-            data_config = dict(
-                mean=tuple(student_config['mean']),
-                std=tuple(student_config['std']),
-                input_size=tuple(student_config['input_size']),
-                interpolation='bicubic',
-            )
-            origin = (
-                f"the student's: its checkpoint {checkpoint!r} records no training flags; pass "
-                '--teacher-mean/--teacher-std/--teacher-input-size if it was trained otherwise'
-            )
-    else:
-        origin = 'its pretrained config'
-    mean, std, input_size = spec.mean, spec.std, spec.input_size
-    if mean or std or input_size:
-        origin += ', with the --teacher-mean/--teacher-std/--teacher-input-size given'
-    _logger.info(f'Teacher {name} preprocessing: {origin}')
-    t_mean = tuple(mean) if mean else data_config['mean']
-    t_std = tuple(std) if std else data_config['std']
-    size = tuple(input_size)[-2:] if input_size else tuple(data_config['input_size'])[-2:]
-    adapter = InputAdapter(
-        student_config['mean'],
-        student_config['std'],
-        t_mean,
-        t_std,
-        size=size,
-        interpolation=data_config.get('interpolation', 'bicubic'),
+    adapter = input_adapter(
+        spec, model, student_config, from_record=bool(checkpoint) and not (source or tag)
     )
     _logger.info(
         f'Teacher {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, '
-        f'{num_classes} classes, dtype {dtype}): input mean={t_mean} std={t_std}, '
-        f'{adapter.extra_repr()}'
+        f'{num_classes} classes, dtype {dtype}): {adapter.extra_repr()}'
     )
     teacher = Teacher(
         model,
