@@ -109,3 +109,25 @@ def test_validate_refuses_a_missing_split(image_folder):
     config = dict(input_size=(3, 32, 32), interpolation='bilinear', mean=(0.5,) * 3, std=(0.5,) * 3)
     with pytest.raises(KDError, match="--split 'nosuch' is not a folder"):
         create_eval_loader('', image_folder, 'nosuch', dict(config, crop_pct=1.0))
+
+
+def test_splits_that_name_other_classes_are_one_line_unless_a_class_map_fixes_them(
+    image_folder, tmp_path
+):
+    import shutil
+
+    root = tmp_path / 'data'
+    shutil.copytree(image_folder, root)
+    shutil.rmtree(root / 'train' / 'class1')  # every image of one training class moved away
+    args, _ = parse_args([str(root)])
+    with pytest.raises(KDError, match="missing from 'train': class1.*--class-map"):
+        create_datasets(dataset_options(args))
+    class_map = tmp_path / 'classes.txt'
+    class_map.write_text('class0\nclass1\nclass2\n')
+    args, _ = parse_args([str(root), '--class-map', str(class_map)])
+    train, evaluation = create_datasets(dataset_options(args))
+    assert dataset_num_classes(train) == dataset_num_classes(evaluation) == 3
+    (root / 'validation' / 'class3').mkdir()  # an empty class folder stays ignored, as in timm
+    (root / 'train' / 'class3').mkdir()
+    shutil.copytree(image_folder + '/train/class1', root / 'train' / 'class1')
+    create_datasets(dataset_options(parse_args([str(root)])[0]))

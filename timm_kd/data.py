@@ -171,6 +171,8 @@ def create_datasets(opts: DatasetOptions, in_chans: int = 3) -> Tuple[Any, Optio
         ) from None
     if len(train) == 0:
         raise KDError(f'the {opts.train_split!r} split at {opts.data_dir!r} holds no images')
+    if evaluation is not None and not opts.class_map:
+        check_same_classes(train, evaluation, opts.train_split, opts.val_split)
     if opts.unlabeled_data:
         if os.path.isdir(opts.unlabeled_data):
             unlabeled = ImageFiles(opts.unlabeled_data, common['input_img_mode'])
@@ -202,6 +204,26 @@ def dataset_class_names(dataset: Any) -> Optional[List[str]]:
         return [str(name) for name, _ in sorted(class_to_idx.items(), key=lambda item: item[1])]
     classes = getattr(dataset, 'classes', None)
     return [str(c) for c in classes] if classes else None
+
+
+def check_same_classes(train: Any, evaluation: Any, train_split: str, val_split: str) -> None:
+    """One line when the training and validation splits name other classes (a class folder emptied
+    or missing in one of them): their labels would then mean other classes. timm trains on; a
+    `--class-map` that fixes the labels for both is the way to mean it."""
+    names = dataset_class_names(train), dataset_class_names(evaluation)
+    if None in names or names[0] == names[1]:
+        return
+    only = [sorted(set(a) - set(b)) for a, b in (names, names[::-1])]
+    missing = '; '.join(
+        f'missing from {split!r}: {", ".join(classes)}'
+        for split, classes in ((train_split, only[1]), (val_split, only[0]))
+        if classes
+    )
+    raise KDError(
+        f'the training and validation splits have other classes ({missing or "in another order"}), '
+        'so their labels would mean other classes; restore the missing images, or pass '
+        '--class-map FILE to fix the labels of both'
+    )
 
 
 def dataset_num_classes(dataset: Any) -> Optional[int]:
