@@ -433,3 +433,34 @@ def test_two_runs_in_one_experiment_folder_is_one_line(finished_run, run_cli):
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(
         f"error: the experiment folder '{folder}' is in use by another run (pid {os.getpid()}"
     )
+
+
+def test_resume_auto_passes_over_a_damaged_checkpoint_to_the_newest_that_loads(
+    image_folder, tmp_path, caplog
+):
+    """last.pth.tar, checkpoint-1 and model_best are one file (hard links): damaged once, all are.
+    `--resume auto` names what it passed over and resumes from checkpoint-0; an explicit
+    `--resume` of the damaged file is still one line."""
+    import logging
+
+    from timm_kd.cli.train.loop import main
+
+    flags = [image_folder, *FAST, '--epochs', '2', '--checkpoint-hist', '2',
+             '--output', str(tmp_path), '--experiment', 'e']  # fmt: skip
+    main(flags)
+    folder = tmp_path / 'e'
+    last = folder / 'last.pth.tar'
+    assert os.path.samefile(last, folder / 'checkpoint-1.pth.tar')
+    with open(last, 'r+b') as f:  # damaged in place: every hard link of it with it
+        f.truncate(last.stat().st_size // 2)
+    with pytest.raises(KDError, match='corrupt or unreadable'):
+        main([*flags, '--resume', str(last)])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        main([*flags, '--epochs', '3', '--resume', 'auto'])
+    passed = [r.getMessage() for r in caplog.records if 'passes over' in r.getMessage()]
+    assert len(passed) == 1 and 'last.pth.tar = ' in passed[0] and 'checkpoint-1' in passed[0]
+    assert 'corrupt or unreadable' in passed[0]
+    rows = _rows(folder / 'summary.csv')
+    assert [row.split(',')[0] for row in rows[1:]] == ['0', '1', '2']  # epoch 1 trained again
+    assert torch.load(last, weights_only=False)['epoch'] == 2

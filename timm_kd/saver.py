@@ -13,7 +13,7 @@ diverged keeps its last good checkpoints.
 import errno
 import os
 import shutil
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from timm.utils import CheckpointSaver
@@ -33,6 +33,27 @@ def resumable_checkpoint(folder: str) -> str:
         if n == 'last.pth.tar' or (n.startswith('recovery-') and n.endswith('.pth.tar'))
     ]
     return max(paths, key=os.path.getmtime) if paths else ''
+
+
+def resume_candidates(folder: str) -> List[List[str]]:
+    """What `--resume auto` may take in `folder`, newest first: last.pth.tar, the recovery and the
+    numbered checkpoints, the names of one file (timm hard-links last, checkpoint-N and model_best)
+    grouped together, last.pth.tar's group first among files of the same time."""
+    if not os.path.isdir(folder):
+        return []
+    groups: Dict[Any, List[str]] = {}
+    for name in sorted(os.listdir(folder)):
+        if name == 'last.pth.tar' or (
+            name.startswith(('recovery-', 'checkpoint-')) and name.endswith('.pth.tar')
+        ):
+            path = os.path.join(folder, name)
+            stat = os.stat(path)
+            groups.setdefault((stat.st_dev, stat.st_ino), []).append(path)
+    last = os.path.join(folder, 'last.pth.tar')
+    ranked = sorted(
+        groups.values(), key=lambda g: (os.path.getmtime(g[0]), last in g), reverse=True
+    )
+    return [sorted(g, key=lambda p: p != last) for g in ranked]
 
 
 def newest_checkpoint(folder: str) -> str:

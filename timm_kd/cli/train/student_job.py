@@ -13,12 +13,12 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.task import load_task_ema_checkpoint, resume_task_checkpoint
 
-from ...checkpoint import load_training_metadata, safe_globals
+from ...checkpoint import load_state_dict, load_training_metadata, safe_globals
 from ...engine import StudentRun
 from ...errors import KDError, flat
 from ...run import OutputSpec, RunSpec, StudentSpec
 from ...runtime import Process, amp_setup, experiment_name, output_dir, resolve_lr
-from ...saver import DurableCheckpointSaver, resumable_checkpoint
+from ...saver import DurableCheckpointSaver, resume_candidates
 from ...task import DistillationTask
 from ...teacher import Teacher
 from .build import check_checkpoint
@@ -57,15 +57,29 @@ class StreamPlace:
     shape: Dict[str, int]
 
 
-def resume_path(out: OutputSpec) -> str:
-    """--resume as given, or for `--resume auto` the experiment's newest checkpoint,
-    last.pth.tar or a mid-epoch recovery-*.pth.tar ('' when there is none)."""
+def resume_path(out: OutputSpec, allow_pickle: bool = False) -> str:
+    """--resume as given, or for `--resume auto` the experiment's newest checkpoint that loads
+    (last.pth.tar, a mid-epoch recovery-*.pth.tar, a numbered one), with a line naming each newer
+    one passed over and why; '' when the folder has none, one line when none of them loads."""
     if out.resume != 'auto':
         return out.resume
     if not out.experiment:
         raise KDError('--resume auto needs --experiment NAME, the folder to resume from')
     folder = os.path.join(out.output or os.path.join('.', 'output', 'train'), out.experiment)
-    return resumable_checkpoint(folder)
+    groups = resume_candidates(folder)
+    for names in groups:
+        try:
+            load_state_dict(names[0], allow_pickle=allow_pickle)
+        except KDError as e:
+            _logger.warning(f'--resume auto passes over {" = ".join(names)}: {e}')
+            continue
+        return names[0]
+    if groups:
+        raise KDError(
+            f'--resume auto: no checkpoint in {folder!r} loads ({len(groups)} damaged, named '
+            'above); restore one, or start another --experiment'
+        )
+    return ''
 
 
 def stream_shape(run: RunSpec, world_size: int, readers: Optional[int]) -> Dict[str, int]:
@@ -194,7 +208,7 @@ def setup_student(
     _, loss_scaler = amp_setup(run.teachers.amp, run.teachers.amp_dtype, device)
     if primary:  # the start-up lines timm's train.py prints
         _log_start(spec, run, kd_student, optimizer, lr)
-    resume = resume_path(spec.output)
+    resume = resume_path(spec.output, run.teachers.allow_pickle)
     start_epoch, skip_batches, partial = (
         resume_student(
             run, spec.output, resume, task, optimizer, loss_scaler, primary, place.shape
