@@ -12,6 +12,7 @@ import torch
 from timm.data import Mixup, create_dataset, create_loader
 
 from .dataset_views import DatasetView, StratifiedSubset
+from .decoding import DecodedImages
 from .errors import KDError, flat
 from .identity import IF_SET, NOT_IDENTITY
 from .runtime import Process
@@ -171,6 +172,10 @@ def create_datasets(opts: DatasetOptions, in_chans: int = 3) -> Tuple[Any, Optio
         ) from None
     if len(train) == 0:
         raise KDError(f'the {opts.train_split!r} split at {opts.data_dir!r} holds no images')
+    mode = common['input_img_mode']
+    train, evaluation = (
+        DecodedImages(d, mode) if DecodedImages.applies_to(d) else d for d in (train, evaluation)
+    )
     if evaluation is not None and not opts.class_map:
         check_same_classes(train, evaluation, opts.train_split, opts.val_split)
     if opts.unlabeled_data:

@@ -314,6 +314,14 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
         metavar='N',
         help='stop before epoch N without shortening the schedule (resume later to continue)',
     )
+    g.add_argument(
+        '--max-skipped-fraction',
+        type=float,
+        default=0.01,
+        metavar='F',
+        help="stop when more than this fraction of an epoch's training files cannot be read (timm "
+        "replaces each with the next sample; their count is logged at the epoch's end)",
+    )
 
 
 def resolve_timm_kd(args: argparse.Namespace) -> None:

@@ -15,6 +15,7 @@ from timm.utils import distribute_bn, random_seed, setup_default_logging, update
 from ...cache import CachedTeacher, check_logit_losses_only
 from ...cache.hub import open_cache
 from ...data import dataset_class_names
+from ...decoding import decoded_images
 from ...engine import LoopSettings, check_finite, train_one_epoch, validate
 from ...ensemble import create_teachers
 from ...errors import Interrupted, KDError, one_line_errors
@@ -53,6 +54,7 @@ class Training:
     num_epochs: int
     num_classes: int
     recovery_stream: Dict[str, int]  # what a mid-epoch position is counted in (`stream_shape`)
+    skipped: int = 0  # training files replaced because they could not be read, so far
 
 
 def main(argv: Optional[List[str]] = None) -> Any:
@@ -216,6 +218,7 @@ def train_epoch(t: Training, epoch: int, preemption: Preemption) -> Dict[str, fl
         after_update=lambda update: _after_update(t, epoch, update, preemption),
         skip_batches=skip,
     )  # fmt: skip
+    _report_skipped(t, epoch)
     validating = (epoch + 1) % args.val_interval == 0 or epoch + 1 == t.num_epochs
     row: Dict[str, float] = {}
     for job, metrics in zip(t.jobs, train_metrics):
@@ -253,6 +256,33 @@ def _end_of_epoch(t: Training, job: StudentJob, epoch: int, metrics) -> Dict[str
     if run.lr_scheduler is not None:
         run.lr_scheduler.step(epoch + 1, metric)
     return row
+
+
+def _report_skipped(t: Training, epoch: int) -> None:
+    """The training files that could not be read this epoch (timm replaced each with the next
+    sample): a warning with their count over all ranks, and one line past
+    --max-skipped-fraction."""
+    images = decoded_images(getattr(t.stream.loader, 'loader', t.stream.loader).dataset)
+    if images is None:
+        return
+    new, t.skipped = images.skipped - t.skipped, images.skipped
+    count = torch.tensor(float(new))
+    if t.process.distributed:  # every rank takes part, so all decide alike
+        torch.distributed.all_reduce(count)
+    if not count.item():
+        return
+    seen = len(t.stream) * t.run.views.batch_size * t.process.world_size
+    line = (
+        f'epoch {epoch}: {int(count.item())} of {seen} training files could not be read (named '
+        'above) and were replaced by the next sample'
+    )
+    if count.item() > t.args.max_skipped_fraction * seen:
+        raise KDError(
+            f'{line}: more than --max-skipped-fraction {t.args.max_skipped_fraction:g}; repair or '
+            'remove them (the log names each), or raise --max-skipped-fraction'
+        )
+    if t.process.is_primary:
+        _logger.warning(line)
 
 
 def _distribute_bn(t: Training, job: StudentJob) -> None:

@@ -1,0 +1,104 @@
+"""Images decoded as timm's `ImageDataset` decodes them, with two things a long run needs more.
+
+- **Modes PIL converts badly.** A 16-bit image (PIL mode `I;16` or `I`) converted to RGB or L by
+  PIL is clipped at 255, so a 16-bit PNG becomes almost white. Here it is scaled to 8 bits first
+  (value / 257, 65535 -> 255), then converted. A CMYK, palette or other image gets PIL's own
+  conversion, as in timm. Each process logs the first file of each kind it converted and how.
+- **Files that cannot be read are counted.** timm replaces an unreadable file (a zero-byte file,
+  a truncated JPEG) with the next sample and logs a warning; here the replacements are also
+  counted across loader workers (`skipped`), so the training loop can report them at the epoch's
+  end and stop a run where too many fail.
+"""
+
+import logging
+import multiprocessing
+from typing import Any, Set
+
+import numpy as np
+from PIL import Image
+
+from .dataset_views import DatasetView
+
+_logger = logging.getLogger(__name__)
+MAX_TRIES = 50  # consecutive unreadable files before the run stops (timm's `_max_retries`)
+
+
+def to_mode(img: Image.Image, mode: str, seen: Set[str], name: Any = '') -> Image.Image:
+    """`img` in PIL mode `mode`: 16-bit images scaled to 8 bits first (PIL's own conversion clips
+    them), everything else by PIL. The first file of each converted kind is logged once (`seen`
+    holds the kinds already logged by this process)."""
+    if img.mode == mode:
+        return img
+    kind = img.mode
+    if img.mode.startswith('I;16') or (img.mode == 'I' and np.asarray(img).max() > 255):
+        pixels = np.asarray(img, dtype=np.float64) / 257.0
+        img, how = Image.fromarray(np.round(pixels).clip(0, 255).astype(np.uint8), 'L'), 'scaled'
+    else:
+        how = 'PIL'
+    if kind not in seen and kind not in ('RGB', 'L', 'P', 'RGBA', 'LA', 'PA', '1'):
+        seen.add(kind)
+        rule = '16 bits scaled to 8 (value / 257)' if how == 'scaled' else "PIL's conversion"
+        _logger.info(f'Decoding {kind} images to {mode} by {rule} (the first: {name})')
+    return img.convert(mode)
+
+
+class DecodedImages(DatasetView):
+    """timm's `ImageDataset` (map-style, images as files or file objects) decoded with `to_mode`,
+    unreadable files replaced by the next sample as timm does and counted in `skipped`."""
+
+    def __init__(self, dataset: Any, mode: str):
+        self.dataset, self.mode = dataset, mode
+        self._skipped = multiprocessing.Value('q', 0)  # shared with the loader's workers
+        self._seen: Set[str] = set()
+
+    @staticmethod
+    def applies_to(dataset: Any) -> bool:
+        """Whether `dataset` is a timm `ImageDataset` this decodes as its own (image files, labels,
+        no extra features)."""
+        return (
+            type(dataset).__name__ == 'ImageDataset'
+            and not getattr(dataset, 'load_bytes', False)
+            and getattr(dataset, 'additional_features', None) is None
+        )
+
+    @property
+    def skipped(self) -> int:
+        """Unreadable files replaced so far, in every process."""
+        return self._skipped.value
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str) -> Any:  # reader, targets, filenames(): the wrapped dataset's
+        if name in ('dataset', 'mode', '_skipped', '_seen'):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index: int):
+        reader = self.dataset.reader
+        for _ in range(MAX_TRIES):
+            source, target = reader[index][:2]
+            try:
+                img = to_mode(Image.open(source), self.mode, self._seen, source)
+                break
+            except OSError as e:
+                with self._skipped.get_lock():
+                    self._skipped.value += 1
+                _logger.warning(f'Skipped sample (index {index}). {e}')
+                index = (index + 1) % len(reader)
+        else:
+            raise RuntimeError(f'Failed to load {MAX_TRIES} consecutive samples')
+        if self.dataset.transform is not None:
+            img = self.dataset.transform(img)
+        if target is None:
+            target = -1
+        elif self.dataset.target_transform is not None:
+            target = self.dataset.target_transform(target)
+        return img, target
+
+
+def decoded_images(dataset: Any) -> Any:
+    """The `DecodedImages` under `dataset`'s wrappers (a loader's dataset, a subset), or None."""
+    while dataset is not None and not isinstance(dataset, DecodedImages):
+        dataset = getattr(dataset, 'dataset', None) if isinstance(dataset, DatasetView) else None
+    return dataset
