@@ -368,6 +368,42 @@ def test_a_replaced_training_image_makes_the_cache_stale(
     assert 'was built for other views (dataset files:' in line, line
 
 
+def test_a_same_size_change_to_an_image_stops_the_cached_run_at_that_file(
+    image_folder, vit_teacher, tmp_path, capsys
+):
+    """Other pixels, the same size and time: the dataset signature cannot see it, the per-sample
+    checksum the build recorded does, when the loader reads the file."""
+    import io
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / 'data'
+    shutil.copytree(image_folder, data)
+    flags = [str(data), *FAST, '--epochs', '2', *vit_teacher]
+    out = tmp_path / 'cache'
+    cache_main(['build', *flags, '--top-k', '3', '--out', str(out)])
+    assert (np.load(out / 'samples-rank-0.npy') != 0).sum() == 48  # every sample read was recorded
+    image = data / 'train' / 'class1' / '3.png'
+    stat, pixels = image.stat(), np.asarray(Image.open(image))
+    for y, x in np.ndindex(*pixels.shape[:2]):  # one pixel's low bit where the PNG keeps its size
+        other = pixels.copy()
+        other[y, x, 0] ^= 1
+        encoded = io.BytesIO()
+        Image.fromarray(other).save(encoded, format='PNG')
+        if len(encoded.getvalue()) == stat.st_size:
+            image.write_bytes(encoded.getvalue())
+            break
+    assert image.stat().st_size == stat.st_size
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(SystemExit):
+        cli([*flags, '--teacher-cache', str(out), '--output', str(tmp_path)])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith('error: training file ') and 'class1/3.png (sample ' in line, line
+    assert 'epoch 0) is not the one --teacher-cache' in line and 'rebuild the cache' in line
+
+
 def test_bad_build_targets_are_one_line(image_folder, vit_teacher, tmp_path, capsys):
     from timm_kd.locks import FolderLock
 
@@ -403,7 +439,8 @@ def test_a_compact_cache_trains_within_its_rounding_of_the_live_run(
     out = tmp_path / 'compact'
     cache_main(['build', image_folder, *one, *vit_teacher, '--top-k', '3', '--layout', 'compact',
                 '--out', str(out)])  # fmt: skip
-    data = sum(f.stat().st_size - 128 for f in out.glob('*.npy'))  # .npy headers: 128 B
+    shards = [f for f in out.glob('*.npy') if not f.name.startswith('samples-')]
+    data = sum(f.stat().st_size - 128 for f in shards)  # .npy headers: 128 B
     assert data == 48 * (2 * 3 + 1 + 8)  # 48 slots of 2K + ceil(K 2 bits / 8) + 8 bytes
     with caplog.at_level(logging.INFO, logger='timm_kd.engine'):
         train_main([image_folder, *one, *vit_teacher, '--experiment', 'live'])

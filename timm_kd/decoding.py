@@ -4,23 +4,46 @@
   PIL is clipped at 255, so a 16-bit PNG becomes almost white. Here it is scaled to 8 bits first
   (value / 257, 65535 -> 255), then converted. A CMYK, palette or other image gets PIL's own
   conversion, as in timm. Each process logs the first file of each kind it converted and how.
+- **Each sample's bytes can be checked.** A teacher-output cache build records a checksum (CRC-32)
+  of each sample's bytes as they are read (`start_recording`); a run from the cache checks the
+  bytes it reads anyway against them (`verify`) and stops with one line naming the file, the epoch
+  and how to rebuild: a file changed since the build, even at the same size and time, is never
+  trained against the old teacher answers. Reading the bytes is what decoding does already.
 - **Files that cannot be read are counted.** timm replaces an unreadable file (a zero-byte file,
   a truncated JPEG) with the next sample and logs a warning; here the replacements are also
   counted across loader workers (`skipped`), so the training loop can report them at the epoch's
   end and stop a run where too many fail.
 """
 
+import io
 import logging
 import multiprocessing
-from typing import Any, Set
+import os
+import zlib
+from typing import Any, Optional, Set
 
 import numpy as np
 from PIL import Image
 
 from .dataset_views import DatasetView
+from .errors import KDError
 
 _logger = logging.getLogger(__name__)
 MAX_TRIES = 50  # consecutive unreadable files before the run stops (timm's `_max_retries`)
+KNOWN = 1 << 32  # a recorded checksum: CRC-32 | KNOWN (0: the sample was not read)
+
+
+def checksum(data: bytes) -> int:
+    """A sample's recorded checksum: the CRC-32 of its bytes, marked as known."""
+    return zlib.crc32(data) | KNOWN
+
+
+def read_bytes(source: Any) -> bytes:
+    """The bytes of what a timm reader hands out: a path, or a file object (tar member, record)."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, 'rb') as f:
+            return f.read()
+    return source.read()
 
 
 def to_mode(img: Image.Image, mode: str, seen: Set[str], name: Any = '') -> Image.Image:
@@ -50,6 +73,23 @@ class DecodedImages(DatasetView):
         self.dataset, self.mode = dataset, mode
         self._skipped = multiprocessing.Value('q', 0)  # shared with the loader's workers
         self._seen: Set[str] = set()
+        self._recorded: Optional[Any] = None  # a shared array of checksums, while recording
+        self._expected: Optional[np.ndarray] = None  # the checksums to verify against
+        self.checked_against = ''  # what the expected checksums come from, for the message
+        self.epoch = 0  # set by `timm_kd.replay.ReplayableViews` before each training item
+
+    def start_recording(self) -> None:
+        """Record each sample's checksum as it is read, in every loader worker (call it before the
+        loader starts its workers)."""
+        self._recorded = multiprocessing.Array('Q', len(self.dataset.reader), lock=False)
+
+    def recorded(self) -> np.ndarray:
+        """The checksums recorded so far (0 where a sample was not read)."""
+        return np.frombuffer(self._recorded, dtype=np.uint64).copy()
+
+    def verify(self, expected: np.ndarray, against: str) -> None:
+        """Check each sample read against `expected` (recorded by `against`: a cache build)."""
+        self._expected, self.checked_against = expected, against
 
     @staticmethod
     def applies_to(dataset: Any) -> bool:
@@ -70,16 +110,37 @@ class DecodedImages(DatasetView):
         return len(self.dataset)
 
     def __getattr__(self, name: str) -> Any:  # reader, targets, filenames(): the wrapped dataset's
-        if name in ('dataset', 'mode', '_skipped', '_seen'):
+        if name.startswith('_') or name in ('dataset', 'mode', 'checked_against', 'epoch'):
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+    def _check(self, index: int, data: bytes, source: Any) -> None:
+        value = checksum(data)
+        if self._recorded is not None:
+            self._recorded[index] = value
+        expected = self._expected[index] if self._expected is not None else 0
+        if expected and expected != value:
+            raise KDError(
+                f'training file {self._name(index)} (sample {index}, epoch {self.epoch}) is not '
+                f'the one {self.checked_against} was built from (its bytes changed); rebuild the '
+                'cache with python -m timm_kd.cache build and the same flags, or restore the file'
+            )
+
+    def _name(self, index: int) -> str:
+        try:
+            return str(self.dataset.filename(index, absolute=True))
+        except Exception:  # a reader of records without file names
+            return f'record {index}'
 
     def __getitem__(self, index: int):
         reader = self.dataset.reader
         for _ in range(MAX_TRIES):
             source, target = reader[index][:2]
             try:
-                img = to_mode(Image.open(source), self.mode, self._seen, source)
+                data = read_bytes(source)
+                if self._recorded is not None or self._expected is not None:
+                    self._check(index, data, source)
+                img = to_mode(Image.open(io.BytesIO(data)), self.mode, self._seen, source)
                 break
             except OSError as e:
                 with self._skipped.get_lock():

@@ -34,13 +34,18 @@ def reseed(seed: int, epoch: int, rank: int = 0, step: Optional[int] = None) -> 
     random_seed(mixed % (2**31 - 65_536), rank)  # random_seed adds the rank; NumPy takes < 2**32
 
 
-def write_text(path: str, text: str) -> None:
+def write_bytes(path: str, data: bytes) -> None:
     """Write a small file atomically: a temporary file, fsynced, renamed over `path`."""
-    with open(path + '.tmp', 'w', newline='') as f:
-        f.write(text)
+    with open(path + '.tmp', 'wb') as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(path + '.tmp', path)
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a small text file atomically (`write_bytes`, UTF-8, newlines as given)."""
+    write_bytes(path, text.encode())
 
 
 def fsync_path(path: str) -> None:

@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .dataset_views import DatasetView
+from .decoding import decoded_images
 
 _MIX = 1_000_003  # a prime that spreads (seed, epoch, rank, position) over the seed space
 
@@ -88,12 +89,13 @@ class ReplayableViews(DatasetView):
 
     def __init__(self, dataset: Any, seed: int):
         self.dataset, self.seed = dataset, seed
+        self.images = decoded_images(dataset)  # told the epoch, for its checks' messages
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getattr__(self, name: str) -> Any:  # targets, reader, filenames(): the wrapped dataset's
-        if name in ('dataset', 'seed'):
+        if name in ('dataset', 'seed', 'images'):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
@@ -102,6 +104,8 @@ class ReplayableViews(DatasetView):
             return self.dataset[key]
         epoch, rank, position, index = key
         seed_all(slot_seed(self.seed, epoch, rank, position), torch.default_generator)
+        if self.images is not None:
+            self.images.epoch = epoch
         return self.dataset[index]
 
 

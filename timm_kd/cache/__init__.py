@@ -26,7 +26,9 @@ checksums, written last: `shards`); training verifies each shard when it opens i
 resumes at the first epoch not completely built; under torchrun every rank builds its own shard.
 """
 
+import glob
 import hashlib
+import io
 import json
 import logging
 import math
@@ -41,7 +43,7 @@ from ..dataset_views import dataset_targets
 from ..errors import KDError
 from ..identity import identity
 from ..losses import create_kd_loss, get_kd_loss_class, list_kd_losses
-from ..reliability import write_text
+from ..reliability import write_bytes, write_text
 from ..replay import stream_readers
 from ..run import RunSpec
 from ..teacher import TeacherOutput
@@ -249,6 +251,17 @@ class TeacherCache:
                     'cache with it'
                 )
 
+    def sample_checksums(self) -> Optional[np.ndarray]:
+        """The checksum of each sample the build read, over its ranks (`write_sample_checksums`),
+        or None for a cache built without them."""
+        paths = sorted(glob.glob(samples_file(self.root, '*')))
+        if not paths:
+            return None
+        merged = np.load(paths[0])
+        for path in paths[1:]:
+            merged = np.maximum(merged, np.load(path))
+        return merged
+
     def fetch(self, epochs: Sequence[int], rank: int) -> None:
         """Bring the shards of `epochs` for `rank` here: a local cache has them already (a Hub
         copy downloads them, `timm_kd.cache.hub.HubTeacherCache`)."""
@@ -327,6 +340,31 @@ def check_logit_losses_only(loss_names: Sequence[str]) -> None:
             'which --teacher-cache does not store; use logit losses '
             f'({", ".join(_logit_losses())}) or drop --teacher-cache'
         )
+
+
+def samples_file(root: str, rank: int) -> str:
+    """Where rank `rank` of a build keeps the checksum of each sample it read
+    (`timm_kd.decoding`): `samples-rank-R.npy`, uint64 per dataset index, 0 where not read."""
+    return os.path.join(root, f'samples-rank-{rank}.npy')
+
+
+def write_sample_checksums(root: str, rank: int, recorded: np.ndarray) -> None:
+    """Add what this build read to what earlier invocations of it recorded; one line when a file
+    changed between them (the epochs already built hold answers to its old bytes)."""
+    path = samples_file(root, rank)
+    if os.path.isfile(path):
+        old = np.load(path)
+        both = (old != 0) & (recorded != 0)
+        changed = np.flatnonzero(both & (old != recorded))
+        if changed.size:
+            raise KDError(
+                f'training sample {int(changed[0])} changed since the epochs already in {root!r} '
+                'were built; build the cache again into an empty --out'
+            )
+        recorded = np.maximum(old, recorded)
+    buffer = io.BytesIO()
+    np.save(buffer, recorded)
+    write_bytes(path, buffer.getvalue())
 
 
 def write_manifest(root: str, manifest: Dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ machine serves another holding the same files under another path.
 
 import json
 import os
+import re
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..errors import KDError, hub_problem
@@ -52,7 +53,7 @@ def pull(repo_id: str, revision: Optional[str] = None, epochs: Sequence[int] = (
     folder (a snapshot in huggingface_hub's cache, files already there are not fetched again)."""
     import huggingface_hub
 
-    patterns = ['manifest.json', 'README.md', *shard_patterns(epochs, ranks)]
+    patterns = ['manifest.json', 'README.md', 'samples-rank-*.npy', *shard_patterns(epochs, ranks)]
     try:
         return huggingface_hub.snapshot_download(
             repo_id, repo_type=REPO_TYPE, revision=revision, allow_patterns=patterns,
@@ -134,6 +135,7 @@ def push(root: str, repo_id: str, private: bool = False, revision: Optional[str]
     missing = [n for n in names if not os.path.isfile(os.path.join(root, n))]
     if missing:
         raise KDError(f'{root!r} lacks {missing[0]}; complete the build before pushing')
+    names += sorted(n for n in os.listdir(root) if re.fullmatch(r'samples-rank-\d+\.npy', n))
     ops = [huggingface_hub.CommitOperationAdd(n, os.path.join(root, n)) for n in names]
     text = card(root, manifest, repo_id).encode()
     ops.append(huggingface_hub.CommitOperationAdd('README.md', text))

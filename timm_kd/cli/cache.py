@@ -34,9 +34,11 @@ from ..cache import (
     top_k_logits,
     top_k_loss_error,
     write_manifest,
+    write_sample_checksums,
 )
 from ..cache.layout import LAYOUTS, Layout
 from ..cache.shards import ShardWriter, is_built
+from ..decoding import decoded_images
 from ..ensemble import create_teachers
 from ..errors import KDError, one_line_errors
 from ..locks import FolderLock
@@ -63,6 +65,9 @@ def build(argv: Optional[List[str]] = None) -> str:
     device = process.device
     setup = setup_run(args, [args], process, with_eval=False)  # as training sets up its stream
     run, train_set, num_classes = setup.run, setup.train_set, setup.run.num_classes
+    images = decoded_images(train_set)  # each sample's checksum, recorded as it is read
+    if images is not None:
+        images.start_recording()
     data_config = run.student_data_config
     del setup.models[:]  # the student only resolved the data config
     teacher = create_teachers(run.teachers, num_classes, setup.in_chans, data_config, device)
@@ -88,6 +93,8 @@ def build(argv: Optional[List[str]] = None) -> str:
             except BaseException:
                 shard.abort()
                 raise
+            if images is not None:  # before the epoch counts as built: every sample it read
+                write_sample_checksums(mine.out, process.rank, images.recorded())
             shard.commit()
             # the teacher pass with the writes, data loading included, of the last epoch built
             manifest['build_images_per_s'] = rows / (time.time() - epoch_start)

@@ -180,6 +180,9 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
             )
         epochs = range(start_epoch, stop_epoch)
         teacher.cache.check(run, setup.train_set, process.world_size, epochs, process.rank)
+        expected, images = teacher.cache.sample_checksums(), decoded_images(setup.train_set)
+        if expected is not None and images is not None:  # before the loader starts its workers
+            images.verify(expected, f'--teacher-cache {run.teachers.cache!r}')
     if skip_batches and not replayable and process.is_primary:
         _logger.warning(
             f'Resuming mid-epoch on {run.data.dataset}, whose views timm draws (not replayed): the '
