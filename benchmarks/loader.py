@@ -11,23 +11,32 @@ views (`timm_kd.replay`), alternating, `--repeats` times. Then it times the firs
 mid-epoch resume at 10% and 90% of the epoch (`TrainingStream.epoch(e, skip_batches)`), where the
 sampler starts at its position instead of loading the skipped batches.
 
-Prints one JSON line: images/s of each per worker count, `replay_vs_timm` (the lowest ratio over
-the worker counts; 1.0: free, the target is at least 0.98), and `resume_first_batch_s` at 10% and
-90% with `epoch_s` (one epoch's load time) for scale.
+The per-sample check of a run from a teacher-output cache (`timm_kd.decoding`: each file's bytes
+against the CRC-32 the build recorded) is timed the same way: the replayable views over
+`DecodedImages` with the check on against the same without it (`checked_vs_unchecked`, the target
+is at least 0.98). The checksum was picked by `checksum_mb_per_s`: CRC-32 and Adler-32 over the
+same image bytes, single-threaded, against JPEG decoding's own bytes per second.
+
+Prints one JSON line: images/s of each per worker count, `replay_vs_timm` and
+`checked_vs_unchecked` (the lowest ratios over the worker counts; 1.0: free), and
+`resume_first_batch_s` at 10% and 90% with `epoch_s` (one epoch's load time) for scale.
 """
 
 import argparse
+import io
 import json
 import os
 import statistics
 import tempfile
 import time
+import zlib
 
 import numpy as np
 import torch
 from PIL import Image
 from timm.data import ImageDataset, create_loader
 
+from timm_kd.decoding import DecodedImages, checksum, read_bytes
 from timm_kd.replay import ReplayableViews, make_replayable
 from timm_kd.run import ProcessSpec
 from timm_kd.stream import TrainingStream
@@ -52,6 +61,29 @@ def _loader(dataset, args, workers: int):
     )  # fmt: skip
 
 
+def _checksum_rates(root: str) -> dict:
+    """MB/s of CRC-32 and Adler-32 over the images' bytes, and of decoding them (PIL, to RGB)."""
+    files = [os.path.join(d, f) for d, _, names in os.walk(root) for f in sorted(names)]
+    data = [read_bytes(f) for f in files]
+    size = sum(len(d) for d in data) / 1e6
+    rates = {}
+    decode = lambda d: Image.open(io.BytesIO(d)).convert('RGB')  # noqa: E731
+    for name, fn in (('crc32', zlib.crc32), ('adler32', zlib.adler32), ('jpeg_decode', decode)):
+        start = time.perf_counter()
+        for d in data:
+            fn(d)
+        rates[name] = round(size / (time.perf_counter() - start), 1)
+    return rates
+
+
+def _checked(root: str, verify: bool):
+    images = DecodedImages(ImageDataset(root), 'RGB')
+    if verify:
+        files = [path for path, _ in images.reader.samples]
+        images.verify(np.array([checksum(read_bytes(f)) for f in files], np.uint64), 'bench')
+    return ReplayableViews(images, seed=0)
+
+
 def _epoch_rate(loader) -> float:
     start, images = time.perf_counter(), 0
     for input, _ in loader:
@@ -72,24 +104,30 @@ def main() -> None:
     torch.set_num_threads(1)  # per core: the loader's work, not intra-op threads
     with tempfile.TemporaryDirectory() as root:
         _write_images(root, args.images, 10)
-        rates, ratios = {}, []
+        rates, ratios, checks = {}, [], []
         for workers in args.workers:
-            timm_rates, replay_rates = [], []
-            plain = _loader(ImageDataset(root), args, workers)
-            views = ReplayableViews(ImageDataset(root), seed=0)
-            replay = _loader(views, args, workers)
-            assert make_replayable(replay)
-            _epoch_rate(plain)  # warm the page cache and the decoders
-            for _ in range(args.repeats):
-                timm_rates.append(_epoch_rate(plain))
-                replay_rates.append(_epoch_rate(replay))
-            timm_rate, replay_rate = statistics.median(timm_rates), statistics.median(replay_rates)
-            rates[f'workers_{workers}'] = {
-                'timm_images_per_s': round(timm_rate, 1),
-                'replay_images_per_s': round(replay_rate, 1),
-                'replay_vs_timm': round(replay_rate / timm_rate, 4),
+            loaders = {
+                'timm': _loader(ImageDataset(root), args, workers),
+                'replay': _loader(ReplayableViews(ImageDataset(root), seed=0), args, workers),
+                'unchecked': _loader(_checked(root, verify=False), args, workers),
+                'checked': _loader(_checked(root, verify=True), args, workers),
             }
-            ratios.append(replay_rate / timm_rate)
+            assert all(make_replayable(loaders[k]) for k in ('replay', 'unchecked', 'checked'))
+            replay = loaders['replay']
+            _epoch_rate(loaders['timm'])  # warm the page cache and the decoders
+            samples = {name: [] for name in loaders}
+            for _ in range(args.repeats):  # alternating, so drifts of the machine hit all alike
+                for name, loader in loaders.items():
+                    samples[name].append(_epoch_rate(loader))
+            median = {name: statistics.median(v) for name, v in samples.items()}
+            rates[f'workers_{workers}'] = {
+                **{f'{name}_images_per_s': round(v, 1) for name, v in median.items()},
+                'replay_vs_timm': round(median['replay'] / median['timm'], 4),
+                'checked_vs_unchecked': round(median['checked'] / median['unchecked'], 4),
+            }
+            ratios.append(median['replay'] / median['timm'])
+            checks.append(median['checked'] / median['unchecked'])
+        checksums = _checksum_rates(root)
         stream = TrainingStream(replay, device=torch.device('cpu'), process=ProcessSpec(seed=0))
         batches = len(stream)
         start = time.perf_counter()
@@ -103,8 +141,9 @@ def main() -> None:
             first_batch[f'{round(fraction * 100)}%'] = round(time.perf_counter() - start, 3)
     print(json.dumps({
         'images': args.images, 'size': args.size, 'batch': args.batch, **rates,
-        'replay_vs_timm': round(min(ratios), 4), 'epoch_s': round(epoch_s, 3),
-        'resume_first_batch_s': first_batch,
+        'replay_vs_timm': round(min(ratios), 4),
+        'checked_vs_unchecked': round(min(checks), 4), 'checksum_mb_per_s': checksums,
+        'epoch_s': round(epoch_s, 3), 'resume_first_batch_s': first_batch,
     }))  # fmt: skip
 
 

@@ -123,4 +123,6 @@ def test_loader_reports_replay_against_timm_and_the_resume_start_up(bench):
     out = bench('loader.py', '--images', '24', '--size', '32', '--batch', '4', '--workers', '0',
                 '--repeats', '1')  # fmt: skip
     assert out['replay_vs_timm'] > 0 and out['workers_0']['timm_images_per_s'] > 0
+    assert out['checked_vs_unchecked'] > 0 and out['workers_0']['checked_images_per_s'] > 0
+    assert set(out['checksum_mb_per_s']) == {'crc32', 'adler32', 'jpeg_decode'}
     assert set(out['resume_first_batch_s']) == {'10%', '90%'}
