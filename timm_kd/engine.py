@@ -62,7 +62,7 @@ class StudentRun:
         a mid-epoch recovery checkpoint keeps, so that each rank resumes with its own sums and the
         epoch's total is added up in the uninterrupted run's order (a total restored on one rank
         would be added in another order, and round otherwise in float32)."""
-        keys = sorted(self.sums)
+        keys = list(self.sums)  # in the order the step added them (the summary's columns)
         local = torch.stack([self.sums[k].float() for k in keys] + [self.count.float()])
         gathered = [local]
         if distributed:

@@ -278,13 +278,6 @@ def student_spec(args: argparse.Namespace) -> StudentSpec:
         warmup=args.model_ema_warmup,
         force_cpu=args.model_ema_force_cpu,
     )
-    output = OutputSpec(
-        output=args.output,
-        experiment=args.experiment,
-        resume=args.resume,
-        no_resume_opt=args.no_resume_opt,
-        checkpoint_hist=args.checkpoint_hist,
-    )
     return StudentSpec(
         model=args.model,
         losses=losses,
@@ -292,7 +285,7 @@ def student_spec(args: argparse.Namespace) -> StudentSpec:
         optimizer=optimizer,
         schedule=schedule,
         ema=ema,
-        output=output,
+        output=options(OutputSpec, args),  # its fields carry the flags' names
         compile=args.torchcompile,
         compile_mode=args.torchcompile_mode,
         ddp_broadcast_buffers=not args.no_ddp_bb,

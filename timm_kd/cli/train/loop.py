@@ -172,17 +172,7 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
     (start_epoch, skip_batches), num_epochs = check_same_start(jobs), jobs[0].num_epochs
     stop_epoch = min(num_epochs, args.stop_epoch) if args.stop_epoch else num_epochs
     if run.teachers.cache:
-        if not replayable:
-            raise KDError(
-                f'--teacher-cache {run.teachers.cache!r} needs views that replay, and these are '
-                "timm's own (--train-img-sizes, --use-multi-epochs-loader, or a streamed dataset "
-                'other than wds/): drop them, or train with the live --teacher'
-            )
-        epochs = range(start_epoch, stop_epoch)
-        teacher.cache.check(run, setup.train_set, process.world_size, epochs, process.rank)
-        expected, images = teacher.cache.sample_checksums(), decoded_images(setup.train_set)
-        if expected is not None and images is not None:  # before the loader starts its workers
-            images.verify(expected, f'--teacher-cache {run.teachers.cache!r}')
+        _check_cache(teacher, setup, replayable, range(start_epoch, stop_epoch), process)
     if skip_batches and not replayable and process.is_primary:
         _logger.warning(
             f'Resuming mid-epoch on {run.data.dataset}, whose views timm draws (not replayed): the '
@@ -207,6 +197,22 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
     return Training(args, run, process, jobs, teacher, stream, eval_loader, settings,
                     eval_metric, start_epoch, skip_batches, stop_epoch,
                     num_epochs, run.num_classes, recovery_stream)  # fmt: skip
+
+
+def _check_cache(teacher, setup: Setup, replayable: bool, epochs: range, process: Process):
+    """One line for a run the cache cannot serve (views that do not replay, another run, epochs it
+    lacks); then each sample the loader reads is checked against the build's checksums."""
+    cache, run = teacher.cache, setup.run
+    if not replayable:
+        raise KDError(
+            f'--teacher-cache {run.teachers.cache!r} needs views that replay, and these are '
+            "timm's own (--train-img-sizes, --use-multi-epochs-loader, or a streamed dataset "
+            'other than wds/): drop them, or train with the live --teacher'
+        )
+    cache.check(run, setup.train_set, process.world_size, epochs, process.rank)
+    expected, images = cache.sample_checksums(), decoded_images(setup.train_set)
+    if expected is not None and images is not None:  # before the loader starts its workers
+        images.verify(expected, f'--teacher-cache {run.teachers.cache!r}')
 
 
 def train_epoch(t: Training, epoch: int, preemption: Preemption) -> Dict[str, float]:

@@ -211,7 +211,7 @@ def setup_student(
     resume = resume_path(spec.output, run.teachers.allow_pickle)
     start_epoch, skip_batches, partial = (
         resume_student(
-            run, spec.output, resume, task, optimizer, loss_scaler, primary, place.shape
+            run, spec.output, resume, task, optimizer, loss_scaler, process.rank, place.shape
         )  # fmt: skip
         if resume
         else (0, 0, None)
