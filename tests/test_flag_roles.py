@@ -204,3 +204,27 @@ def test_the_readme_lists_the_identity_from_the_table():
         text = f.read()
     written = text[text.index(MARKERS[0]) + len(MARKERS[0]) : text.index(MARKERS[1])]
     assert written.strip() == identity_markdown(PARSER).strip(), 'run `make readme`'
+
+
+def test_the_build_and_training_construct_one_stream_epoch_by_epoch(image_folder):
+    """`cache build` sets the run up without a validation split, training with one; both read the
+    stream `training_stream` builds from the run: epoch by epoch the same batches, mixed before
+    --mixup-off-epoch and not after, at the scheduled resolutions of --train-img-sizes."""
+    argv = [image_folder, *BASE, '--epochs', '3', '--mixup', '0.5', '--mixup-off-epoch', '1',
+            '--train-img-sizes', '32', '48']  # fmt: skip
+    args, _ = parse_args(argv)
+    cpu = Process(torch.device('cpu'))
+    build, _, _ = training_stream(setup_run(args, [args], cpu, with_eval=False), cpu)
+    train, _, _ = training_stream(setup_run(args, [args], cpu), cpu)
+    sizes = set()
+    for epoch in range(3):  # each read whole: timm's own views of scheduled sizes draw as they load
+        pairs = list(zip(list(build.epoch(epoch)), list(train.epoch(epoch))))
+        assert pairs and all(
+            torch.equal(a.input, b.input) and torch.equal(a.target, b.target)
+            for (_, a), (_, b) in pairs
+        )
+        sizes |= {b.input.shape[-1] for (_, b), _ in pairs}
+        top = torch.cat([b.target.max(1).values for (_, b), _ in pairs])
+        mixed = not torch.allclose(top, torch.full_like(top, 0.9 + 0.1 / 3))  # smoothed one-hot
+        assert mixed == (epoch == 0), epoch
+    assert sizes == {32, 48}
