@@ -1,14 +1,18 @@
-"""The run as one frozen, typed value: what the data stream is and who teaches on it.
+"""The run as one frozen, typed value: what the data stream is, who teaches on it, and each student
+trained on it (its losses, hard-label loss, optimizer, schedule, EMA and output).
 
 A program (`timm_kd.cli.train`, `timm_kd.cli.cache`) translates its flags once into a `RunSpec`;
-the library below takes that value (or plain arguments) and never a parser's namespace. Values that
+the stream, the cache build, the fingerprint, the teachers and each student's job are built from
+it, and the library takes that value (or plain arguments), never a parser's namespace. Values that
 are derived rather than given (the class count read from the data, the student's resolved data
-config) are computed before the value is built, so nothing changes it afterwards.
+config) are computed before the value is built, so nothing changes it afterwards. Every checkpoint
+records it, versioned (`run_record`, read back by `run_from_record`).
 
 Whether two runs are "the same" is decided from this value field by field (`identity`): every field
 counts unless its metadata says otherwise (`NOT_IDENTITY`: worker counts, validation settings,
-paths; `FILE`: a path whose file content counts rather than its name), so a new field is covered by
-construction. The teacher-output cache (`timm_kd.cache.fingerprint`) is built on it.
+paths; `FILE`: a path whose file content counts rather than its name; `IF_SET`: counted when set),
+so a new field is covered by construction. The teacher-output cache (`timm_kd.cache.fingerprint`)
+is built on it.
 """
 
 import dataclasses
@@ -69,7 +73,7 @@ class TeacherSetup:
     cache: Optional[str] = field(default=None, metadata=NOT_IDENTITY)  # train from a built cache
     # teacher settings given beside `cache` without a teacher's name (the cache fingerprint's key,
     # the flag, the value): compared with the cache's teacher (`timm_kd.cache.TeacherCache.check`)
-    beside_cache: Tuple[Tuple[str, Any], ...] = field(default=(), metadata=NOT_IDENTITY)
+    beside_cache: Tuple[Tuple[str, str, Any], ...] = field(default=(), metadata=NOT_IDENTITY)
 
     def target_identity(self) -> Dict[str, Any]:
         """What the teachers' target depends on beyond the teachers: an ensemble of probabilities
