@@ -344,11 +344,8 @@ def test_older_key_names_load(tmp_path):
     'content, message',
     [
         ('crd_num_negatives: 8.5\n', 'crd_num_negatives must be int, got 8.5'),
-        # YAML 1.1 reads 5e-4 as text
-        (
-            'weight_decay: 5e-4\n',
-            "weight_decay must be float, got '5e-4'",
-        ),
+        ('weight_decay: abc\n', "weight_decay must be float, got 'abc'"),
+        ('epochs: 1e2\n', "epochs must be int, got '1e2'"),  # argparse's int() refuses it too
         ('epochs: 10\nno_such_key: 1\nother: 2\n', r"unknown keys \['no_such_key', 'other'\]"),
         ('amp: "false"\n', r"amp must be bool, got 'false' \(write true or false, unquoted\)"),
         ('pin_mem: 1\n', 'pin_mem must be bool, got 1'),
@@ -361,6 +358,17 @@ def test_older_key_names_load(tmp_path):
 def test_bad_yaml_values_are_one_line_errors(tmp_path, content, message):
     (tmp_path / 'c.yaml').write_text(content)
     with pytest.raises(KDError, match=message):
+        parse_args(['/d', '--config', str(tmp_path / 'c.yaml')])
+
+
+def test_yaml_numbers_written_as_text_load_as_timms_argparse_reads_them(tmp_path):
+    """YAML 1.1 reads `1e-6` as text; timm's parser converts a string default with the flag's
+    type, so the config trains there: here too. On/off flags keep refusing text."""
+    (tmp_path / 'c.yaml').write_text('min_lr: 1e-6\nlr: 1e-3\nweight_decay: 5e-4\nepochs: "3"\n')
+    args, _ = parse_args(['/d', '--config', str(tmp_path / 'c.yaml')])
+    assert (args.min_lr, args.lr, args.weight_decay, args.epochs) == (1e-6, 1e-3, 5e-4, 3)
+    (tmp_path / 'c.yaml').write_text('amp: "true"\n')
+    with pytest.raises(KDError, match="amp must be bool, got 'true'"):
         parse_args(['/d', '--config', str(tmp_path / 'c.yaml')])
 
 

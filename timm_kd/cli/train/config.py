@@ -148,6 +148,18 @@ def _expected(action: argparse.Action) -> Optional[str]:
     return 'str' if action.type in (None, str) else None
 
 
+def _as_argparse_reads(action: argparse.Action, value):
+    """A YAML string for a flag that takes one number, converted as argparse converts a string
+    default with the flag's type (so `min_lr: 1e-6`, which YAML 1.1 reads as text, trains as in
+    timm); anything else as it is."""
+    if isinstance(value, str) and action.type in (int, float) and action.nargs is None:
+        try:
+            return action.type(value)
+        except ValueError:
+            return value  # refused by `_check_value`
+    return value
+
+
 def _check_value(path: str, action: argparse.Action, value) -> None:
     """YAML values skip argparse's conversion: refuse a value of the wrong kind (a quoted boolean, a
     float where the flag takes an int, text for a number) or outside the flag's choices."""
@@ -214,7 +226,8 @@ def load_config(path: str, parser: argparse.ArgumentParser, _seen: Tuple[str, ..
             'underscores'
         )
     for key, value in cfg.items():
-        _check_value(path, actions[key], value)
+        cfg[key] = _as_argparse_reads(actions[key], value)
+        _check_value(path, actions[key], cfg[key])
     merged.update(cfg)
     return merged
 
