@@ -78,15 +78,19 @@ def load_training_metadata(path: str) -> Dict[str, Any]:
     weights: its `args` (as a dict), `epoch` and `metric`.
 
     Empty for safetensors files and bare state_dicts. Loaded as safely as the weights
-    (weights_only=True).
+    (weights_only=True), and memory-mapped where the file allows it: the tensors, which callers
+    have read already or do not need, are then not read again.
     """
     if path.endswith('.safetensors'):
         return {}
-    try:
-        with safe_globals():
-            checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception:  # unreadable or pickled code: load_state_dict reports it with the fix
-        return {}
+    checkpoint = None
+    for mmap in (True, False):  # torch's legacy (non-zip) format cannot be memory-mapped
+        try:
+            with safe_globals():
+                checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
+            break
+        except Exception:  # unreadable or pickled code: load_state_dict reports it with the fix
+            continue
     if not isinstance(checkpoint, dict):
         return {}
     args = checkpoint.get('args')

@@ -114,7 +114,7 @@ class DecodedImages(DatasetView):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
-    def _check(self, index: int, data: bytes, source: Any) -> None:
+    def _check(self, index: int, data: bytes) -> None:
         value = checksum(data)
         if self._recorded is not None:
             self._recorded[index] = value
@@ -139,7 +139,7 @@ class DecodedImages(DatasetView):
             try:
                 data = read_bytes(source)
                 if self._recorded is not None or self._expected is not None:
-                    self._check(index, data, source)
+                    self._check(index, data)
                 img = to_mode(Image.open(io.BytesIO(data)), self.mode, self._seen, source)
                 break
             except OSError as e:

@@ -26,6 +26,12 @@ from .identity import FILE, NOT_IDENTITY
 from .losses import get_kd_loss_class
 
 
+def as_json(value: Any) -> Any:
+    """A value as JSON holds it (tuples as lists): how a record or a fingerprint is written, and
+    what it is compared in."""
+    return json.loads(json.dumps(value, default=list))
+
+
 def freeze(value: Any) -> Any:
     """A parsed flag value as the run holds it: lists and dicts (from flags or YAML) as tuples, so
     the run is hashable and frozen."""
@@ -223,8 +229,11 @@ def run_record(run: RunSpec, student: int = 0) -> Dict[str, Any]:
     """The run value as a checkpoint records it beside timm's `args`: versioned, made of plain
     values only (so `torch.load(weights_only=True)` reads it), with the index of the checkpoint's
     student among the run's students."""
-    value = json.loads(json.dumps(dataclasses.asdict(run), default=list))
-    return {'format': RUN_RECORD_FORMAT, 'student': student, 'run': value}
+    return {
+        'format': RUN_RECORD_FORMAT,
+        'student': student,
+        'run': as_json(dataclasses.asdict(run)),
+    }
 
 
 def _value(kind: Any, data: Any) -> Any:

@@ -45,7 +45,7 @@ from ..identity import identity
 from ..losses import create_kd_loss, get_kd_loss_class, list_kd_losses
 from ..reliability import write_bytes, write_text
 from ..replay import stream_readers
-from ..run import RunSpec
+from ..run import RunSpec, as_json
 from ..teacher import TeacherOutput
 from .layout import Layout
 from .shards import ShardPrefetch, is_built, open_shard
@@ -104,7 +104,7 @@ def fingerprint(
         'teacher': identity(run.teachers),
         'target': run.teachers.target_identity(),
     }
-    return json.loads(json.dumps(parts, default=list))  # tuples -> lists
+    return as_json(parts)
 
 
 def first_difference(
@@ -243,7 +243,7 @@ class TeacherCache:
                     f'compare, or drop {flag}'
                 )
             cached = built[key]
-            if json.loads(json.dumps(value, default=list)) != cached:
+            if as_json(value) != cached:
                 ran = 'its own default' if cached is None else repr(cached)
                 raise KDError(
                     f'{flag} {value!r} beside --teacher-cache {self.root!r}, whose teacher ran '
