@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch and torchvision are pinned as a pair (torchvision must match torch); timm comes from setup.cfg.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: test lint demo env fashion-mnist clean readme
+.PHONY: test lint demo env fashion-mnist clean docs
 
 env: $(VENV)/.installed
 
@@ -22,11 +22,10 @@ lint: env
 	$(VENV)/bin/ruff check timm_kd tests benchmarks train_kd.py
 	$(VENV)/bin/ruff format --check timm_kd tests benchmarks train_kd.py
 
-# the README's generated parts: the flags a teacher-output cache's identity holds
-readme: env
-	$(PY) -c "from timm_kd.cli.train.config import build_parser; \
-	from timm_kd.cli.train.flag_roles import write_identity_list; \
-	write_identity_list('README.md', build_parser())"
+# the documentation's generated parts, from the parsers: docs/flags.md and the flags a
+# teacher-output cache's identity holds (docs/teacher-cache.md); tests/test_docs.py checks them
+docs: env
+	$(PY) -m timm_kd.cli.reference
 
 demo: env fashion-mnist
 	HF_HUB_OFFLINE=1 $(PY) -m timm_kd.demo --output demo_output

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The `gpu` preset of kd_step.py: the six commands benchmarks/README.md lists, one after another, each output
+# The `gpu` preset of kd_step.py: the six commands docs/benchmarks.md lists, one after another, each output
 # kept in OUT_DIR (N.log, and the JSON lines together in results.jsonl).
 #
 #   benchmarks/gpu_suite.sh OUT_DIR          # all six

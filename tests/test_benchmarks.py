@@ -1,5 +1,5 @@
 """The benchmark scripts still run and report what
-benchmarks/README.md quotes (figures are not checked here)."""
+docs/benchmarks.md quotes (figures are not checked here)."""
 
 import json
 import os

@@ -19,13 +19,11 @@ from timm_kd.cli.train.build import run_spec, setup_run, training_stream
 from timm_kd.cli.train.config import build_parser, parse_args
 from timm_kd.cli.train.flag_roles import (
     FLAG_ROLES,
-    MARKERS,
     NEITHER,
     REFUSED,
     STUDENT,
     TEACHER,
     flag_roles,
-    identity_markdown,
 )
 from timm_kd.errors import KDError
 from timm_kd.runtime import Process
@@ -197,13 +195,6 @@ def test_flipping_a_student_flag_is_accepted_and_the_teacher_sees_the_same_batch
 def test_a_refused_flag_is_one_line(dest, image_folder):
     with pytest.raises(KDError, match='is not supported by timm-kd'):
         parse_args([image_folder, *BASE, *_flip(dest)])
-
-
-def test_the_readme_lists_the_identity_from_the_table():
-    with open(os.path.join(ROOT, 'README.md')) as f:
-        text = f.read()
-    written = text[text.index(MARKERS[0]) + len(MARKERS[0]) : text.index(MARKERS[1])]
-    assert written.strip() == identity_markdown(PARSER).strip(), 'run `make readme`'
 
 
 def test_the_build_and_training_construct_one_stream_epoch_by_epoch(image_folder):

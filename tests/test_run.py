@@ -176,3 +176,11 @@ def test_a_checkpoint_records_the_run_and_it_loads_back(
         assert len(record['run']['students']) == len(checkpoints)
         assert run_from_record(record) == seen[0]
         assert saved['args'].model == 'test_resnet'  # timm's record stays
+    # each experiment's args.yaml trains again, the same run (one student: the one it recorded)
+    for i, path in enumerate(checkpoints):
+        student = seen[0].students[1 if path.parent.name == 's2' else 0]
+        loop.main(['--config', str(path.parent / 'args.yaml'), '--output', str(tmp_path / 'again'),
+                   '--experiment', f'again{i}'])  # fmt: skip
+        again = seen[-1]
+        assert again.students == (dataclasses.replace(student, output=again.students[0].output),)
+        assert dataclasses.replace(again, students=()) == dataclasses.replace(seen[0], students=())

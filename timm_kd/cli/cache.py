@@ -53,7 +53,7 @@ _logger = logging.getLogger('timm_kd.cache')
 def build(argv: Optional[List[str]] = None) -> str:
     """`python -m timm_kd.cache build`: the teacher's top-K
     answers for every slot of every epoch; returns DIR."""
-    mine, rest = _build_flags().parse_known_args(argv)
+    mine, rest = build_flags().parse_known_args(argv)
     setup_default_logging()
     args, _ = parse_args(rest)
     if not args.teacher:
@@ -112,14 +112,24 @@ def build(argv: Optional[List[str]] = None) -> str:
     return mine.out
 
 
-def _build_flags() -> argparse.ArgumentParser:
+def build_flags() -> argparse.ArgumentParser:
     """The build's own flags, beside the training flags."""
-    own = argparse.ArgumentParser(add_help=False)
-    own.add_argument('--top-k', type=int, required=True)
-    own.add_argument('--out', required=True)
-    own.add_argument('--value-dtype', choices=('float32', 'float16'), default='float32')
-    own.add_argument('--layout', choices=LAYOUTS, default='exact')  # timm_kd.cache.layout
-    own.add_argument('--strict-files', action='store_true')  # file times in the dataset signature
+    own = argparse.ArgumentParser(prog='python -m timm_kd.cache build', add_help=False)
+    own.add_argument(
+        '--top-k', type=int, required=True, help='teacher logits stored per sample (K = C: exact)'
+    )
+    own.add_argument('--out', required=True, help='the cache folder (a killed build resumes)')
+    own.add_argument(
+        '--value-dtype', choices=('float32', 'float16'), default='float32', help='stored values'
+    )
+    own.add_argument(
+        '--layout', choices=LAYOUTS, default='exact', help='how a row is stored (cache/layout.py)'
+    )
+    own.add_argument(
+        '--strict-files',
+        action='store_true',
+        help="also record each training file's modification time in the dataset signature",
+    )
     return own
 
 
@@ -238,12 +248,7 @@ def _loss_error(stream, teacher, amp_autocast, layout: Layout) -> list:
 
 def push(argv: List[str]) -> str:
     """`python -m timm_kd.cache push DIR ORG/NAME [--private] [--revision REV]`."""
-    p = argparse.ArgumentParser(prog='python -m timm_kd.cache push')
-    p.add_argument('dir')
-    p.add_argument('repo_id')
-    p.add_argument('--private', action='store_true')
-    p.add_argument('--revision', default=None, help='a branch to push to (created if needed)')
-    args = p.parse_args(argv)
+    args = push_parser().parse_args(argv)
     repo_id = hub.push(args.dir, args.repo_id, private=args.private, revision=args.revision)
     print(f'pushed {args.dir} to the dataset repository {repo_id}')
     return repo_id
@@ -252,12 +257,7 @@ def push(argv: List[str]) -> str:
 def pull(argv: List[str]) -> str:
     """`python -m timm_kd.cache pull ORG/NAME [--epochs E ...] [--ranks R ...]`:
     prints the folder."""
-    p = argparse.ArgumentParser(prog='python -m timm_kd.cache pull')
-    p.add_argument('repo_id', help='ORG/NAME[@REVISION]')
-    p.add_argument('--epochs', type=int, nargs='*', default=None, help='default: every epoch')
-    p.add_argument('--ranks', type=int, nargs='*', default=None, help='default: every rank')
-    p.add_argument('--cache-dir', default=None, help="default: huggingface_hub's (HF_HOME)")
-    args = p.parse_args(argv)
+    args = pull_parser().parse_args(argv)
     repo_id, revision = hub.parse_hub_spec(hub.HUB_PREFIX + args.repo_id)
     root = hub.pull(repo_id, revision, cache_dir=args.cache_dir)  # the manifest says what exists
     manifest = TeacherCache(root).manifest
@@ -267,6 +267,24 @@ def pull(argv: List[str]) -> str:
                     cache_dir=args.cache_dir)  # fmt: skip
     print(root)
     return root
+
+
+def push_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='python -m timm_kd.cache push')
+    p.add_argument('dir', help='a built cache folder')
+    p.add_argument('repo_id', help='ORG/NAME of the dataset repository')
+    p.add_argument('--private', action='store_true', help='create the repository private')
+    p.add_argument('--revision', default=None, help='a branch to push to (created if needed)')
+    return p
+
+
+def pull_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='python -m timm_kd.cache pull')
+    p.add_argument('repo_id', help='ORG/NAME[@REVISION]')
+    p.add_argument('--epochs', type=int, nargs='*', default=None, help='default: every epoch')
+    p.add_argument('--ranks', type=int, nargs='*', default=None, help='default: every rank')
+    p.add_argument('--cache-dir', default=None, help="default: huggingface_hub's (HF_HOME)")
+    return p
 
 
 COMMANDS = {'build': build, 'push': push, 'pull': pull}

@@ -192,13 +192,7 @@ def run(name: str, args: List[str], data: str, output: str, workers: int) -> Dic
     return {'top1': round(float(last['eval_top1']), 2), 'seconds': round(seconds, 1)}
 
 
-def main(argv=None) -> Dict[str, Dict[str, float]]:
-    """`python -m timm_kd.demo`: bad input is one line and exit 2."""
-    with one_line_errors():
-        return run_demo(argv)
-
-
-def run_demo(argv=None) -> Dict[str, Dict[str, float]]:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='python -m timm_kd.demo',
         description=__doc__,
@@ -208,13 +202,23 @@ def run_demo(argv=None) -> Dict[str, Dict[str, float]]:
         '--output', default='demo_output', help='folder for runs and demo_results.json'
     )
     parser.add_argument('--data', default=None, help='dataset root (default OUTPUT/data)')
-    parser.add_argument('--workers', type=int, default=1)
+    parser.add_argument('--workers', type=int, default=1, help='data loader workers per run')
     parser.add_argument(
         '--fresh',
         action='store_true',
         help='delete earlier runs in OUTPUT instead of resuming them',
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> Dict[str, Dict[str, float]]:
+    """`python -m timm_kd.demo`: bad input is one line and exit 2."""
+    with one_line_errors():
+        return run_demo(argv)
+
+
+def run_demo(argv=None) -> Dict[str, Dict[str, float]]:
+    args = build_parser().parse_args(argv)
     output = os.path.abspath(args.output)
     data = os.path.abspath(args.data or os.path.join(output, 'data'))
     if args.fresh:

@@ -205,8 +205,7 @@ def plot(result: Dict[str, Any], out: str) -> List[str]:
     return paths
 
 
-def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
-
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='python -m timm_kd.diagnose',
         description=__doc__,
@@ -214,33 +213,68 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     )
     p.add_argument('data', help='dataset root')
     p.add_argument('--teacher', required=True)
-    p.add_argument('--teacher-checkpoint', default=None)
+    p.add_argument('--teacher-checkpoint', default=None, help='weights for --teacher')
     p.add_argument(
-        '--teacher-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE'
+        '--teacher-kwargs',
+        nargs='*',
+        default={},
+        action=ParseKwargs,
+        metavar='KEY=VALUE',
+        help="timm.create_model keyword arguments for the teacher (as training's --teacher-kwargs)",
     )
     p.add_argument(
         '--student',
         required=True,
         help='timm architecture (with --student-checkpoint) or pretrained name',
     )
-    p.add_argument('--student-checkpoint', default=None)
+    p.add_argument('--student-checkpoint', default=None, help='weights for --student')
     p.add_argument('--out', required=True, help='folder for diagnostics.json and the PNGs')
     p.add_argument('--dataset', default='', help='timm dataset (default: ImageFolder)')
-    p.add_argument('--split', default='validation')
-    p.add_argument('--num-classes', type=int, default=None)
-    p.add_argument('--input-size', type=int, nargs=3, default=None, metavar='C H W')
-    p.add_argument('--mean', type=float, nargs='+', default=None)
-    p.add_argument('--std', type=float, nargs='+', default=None)
-    p.add_argument('--crop-pct', type=float, default=None)
-    p.add_argument('-b', '--batch-size', type=int, default=256)
-    p.add_argument('-j', '--workers', type=int, default=2)
+    p.add_argument('--split', default='validation', help="the split's sub-folder")
+    p.add_argument('--num-classes', type=int, default=None, help='default: from the data')
+    p.add_argument(
+        '--input-size',
+        type=int,
+        nargs=3,
+        default=None,
+        metavar='C H W',
+        help="the student's input (default: its checkpoint's)",
+    )
+    p.add_argument(
+        '--mean',
+        type=float,
+        nargs='+',
+        default=None,
+        help="the student's normalization (default: its checkpoint's)",
+    )
+    p.add_argument(
+        '--std',
+        type=float,
+        nargs='+',
+        default=None,
+        help="the student's normalization (default: its checkpoint's)",
+    )
+    p.add_argument(
+        '--crop-pct',
+        type=float,
+        default=None,
+        help="the student's center crop (default: its checkpoint's)",
+    )
+    p.add_argument('-b', '--batch-size', type=int, default=256, help='images per batch')
+    p.add_argument('-j', '--workers', type=int, default=2, help='data loader workers')
     p.add_argument('--max-images', type=int, default=0, help='stop after this many images (0: all)')
     p.add_argument(
         '--cka-images', type=int, default=512, help='images whose stage features CKA compares'
     )
-    p.add_argument('--device', default=None)
-    p.add_argument('--allow-unsafe-pickle', action='store_true')
-    args = p.parse_args(argv)
+    p.add_argument('--device', default=None, help='default: cuda when present, else cpu')
+    p.add_argument(
+        '--allow-unsafe-pickle', action='store_true', help='trusted files only: may run code'
+    )
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    args = build_parser().parse_args(argv)
     with one_line_errors():
         pyplot()  # before the pass over the data: the figures need matplotlib
         if args.cka_images < 2:

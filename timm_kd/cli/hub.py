@@ -21,7 +21,7 @@ from ..errors import one_line_errors
 from ..hub import export, push
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='python -m timm_kd.hub',
         description=__doc__,
@@ -30,7 +30,7 @@ def main(argv=None) -> None:
     sub = parser.add_subparsers(dest='command', required=True)
     for command in ('export', 'push'):
         p = sub.add_parser(command)
-        p.add_argument('checkpoint')
+        p.add_argument('checkpoint', help='a training checkpoint, state_dict or .safetensors file')
         p.add_argument(
             '--model', required=True, help='timm architecture, optionally with tag (resnet50.vkd)'
         )
@@ -49,9 +49,21 @@ def main(argv=None) -> None:
             default=None,
             help='license of the weights, as a Hub license id (default: none stated)',
         )
-        p.add_argument('--epochs', type=int, default=None)
-        p.add_argument('--top1', type=float, default=None)
-        p.add_argument('--top5', type=float, default=None)
+        p.add_argument(
+            '--epochs',
+            type=int,
+            default=None,
+            help='KD metadata: epochs (default: from the checkpoint)',
+        )
+        p.add_argument(
+            '--top1',
+            type=float,
+            default=None,
+            help="the card's top-1 (default: --results, else the checkpoint's best)",
+        )
+        p.add_argument(
+            '--top5', type=float, default=None, help="the card's top-5 (default: --results)"
+        )
         p.add_argument(
             '--results',
             default=None,
@@ -70,7 +82,7 @@ def main(argv=None) -> None:
             )
         else:
             p.add_argument('--repo-id', required=True, help='ORG/NAME on the Hugging Face Hub')
-            p.add_argument('--private', action='store_true')
+            p.add_argument('--private', action='store_true', help='create the repository private')
             p.add_argument(
                 '--revision', default=None, help='branch to upload to (created if needed)'
             )
@@ -80,7 +92,11 @@ def main(argv=None) -> None:
                 help="replace the repo's README.md (kept by default, as timm's push_to_hf_hub "
                 'does)',
             )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     overrides = dict(
         teacher=args.teacher,
         kd_loss=args.kd_loss,

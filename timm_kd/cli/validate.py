@@ -104,7 +104,7 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     return result
 
 
-def main(argv=None) -> Dict[str, Any]:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='python -m timm_kd.validate',
         description=__doc__,
@@ -120,7 +120,7 @@ def main(argv=None) -> Dict[str, Any]:
         help='weights for --model (timm-kd checkpoint, state_dict, ...)',
     )
     p.add_argument('--dataset', default='', help='timm dataset (default: ImageFolder)')
-    p.add_argument('--split', default='validation')
+    p.add_argument('--split', default='validation', help="the split's sub-folder")
     p.add_argument(
         '--real-labels', default=None, metavar='JSON', help='ImageNet-ReaL labels file (real.json)'
     )
@@ -129,13 +129,23 @@ def main(argv=None) -> Dict[str, Any]:
         default=None,
         help='also report the teacher top-1 and student-teacher agreement',
     )
-    p.add_argument('--teacher-checkpoint', default=None)
-    p.add_argument('-b', '--batch-size', type=int, default=128)
-    p.add_argument('-j', '--workers', type=int, default=2)
-    p.add_argument('--device', default=None)
+    p.add_argument(
+        '--teacher-checkpoint',
+        default=None,
+        help='weights for --teacher (its own preprocessing is read from them)',
+    )
+    p.add_argument('-b', '--batch-size', type=int, default=128, help='images per batch')
+    p.add_argument('-j', '--workers', type=int, default=2, help='data loader workers')
+    p.add_argument('--device', default=None, help='default: cuda when present, else cpu')
     p.add_argument('--results-file', default=None, help='write the JSON here too')
-    p.add_argument('--allow-unsafe-pickle', action='store_true')
-    args = p.parse_args(argv)
+    p.add_argument(
+        '--allow-unsafe-pickle', action='store_true', help='trusted files only: may run code'
+    )
+    return p
+
+
+def main(argv=None) -> Dict[str, Any]:
+    args = build_parser().parse_args(argv)
     with one_line_errors():
         result = validate(args)
     line = json.dumps(result)

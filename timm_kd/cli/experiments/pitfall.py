@@ -98,13 +98,17 @@ def summarize(rows: List[Dict], methods: List[str], output: str) -> str:
     return table
 
 
-def main(argv=None) -> str:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='python -m timm_kd.experiments pitfall',
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument('--output', default='pitfall_output')
+    p.add_argument(
+        '--output',
+        default='pitfall_output',
+        help='folder of the runs and the results (reruns continue it)',
+    )
     p.add_argument(
         '--data', default=None, help='dataset root (default: OUTPUT/data with Fashion-MNIST)'
     )
@@ -114,19 +118,34 @@ def main(argv=None) -> str:
     p.add_argument(
         '--val-split', default='test', help="evaluation split ('validation' for an ImageFolder)"
     )
-    p.add_argument('--fractions', type=float, nargs='+', default=[0.05, 0.2, 1.0])
-    p.add_argument('--methods', nargs='+', default=['kd', 'dkd', 'dist'])
-    p.add_argument('--seeds', type=int, nargs='+', default=[0])
+    p.add_argument(
+        '--fractions',
+        type=float,
+        nargs='+',
+        default=[0.05, 0.2, 1.0],
+        help='training-set fractions (stratified, seeded)',
+    )
+    p.add_argument(
+        '--methods',
+        nargs='+',
+        default=['kd', 'dkd', 'dist'],
+        help='distillation losses compared with scratch',
+    )
+    p.add_argument('--seeds', type=int, nargs='+', default=[0], help='one run per seed and cell')
     p.add_argument(
         '--epochs', type=int, default=1, help='student epochs on the full set (more on subsets)'
     )
-    p.add_argument('--kd-temperature', type=float, default=4.0)
-    p.add_argument('-b', '--batch-size', type=int, default=128)
+    p.add_argument('--kd-temperature', type=float, default=4.0, help='temperature of every method')
+    p.add_argument('-b', '--batch-size', type=int, default=128, help='images per batch')
     p.add_argument(
         '--teacher-checkpoint', default=None, help='default: train the demo teacher on the full set'
     )
-    p.add_argument('--workers', type=int, default=1)
-    args = p.parse_args(argv)
+    p.add_argument('--workers', type=int, default=1, help='data loader workers per run')
+    return p
+
+
+def main(argv=None) -> str:
+    args = build_parser().parse_args(argv)
     output = os.path.abspath(args.output)
     data = os.path.abspath(args.data or os.path.join(output, 'data'))
     if args.data is None and args.dataset == 'torch/fashion_mnist':

@@ -185,14 +185,24 @@ def table(results: Dict[str, Any], ks: List[int], temperatures: List[float]) -> 
     )
 
 
-def main(argv=None) -> str:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='python -m timm_kd.experiments topk',
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument('--output', default='topk_output')
-    p.add_argument('--top-k', type=int, nargs='+', default=[1, 2, 5, 10, 100])
+    p.add_argument(
+        '--output',
+        default='topk_output',
+        help='folder of the runs and the results (reruns continue it)',
+    )
+    p.add_argument(
+        '--top-k',
+        type=int,
+        nargs='+',
+        default=[1, 2, 5, 10, 100],
+        help='the K of each cache (100 = every class)',
+    )
     p.add_argument(
         '--kd-temperatures',
         type=float,
@@ -201,10 +211,17 @@ def main(argv=None) -> str:
         help="the paper's T = 1 and the demo's T = 4",
     )
     p.add_argument(
-        '--teacher-epochs', type=int, default=int(TEACHER[TEACHER.index('--epochs') + 1])
+        '--teacher-epochs',
+        type=int,
+        default=int(TEACHER[TEACHER.index('--epochs') + 1]),
+        help="the teacher's training epochs",
     )
-    p.add_argument('--workers', type=int, default=1)
-    args = p.parse_args(argv)
+    p.add_argument('--workers', type=int, default=1, help='data loader workers per run')
+    return p
+
+
+def main(argv=None) -> str:
+    args = build_parser().parse_args(argv)
     output = os.path.abspath(args.output)
     prepare_fashion_mnist(os.path.join(output, 'data'))
     pairs = os.path.join(output, 'pairs')

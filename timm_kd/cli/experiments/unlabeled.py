@@ -17,21 +17,29 @@ from ..plots import pyplot
 from .common import cell, kd_args, replace_flag
 
 
-def main(argv=None) -> str:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='python -m timm_kd.experiments unlabeled',
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument('--output', default='unlabeled_output')
+    p.add_argument(
+        '--output',
+        default='unlabeled_output',
+        help='folder of the runs and the results (reruns continue it)',
+    )
     p.add_argument('--fraction', type=float, default=0.1, help='labeled share of the training set')
     p.add_argument('--epochs', type=int, default=2, help='epochs of the run with unlabeled images')
-    p.add_argument('--kd-temperature', type=float, default=4.0)
+    p.add_argument('--kd-temperature', type=float, default=4.0, help='temperature of the KD runs')
     p.add_argument(
         '--teacher-checkpoint', default=None, help='default: train the demo teacher on the full set'
     )
-    p.add_argument('--workers', type=int, default=1)
-    args = p.parse_args(argv)
+    p.add_argument('--workers', type=int, default=1, help='data loader workers per run')
+    return p
+
+
+def main(argv=None) -> str:
+    args = build_parser().parse_args(argv)
     output = os.path.abspath(args.output)
     data = os.path.join(output, 'data')
     prepare_fashion_mnist(data)

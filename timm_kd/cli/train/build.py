@@ -27,6 +27,7 @@ from ...data import (
 )
 from ...dataset_views import IndexedTargets
 from ...errors import KDError, flat
+from ...losses.config import loss_hyperparameters
 from ...replay import make_replayable, replayable_views
 from ...run import (
     CriterionSpec,
@@ -242,12 +243,14 @@ def teacher_setup(args: argparse.Namespace) -> TeacherSetup:
 
 
 def student_spec(args: argparse.Namespace) -> StudentSpec:
-    """A student's architecture and distillation terms, from its flags."""
+    """A student's architecture and distillation terms, from its flags; each loss's
+    hyperparameters resolved (its defaults, then the flags), so that a run and its reloaded
+    args.yaml, which writes some of them, are one value."""
     weights, kwargs = loss_config(args)
     losses = LossSpec(
         names=tuple(weights),
         weights=tuple(weights.values()),
-        kwargs=freeze(kwargs),
+        kwargs=freeze({n: {**loss_hyperparameters(n), **kw} for n, kw in kwargs.items()}),
         student_stages=freeze(args.kd_student_stages),
         teacher_stages=freeze(args.kd_teacher_stages),
         deep_supervision=freeze(args.kd_deep_supervision),

@@ -291,11 +291,10 @@ def check_kd_flags_have_a_teacher(args: argparse.Namespace) -> None:
         '--kd-teacher-stages': list(args.kd_teacher_stages) != [-1],
         '--kd-deep-supervision': bool(args.kd_deep_supervision),
     }
-    for name in list_kd_losses():
-        for arg in loss_hyperparameters(name):
-            given[f'--{name}-{arg.replace("_", "-")}'] = (
-                getattr(args, f'{name}_{arg}', None) is not None
-            )
+    for name in list_kd_losses():  # at the loss's own default it changes nothing: args.yaml
+        for arg, default in loss_hyperparameters(name).items():  # writes kd_temperature 1.0
+            value = getattr(args, f'{name}_{arg}', None)
+            given[f'--{name}-{arg.replace("_", "-")}'] = value is not None and value != default
     flags = [flag for flag, used in given.items() if used]
     if flags:
         raise KDError(

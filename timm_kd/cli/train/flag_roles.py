@@ -11,8 +11,8 @@
 - `REFUSED`: a flag of timm's train.py that cannot apply to distillation (`timm_flags.UNSUPPORTED`).
 
 `tests/test_flag_roles.py` flips every flag and checks the table against the cache's behaviour, so
-a flag missing here (a new timm flag) fails the suite the day it arrives; the README's list of what
-a cache's identity holds is written from this table (`make readme`, `write_identity_list`).
+a flag missing here (a new timm flag) fails the suite the day it arrives; the list of what a cache's
+identity holds in docs/teacher-cache.md is written from this table (`make docs`).
 """
 
 import argparse
@@ -85,7 +85,7 @@ def flag_roles(parser: argparse.ArgumentParser) -> Dict[str, str]:
 
 
 def identity_markdown(parser: argparse.ArgumentParser) -> str:
-    """The README's list of the flags a teacher-output cache's identity holds, by parser group."""
+    """The list of the flags a teacher-output cache's identity holds, by parser group."""
     lines: List[str] = []
     for group in parser._action_groups:
         flags = [
@@ -98,17 +98,7 @@ def identity_markdown(parser: argparse.ArgumentParser) -> str:
     return '\n'.join(lines) + '\n'
 
 
-MARKERS = ('<!-- identity flags: written by `make readme` -->', '<!-- end of identity flags -->')
-
-
-def write_identity_list(path: str, parser: argparse.ArgumentParser) -> bool:
-    """Write `identity_markdown` between the `MARKERS` of the Markdown file `path`; returns whether
-    the file changed."""
-    with open(path) as f:
-        text = f.read()
-    start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
-    new = text[:start] + '\n' + identity_markdown(parser) + text[end:]
-    if new != text:
-        with open(path, 'w') as f:
-            f.write(new)
-    return new != text
+MARKERS = (
+    '<!-- identity flags: written by `make docs` -->',
+    '<!-- end of identity flags -->',
+)
