@@ -197,3 +197,15 @@ def test_no_internal_link_or_anchor_is_broken(path):
 def test_the_generated_documentation_is_what_the_parsers_say():
     stale = [p for p, text in reference.generated(ROOT).items() if _read(p) != text]
     assert not stale, f'{stale} differ from the parsers: run `make docs`'
+
+
+def test_every_module_over_420_lines_has_its_reason_in_contributing():
+    contributing = _read('CONTRIBUTING.md')
+    long = []
+    for folder, _, files in os.walk(os.path.join(ROOT, 'timm_kd')):
+        for name in files:
+            path = os.path.relpath(os.path.join(folder, name), ROOT)
+            if name.endswith('.py') and len(_read(path).splitlines()) > 420:
+                long.append(path)
+    unexplained = [p for p in long if f'`{p}`' not in contributing]
+    assert not unexplained, f'{unexplained}: split them, or say why not in CONTRIBUTING.md'
