@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 
 import pytest
 
@@ -25,7 +26,27 @@ def test_the_lock_of_a_dead_process_is_taken_over_with_a_line(tmp_path, caplog):
         lock = FolderLock(str(tmp_path), 'run.lock', 'the experiment folder')
     assert 'Took over the lock of the experiment folder' in caplog.text and '999999' in caplog.text
     lock.release()
-    assert (tmp_path / 'run.lock').read_text() == ''  # a clean end leaves no holder
+    assert not (tmp_path / 'run.lock').exists()  # a clean end leaves no lock file
+
+
+def test_a_lock_file_removed_while_it_was_being_locked_is_not_held(tmp_path, monkeypatch):
+    """A run that opened the lock file as its holder ended (and removed it) locks a file nobody
+    else can find; it must lock the file at the path instead, or two runs would hold the folder."""
+    from timm_kd import locks
+
+    flock, calls = locks.fcntl.flock, []
+
+    def holder_ends_meanwhile(fd, op):
+        if op & locks.fcntl.LOCK_EX and not calls:
+            calls.append(fd)
+            os.unlink(tmp_path / 'run.lock')  # as the holder's release does
+        return flock(fd, op)
+
+    monkeypatch.setattr(locks.fcntl, 'flock', holder_ends_meanwhile)
+    lock = FolderLock(str(tmp_path), 'run.lock', 'the experiment folder')
+    assert calls  # the first file was removed under it
+    assert os.fstat(lock.fd).st_ino == os.stat(tmp_path / 'run.lock').st_ino
+    lock.release()
 
 
 def test_a_folder_the_run_cannot_write_is_one_line(tmp_path, monkeypatch):

@@ -275,6 +275,46 @@ def test_teacher_without_weights_offline_is_an_error_never_a_random_teacher():
         create_teacher('test_resnet', STUDENT, 1000)
 
 
+def test_a_hub_that_cannot_be_reached_is_one_line_at_once(monkeypatch, caplog, tmp_path):
+    """Without HF_HUB_OFFLINE, huggingface_hub would retry each weight file for about half a
+    minute and log every try; weights that are not cached and cannot come are one line at once,
+    and cached weights still load."""
+    import huggingface_hub
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(huggingface_hub.constants, 'ENDPOINT', 'http://127.0.0.1:9')  # refused
+    with pytest.raises(KDError) as error:
+        create_teacher('resnet18.a1_in1k', STUDENT, 1000)
+    assert str(error.value) == (
+        "no pretrained weights for teacher 'resnet18.a1_in1k': not in the local Hugging Face "
+        'cache, and the Hub (http://127.0.0.1:9) cannot be reached (Connection refused); download '
+        'them once with network access (cached under HF_HOME), or pass --teacher-checkpoint PATH'
+    )
+    assert 'Retrying' not in caplog.text
+    # the same weights in the Hub cache: no network needed
+    cache = tmp_path / 'hub'
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(cache))
+    snapshot = cache / 'models--timm--test_resnet.r160_in1k' / 'snapshots' / ('0' * 40)
+    snapshot.mkdir(parents=True)
+    save_file(timm.create_model('test_resnet').state_dict(), snapshot / 'model.safetensors')
+    (snapshot.parent.parent / 'refs').mkdir()
+    (snapshot.parent.parent / 'refs' / 'main').write_text('0' * 40)
+    assert create_teacher('test_resnet.r160_in1k', STUDENT, 1000).model.num_classes == 1000
+
+
+@pytest.mark.parametrize(
+    'name, message',
+    [
+        ('./no/such/teacher', 'no such file or folder; check the path'),
+        ('my-org/teacher', 'no such file or folder; pass hf-hub:my-org/teacher'),
+    ],
+)
+def test_a_teacher_path_that_is_no_model_name_is_one_line(name, message):
+    with pytest.raises(KDError, match=f'^teacher {name!r} is not a timm model name: {message}'):
+        create_teacher(name, STUDENT, 10)
+
+
 def test_unknown_teacher_and_dtype():
     with pytest.raises(KDError, match="unknown teacher model 'no_such_net'"):
         create_teacher('no_such_net', STUDENT, 10)

@@ -54,6 +54,11 @@ def test_plain_run_writes_timm_outputs(teacher_run):
         assert (folder / name).is_file(), name
     rows = _summary(folder / 'summary.csv')
     assert [r['epoch'] for r in rows] == ['0', '1'] and 'train_kd_loss' not in rows[0]
+    header = (folder / 'summary.csv').read_text().splitlines()[0].split(',')
+    # timm's columns first, in timm's order, then ours
+    assert header[:6] == ['epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr']
+    assert 'train_task_loss' in header[6:]
+    assert not (folder / 'run.lock').exists()  # a cleanly finished folder holds no lock file
     assert yaml.safe_load((folder / 'args.yaml').read_text())['model'] == 'test_resnet'
 
 
@@ -238,6 +243,11 @@ def test_torchrun_two_processes_gloo(vit_teacher, image_folder, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS='1')
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):  # each process says where it trains, as timm's train.py
+        assert (
+            f'Training in distributed mode with 2 processes, 1 device per process. Process {rank}, '
+            'total 2, device cpu.' in result.stderr
+        )
     rows = _summary(tmp_path / 'ddp' / 'summary.csv')
     assert len(rows) == 1 and all(
         float(rows[0][f'train_{k}_loss']) > 0 for k in ('kd', 'fitnet', 'crd', 'aux')

@@ -10,6 +10,9 @@ epoch), honest records across crashes, and preemption by SIGTERM/SIGINT.
 - `truncate_summary(path, start_epoch)`: a resumed run drops the rows of `summary.csv` from the
   epoch it restarts at, so a kill between the row and the checkpoint never leaves two rows for one
   epoch.
+- `append_summary(path, epoch, train, eval, lr)`: a `summary.csv` row with timm's columns first,
+  in timm's order (`epoch, train_loss, eval_loss, eval_top1, eval_top5, lr`), then ours (each
+  loss component, the teacher agreement), so that a script written for timm's file reads ours.
 - `Preemption`: the first SIGTERM or SIGINT sets a flag; the loop finishes the current step, writes
   a recovery checkpoint and exits with one line saying how to resume. Under torchrun the ranks agree
   (an all-reduce of the flag at log intervals, so the step itself stays free of host syncs) before
@@ -72,6 +75,35 @@ def truncate_summary(path: str, start_epoch: int) -> None:
     text = io.StringIO()
     csv.writer(text).writerows(kept)
     write_text(path, text.getvalue())
+
+
+# timm's train.py writes these, in this order (its update_summary with train_one_epoch's 'loss' and
+# validate's 'loss', 'top1', 'top5')
+TIMM_SUMMARY_COLUMNS = ('epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr')
+
+
+def append_summary(
+    path: str, epoch: int, train: dict, evaluation: Optional[dict], lr: Optional[float]
+) -> None:
+    """Append an epoch's row to `summary.csv`: timm's columns first in timm's order, then ours in
+    the order the run reports them. A file that exists keeps its own header's order."""
+    row = {'epoch': epoch, **{f'train_{k}': v for k, v in train.items()}}
+    row.update({f'eval_{k}': v for k, v in (evaluation or {}).items()})
+    if lr is not None:
+        row['lr'] = lr
+    columns = [c for c in TIMM_SUMMARY_COLUMNS if c in row]
+    columns += [c for c in row if c not in columns]
+    header = None
+    if os.path.isfile(path) and os.path.getsize(path):
+        with open(path, newline='') as f:
+            header = next(csv.reader(f), None)
+    if header and set(header) == set(columns):
+        columns = header
+    with open(path, 'a', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        if header is None:
+            writer.writeheader()
+        writer.writerow(row)
 
 
 class Preemption:

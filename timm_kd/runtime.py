@@ -33,6 +33,15 @@ class Process:
     def is_primary(self) -> bool:
         return self.rank == 0
 
+    def describe(self) -> str:
+        """The start-up line timm's train.py prints: how many processes and devices train."""
+        if not self.distributed:
+            return f'Training with a single process on 1 device ({self.device}).'
+        return (
+            f'Training in distributed mode with {self.world_size} processes, 1 device per '
+            f'process. Process {self.rank}, total {self.world_size}, device {self.device}.'
+        )
+
 
 def init_process(device: Optional[str] = None) -> Process:
     """CUDA when present (else CPU) if `device` is unset,

@@ -7,6 +7,9 @@ in its place.
 """
 
 import logging
+import os
+import socket
+import urllib.parse
 from typing import (
     Any,
     List,
@@ -192,7 +195,19 @@ class Teacher(nn.Module):
 def _parse_teacher_name(name: str) -> Tuple[Optional[str], str, str]:
     """(source, architecture, tag): source is
     'hf-hub'/'local-dir' or None for a timm registry name."""
-    source, model_name = parse_model_name(name)
+    try:
+        source, model_name = parse_model_name(name)
+    except ValueError:  # timm's answer to a path or a repo id without a prefix
+        if os.path.isdir(name):
+            fix = f'pass --teacher local-dir:{name} (a folder with config.json and its weights)'
+        elif os.path.exists(name):
+            fix = f'pass the architecture as --teacher ARCH and --teacher-checkpoint {name}'
+        elif name.count('/') == 1 and not name.startswith(('.', '/', '~')):  # ORG/NAME
+            fix = f'pass hf-hub:{name} for a Hugging Face Hub repository, or check the path'
+        else:
+            fix = 'check the path, or pass a timm name, hf-hub:ORG/NAME or local-dir:PATH'
+        missing = '' if os.path.exists(name) else ': no such file or folder'
+        raise KDError(f'teacher {name!r} is not a timm model name{missing}; {fix}') from None
     if source:
         return source, name, ''
     arch, tag = split_model_name_tag(model_name)
@@ -205,6 +220,38 @@ def _has_pretrained_source(name: str) -> bool:
         return True
     cfg = get_pretrained_cfg(name, allow_unregistered=True)
     return cfg is not None and bool(cfg.hf_hub_id or cfg.url or cfg.file or cfg.state_dict)
+
+
+# what timm's pretrained loading asks the Hub for, in this order
+HUB_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin', 'open_clip_model.safetensors',
+                    'open_clip_pytorch_model.bin')  # fmt: skip
+
+
+def _check_hub_reachable(name: str) -> None:
+    """Weights from the Hugging Face Hub that are neither cached nor reachable are one line at
+    once: huggingface_hub would retry each file for about half a minute, logging every try."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    source, _, _ = _parse_teacher_name(name)
+    cfg = None if source else get_pretrained_cfg(name, allow_unregistered=True)
+    repo = name.split(':', 1)[1] if source == 'hf-hub' else cfg.hf_hub_id if cfg else None
+    if not repo or constants.HF_HUB_OFFLINE:  # offline: huggingface_hub answers at once
+        return
+    repo_id, _, revision = repo.partition('@')
+    for file in HUB_WEIGHT_FILES:
+        if isinstance(try_to_load_from_cache(repo_id, file, revision=revision or None), str):
+            return
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == 'https' else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=10).close()
+    except OSError as e:
+        raise KDError(
+            f'no pretrained weights for teacher {name!r}: not in the local Hugging Face cache, '
+            f'and the Hub ({constants.ENDPOINT}) cannot be reached ({e.strerror or e}); download '
+            'them once with network access (cached under HF_HOME), or pass --teacher-checkpoint '
+            'PATH'
+        ) from None
 
 
 def _create_teacher_model(
@@ -254,6 +301,7 @@ def _create_teacher_model(
                 f'teacher {name!r} has no pretrained weights in timm; pass --teacher-checkpoint '
                 f'PATH or a name with a pretrained tag (timm.list_pretrained({arch + "*"!r}))'
             )
+        _check_hub_reachable(name)
         return create_model(name, pretrained=True, in_chans=in_chans, **model_kwargs)
     except KDError:
         raise

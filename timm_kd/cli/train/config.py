@@ -40,8 +40,6 @@ RUNTIME_KEYS = {
     'prefetcher',
     'rank',
     'world_size',
-    'apex_amp',
-    'native_amp',
     'dist_backend',
     'dist_url',
     'has_compile',
@@ -184,7 +182,15 @@ def _check_value(path: str, action: argparse.Action, value) -> None:
 
 def _old_timm_keys(path: str, cfg: dict) -> None:
     """Keys of earlier timm versions, in place: timm 0.4's validation batch multiplier becomes the
-    validation batch size it meant; keys that mean nothing today are dropped with one note."""
+    validation batch size it meant, timm 0.4-0.6's native_amp becomes amp; apex AMP, which timm
+    dropped, is one line; keys that mean nothing today are dropped with one note."""
+    if cfg.pop('apex_amp', False):
+        raise KDError(
+            f'--config {path!r}: apex_amp: true asks for NVIDIA apex AMP, which timm no longer '
+            "has; set amp: true (torch's own AMP, what timm trains with today) and drop apex_amp"
+        )
+    if cfg.pop('native_amp', False):  # timm 0.4-0.6's --native-amp: today's --amp
+        cfg['amp'] = True
     multiplier = cfg.pop('validation_batch_size_multiplier', 1)
     if multiplier != 1 and cfg.get('validation_batch_size') is None:
         cfg['validation_batch_size'] = int(multiplier * cfg.get('batch_size', 128))

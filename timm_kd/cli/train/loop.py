@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 import torchvision
-from timm.utils import distribute_bn, random_seed, setup_default_logging, update_summary
+from timm.utils import distribute_bn, random_seed, setup_default_logging
 
 from ...cache import CachedTeacher, check_logit_losses_only
 from ...cache.hub import open_cache
@@ -20,7 +20,7 @@ from ...engine import LoopSettings, check_finite, train_one_epoch, validate
 from ...ensemble import create_teachers
 from ...errors import Interrupted, KDError, one_line_errors
 from ...locks import FolderLock
-from ...reliability import Preemption, truncate_summary, write_text
+from ...reliability import Preemption, append_summary, truncate_summary, write_text
 from ...replay import stream_readers
 from ...run import RunSpec, run_record
 from ...runtime import Process, amp_setup, init_process
@@ -62,6 +62,7 @@ def main(argv: Optional[List[str]] = None) -> Any:
     args, args_text = parse_args(argv)
     setup_process_flags(args)
     process = init_process(args.device)
+    _logger.info(process.describe())
     random_seed(args.seed, process.rank)
     students = student_args(args, args_text)
     for sargs, _ in students:
@@ -180,9 +181,16 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
             'uninterrupted run to the bit; wds/ or map-style input resumes exactly'
         )
     if start_epoch >= stop_epoch:
+        given = jobs[0].spec.schedule.start_epoch  # --start-epoch (a config's start_epoch) wins
+        where = (
+            f'--start-epoch {given} (start_epoch in a --config)'
+            if given is not None
+            else f'the checkpoint is at epoch {start_epoch}'
+        )
         _logger.warning(
-            f'Nothing to train: the checkpoint is at epoch {start_epoch} and the run stops at '
-            f'{stop_epoch} (--epochs {num_epochs}); raise --epochs to train on'
+            f'Nothing to train: {where} and the run stops at {stop_epoch} (--epochs '
+            f'{num_epochs}); raise --epochs to train on'
+            + ('' if given is None else ', or lower or drop start_epoch')
         )
     amp_autocast, _ = amp_setup(run.teachers.amp, run.teachers.amp_dtype, device)
     out_dir = jobs[0].out_dir
@@ -259,7 +267,7 @@ def _end_of_epoch(t: Training, job: StudentJob, epoch: int, metrics) -> Dict[str
     metric = (eval_metrics or metrics)[t.eval_metric]
     if t.process.is_primary:
         summary = os.path.join(job.out_dir, 'summary.csv')
-        update_summary(epoch, metrics, eval_metrics, summary, lr=run.mean_lr())
+        append_summary(summary, epoch, metrics, eval_metrics, lr=run.mean_lr())
         row = _wandb_row(run.name, epoch, metrics, eval_metrics, run.mean_lr())
         job.best = job.saver.save_checkpoint(epoch, metric=metric)
     if run.lr_scheduler is not None:
