@@ -533,3 +533,52 @@ def test_configs_of_earlier_timm_versions_load_with_their_meaning(
     (tmp_path / 'unknown.yaml').write_text(yaml.safe_dump({**saved, 'no_such_key': 1}))
     with pytest.raises(KDError, match=r"unknown keys \['no_such_key'\]"):
         parse_args(['--config', str(tmp_path / 'unknown.yaml')])
+
+
+def test_retired_amp_keys_keep_their_meaning_or_are_one_line(tmp_path):
+    """timm 0.4-0.6 wrote native_amp (today's amp) and apex_amp (NVIDIA apex, gone from timm)."""
+    saved = yaml.safe_load(open(os.path.join(DATA, 'timm_args_0.4.12.yaml')))
+    assert saved['native_amp'] is False and saved['apex_amp'] is False and saved['amp'] is False
+    for key, value in (('native_amp', True), ('apex_amp', False), ('native_amp', False)):
+        (tmp_path / 'c.yaml').write_text(yaml.safe_dump({**saved, key: value}))
+        assert parse_args(['--config', str(tmp_path / 'c.yaml')])[0].amp is (
+            value and key == 'native_amp'
+        )
+    (tmp_path / 'c.yaml').write_text(yaml.safe_dump({**saved, 'apex_amp': True}))
+    with pytest.raises(KDError, match=r'apex_amp: true asks for NVIDIA apex AMP.*set amp: true'):
+        parse_args(['--config', str(tmp_path / 'c.yaml')])
+
+
+def test_a_start_epoch_past_the_end_says_so(image_folder, tmp_path, run_cli, caplog):
+    import logging
+
+    from conftest import TINY
+
+    from timm_kd.cli.train.loop import main
+
+    (tmp_path / 'c.yaml').write_text('start_epoch: 5\nepochs: 2\n')
+    with caplog.at_level(logging.WARNING, logger='timm_kd.train'):
+        result = run_cli(main, image_folder, '--model', 'test_resnet', *TINY,
+                         '--config', tmp_path / 'c.yaml', '--output', tmp_path)  # fmt: skip
+    assert result.returncode == 0
+    assert (
+        'Nothing to train: --start-epoch 5 (start_epoch in a --config) and the run stops at 2 '
+        '(--epochs 2); raise --epochs to train on, or lower or drop start_epoch' in caplog.text
+    )
+
+
+@pytest.mark.parametrize(
+    'keys, message',
+    [
+        ({'token_label': True, 'dense_weight': 0.5},
+         "keys of VOLO's train.py \\(token labelling\\), not of timm's train.py: dense_weight, "
+         'token_label; timm-kd has no token labelling'),
+        ({'distillation_type': 'hard'},
+         "keys of DeiT's main.py, not of timm's train.py: distillation_type; use teacher"),
+    ],
+)  # fmt: skip
+def test_keys_of_forks_of_timms_train_py_are_named_as_theirs(keys, message, tmp_path):
+    saved = yaml.safe_load(open(os.path.join(DATA, 'timm_args_0.6.13.yaml')))
+    (tmp_path / 'c.yaml').write_text(yaml.safe_dump({**saved, **keys}))
+    with pytest.raises(KDError, match=message):
+        parse_args(['--config', str(tmp_path / 'c.yaml')])

@@ -58,6 +58,20 @@ OLD_TIMM_KEYS = {
     'aot_autograd': "timm 0.6's functorch AOT autograd; --torchcompile replaced it",
     'bn_tf': "timm 0.4's TensorFlow BatchNorm defaults for a few models",
 }
+# Keys that forks of timm's train.py (and DeiT's main.py, whose configs people adapt) write, named
+# in the refusal as not timm's: (whose, what to do instead).
+FORK_KEYS = {
+    **dict.fromkeys(
+        ('token_label', 'token_label_data', 'token_label_size', 'dense_weight', 'cls_weight',
+         'ground_truth', 'return_dense', 'mix_token'),
+        ("VOLO's train.py (token labelling)", 'timm-kd has no token labelling: drop them'),
+    ),
+    **dict.fromkeys(
+        ('teacher_model', 'teacher_path', 'distillation_type', 'distillation_alpha',
+         'distillation_tau'),
+        ("DeiT's main.py", 'use teacher, teacher_checkpoint, kd_loss and kd_temperature'),
+    ),
+}  # fmt: skip
 LIST_KEYS = (
     'kd_loss',
     'kd_loss_weight',
@@ -226,6 +240,14 @@ def load_config(path: str, parser: argparse.ArgumentParser, _seen: Tuple[str, ..
     _old_timm_keys(path, cfg)
     actions = {a.dest: a for a in parser._actions}
     unknown = sorted(set(cfg) - set(actions))
+    forks = {FORK_KEYS[k] for k in unknown if k in FORK_KEYS}
+    if forks:
+        whose, fix = sorted(forks)[0]
+        keys = [k for k in unknown if FORK_KEYS.get(k) == (whose, fix)]
+        raise KDError(
+            f"--config {path!r} has keys of {whose}, not of timm's train.py: {', '.join(keys)}; "
+            f'{fix}'
+        )
     if unknown:
         raise KDError(
             f'--config {path!r} has unknown keys {unknown}; use timm-kd-train flag names with '
