@@ -25,7 +25,7 @@ lint: env
 # the documentation's generated parts, from the parsers: docs/flags.md and the flags a
 # teacher-output cache's identity holds (docs/teacher-cache.md); tests/test_docs.py checks them
 docs: env
-	$(PY) -m timm_kd.cli.reference
+	$(PY) -c "from timm_kd.cli.reference import main; main()"
 
 demo: env fashion-mnist
 	HF_HUB_OFFLINE=1 $(PY) -m timm_kd.demo --output demo_output

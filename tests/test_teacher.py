@@ -320,3 +320,25 @@ def test_unknown_teacher_and_dtype():
         create_teacher('no_such_net', STUDENT, 10)
     with pytest.raises(KDError, match='unknown --teacher-dtype'):
         create_teacher(TeacherSpec('test_resnet', dtype='int8'), STUDENT, 10)
+
+
+def test_timms_kd_model_name_feeds_the_teacher_at_the_students_resolution(caplog):
+    """timm's distillation task renormalizes the student's batch for the teacher and never resizes
+    it; --teacher feeds the teacher at its own resolution; --teacher-input-size overrides both."""
+    import logging
+
+    from timm_kd.cli.train import parse_args
+    from timm_kd.cli.train.build import teacher_setup
+    from timm_kd.teacher_input import input_adapter
+
+    timm_way = teacher_setup(parse_args(['/data', '--kd-model-name', 'resnet18.a1_in1k'])[0])
+    ours = teacher_setup(parse_args(['/data', '--teacher', 'resnet18.a1_in1k'])[0])
+    assert timm_way.members[0].at_student_size and not ours.members[0].at_student_size
+    model = timm.create_model('resnet18.a1_in1k')  # its pretrained config: 224 px
+    student = dict(STUDENT, input_size=(3, 64, 64))
+    with caplog.at_level(logging.INFO, logger='timm_kd.teacher'):
+        assert input_adapter(timm_way.members[0], model, student, False).size == (64, 64)
+    assert "at the student's resolution (--kd-model-name" in caplog.text
+    assert input_adapter(ours.members[0], model, student, False).size == (224, 224)
+    given = TeacherSpec('resnet18.a1_in1k', input_size=(3, 96, 96), at_student_size=True)
+    assert input_adapter(given, model, student, False).size == (96, 96)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .data import DatasetOptions, LoaderOptions
-from .identity import FILE, NOT_IDENTITY
+from .identity import FILE, IF_SET, NOT_IDENTITY
 from .losses import get_kd_loss_class
 
 
@@ -55,6 +55,9 @@ class TeacherSpec:
     std: Optional[Tuple[float, ...]] = None
     input_size: Optional[Tuple[int, ...]] = None
     dtype: Optional[str] = None  # None: the setup's dtype
+    # timm's --kd-model-name: the teacher sees the student's resolution, as timm's distillation
+    # task feeds it (renormalized, never resized); --teacher: its own resolution
+    at_student_size: bool = field(default=False, metadata=IF_SET)
 
 
 @dataclass(frozen=True)

@@ -131,10 +131,16 @@ def input_adapter(
                 f"the student's: its checkpoint {spec.checkpoint!r} records no training flags; "
                 'pass --teacher-mean/--teacher-std/--teacher-input-size if it was trained otherwise'
             )
+    size = spec.input_size or data_config['input_size']
+    if spec.at_student_size and not spec.input_size:
+        size = student_config['input_size']
+        origin += (
+            ", at the student's resolution (--kd-model-name: timm's task never resizes the "
+            "teacher's input; --teacher feeds it at its own, --teacher-input-size sets it)"
+        )
     if spec.mean or spec.std or spec.input_size:
         origin += ', with the --teacher-mean/--teacher-std/--teacher-input-size given'
     _logger.info(f'Teacher {spec.name} preprocessing: {origin}')
-    size = spec.input_size or data_config['input_size']
     return InputAdapter(
         student_config['mean'],
         student_config['std'],

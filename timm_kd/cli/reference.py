@@ -1,7 +1,7 @@
 """The generated parts of the documentation, written from the programs' own parsers.
 
-    python -m timm_kd.cli.reference          # rewrite docs/flags.md and the identity list
-    python -m timm_kd.cli.reference --check  # exit 1 when a committed file differs (`make docs`)
+    make docs    # main(): rewrite docs/flags.md and the identity list; main(['--check']) only
+                 # reports the files that differ (exit 1)
 
 `docs/flags.md` lists every flag of every program with its group, default and help, so the
 reference cannot drift from what `--help` says; `tests/test_docs.py` fails when it does.
@@ -9,7 +9,6 @@ reference cannot drift from what `--help` says; `tests/test_docs.py` fails when 
 
 import argparse
 import os
-import sys
 from typing import Callable, Dict, List, Optional, Tuple
 
 from . import cache, demo, diagnose, hub, validate
@@ -131,7 +130,7 @@ def generated(root: str) -> Dict[str, str]:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    p = argparse.ArgumentParser(prog='python -m timm_kd.cli.reference', description=__doc__)
+    p = argparse.ArgumentParser(prog='make docs', description=__doc__)
     p.add_argument('--root', default='.', help='the checkout (default: the current folder)')
     p.add_argument('--check', action='store_true', help='only report files that differ; exit 1')
     args = p.parse_args(argv)
@@ -147,7 +146,3 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(f'{path}: {"differs from the parsers; run make docs" if args.check else "written"}')
     if args.check and stale:
         raise SystemExit(1)
-
-
-if __name__ == '__main__':
-    main(sys.argv[1:])

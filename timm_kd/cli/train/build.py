@@ -200,7 +200,10 @@ def teacher_setup(args: argparse.Namespace) -> TeacherSetup:
     """Who teaches, from the flags: one --teacher with its --teacher-* flags, several (an
     ensemble, each with its own), or none."""
     own = {field: getattr(args, f'teacher_{field}') for field, _, _ in TEACHER_OWN_FLAGS}
-    specs = args.teachers or ([dict(name=args.teacher, **own)] if args.teacher else [])
+    at_student_size = getattr(args, 'teacher_at_student_size', False)  # from --kd-model-name
+    specs = args.teachers or (
+        [dict(name=args.teacher, at_student_size=at_student_size, **own)] if args.teacher else []
+    )
     # teacher settings given beside a cache without a teacher's name: the fingerprint keys of the
     # cache's teacher they must equal (a member's own, and the ensemble's mode)
     given = {f'teacher {field}': (flags[0], own[field], options['default'])
@@ -222,6 +225,7 @@ def teacher_setup(args: argparse.Namespace) -> TeacherSetup:
             std=freeze(spec['std']),
             input_size=freeze(spec['input_size']),
             dtype=spec['dtype'],
+            at_student_size=spec.get('at_student_size', False),
         )
         for spec in specs
     )
