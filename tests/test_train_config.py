@@ -214,10 +214,7 @@ REFUSED = {
     'split_bn',
     'naflex_loader',
     'tta',
-    'kd_distill_type',
-    'kd_loss_type',
-    'kd_student_feature_dim',
-    'kd_teacher_feature_dim',
+    'kd_loss_type',  # timm's only logit loss is kl: timm refuses another too
 }
 
 

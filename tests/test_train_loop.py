@@ -669,7 +669,7 @@ def test_log_wandb_offline_without_an_account(image_folder, tmp_path, monkeypatc
     'extra, message',
     [
         (['--torchscript'], 'error: --torchscript is not supported by timm-kd: '),
-        (['--kd-distill-type', 'token'], 'error: --kd-distill-type is not supported by timm-kd: '),
+        (['--kd-loss-type', 'mse'], 'error: --kd-loss-type is not supported by timm-kd: '),
         (['--model', 'no_such_model'], "error: unknown --model 'no_such_model'"),
         (['--model-dtype', 'bfloat16', '--amp'], 'error: --model-dtype bfloat16 with --amp'),
     ],

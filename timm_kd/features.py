@@ -65,7 +65,9 @@ def forward_features(
     final, intermediates = model.forward_intermediates(x, indices=order)
     by_stage = dict(zip(order, intermediates))
     pre_logits = model.forward_head(final, pre_logits=True)
-    logits = model.get_classifier()(pre_logits)
+    head = model.get_classifier()
+    # a distilled transformer has two heads on two tokens: its own head pools them
+    logits = model.forward_head(final) if isinstance(head, tuple) else head(pre_logits)
     return logits, Features([by_stage[s] for s in stages], pre_logits)
 
 

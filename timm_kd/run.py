@@ -107,7 +107,9 @@ class ProcessSpec:
 @dataclass(frozen=True)
 class LossSpec:
     """One student's distillation terms: the losses (resolved weights and hyperparameters), the
-    stages the feature losses compare, deep supervision, and the hard-label weight."""
+    stages the feature losses compare, deep supervision, and the hard-label weight.
+    `distill_token`: the logit losses train the student's distillation head (DeiT's token, timm's
+    `--kd-distill-type token`) and the hard-label loss its class head."""
 
     names: Tuple[str, ...] = ('kd',)
     weights: Tuple[float, ...] = (1.0,)
@@ -117,6 +119,7 @@ class LossSpec:
     deep_supervision: Tuple[int, ...] = ()
     deep_supervision_weight: float = 1.0
     ori_weight: float = 1.0
+    distill_token: bool = False
 
     def needs(self, what: str) -> List[str]:
         """The losses that declare `what` ('needs_labels', 'needs_index', 'needs_features')."""

@@ -35,7 +35,13 @@ class AuxHead(nn.Module):
 
 class KDStudent(nn.Module):
     """student + KD losses + auxiliary heads; `forward`
-    returns (student logits, {component: loss})."""
+    returns (student logits, {component: loss}).
+
+    With `distill_token` the student is a distilled transformer (DeiT's distillation token, timm's
+    `set_distilled_training`): in training it returns (class logits, distillation logits); the
+    logit losses and deep supervision read the teacher into the distillation head, the returned
+    logits (the hard-label loss, the metrics) are the class head's. In eval mode the model itself
+    averages its two heads, as timm's does."""
 
     def __init__(
         self,
@@ -45,9 +51,19 @@ class KDStudent(nn.Module):
         aux_stages: Sequence[int] = (),
         aux_heads: Optional[Sequence[nn.Module]] = None,
         teacher_stages: Optional[Sequence[int]] = None,
+        distill_token: bool = False,
     ):
         super().__init__()
         self.student = student
+        self.distill_token = distill_token
+        if distill_token:
+            if not hasattr(student, 'set_distilled_training'):
+                raise KDError(
+                    f'--kd-distill-type token trains a distillation token, and '
+                    f'{type(student).__name__} has none; use a distilled model (e.g. '
+                    'deit_tiny_distilled_patch16_224) or drop --kd-distill-type token'
+                )
+            student.set_distilled_training(True)
         self.kd_losses = nn.ModuleDict(kd_losses or {})
         self.student_stages = list(student_stages)
         self.aux_stages = list(aux_stages)
@@ -80,12 +96,15 @@ class KDStudent(nn.Module):
                 self.student, x, self.student_stages + self.aux_stages
             )
         losses: Dict[str, torch.Tensor] = {}
+        distilled = logits  # what the logit losses train: the distillation head, if there is one
+        if isinstance(logits, tuple):  # a distilled model in training: (class, distillation)
+            logits, distilled = logits
         if teacher is None:
             return logits, losses
         n = len(self.student_stages)
         for name, loss in self.kd_losses.items():
             if loss.kind == 'logit':
-                losses[f'{name}_loss'] = loss(logits, teacher.logits, target)
+                losses[f'{name}_loss'] = loss(distilled, teacher.logits, target)
             else:
                 kwargs = {'index': index} if getattr(loss, 'needs_index', False) else {}
                 losses[f'{name}_loss'] = loss(
@@ -169,7 +188,7 @@ def create_kd_student(
     teacher's `FeatureSpec`; losses that need the dataset size (crd) get `num_samples`.
     """
     loss_kwargs = {name: dict(kwargs) for name, kwargs in losses.kwargs}
-    loss_names, aux_stages = losses.names, losses.deep_supervision
+    loss_names, aux_stages, token = losses.names, losses.deep_supervision, losses.distill_token
     if teacher is None:
         if aux_stages:
             raise KDError(
@@ -208,4 +227,4 @@ def create_kd_student(
         AuxHead(specs[0].map_shapes[len(s_stages) + i][0], num_classes)
         for i in range(len(a_stages))
     ]
-    return KDStudent(student, losses, s_stages, a_stages, heads, t_stages)
+    return KDStudent(student, losses, s_stages, a_stages, heads, t_stages, token)

@@ -12,8 +12,10 @@ from .crd import ContrastiveRepresentationKD
 from .dist import DIST
 from .dkd import DecoupledKD
 from .fitnet import FitNet
+from .hard import HardLabelKD
 from .kd import KLDivergenceKD
 from .ls import LogitStandardizedKD
+from .prelogits import PreLogitsMSE
 from .registry import (
     create_kd_loss,
     get_kd_loss_class,
@@ -36,10 +38,12 @@ __all__ = [
     'DecoupledKD',
     'DIST',
     'LogitStandardizedKD',
+    'HardLabelKD',
     'FitNet',
     'AttentionTransfer',
     'CorrelationCongruence',
     'RelationalKD',
     'ContrastiveRepresentationKD',
     'ReviewKD',
+    'PreLogitsMSE',
 ]

@@ -260,6 +260,7 @@ def student_spec(args: argparse.Namespace) -> StudentSpec:
         deep_supervision=freeze(args.kd_deep_supervision),
         deep_supervision_weight=args.kd_deep_supervision_weight,
         ori_weight=args.ori_loss_weight,
+        distill_token=args.kd_distill_type == 'token',
     )
     criterion = CriterionSpec(
         bce=args.bce_loss,

@@ -331,6 +331,10 @@ def resolve_timm_kd(args: argparse.Namespace) -> None:
     - `--kd-model-name` is the teacher; with it the temperature defaults to timm's 4.
     - `--distill-loss-weight D`: KD weight D. `--task-loss-weight W`: hard-label weight W, and KD
       weight 1 - W unless D (or --kd-loss-weight) is given.
+    - `--kd-distill-type feature` (timm's feature task) is our `prelogits` loss, its widths
+      `--kd-student-feature-dim`/`--kd-teacher-feature-dim`; `token` (timm's token task) trains
+      the distillation token with `kd` (soft) or `hard` (`--kd-token-distill-type hard`). Each
+      replaces the default loss; with --kd-loss given, that stands.
     - Unset ours default to the paper's: weights 1:1.
     """
     if args.kd_model_name:
@@ -343,6 +347,15 @@ def resolve_timm_kd(args: argparse.Namespace) -> None:
         args.teacher_at_student_size = True  # as timm's task feeds it (run.TeacherSpec)
         if args.kd_temperature is None:
             args.kd_temperature = TIMM_KD_TEMPERATURE
+    # without a teacher timm ignores its task flags, and so do we
+    default_loss = args.kd_loss in (None, ['kd']) and bool(args.teacher or args.teacher_cache)
+    for who in ('student', 'teacher'):  # the widths timm's feature task is given
+        if getattr(args, f'kd_{who}_feature_dim') is not None:
+            setattr(args, f'prelogits_{who}_dim', getattr(args, f'kd_{who}_feature_dim'))
+    if args.kd_distill_type == 'feature' and default_loss:
+        args.kd_loss = ['prelogits']
+    elif args.kd_distill_type == 'token' and args.kd_token_distill_type == 'hard' and default_loss:
+        args.kd_loss = ['hard']
     if args.task_loss_weight is not None:
         if args.ori_loss_weight is not None and args.ori_loss_weight != args.task_loss_weight:
             raise KDError(

@@ -789,7 +789,9 @@ def _add_timm_kd(p: argparse.ArgumentParser) -> None:
         default='logit',
         type=str,
         choices=['logit', 'feature', 'token'],
-        help='timm task type; logit = our kd loss (for features use --kd-loss fitnet, at, ...)',
+        help="timm's task: logit (the logit losses), feature (the pooled pre-logits regressed, "
+        'MSE: --kd-loss prelogits), token (the logit losses train the distillation token of a '
+        'distilled model; --kd-token-distill-type hard: --kd-loss hard)',
     )
     g.add_argument(
         '--kd-loss-type', default='kl', type=str, help='timm logit loss; kl = our kd loss'
@@ -818,20 +820,23 @@ def _add_timm_kd(p: argparse.ArgumentParser) -> None:
         '--kd-student-feature-dim',
         default=None,
         type=int,
-        help="timm's feature task only (use --kd-loss fitnet)",
+        help="the student's pre-logits width (--kd-distill-type feature; checked against the "
+        'model)',
     )
     g.add_argument(
         '--kd-teacher-feature-dim',
         default=None,
         type=int,
-        help="timm's feature task only (use --kd-loss fitnet)",
+        help="the teacher's pre-logits width (--kd-distill-type feature; checked against the "
+        'model)',
     )
     g.add_argument(
         '--kd-token-distill-type',
         default='soft',
         type=str,
         choices=['soft', 'hard'],
-        help="timm's token task only",
+        help='--kd-distill-type token: soft (KL at --kd-temperature: --kd-loss kd) or hard (CE '
+        "against the teacher's top-1: --kd-loss hard)",
     )
 
 
@@ -871,22 +876,9 @@ UNSUPPORTED: Dict[str, Tuple[Callable[[Any], bool], str]] = {
         "train.py's validation loader does not repeat images, so test-time averaging would mix "
         'different images; evaluate with python -m timm_kd.validate',
     ),
-    'kd_distill_type': (
-        lambda v: v != 'logit',
-        'timm_kd distills features with its own losses: use --kd-loss '
-        'fitnet (or at, cc, rkd, crd, review) and --kd-student-stages',
-    ),
     'kd_loss_type': (
         lambda v: v != 'kl',
         "timm's only logit loss is kl; choose ours with --kd-loss (kd, dkd, dist, ...)",
-    ),
-    'kd_student_feature_dim': (
-        lambda v: v is not None,
-        "it belongs to timm's feature task; use --kd-loss fitnet",
-    ),
-    'kd_teacher_feature_dim': (
-        lambda v: v is not None,
-        "it belongs to timm's feature task; use --kd-loss fitnet",
     ),
 }
 
