@@ -74,6 +74,21 @@ def test_fitnet_regresses_student_maps_onto_teacher_maps():
     _check(loss_fn(s, t), ref, s, s2)
 
 
+@pytest.mark.parametrize('t_dim', [6, 5])  # same width: no projection; other: a linear one
+def test_prelogits_regresses_the_projected_pre_logits(t_dim):
+    s, t, s_spec, t_spec = _pair([(4, 4, 4)], 6, [(3, 4, 4)], t_dim)
+    loss_fn = create_kd_loss('prelogits', student=s_spec, teacher=t_spec).double()
+    s2 = _clone(s)
+    f_s = s2.pre_logits
+    if t_dim != 6:
+        w, b = loss_fn.projection.weight, loss_fn.projection.bias
+        f_s = torch.stack([w @ row + b for row in f_s])
+    else:
+        assert loss_fn.projection is None
+    ref = ((f_s - t.pre_logits) ** 2).sum() / t.pre_logits.numel()
+    _check(loss_fn(s, t), ref, s, s2)
+
+
 def test_at_matches_normalized_attention_maps():
     s, t, s_spec, t_spec = _pair([(4, 3, 3), (2, 2, 2)], 6, [(7, 3, 3), (3, 2, 2)], 5)
     s2 = _clone(s)
@@ -219,7 +234,7 @@ def test_review_outputs_teacher_shapes_and_warms_up():
     assert len(loss_fn.fusions) == 3 and loss_fn.fusions[-1].attention is None
 
 
-@pytest.mark.parametrize('name', ['fitnet', 'at', 'cc', 'rkd', 'crd', 'review'])
+@pytest.mark.parametrize('name', ['fitnet', 'at', 'cc', 'rkd', 'crd', 'review', 'prelogits'])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 def test_feature_losses_run_in_low_precision(name, dtype):
     s_shapes, t_shapes = [(4, 4, 4), (6, 2, 2)], [(3, 8, 8), (5, 4, 4)]

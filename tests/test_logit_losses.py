@@ -1,4 +1,4 @@
-"""Golden-value tests of the logit losses (bkd, bkl, dkd, dist, ls): each against the formula
+"""Golden-value tests of the logit losses (bkd, bkl, dkd, dist, ls, hard): each against the formula
 written out here in float64 (loops and explicit softmax/sigmoid), values and gradients to 1e-6, plus
 dense mixup targets."""
 
@@ -75,7 +75,13 @@ def _inputs(seed=0):
     return s, t, labels, dense.double() * 0.9 + 0.1 / C
 
 
+def _hard_ref(s, t):  # DeiT's hard distillation: CE against the teacher's top-1, batch mean
+    rows = [-torch.log(_softmax(s[i])[int(t[i].argmax())]) for i in range(s.shape[0])]
+    return torch.stack(rows).mean()
+
+
 CASES = [
+    ('hard', dict(), lambda s, t, y: _hard_ref(s, t)),
     ('bkd', dict(temperature=1.0), lambda s, t, y: _bkd_ref(s, t, 1.0)),
     ('bkd', dict(temperature=2.0), lambda s, t, y: _bkd_ref(s, t, 2.0)),
     ('bkl', dict(temperature=1.0), lambda s, t, y: _bkl_ref(s, t, 1.0)),
