@@ -357,8 +357,7 @@ STAGES = ['--kd-student-stages', '2', '3', '--kd-teacher-stages', '1', '3']
 
 @pytest.mark.parametrize(
     'method',
-    ['kd', 'bkd', 'bkl', 'dkd', 'dist', 'ls', 'hard', 'fitnet', 'at', 'cc', 'rkd', 'crd', 'review',
-     'prelogits'],  # fmt: skip
+    'kd bkd bkl dkd dist ls hard fitnet at cc rkd crd review prelogits'.split(),
 )
 def test_every_method_trains_a_resnet_student_from_a_vit_teacher(
     method, vit_teacher, image_folder, tmp_path
