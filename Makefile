@@ -14,8 +14,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q $(TORCH_SPEC) -e '.[test]'
 	touch $@
 
+# two processes (pytest-xdist): the suite's subprocess and torchrun tests spend much of their time
+# starting Python and waiting; `-p no:xdist` runs it in one
 test: env
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n 2 tests
 
 # ruff's linter and formatter (pyproject.toml): lines under 100 columns, prose included
 lint: env
