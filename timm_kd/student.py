@@ -39,8 +39,8 @@ class KDStudent(nn.Module):
 
     With `distill_token` the student is a distilled transformer (DeiT's distillation token, timm's
     `set_distilled_training`): in training it returns (class logits, distillation logits); the
-    logit losses and deep supervision read the teacher into the distillation head, the returned
-    logits (the hard-label loss, the metrics) are the class head's. In eval mode the model itself
+    logit losses train the distillation head on the teacher, and the returned logits (the
+    hard-label loss, the metrics) are the class head's. In eval mode the model itself
     averages its two heads, as timm's does."""
 
     def __init__(

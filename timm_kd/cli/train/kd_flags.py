@@ -348,9 +348,10 @@ def resolve_timm_kd(args: argparse.Namespace) -> None:
         if args.kd_temperature is None:
             args.kd_temperature = TIMM_KD_TEMPERATURE
     # without a teacher timm ignores its task flags, and so do we
-    default_loss = args.kd_loss in (None, ['kd']) and bool(args.teacher or args.teacher_cache)
+    teacher = bool(args.teacher or args.teacher_cache)
+    default_loss = args.kd_loss in (None, ['kd']) and teacher
     for who in ('student', 'teacher'):  # the widths timm's feature task is given
-        if getattr(args, f'kd_{who}_feature_dim') is not None:
+        if teacher and getattr(args, f'kd_{who}_feature_dim') is not None:
             setattr(args, f'prelogits_{who}_dim', getattr(args, f'kd_{who}_feature_dim'))
     if args.kd_distill_type == 'feature' and default_loss:
         args.kd_loss = ['prelogits']
