@@ -231,3 +231,22 @@ def test_a_recovery_keeps_each_ranks_sums_and_each_rank_resumes_its_own():
     p0, p1, r0, r1 = (torch.tensor(v) for v in (2.818378448486328, 7.558042049407959,
                                                 6.183690071105957, 2.50506329536438))  # fmt: skip
     assert ((p0 + p1) + r0) + r1 != (p0 + r0) + (p1 + r1)  # why the order matters
+
+
+def test_tta_validation_reduces_outputs_as_timms_train_py():
+    """--tta r: each run of r consecutive outputs of a batch is averaged and scored against the
+    first of their targets, as timm's train.py's validate does."""
+    from timm_kd.engine import validate
+
+    torch.manual_seed(0)
+    model = timm.create_model('test_resnet', num_classes=4).eval()
+    task = DistillationTask(model, nn.CrossEntropyLoss())
+    x, y = torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 2, 3, 0, 1])
+    loader = [(x[:4], y[:4]), (x[4:], y[4:])]
+    got = validate(task, loader, device=torch.device('cpu'), settings=LoopSettings(tta=2))
+    with torch.no_grad():
+        out = model(x).unfold(0, 2, 2).mean(dim=2)  # both batches split evenly into pairs
+    target = y[0::2]
+    top1 = (out.argmax(-1) == target).float().mean() * 100
+    assert got['top1'] == pytest.approx(float(top1))
+    assert got['loss'] == pytest.approx(float(nn.functional.cross_entropy(out, target)), rel=1e-5)

@@ -213,7 +213,6 @@ REFUSED = {
     'jsd_loss',
     'split_bn',
     'naflex_loader',
-    'tta',
     'kd_loss_type',  # timm's only logit loss is kl: timm refuses another too
 }
 

@@ -155,6 +155,7 @@ class LoopSettings:
     on_log: Optional[Callable[[int, torch.Tensor], None]] = None  # (batch index, input) at a log
     batch_loss_scale: str = 'none'
     batch_size_reference: Optional[float] = None
+    tta: int = 0  # timm's --tta: validation averages each run of this many consecutive outputs
 
 
 def train_one_epoch(
@@ -293,14 +294,23 @@ def validate(
     log_suffix: str = '',
 ) -> Dict[str, Any]:
     """Loss, top-1 and top-5 (percent) of the student (or its EMA) on `loader`, reduced over ranks
-    (under the autocast, DDP and logging of `settings`)."""
+    (under the autocast, DDP and logging of `settings`).
+
+    With `settings.tta` = r > 1, as timm's train.py: each run of r consecutive outputs of a batch is
+    averaged and scored against the first of their targets (timm's reduction, meant for a loader
+    that repeats each image r times; a batch's remainder of fewer than r images is dropped)."""
     model = task.get_eval_model(ema=ema)
     model.eval()
-    evaluator = task.create_evaluator(max_samples=evaluation_sample_limit(loader))
+    r = settings.tta if settings.tta > 1 else 1
+    limit = evaluation_sample_limit(loader)
+    evaluator = task.create_evaluator(max_samples=None if limit is None else -(-limit // r))
     for input, target in loader:
         input, target = to_device(input, target, device, channels_last, input_dtype)
         with settings.amp_autocast():
             output = model(input)
+        if r > 1:
+            output = output.unfold(0, r, r).mean(dim=2)
+            target = target[0 : len(output) * r : r]
         evaluator.update(output.float(), target)
     metrics = evaluator.compute(distributed=settings.distributed)
     if settings.is_primary:

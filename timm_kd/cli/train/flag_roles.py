@@ -64,7 +64,7 @@ _BY_ROLE = {
         wandb_tags wandb_resume_id teacher_cache teacher_channels_last teacher_compile
         teacher_inference_mode allow_unsafe_pickle stop_epoch max_skipped_fraction
         naflex_train_seq_lens naflex_max_seq_len naflex_patch_sizes naflex_patch_size_probs
-        naflex_loss_scale naflex_patchify_channels_first
+        naflex_loss_scale naflex_patchify_channels_first tta
     """,
 }
 FLAG_ROLES: Dict[str, str] = {

@@ -200,7 +200,7 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
         on_log=(lambda i, x: _save_images(out_dir, i, x))
         if args.save_images and process.is_primary else None,
         batch_loss_scale=args.variable_batch_loss_scale if scheduled else 'none',
-        batch_size_reference=batch_reference,
+        batch_size_reference=batch_reference, tta=args.tta,
     )  # fmt: skip
     return Training(args, run, process, jobs, teacher, stream, eval_loader, settings,
                     eval_metric, start_epoch, skip_batches, stop_epoch,

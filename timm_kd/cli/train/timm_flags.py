@@ -658,7 +658,14 @@ def _add_misc(p: argparse.ArgumentParser) -> None:
         metavar='EVAL_METRIC',
         help='metric that picks the best checkpoint',
     )
-    g.add_argument('--tta', type=int, default=0, metavar='N', help='test-time augmentation factor')
+    g.add_argument(
+        '--tta',
+        type=int,
+        default=0,
+        metavar='N',
+        help='validation averages each run of N consecutive outputs, as timm does (its loader '
+        'does not repeat images)',
+    )
     g.add_argument(
         '--use-multi-epochs-loader',
         action='store_true',
@@ -871,11 +878,6 @@ UNSUPPORTED: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     'jsd_loss': (bool, 'it needs --aug-splits (AugMix), which distillation does not support'),
     'split_bn': (bool, 'it needs --aug-splits (AugMix), which distillation does not support'),
     'naflex_loader': (bool, 'NaFlex batches are patch dictionaries and the teacher needs images'),
-    'tta': (
-        lambda v: v > 1,
-        "train.py's validation loader does not repeat images, so test-time averaging would mix "
-        'different images; evaluate with python -m timm_kd.validate',
-    ),
     'kd_loss_type': (
         lambda v: v != 'kl',
         "timm's only logit loss is kl; choose ours with --kd-loss (kd, dkd, dist, ...)",
