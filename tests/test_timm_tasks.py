@@ -38,7 +38,8 @@ def _batch(classes):
 
 
 def _close(a, b):
-    assert abs(float(a) - float(b)) <= 1e-6 * max(1.0, abs(float(b))), (float(a), float(b))
+    a, b = float(a.detach()), float(b.detach())
+    assert abs(a - b) <= 1e-6 * max(1.0, abs(b)), (a, b)
 
 
 WEIGHTS = [[], ['--task-loss-weight', '0.3'],
