@@ -34,7 +34,8 @@ ACTIONS = {a.dest: a for a in PARSER._actions}
 ROLES = flag_roles(PARSER)
 # Flips that the rule in `_flip` cannot write (a value of the right shape that differs)
 FLIPS = {
-    'model': ['--model', 'resnet18'],  # another data config (ImageNet mean/std)
+    'model': ['--model', 'resnet18'],
+    'aug_splits': ['--aug-splits', '2'],  # another data config (ImageNet mean/std)
     'teachers': ['--teacher', 'test_vit', '--teacher', 'test_resnet'],
     'teacher': ['--teacher', 'test_resnet'],
     'kd_model_name': ['--kd-model-name', 'test_resnet'],

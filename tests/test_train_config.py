@@ -209,9 +209,6 @@ SAMPLE = {'int': '3', 'float': '0.5', None: 'x', 'str': 'x'}
 # (configs load) but refused with one line when used
 REFUSED = {
     'torchscript',
-    'aug_splits',
-    'jsd_loss',
-    'split_bn',
     'naflex_loader',
     'kd_loss_type',  # timm's only logit loss is kl: timm refuses another too
 }

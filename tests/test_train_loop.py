@@ -727,3 +727,57 @@ def test_start_up_is_logged_as_timm_logs_it(image_folder, tmp_path, caplog):
     assert 'Created SGD (sgd) optimizer: lr 1.000e-02, weight decay 2e-05' in lines
     assert 'AMP not enabled. Training in float32.' in lines
     assert 'Scheduled epochs: 1. LR stepped per epoch.' in lines
+
+
+def test_augmix_splits_distill_as_timm_trains_them(image_folder, tmp_path, monkeypatch):
+    """--aug-splits 3 --jsd-loss --split-bn, as timm's train.py: each batch holds 3 AugMix views of
+    every image (split-major, the teacher sees all of them), the hard-label loss is the JSD
+    consistency loss, the student's BatchNorm keeps statistics per split; the views replay, so
+    loader workers change nothing."""
+    teacher = tmp_path / 't.pth'
+    torch.save(__import__('timm').create_model('test_resnet', num_classes=3).state_dict(), teacher)
+    seen = []
+    infer = Teacher._infer
+    monkeypatch.setattr(
+        Teacher, '_infer', lambda self, x, s: seen.append(len(x)) or infer(self, x, s)
+    )
+    flags = [image_folder, '--model', 'test_resnet', *FAST, '--epochs', '1', '--aug-splits', '3',
+             '--jsd-loss', '--split-bn', '--teacher', 'test_resnet', '--teacher-checkpoint',
+             str(teacher), '--output', str(tmp_path)]  # fmt: skip
+    train_kd.main([*flags, '--experiment', 'w0'])
+    assert seen and all(n == 3 * 8 for n in seen)  # 48 images, batches of 8 images x 3 views
+    with safe_globals():
+        state = torch.load(tmp_path / 'w0' / 'last.pth.tar', weights_only=True)['state_dict']
+    assert any('aux_bn' in k for k in state)  # timm's SplitBatchNorm2d
+    train_kd.main([*flags, '--experiment', 'w2', '-j', '2'])
+    assert _summary(tmp_path / 'w0' / 'summary.csv') == _summary(tmp_path / 'w2' / 'summary.csv')
+
+
+@pytest.mark.parametrize(
+    'extra, message',
+    [
+        (['--aug-splits', '1'], '--aug-splits 1 makes no sense'),
+        (['--aug-splits', '2', '--no-prefetcher'], '--aug-splits 2 needs the prefetcher'),
+        (['--aug-splits', '2', '--mixup', '0.5'], '--aug-splits 2 with mixup/cutmix'),
+        (['--jsd-loss'], '--jsd-loss compares the AugMix splits'),
+        (['--split-bn'], '--split-bn keeps BatchNorm statistics per AugMix split'),
+    ],
+)
+def test_what_timm_asserts_of_augmix_splits_is_one_line(
+    image_folder, tmp_path, run_cli, extra, message
+):
+    result = run_cli(
+        train_kd.cli, image_folder, *FAST, '--output', tmp_path, '--model', 'test_resnet', *extra
+    )
+    assert result.returncode == 2 and 'Traceback' not in result.stderr
+    assert message in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_cache_is_not_built_over_augmix_splits(image_folder, tmp_path, run_cli):
+    from timm_kd.cli.cache import main as cache_main
+
+    result = run_cli(cache_main, 'build', image_folder, '--model', 'test_resnet', *FAST,
+                     '--teacher', 'test_resnet', '--aug-splits', '2', '--top-k', '2',
+                     '--out', tmp_path / 'c')  # fmt: skip
+    assert result.returncode == 2
+    assert 'the teacher cache stores one answer per sample' in result.stderr.splitlines()[-1]

@@ -70,6 +70,7 @@ class LoaderOptions:
     gaussian_blur_prob: Optional[float] = None
     aa: Optional[str] = None
     aug_repeats: float = 0
+    aug_splits: int = field(default=0, metadata=IF_SET)  # AugMix: views per image, in one batch
     reprob: float = 0.0
     remode: str = 'pixel'
     recount: int = 1
@@ -254,6 +255,23 @@ def mixup_args(opts: LoaderOptions, num_classes: int) -> Optional[Dict[str, Any]
     )
 
 
+def _check_aug_splits(opts: LoaderOptions, mixing: bool, prefetcher: bool) -> None:
+    """What timm's train.py asserts of AugMix splits (`--aug-splits N`: N views of each image in one
+    batch, split-major, which timm's prefetcher collates), as one line each."""
+    if opts.aug_splits == 1:
+        raise KDError('--aug-splits 1 makes no sense (one view is no split); pass 2 or more, or 0')
+    if opts.aug_splits > 1 and not prefetcher:
+        raise KDError(
+            f'--aug-splits {opts.aug_splits} needs the prefetcher, whose collate concatenates the '
+            'views (as in timm); drop --no-prefetcher'
+        )
+    if opts.aug_splits > 1 and mixing:
+        raise KDError(
+            f'--aug-splits {opts.aug_splits} with mixup/cutmix: timm cannot mix AugMix splits '
+            '(its collate would interleave them); drop --mixup/--cutmix or --aug-splits'
+        )
+
+
 def create_loaders(
     opts: LoaderOptions,
     train_set: Any,
@@ -279,6 +297,7 @@ def create_loaders(
             f'the copies of an image over them; pass --aug-repeats 0 to train in one process'
         )
     mix = mixup_args(opts, num_classes)
+    _check_aug_splits(opts, mix is not None, prefetcher)
     mixup_fn = Mixup(**mix) if mix is not None else None
     train_interpolation = opts.train_interpolation
     if opts.no_aug or not train_interpolation:
@@ -314,6 +333,7 @@ def create_loaders(
         gaussian_blur_prob=opts.gaussian_blur_prob,
         auto_augment=opts.aa,
         num_aug_repeats=int(opts.aug_repeats),
+        num_aug_splits=opts.aug_splits if opts.aug_splits > 1 else 0,
         interpolation=train_interpolation,
         worker_seeding=opts.worker_seeding,
         use_multi_epochs_loader=opts.use_multi_epochs_loader,

@@ -131,9 +131,12 @@ class LossSpec:
 
 @dataclass(frozen=True)
 class CriterionSpec:
-    """The hard-label loss as timm's train.py picks it: BCE, or cross entropy on dense targets
-    (mixup/cutmix) or on smoothed labels."""
+    """The hard-label loss as timm's train.py picks it: the Jensen-Shannon consistency loss over
+    AugMix splits (`--jsd-loss`), BCE, or cross entropy on dense targets (mixup/cutmix) or on
+    smoothed labels."""
 
+    jsd: bool = False  # --jsd-loss, over the `splits` AugMix views of each image
+    splits: int = 0
     bce: bool = False
     smoothing: float = 0.1
     soft_targets: bool = False  # mixup/cutmix hand out dense targets

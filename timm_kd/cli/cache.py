@@ -65,6 +65,7 @@ def build(argv: Optional[List[str]] = None) -> str:
     device = process.device
     setup = setup_run(args, [args], process, with_eval=False)  # as training sets up its stream
     run, train_set, num_classes = setup.run, setup.train_set, setup.run.num_classes
+    _one_view_per_sample(run)  # before the teacher loads
     images = decoded_images(train_set)  # each sample's checksum, recorded as it is read
     if images is not None:
         images.start_recording()
@@ -131,6 +132,14 @@ def build_flags() -> argparse.ArgumentParser:
         help="also record each training file's modification time in the dataset signature",
     )
     return own
+
+
+def _one_view_per_sample(run: RunSpec) -> None:
+    if run.views.aug_splits > 1:
+        raise KDError(
+            f'--aug-splits {run.views.aug_splits} puts several views of each image in a batch, and '
+            'the teacher cache stores one answer per sample; distill with a live teacher'
+        )
 
 
 def _buildable(mine: Any, run: RunSpec, replayable: bool) -> Layout:

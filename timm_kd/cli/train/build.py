@@ -9,8 +9,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 
 import torch
-from timm.data import resolve_data_config
-from timm.layers import set_fast_norm
+from timm.data import AugMixDataset, resolve_data_config
+from timm.layers import convert_splitbn_model, set_fast_norm
 from timm.models import create_model
 from timm.optim import optimizer_kwargs
 from timm.scheduler import scheduler_kwargs
@@ -80,6 +80,13 @@ def training_stream(
     """
     run = setup.run
     train_set = IndexedTargets(setup.train_set) if needs_index else setup.train_set
+    if run.views.aug_splits > 1:  # AugMix: each image's views, augmented as timm does
+        if needs_index or run.data.unlabeled_data:
+            raise KDError(
+                f'--aug-splits {run.views.aug_splits} puts several views of an image in a batch; '
+                'losses that keep per-sample state (crd) and --unlabeled-data need one view each'
+            )
+        train_set = AugMixDataset(train_set, num_splits=run.views.aug_splits)
     dtype = DTYPES[run.process.model_dtype] if run.process.model_dtype else None
     loader, eval_loader, mixup_fn = create_loaders(
         run.views,
@@ -177,12 +184,24 @@ def create_student(
         torch.nn.init.constant_(student.get_classifier().bias, args.head_init_bias)
     if args.grad_checkpointing:
         student.set_grad_checkpointing(True)
+    student = _split_bn(student, args.split_bn, args.aug_splits, args.resplit)
     student.to(device=process.device, dtype=model_dtype(args))
     if args.channels_last:
         student.to(memory_format=torch.channels_last)
     if process.distributed and args.sync_bn:
         student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
     return student
+
+
+def _split_bn(student: torch.nn.Module, split_bn: bool, splits: int, resplit: bool):
+    """timm's --split-bn: BatchNorm statistics per AugMix split (or per random-erasing split with
+    --resplit), as timm's train.py converts the student."""
+    if not split_bn:
+        return student
+    if splits < 2 and not resplit:
+        raise KDError('--split-bn keeps BatchNorm statistics per AugMix split: add --aug-splits 2 '
+                      '(or more), or --resplit, or drop --split-bn')  # fmt: skip
+    return convert_splitbn_model(student, max(splits, 2))
 
 
 def check_checkpoint(flag: str, path: Optional[str], allow_pickle: bool = False) -> None:
@@ -263,6 +282,8 @@ def student_spec(args: argparse.Namespace) -> StudentSpec:
         distill_token=args.kd_distill_type == 'token',
     )
     criterion = CriterionSpec(
+        jsd=args.jsd_loss,
+        splits=args.aug_splits,
         bce=args.bce_loss,
         smoothing=args.smoothing,
         soft_targets=mixup_args(loader_options(args), 0) is not None,

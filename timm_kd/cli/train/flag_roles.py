@@ -30,8 +30,8 @@ _BY_ROLE = {
         batch_size grad_accum_steps model_dtype seed worker_seeding no_prefetcher
         use_multi_epochs_loader no_aug train_crop_mode scale ratio hflip vflip color_jitter
         color_jitter_prob grayscale_prob gaussian_blur_prob aa aug_repeats reprob remode recount
-        resplit mixup cutmix cutmix_minmax mixup_prob mixup_switch_prob mixup_mode mixup_off_epoch
-        smoothing train_interpolation
+        resplit aug_splits mixup cutmix cutmix_minmax mixup_prob mixup_switch_prob mixup_mode
+        mixup_off_epoch smoothing train_interpolation
         train_img_sizes train_batch_sizes train_size_probs train_size_schedule
         train_size_schedule_spread train_size_random_mix train_batches_per_epoch
         teacher teachers kd_model_name teacher_checkpoint teacher_weight teacher_kwargs
@@ -52,7 +52,7 @@ _BY_ROLE = {
         bn_momentum bn_eps sync_bn dist_bn model_ema model_ema_force_cpu model_ema_decay
         model_ema_warmup eval_metric variable_batch_loss_scale
         distill_loss_weight task_loss_weight kd_temperature kd_token_distill_type students
-        kd_distill_type kd_student_feature_dim kd_teacher_feature_dim
+        kd_distill_type kd_student_feature_dim kd_teacher_feature_dim jsd_loss split_bn
         kd_loss kd_loss_weight ori_loss_weight kd_loss_kwargs kd_student_stages kd_teacher_stages
         kd_deep_supervision kd_deep_supervision_weight train_fraction_keep_steps
     """,

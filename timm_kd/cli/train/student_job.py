@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from timm.loss import create_classification_loss
+from timm.loss import JsdCrossEntropy, create_classification_loss
 from timm.models import safe_model_name
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
@@ -259,13 +259,20 @@ def setup_student(
 def _task(spec: StudentSpec, kd_student, teacher, device, primary: bool) -> DistillationTask:
     """The student's distillation task with timm's hard-label loss."""
     c, losses = spec.criterion, spec.losses
-    criterion = create_classification_loss(
-        loss_type='bce' if c.bce else 'ce',
-        smoothing=c.smoothing,
-        soft_targets=c.soft_targets,
-        bce_target_thresh=c.bce_target_thresh,
-        bce_sum=c.bce_sum,
-        pos_weight=c.bce_pos_weight,
+    if c.jsd and c.splits < 2:
+        raise KDError('--jsd-loss compares the AugMix splits of each image: add --aug-splits 2 '
+                      '(or more), or drop --jsd-loss')  # fmt: skip
+    criterion = (
+        JsdCrossEntropy(num_splits=c.splits, smoothing=c.smoothing)
+        if c.jsd
+        else create_classification_loss(
+            loss_type='bce' if c.bce else 'ce',
+            smoothing=c.smoothing,
+            soft_targets=c.soft_targets,
+            bce_target_thresh=c.bce_target_thresh,
+            bce_sum=c.bce_sum,
+            pos_weight=c.bce_pos_weight,
+        )
     )
     return DistillationTask(
         kd_student,

@@ -44,6 +44,7 @@ SHARED_BY_STUDENTS = {
     'std',
     'interpolation',
     'batch_size',
+    'aug_splits',
     'validation_batch_size',
     'channels_last',
     'grad_accum_steps',

@@ -870,13 +870,6 @@ UNSUPPORTED: Dict[str, Tuple[Callable[[Any], bool], str]] = {
         'the student trains inside a distillation task that TorchScript cannot script; '
         'use --torchcompile',
     ),
-    'aug_splits': (
-        bool,
-        'AugMix splits put several views of an image in one batch, which the KD losses would pair '
-        'with the wrong teacher outputs; use --aa or --aug-repeats',
-    ),
-    'jsd_loss': (bool, 'it needs --aug-splits (AugMix), which distillation does not support'),
-    'split_bn': (bool, 'it needs --aug-splits (AugMix), which distillation does not support'),
     'naflex_loader': (bool, 'NaFlex batches are patch dictionaries and the teacher needs images'),
     'kd_loss_type': (
         lambda v: v != 'kl',
