@@ -208,7 +208,6 @@ SAMPLE = {'int': '3', 'float': '0.5', None: 'x', 'str': 'x'}
 # timm flags that cannot apply to distillation: accepted
 # (configs load) but refused with one line when used
 REFUSED = {
-    'torchscript',
     'naflex_loader',
     'kd_loss_type',  # timm's only logit loss is kl: timm refuses another too
 }

@@ -668,7 +668,8 @@ def test_log_wandb_offline_without_an_account(image_folder, tmp_path, monkeypatc
 @pytest.mark.parametrize(
     'extra, message',
     [
-        (['--torchscript'], 'error: --torchscript is not supported by timm-kd: '),
+        (['--torchscript', '--teacher', 'test_resnet'], 'error: --torchscript cannot distill'),
+        (['--torchscript', '--torchcompile'], 'error: --torchscript with --torchcompile'),
         (['--kd-loss-type', 'mse'], 'error: --kd-loss-type is not supported by timm-kd: '),
         (['--model', 'no_such_model'], "error: unknown --model 'no_such_model'"),
         (['--model-dtype', 'bfloat16', '--amp'], 'error: --model-dtype bfloat16 with --amp'),
@@ -781,3 +782,16 @@ def test_a_cache_is_not_built_over_augmix_splits(image_folder, tmp_path, run_cli
                      '--out', tmp_path / 'c')  # fmt: skip
     assert result.returncode == 2
     assert 'the teacher cache stores one answer per sample' in result.stderr.splitlines()[-1]
+
+
+def test_torchscript_trains_a_plain_run_as_timm_does(image_folder, tmp_path):
+    """--torchscript without a teacher: the scripted student trains (EMA too) and its checkpoint
+    loads into the plain architecture."""
+    import timm
+
+    train_kd.main([image_folder, '--model', 'test_resnet', *FAST, '--epochs', '1', '--torchscript',
+                   '--model-ema', '--output', str(tmp_path), '--experiment', 'ts'])  # fmt: skip
+    assert len(_summary(tmp_path / 'ts' / 'summary.csv')) == 1
+    with safe_globals():
+        state = torch.load(tmp_path / 'ts' / 'last.pth.tar', weights_only=True)
+    timm.create_model('test_resnet', num_classes=3).load_state_dict(state['state_dict'])

@@ -190,7 +190,28 @@ def create_student(
         student.to(memory_format=torch.channels_last)
     if process.distributed and args.sync_bn:
         student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
+    if args.torchscript:
+        _check_torchscript(
+            bool(args.teacher or args.teacher_cache), args.torchcompile, args.sync_bn
+        )
+        student = torch.jit.script(student)
     return student
+
+
+def _check_torchscript(teacher: bool, compile: Optional[str], sync_bn: bool) -> None:
+    """--torchscript as timm's train.py takes it: a plain run only (timm's distillation tasks read
+    the student's pretrained_cfg, which a scripted model lacks), without --torchcompile or
+    --sync-bn (timm asserts both)."""
+    if teacher:
+        raise KDError(
+            '--torchscript cannot distill: the distillation task reads the student as a timm model '
+            "(timm's own train.py fails there too); use --torchcompile, or drop the teacher"
+        )
+    if compile or sync_bn:
+        raise KDError(
+            f'--torchscript with --{"torchcompile" if compile else "sync-bn"}: timm scripts the '
+            'model only without them; give one'
+        )
 
 
 def _split_bn(student: torch.nn.Module, split_bn: bool, splits: int, resplit: bool):

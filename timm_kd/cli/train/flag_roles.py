@@ -53,6 +53,7 @@ _BY_ROLE = {
         model_ema_warmup eval_metric variable_batch_loss_scale
         distill_loss_weight task_loss_weight kd_temperature kd_token_distill_type students
         kd_distill_type kd_student_feature_dim kd_teacher_feature_dim jsd_loss split_bn
+        torchscript
         kd_loss kd_loss_weight ori_loss_weight kd_loss_kwargs kd_student_stages kd_teacher_stages
         kd_deep_supervision kd_deep_supervision_weight train_fraction_keep_steps
     """,

@@ -865,11 +865,6 @@ def add_timm_flags(p: argparse.ArgumentParser) -> None:
 # Flags that cannot apply to distillation: (when it
 # counts as used, why). Each is refused with one line.
 UNSUPPORTED: Dict[str, Tuple[Callable[[Any], bool], str]] = {
-    'torchscript': (
-        bool,
-        'the student trains inside a distillation task that TorchScript cannot script; '
-        'use --torchcompile',
-    ),
     'naflex_loader': (bool, 'NaFlex batches are patch dictionaries and the teacher needs images'),
     'kd_loss_type': (
         lambda v: v != 'kl',
