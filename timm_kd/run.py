@@ -135,8 +135,7 @@ class CriterionSpec:
     AugMix splits (`--jsd-loss`), BCE, or cross entropy on dense targets (mixup/cutmix) or on
     smoothed labels."""
 
-    jsd: bool = False  # --jsd-loss, over the `splits` AugMix views of each image
-    splits: int = 0
+    jsd: bool = False  # --jsd-loss, over the AugMix views of each image (the run's aug_splits)
     bce: bool = False
     smoothing: float = 0.1
     soft_targets: bool = False  # mixup/cutmix hand out dense targets

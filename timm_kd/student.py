@@ -55,7 +55,6 @@ class KDStudent(nn.Module):
     ):
         super().__init__()
         self.student = student
-        self.distill_token = distill_token
         if distill_token:
             if not hasattr(student, 'set_distilled_training'):
                 raise KDError(

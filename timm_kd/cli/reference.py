@@ -55,13 +55,11 @@ def _cell(text: str) -> str:
 
 
 def _default(action: argparse.Action) -> str:
-    if action.required or action.default in (None, argparse.SUPPRESS) or action.nargs == 0:
-        if action.nargs == 0 and action.default not in (None, False, argparse.SUPPRESS):
-            return f'`{action.default}`'
+    """The default as the reference shows it: blank when the flag is required, off or empty."""
+    value = action.default
+    if action.required or value is False or value in (None, argparse.SUPPRESS, '', [], {}):
         return ''
-    if action.default == '' or action.default == [] or action.default == {}:
-        return ''
-    return f'`{_cell(action.default)}`'
+    return f'`{_cell(value)}`'
 
 
 def _flag(action: argparse.Action) -> str:

@@ -304,7 +304,6 @@ def student_spec(args: argparse.Namespace) -> StudentSpec:
     )
     criterion = CriterionSpec(
         jsd=args.jsd_loss,
-        splits=args.aug_splits,
         bce=args.bce_loss,
         smoothing=args.smoothing,
         soft_targets=mixup_args(loader_options(args), 0) is not None,

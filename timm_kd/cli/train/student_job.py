@@ -199,7 +199,7 @@ def setup_student(
     """One student's task, optimizer, schedule, EMA and (on the primary process) checkpoint saver,
     from its `spec`; `record` (its parsed flags) is what its checkpoints store as timm's `args`."""
     device, primary = process.device, process.is_primary
-    task = _task(spec, kd_student, teacher, device, primary)
+    task = _task(spec, run.views.aug_splits, kd_student, teacher, device, primary)
     opt = spec.optimizer
     lr = resolve_lr(
         opt.lr, opt.lr_base, opt.lr_base_size, place.global_batch, opt.opt, opt.lr_base_scale
@@ -256,14 +256,17 @@ def setup_student(
     return job
 
 
-def _task(spec: StudentSpec, kd_student, teacher, device, primary: bool) -> DistillationTask:
-    """The student's distillation task with timm's hard-label loss."""
+def _task(
+    spec: StudentSpec, splits: int, kd_student, teacher, device, primary: bool
+) -> DistillationTask:
+    """The student's distillation task with timm's hard-label loss (JSD over the run's `splits`
+    AugMix views with --jsd-loss)."""
     c, losses = spec.criterion, spec.losses
-    if c.jsd and c.splits < 2:
+    if c.jsd and splits < 2:
         raise KDError('--jsd-loss compares the AugMix splits of each image: add --aug-splits 2 '
                       '(or more), or drop --jsd-loss')  # fmt: skip
     criterion = (
-        JsdCrossEntropy(num_splits=c.splits, smoothing=c.smoothing)
+        JsdCrossEntropy(num_splits=splits, smoothing=c.smoothing)
         if c.jsd
         else create_classification_loss(
             loss_type='bce' if c.bce else 'ce',
