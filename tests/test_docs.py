@@ -130,28 +130,30 @@ def with_data(argv, data):
     return [data + t[4:] if t == 'DATA' or t.startswith('DATA/') else t for t in argv]
 
 
-@pytest.fixture(scope='module')
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp('docs')
+def check_command(path, marked, tokens, image_folder, run_cli):
+    """Parse a command of a marked block; run any other, which must be a timm-kd command."""
+    name, argv = program(tokens)
+    line = ' '.join(tokens)
+    if marked:
+        if name is not None:
+            try:
+                parse_only(name, argv)
+            except (SystemExit, KDError) as e:
+                pytest.fail(f'{path}: `{line}` is refused by its parser: {e}')
+        return
+    assert name is not None, f'{path}: `{line}` is not a timm-kd command; mark its block'
+    done = run_command(name, with_data(argv, image_folder), run_cli)
+    assert done.returncode == 0, f'{path}: `{line}` failed: {done.stderr[-2000:]}'
 
 
-@pytest.mark.parametrize('path', documents())
-def test_every_command_runs_or_is_marked(path, workdir, image_folder, run_cli, monkeypatch):
-    monkeypatch.chdir(workdir)
-    for marked, commands in shell_blocks(path):
-        for tokens in commands:
-            name, argv = program(tokens)
-            line = ' '.join(tokens)
-            if marked:
-                if name is not None:
-                    try:
-                        parse_only(name, argv)
-                    except (SystemExit, KDError) as e:
-                        pytest.fail(f'{path}: `{line}` is refused by its parser: {e}')
-                continue
-            assert name is not None, f'{path}: `{line}` is not a timm-kd command; mark its block'
-            done = run_command(name, with_data(argv, image_folder), run_cli)
-            assert done.returncode == 0, f'{path}: `{line}` failed: {done.stderr[-2000:]}'
+def test_every_command_runs_or_is_marked(tmp_path, image_folder, run_cli, monkeypatch):
+    """One test, as the guides build on each other: each document's commands run in the README's
+    order in one working folder (as separate tests, parallel workers would split them)."""
+    monkeypatch.chdir(tmp_path)
+    for path in documents():
+        for marked, commands in shell_blocks(path):
+            for tokens in commands:
+                check_command(path, marked, tokens, image_folder, run_cli)
 
 
 def test_every_guide_is_reachable_from_the_readme():

@@ -46,3 +46,23 @@ def test_classification_loss_factory_arguments():
         'bce_sum',
         'pos_weight',
     } <= set(params)
+
+
+def test_randaugment_at_its_top_magnitude_posterizes_on_every_pillow():
+    """timm's increasing RandAugment keeps 0 bits at magnitude 10 (`rand-m9-mstd0.5-inc1` draws it
+    about once in 44 ops); Pillow 13 refuses 0 bits. Importing timm_kd keeps Pillow 12's result, a
+    black image, and leaves every other bit count to timm."""
+    import numpy as np
+    from PIL import Image, ImageOps
+    from timm.data.auto_augment import AugmentOp, rand_augment_transform
+
+    import timm_kd  # noqa: F401  (the import routes timm's Posterize ops)
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    black = AugmentOp('PosterizeIncreasing', prob=1.0, magnitude=10)(img)
+    assert black.mode == 'RGB' and black.size == img.size and not np.asarray(black).any()
+    two_bits = AugmentOp('PosterizeIncreasing', prob=1.0, magnitude=5)(img)  # 4 - int(2.0) = 2
+    assert np.array_equal(np.asarray(two_bits), np.asarray(ImageOps.posterize(img, 2)))
+    augment = rand_augment_transform('rand-m10-n3-inc1', {})
+    for _ in range(100):  # three ops at magnitude 10 per image: Posterize comes up often
+        augment(img)

@@ -1,6 +1,7 @@
 """timm-kd: knowledge distillation for timm image
 classifiers, with VanillaKD's recipes (Hao et al., 2023)."""
 
+from .compat import patch_timm_augmentations
 from .errors import KDError
 from .features import Features, FeatureSpec
 from .losses import create_kd_loss, list_kd_losses, register_kd_loss
@@ -13,6 +14,7 @@ from .teacher import InputAdapter, Teacher, TeacherOutput, create_teacher
 __version__ = '0.1.0'
 
 register_vkd_checkpoints()  # timm.create_model('resnet50.vkd', pretrained=True) and friends
+patch_timm_augmentations()  # timm's RandAugment at magnitude 10 on Pillow 13
 
 __all__ = [
     'KDError',

@@ -4,7 +4,8 @@ Parsing is two-stage, as in timm: `--config` sets defaults, the command line ove
 `--config` takes a path or the name of a bundled recipe (`resnet50_a2`; `python -m timm_kd.recipes`
 lists them). A YAML file's keys are flag names with underscores; `inherit: other.yaml` loads another
 file first. An `args.yaml` written by timm's train.py or by us loads unchanged: keys that are
-run-time state (`distributed`, `rank`, ...) are ignored, unknown keys are refused with their names.
+run-time state (`distributed`, `rank`, ...) are ignored; keys no flag has (a fork of timm's train.py
+wrote them) are refused with their names, or dropped with --config-ignore-unknown (`config_keys`).
 """
 
 import argparse
@@ -22,6 +23,7 @@ from ...errors import KDError, flat
 from ...hparams import find_recipe
 from ...losses import list_kd_losses
 from ...losses.config import loss_hyperparameters
+from .config_keys import CONFIG_ALIASES, IGNORE_UNKNOWN, RUNTIME_KEYS, foreign_keys, old_timm_keys
 from .kd_flags import (
     TIMM_KD_TEMPERATURE,
     add_kd_flags,
@@ -33,45 +35,6 @@ from .timm_flags import add_timm_flags, refuse_unsupported
 
 _logger = logging.getLogger('timm_kd.train')
 
-# Keys of an args.yaml that describe a finished run rather than a setting (written
-# by timm's train.py, by earlier timm versions, or by earlier timm-kd versions).
-RUNTIME_KEYS = {
-    'distributed',
-    'prefetcher',
-    'rank',
-    'world_size',
-    'dist_backend',
-    'dist_url',
-    'has_compile',
-    'use_amp',
-}
-# Older names of our keys.
-# Older names of our keys, and of timm's (timm 0.4's `jsd` is today's `jsd_loss`).
-CONFIG_ALIASES = {
-    'opt_args': 'opt_kwargs',
-    'teacher_pretrained': 'teacher_checkpoint',
-    'jsd': 'jsd_loss',
-}
-# Keys earlier timm versions wrote that mean nothing today: read and ignored, with one note.
-OLD_TIMM_KEYS = {
-    'amp_impl': "timm 0.9-1.0's choice of native or apex AMP; AMP is torch's own",
-    'aot_autograd': "timm 0.6's functorch AOT autograd; --torchcompile replaced it",
-    'bn_tf': "timm 0.4's TensorFlow BatchNorm defaults for a few models",
-}
-# Keys that forks of timm's train.py (and DeiT's main.py, whose configs people adapt) write, named
-# in the refusal as not timm's: (whose, what to do instead).
-FORK_KEYS = {
-    **dict.fromkeys(
-        ('token_label', 'token_label_data', 'token_label_size', 'dense_weight', 'cls_weight',
-         'ground_truth', 'return_dense', 'mix_token'),
-        ("VOLO's train.py (token labelling)", 'timm-kd has no token labelling: drop them'),
-    ),
-    **dict.fromkeys(
-        ('teacher_model', 'teacher_path', 'distillation_type', 'distillation_alpha',
-         'distillation_tau'),
-        ("DeiT's main.py", 'use teacher, teacher_checkpoint, kd_loss and kd_temperature'),
-    ),
-}  # fmt: skip
 LIST_KEYS = (
     'kd_loss',
     'kd_loss_weight',
@@ -114,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=str,
         metavar='FILE',
         help='YAML file of defaults, or the name of a bundled recipe (python -m timm_kd.recipes)',
+    )
+    parser.add_argument(
+        IGNORE_UNKNOWN,
+        action='store_true',
+        help="drop the --config keys that no flag has (a fork of timm's train.py wrote them), with "
+        "one note, as timm's train.py does; unset, they are refused in one line",
     )
     add_timm_flags(parser)
     add_kd_flags(parser)
@@ -194,32 +163,11 @@ def _check_value(path: str, action: argparse.Action, value) -> None:
             )
 
 
-def _old_timm_keys(path: str, cfg: dict) -> None:
-    """Keys of earlier timm versions, in place: timm 0.4's validation batch multiplier becomes the
-    validation batch size it meant, timm 0.4-0.6's native_amp becomes amp; apex AMP, which timm
-    dropped, is one line; keys that mean nothing today are dropped with one note."""
-    if cfg.pop('apex_amp', False):
-        raise KDError(
-            f'--config {path!r}: apex_amp: true asks for NVIDIA apex AMP, which timm no longer '
-            "has; set amp: true (torch's own AMP, what timm trains with today) and drop apex_amp"
-        )
-    if cfg.pop('native_amp', False):  # timm 0.4-0.6's --native-amp: today's --amp
-        cfg['amp'] = True
-    multiplier = cfg.pop('validation_batch_size_multiplier', 1)
-    if multiplier != 1 and cfg.get('validation_batch_size') is None:
-        cfg['validation_batch_size'] = int(multiplier * cfg.get('batch_size', 128))
-    ignored = [f'{k} ({OLD_TIMM_KEYS[k]})' for k in sorted(OLD_TIMM_KEYS) if k in cfg]
-    for key in OLD_TIMM_KEYS:
-        cfg.pop(key, None)
-    if ignored:
-        _logger.warning(
-            f'--config {path!r}: ignored keys of earlier timm versions: {"; ".join(ignored)}'
-        )
-
-
-def load_config(path: str, parser: argparse.ArgumentParser, _seen: Tuple[str, ...] = ()) -> dict:
-    """Read a YAML config (or bundled recipe) into parser
-    defaults: `inherit:` first, then this file's keys."""
+def load_config(
+    path: str, parser: argparse.ArgumentParser, ignore: bool = False, _seen: Tuple[str, ...] = ()
+) -> dict:
+    """Read a YAML config (or bundled recipe) into parser defaults: `inherit:` first, then this
+    file's keys. `ignore`: keys no flag has are dropped with one note instead of refused."""
     path = resolve_config_path(path) if not _seen else path
     if os.path.abspath(path) in _seen:
         raise KDError(f'--config {path!r} inherits itself')
@@ -229,7 +177,10 @@ def load_config(path: str, parser: argparse.ArgumentParser, _seen: Tuple[str, ..
     for base in [bases] if isinstance(bases, str) else bases:
         merged.update(
             load_config(
-                os.path.join(os.path.dirname(path), base), parser, _seen + (os.path.abspath(path),)
+                os.path.join(os.path.dirname(path), base),
+                parser,
+                ignore,
+                _seen + (os.path.abspath(path),),
             )
         )
     cfg = {
@@ -237,22 +188,13 @@ def load_config(path: str, parser: argparse.ArgumentParser, _seen: Tuple[str, ..
         for k, v in cfg.items()
         if k.replace('-', '_') not in RUNTIME_KEYS
     }
-    _old_timm_keys(path, cfg)
+    old_timm_keys(path, cfg)
     actions = {a.dest: a for a in parser._actions}
-    unknown = sorted(set(cfg) - set(actions))
-    forks = {FORK_KEYS[k] for k in unknown if k in FORK_KEYS}
-    if forks:
-        whose, fix = sorted(forks)[0]
-        keys = [k for k in unknown if FORK_KEYS.get(k) == (whose, fix)]
-        raise KDError(
-            f"--config {path!r} has keys of {whose}, not of timm's train.py: {', '.join(keys)}; "
-            f'{fix}'
-        )
+    unknown = sorted(set(cfg) - set(actions), key=str.lower)
     if unknown:
-        raise KDError(
-            f'--config {path!r} has unknown keys {unknown}; use timm-kd-train flag names with '
-            'underscores'
-        )
+        foreign_keys(path, unknown, list(actions), ignore)
+        for key in unknown:
+            del cfg[key]
     for key, value in cfg.items():
         cfg[key] = _as_argparse_reads(actions[key], value)
         _check_value(path, actions[key], cfg[key])
@@ -399,10 +341,14 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, st
     argv, teachers = split_teachers(list(sys.argv[1:] if argv is None else argv))
     config_only = argparse.ArgumentParser(add_help=False)
     config_only.add_argument('-c', '--config', default='')
+    config_only.add_argument(IGNORE_UNKNOWN, action='store_true')
     known, _ = config_only.parse_known_args(argv)
     if known.config:
-        parser.set_defaults(**load_config(known.config, parser))
+        parser.set_defaults(**load_config(known.config, parser, known.config_ignore_unknown))
     args = parser.parse_args(argv + (['--teacher', teachers[0]['name']] if teachers else []))
+    typed_data = args.data is not None and args.data != parser.get_default('data')
+    if typed_data and not any(a.split('=')[0] == '--data-dir' for a in argv):
+        args.data_dir = args.data  # DATA on the command line beats a config's data_dir
     if teachers:
         args.teachers = teachers
     text = yaml.safe_dump(vars(args), default_flow_style=False)

@@ -58,7 +58,7 @@ _BY_ROLE = {
         kd_deep_supervision kd_deep_supervision_weight train_fraction_keep_steps
     """,
     NEITHER: """
-        help config data data_dir val_split val_num_samples dataset_download
+        help config config_ignore_unknown data data_dir val_split val_num_samples dataset_download
         dataset_trust_remote_code resume device no_ddp_bb synchronize_step local_rank
         device_modules log_interval val_interval recovery_interval checkpoint_hist workers
         save_images pin_mem output experiment log_wandb wandb_project
