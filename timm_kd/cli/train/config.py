@@ -10,7 +10,6 @@ wrote them) are refused with their names, or dropped with --config-ignore-unknow
 
 import argparse
 import difflib
-import logging
 import math
 import os
 import sys
@@ -32,8 +31,6 @@ from .kd_flags import (
     split_teachers,
 )
 from .timm_flags import add_timm_flags, refuse_unsupported
-
-_logger = logging.getLogger('timm_kd.train')
 
 LIST_KEYS = (
     'kd_loss',
