@@ -65,13 +65,18 @@ def _step_losses(caplog):
     return [[float(v) for v in re.findall(r'loss: ([0-9.]+)', line)] for line in lines]
 
 
-def test_a_cached_run_equals_the_live_run(image_folder, vit_teacher, built, tmp_path, caplog):
+@pytest.mark.parametrize('live_workers,cached_workers', [(0, 0), (1, 2)])
+def test_a_cached_run_equals_the_live_run(
+    image_folder, vit_teacher, built, tmp_path, caplog, live_workers, cached_workers
+):
     """K = C (3 classes): every step's losses, the evaluation and the final weights of the cached
     run are the live run's (kd and dkd losses, deep supervision, mixup/cutmix, RandAugment, random
-    erasing, dropout)."""
+    erasing, dropout), in both epochs, whatever the loader workers of the build (0), the live and
+    the cached run."""
     kd = ['--kd-loss', 'kd', 'dkd', '--kd-deep-supervision', '2', '--output', str(tmp_path)]
     with caplog.at_level(logging.INFO, logger='timm_kd.engine'):
-        train_main([image_folder, *FAST, *VIEWS, *vit_teacher, *kd, '--experiment', 'live'])
+        train_main([image_folder, *FAST, *VIEWS, *vit_teacher, *kd, '--experiment', 'live',
+                    '-j', str(live_workers)])  # fmt: skip
         live_steps = _step_losses(caplog)
         train_main(
             [
@@ -84,6 +89,8 @@ def test_a_cached_run_equals_the_live_run(image_folder, vit_teacher, built, tmp_
                 str(built),
                 '--experiment',
                 'cached',
+                '-j',
+                str(cached_workers),
             ]
         )
         cached_steps = _step_losses(caplog)
@@ -316,6 +323,52 @@ def test_training_from_a_damaged_shard_is_one_line_before_it_trains(
         cli(flags)
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert info.value.code == 2 and f'shard {path} is damaged' in line, line
+
+
+def test_shards_swapped_between_epochs_are_one_line_naming_both(
+    image_folder, built, tmp_path, capsys
+):
+    """A copy or merge script that renumbers shards (epoch 0's files, sidecar included, under
+    epoch 1's names and back) is caught before training: each sidecar binds its epoch and rank."""
+    import shutil
+
+    swapped = tmp_path / 'cache'
+    shutil.copytree(built, swapped)
+    for part in ('values.npy', 'indices.npy', 'tail.npy', 'json'):
+        a, b = (swapped / f'epoch-000{e}-rank-0.{part}' for e in (0, 1))
+        a.rename(tmp_path / 'held')
+        b.rename(a)
+        (tmp_path / 'held').rename(b)
+    flags = [
+        image_folder,
+        *FAST,
+        *VIEWS,
+        '--teacher-cache',
+        str(swapped),
+        '--output',
+        str(tmp_path),
+    ]
+    with pytest.raises(SystemExit) as info:
+        cli(flags)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert info.value.code == 2, line
+    assert 'epoch-0000-rank-0.json' in line and 'belong at epoch-0001-rank-0.json' in line, line
+
+
+def test_a_cached_run_whose_sample_order_differs_from_the_builds_is_one_line(
+    image_folder, built, tmp_path, capsys, monkeypatch
+):
+    """Same flags, but the sampler orders the epoch otherwise (as another torch's randperm would):
+    the answers would belong to other images, so the run stops before its first step."""
+    from timm_kd.replay import SlotSampler
+
+    order = SlotSampler.order
+    monkeypatch.setattr(SlotSampler, 'order', lambda self: order(self)[::-1])
+    flags = [image_folder, *FAST, *VIEWS, '--teacher-cache', str(built), '--output', str(tmp_path)]
+    with pytest.raises(SystemExit) as info:
+        cli(flags)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert info.value.code == 2 and 'reads its samples in another order' in line, line
 
 
 def test_a_build_killed_between_renames_is_repaired_by_the_rerun(

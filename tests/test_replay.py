@@ -3,6 +3,7 @@ included, whatever the number of loader workers."""
 
 import random
 
+import pytest
 import torch
 
 from timm_kd.cli.train.build import dataset_options, loader_options
@@ -68,6 +69,50 @@ def test_views_do_not_depend_on_the_number_of_workers(image_folder):
     assert len(serial) == len(parallel) == 6
     for (xs, ys), (xp, yp) in zip(serial, parallel):
         assert torch.equal(xs, xp) and torch.equal(ys, yp)
+
+
+def _run_epochs(stream, epochs, skip=0):
+    """Consecutive epochs on one stream, as training reads them (one loader, persistent workers,
+    a step's random draws between batches); the first epoch resumes after `skip` batches."""
+    out = []
+    for n, epoch in enumerate(epochs):
+        for i, batch in stream.epoch(epoch, skip if n == 0 else 0):
+            out.append((epoch, i, batch.input.clone(), batch.target.clone()))
+            random.random(), torch.rand(3)  # dropout, drop-path, ...
+    return out
+
+
+def _assert_same_batches(a, b):
+    assert len(a) == len(b)
+    for (ea, ia, xa, ya), (eb, ib, xb, yb) in zip(a, b):
+        assert (ea, ia) == (eb, ib)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb), f'epoch {ea} batch {ia} differs'
+
+
+MIXED = ['--mixup', '0.4', '--cutmix', '1.0']
+
+
+@pytest.mark.parametrize('prefetcher', [False, True])
+def test_consecutive_epochs_replay_whatever_the_workers(image_folder, prefetcher):
+    """Epoch after epoch on one loader, with persistent workers: every batch of epochs 0-2 (views,
+    erasing, order, mixing) is the same with 0, 1, 2 and 3 loader workers."""
+    runs = {w: _run_epochs(_stream(image_folder, MIXED, w, prefetcher)[0], range(3))
+            for w in (0, 1, 2, 3)}  # fmt: skip
+    assert len(runs[0]) == 18
+    for workers in (1, 2, 3):
+        _assert_same_batches(runs[0], runs[workers])
+    assert not torch.equal(runs[0][0][2], runs[0][6][2])  # epoch 1 is not epoch 0 again
+
+
+@pytest.mark.parametrize('workers,resumed_workers', [(2, 0), (0, 3), (2, 2)])
+def test_a_resume_mid_epoch_with_other_workers_is_the_uninterrupted_run(
+    image_folder, workers, resumed_workers
+):
+    """A run killed in epoch 1 after 2 batches resumes in a new process (a new loader) with any
+    `-j`, and its epochs 1 and 2 are the uninterrupted run's."""
+    full = _run_epochs(_stream(image_folder, MIXED, workers)[0], range(3))
+    resumed = _run_epochs(_stream(image_folder, MIXED, resumed_workers)[0], (1, 2), skip=2)
+    _assert_same_batches(full[6 + 2 :], resumed)
 
 
 def test_the_prefetchers_batch_erasing_replays_too(image_folder):

@@ -21,18 +21,20 @@ This is what makes a resumed run exact whatever `--workers`, and what the teache
 there.
 """
 
+import hashlib
 import multiprocessing
 import random
-from typing import Any, Iterator, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, RandomSampler, get_worker_info
 
 from .dataset_views import DatasetView
 from .decoding import decoded_images
 
 _MIX = 1_000_003  # a prime that spreads (seed, epoch, rank, position) over the seed space
+_ORDER = -(2**31)  # the position that seeds an epoch's sample order (no batch or worker reaches it)
 
 
 def slot_seed(seed: int, epoch: int, rank: int, position: int) -> int:
@@ -54,13 +56,25 @@ def seed_all(seed: int, generator: torch.Generator) -> None:
 
 class SlotSampler:
     """Wraps a loader's sampler: yields (epoch, rank, position, index) instead of index. Runs in the
-    main process."""
+    main process.
 
-    def __init__(self, sampler: Any, rank: int = 0, batch_size: int = 1):
+    The order itself must be a function of (seed, epoch, rank) too. A `RandomSampler` (one process,
+    timm's loader) draws its permutation from the process's default generator when its pass starts,
+    and what that generator drew before depends on the worker count: a new `-j 0` iterator draws a
+    worker base seed each epoch, a persistent workers' iterator only once. So the sampler gets a
+    generator of its own, seeded at every pass. `DistributedSampler` and timm's `RepeatAugSampler`
+    order by (their seed, epoch) already.
+    """
+
+    def __init__(self, sampler: Any, rank: int = 0, batch_size: int = 1, seed: int = 0):
         self.sampler, self.rank, self.batch_size, self.epoch = sampler, rank, batch_size, 0
+        self.seed = seed
         self.passes = 0  # iterations started: a new one restarts the batch count of `BatchErasing`
         self.first_batch = 0  # the batch the current pass starts at
         self._start = 0
+        self._generator = None
+        if isinstance(sampler, RandomSampler) and sampler.generator is None:
+            self._generator = sampler.generator = torch.Generator()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -71,13 +85,20 @@ class SlotSampler:
         """The next pass starts at `batch`: the positions before it are skipped, not loaded."""
         self._start = batch
 
+    def order(self) -> List[int]:
+        """The sample indices of this epoch's pass, in slot order."""
+        if self._generator is not None:
+            self._generator.manual_seed(slot_seed(self.seed, self.epoch, self.rank, _ORDER))
+        return list(self.sampler)
+
     def __iter__(self) -> Iterator[Tuple[int, int, int, int]]:
         self.passes += 1
         self.first_batch, self._start = self._start, 0
         skip = self.first_batch * self.batch_size
-        for position, index in enumerate(self.sampler):
+        epoch, rank = self.epoch, self.rank
+        for position, index in enumerate(self.order()):
             if position >= skip:
-                yield self.epoch, self.rank, position, index
+                yield epoch, rank, position, index
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -191,17 +212,18 @@ class ReplayableShards(DatasetView, IterableDataset):
 
 
 class BatchErasing:
-    """timm's prefetcher random erasing, seeded per batch
-    by (seed, epoch, rank, batch index in the pass)."""
+    """timm's prefetcher random erasing, seeded per batch by (seed, epoch, rank, batch index in the
+    pass), its noise drawn on the CPU.
 
-    def __init__(self, erasing: Any, slots: SlotSampler, seed: int, device: torch.device):
+    timm draws the erased pixels from the device's generator, whose stream differs between the CPU
+    and CUDA (and between GPU models, whose kernels split the draw by their SM count): a cache
+    built on one device would then answer for other pixels on another. Drawn on the CPU and copied
+    into the device batch, the views are the same on every device.
+    """
+
+    def __init__(self, erasing: Any, slots: SlotSampler, seed: int):
         self.erasing, self.slots, self.seed = erasing, slots, seed
-        if device.type == 'cuda':
-            self.generator = torch.cuda.default_generators[
-                device.index if device.index is not None else torch.cuda.current_device()
-            ]
-        else:
-            self.generator = torch.default_generator
+        erasing.device = torch.device('cpu')  # where timm's `_get_pixels` draws the noise
         self.pass_, self.batch = None, 0
 
     def __call__(self, input: torch.Tensor) -> torch.Tensor:
@@ -211,7 +233,7 @@ class BatchErasing:
         # apart from the samples'
         seed = slot_seed(self.seed, self.slots.epoch, self.slots.rank, -1 - self.batch)
         self.batch += 1
-        seed_all(seed, self.generator)
+        seed_all(seed, torch.default_generator)
         return self.erasing(input)
 
 
@@ -243,6 +265,20 @@ def resumable(loader: Any) -> Optional[Any]:
     return sampler if isinstance(sampler, SlotSampler) else None
 
 
+def order_digest(loader: Any, epoch: int) -> Optional[str]:
+    """A digest of the sample indices of `epoch`'s pass, in slot order, for a loader over
+    `ReplayableViews` (None for any other): what the teacher cache records per shard and a cached
+    run compares, so that answers are never matched to other samples."""
+    slots = resumable(loader)
+    if not isinstance(slots, SlotSampler):
+        return None
+    saved = slots.epoch
+    slots.set_epoch(epoch)
+    order = np.asarray(slots.order(), dtype=np.int64)
+    slots.set_epoch(saved)
+    return hashlib.sha256(order.tobytes()).hexdigest()[:16]
+
+
 def make_replayable(loader: Any, rank: int = 0) -> bool:
     """Tag the indices of a training loader built over a `ReplayableViews` dataset with their slots
     (over `ReplayableShards`: tell it the batch size); returns False (views stay timm's) for
@@ -256,12 +292,12 @@ def make_replayable(loader: Any, rank: int = 0) -> bool:
         isinstance(inner.dataset, ReplayableViews)
         and type(batch_sampler) is torch.utils.data.BatchSampler
     ):
-        slots = SlotSampler(batch_sampler.sampler, rank, batch_sampler.batch_size)
+        slots = SlotSampler(
+            batch_sampler.sampler, rank, batch_sampler.batch_size, inner.dataset.seed
+        )
         batch_sampler.sampler = slots
     else:
         return False
     if getattr(loader, 'random_erasing', None) is not None:  # the prefetcher erases on the device
-        loader.random_erasing = BatchErasing(
-            loader.random_erasing, slots, inner.dataset.seed, loader.device
-        )
+        loader.random_erasing = BatchErasing(loader.random_erasing, slots, inner.dataset.seed)
     return True

@@ -48,10 +48,11 @@ from ..replay import stream_readers
 from ..run import RunSpec, as_json
 from ..teacher import TeacherOutput
 from .layout import Layout
-from .shards import ShardPrefetch, is_built, open_shard
+from .shards import ShardPrefetch, is_built, open_shard, shard_order
 
 _logger = logging.getLogger(__name__)
-FORMAT = 3  # 3: per-shard checksums; file sizes in the dataset signature
+FORMAT = 4  # 3: per-shard checksums, file sizes in the dataset signature; 4: sample order
+# independent of the loader workers, each shard bound to its epoch, rank and order
 
 
 def dataset_signature(dataset: Any, root: str, mtimes: bool = False) -> str:
@@ -292,9 +293,10 @@ class CachedTeacher(nn.Module):
     def compile(self, *args: Any, **kwargs: Any) -> 'CachedTeacher':
         return self  # nothing runs
 
-    def start_epoch(self, epoch: int, skip_samples: int = 0) -> None:
+    def start_epoch(self, epoch: int, skip_samples: int = 0, order: Optional[str] = None) -> None:
         """Open the epoch's shard (verified: by the check started during the previous epoch, or
-        now) and start checking the next one in the background."""
+        now) and start checking the next one in the background. `order`, the digest of this
+        run's sample order (`timm_kd.replay.order_digest`), must be the build's."""
         checked = self._next is not None and self._next.epoch == epoch
         if checked:
             self._next.result()
@@ -302,6 +304,13 @@ class CachedTeacher(nn.Module):
             self.cache.open(epoch, self.rank, verify=not checked),
             skip_samples,
         )
+        built = shard_order(self.cache.root, epoch, self.rank)
+        if order is not None and built is not None and order != built:
+            raise KDError(
+                f'--teacher-cache {self.cache.root!r}: epoch {epoch} reads its samples in another '
+                'order than the build did (the same flags, another timm-kd or torch), so its '
+                'answers would belong to other images; rebuild the cache with this version'
+            )
         following = epoch + 1
         self._next = None
         if is_built(self.cache.root, following, self.rank):

@@ -33,8 +33,8 @@ def shard_files(root: str, epoch: int, rank: int) -> Dict[str, str]:
     return {**{part: f'{stem}.{part}.npy' for part in PARTS}, 'sidecar': f'{stem}.json'}
 
 
-def crc32(path: str) -> int:
-    value = 0
+def crc32(path: str, value: int = 0) -> int:
+    """The file's CRC-32, continuing from `value`."""
     with open(path, 'rb') as f:
         for block in iter(lambda: f.read(1 << 24), b''):
             value = zlib.crc32(block, value)
@@ -53,6 +53,7 @@ class ShardWriter:
     def __init__(self, root: str, epoch: int, rank: int, arrays: Dict[str, Tuple[Any, Tuple]]):
         """`arrays`: the dtype and shape of each part (`timm_kd.cache.layout.Layout.arrays`)."""
         self.files = shard_files(root, epoch, rank)
+        self.place = {'epoch': epoch, 'rank': rank}
         self.arrays: Dict[str, np.ndarray] = {}
         try:
             for part, (dtype, shape) in arrays.items():
@@ -67,14 +68,21 @@ class ShardWriter:
         for part, array in parts.items():
             self.arrays[part][rows] = array
 
-    def commit(self) -> None:
-        """Flush, checksum, fsync and rename the arrays; then the sidecar, which marks it built."""
-        sidecar = {'size': {}, 'crc32': {}}
+    def commit(self, order: Optional[str] = None) -> None:
+        """Flush, checksum, fsync and rename the arrays; then the sidecar, which marks it built.
+
+        The sidecar binds the arrays to their place: the epoch, rank and slot range they answer
+        (in the checksums too), and `order`, the digest of the sample indices in slot order
+        (`timm_kd.replay.order_digest`; None for a stream)."""
+        rows = len(next(iter(self.arrays.values())))
+        sidecar = {**self.place, 'slots': [0, rows], 'order': order, 'size': {}, 'crc32': {}}
+        seed = _binding(sidecar)
         try:
             for part, array in self.arrays.items():
                 array.flush()
                 tmp = self.files[part] + '.tmp'
-                sidecar['size'][part], sidecar['crc32'][part] = os.path.getsize(tmp), crc32(tmp)
+                sidecar['size'][part] = os.path.getsize(tmp)
+                sidecar['crc32'][part] = crc32(tmp, seed)
                 fsync_path(tmp)
             self.arrays.clear()  # the maps close before the renames
             for part in PARTS:
@@ -112,6 +120,13 @@ def _disk_problem(e: OSError, root: str) -> str:
     return f'cannot write the cache in {root!r} ({e.strerror}); pass an --out you can write to'
 
 
+def _binding(sidecar: Dict[str, Any]) -> int:
+    """Where a shard belongs, as the start of its arrays' checksums: a sidecar edited to another
+    place no longer matches its arrays."""
+    place = {k: sidecar[k] for k in ('epoch', 'rank', 'slots', 'order')}
+    return zlib.crc32(json.dumps(place, sort_keys=True).encode())
+
+
 def _rebuild_hint(root: str, epoch: int, rank: int) -> str:
     sidecar = os.path.basename(shard_files(root, epoch, rank)['sidecar'])
     return (
@@ -131,13 +146,30 @@ def verify_shard(root: str, epoch: int, rank: int) -> None:
         )
     with open(files['sidecar']) as f:
         sidecar = json.load(f)
+    if (sidecar.get('epoch'), sidecar.get('rank')) != (epoch, rank):
+        found = os.path.basename(
+            shard_files(root, sidecar.get('epoch'), sidecar.get('rank'))['sidecar']
+        )
+        raise KDError(
+            f'--teacher-cache shard {os.path.basename(files["sidecar"])} in {root!r} holds the '
+            f'answers of epoch {sidecar.get("epoch")}, rank {sidecar.get("rank")} (its sidecar '
+            f'says), which belong at {found}: a copy or merge misplaced it; put each shard '
+            'back under its own name, or rebuild the cache'
+        )
+    seed = _binding(sidecar)
     for part in PARTS:
-        problem = _damage(files[part], sidecar['size'][part], sidecar['crc32'][part])
+        problem = _damage(files[part], sidecar['size'][part], sidecar['crc32'][part], seed)
         if problem:
             raise KDError(
                 f'--teacher-cache shard {files[part]} is damaged ({problem}); '
                 f'{_rebuild_hint(root, epoch, rank)}'
             )
+
+
+def shard_order(root: str, epoch: int, rank: int) -> Optional[str]:
+    """The digest of the sample order a committed shard answers (None for a stream's)."""
+    with open(shard_files(root, epoch, rank)['sidecar']) as f:
+        return json.load(f).get('order')
 
 
 def open_shard(root: str, epoch: int, rank: int, verify: bool = True) -> Dict[str, np.ndarray]:
@@ -177,10 +209,10 @@ class ShardPrefetch:
             raise self.error
 
 
-def _damage(path: str, size: int, checksum: int) -> Optional[str]:
+def _damage(path: str, size: int, checksum: int, seed: int) -> Optional[str]:
     actual = os.path.getsize(path)
     if actual != size:
         return f'{actual} bytes, the build wrote {size}'
-    if crc32(path) != checksum:
+    if crc32(path, seed) != checksum:
         return 'its checksum differs from the one written at build time'
     return None

@@ -42,6 +42,7 @@ from ..decoding import decoded_images
 from ..ensemble import create_teachers
 from ..errors import KDError, one_line_errors
 from ..locks import FolderLock
+from ..replay import order_digest
 from ..run import RunSpec
 from ..runtime import amp_setup, init_process
 from .train.build import setup_run, training_stream
@@ -96,7 +97,7 @@ def build(argv: Optional[List[str]] = None) -> str:
                 raise
             if images is not None:  # before the epoch counts as built: every sample it read
                 write_sample_checksums(mine.out, process.rank, images.recorded())
-            shard.commit()
+            shard.commit(order_digest(stream.loader, epoch))
             # the teacher pass with the writes, data loading included, of the last epoch built
             manifest['build_images_per_s'] = rows / (time.time() - epoch_start)
             if process.distributed:

@@ -21,7 +21,7 @@ from ...ensemble import create_teachers
 from ...errors import Interrupted, KDError, one_line_errors
 from ...locks import FolderLock
 from ...reliability import Preemption, append_summary, truncate_summary, write_text
-from ...replay import stream_readers
+from ...replay import order_digest, stream_readers
 from ...run import RunSpec, run_record
 from ...runtime import Process, amp_setup, init_process
 from ...stream import TrainingStream
@@ -229,7 +229,8 @@ def train_epoch(t: Training, epoch: int, preemption: Preemption) -> Dict[str, fl
     args = t.args
     skip = t.skip_batches if epoch == t.start_epoch else 0
     if isinstance(t.teacher, CachedTeacher):
-        t.teacher.start_epoch(epoch, skip * t.run.views.batch_size)
+        order = order_digest(t.stream.loader, epoch)
+        t.teacher.start_epoch(epoch, skip * t.run.views.batch_size, order)
     train_metrics = train_one_epoch(
         epoch, [job.run for job in t.jobs], t.stream, teacher=t.teacher, settings=t.settings,
         after_update=lambda update: _after_update(t, epoch, update, preemption),
