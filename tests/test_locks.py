@@ -62,3 +62,49 @@ def test_a_folder_the_run_cannot_write_is_one_line(tmp_path, monkeypatch):
         KDError, match=r"cannot lock the experiment folder '.*' \(Permission denied\)"
     ):
         FolderLock(str(tmp_path), 'run.lock', 'the experiment folder')
+
+
+def test_a_killed_holders_lingering_workers_do_not_hold_its_lock(tmp_path):
+    """A run killed with -9 leaves its forked loader workers alive for a few seconds; a resume
+    started at once (a scheduler's requeue) takes the folder."""
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        'import os, sys, time\n'
+        'from timm_kd.locks import FolderLock\n'
+        f'lock = FolderLock({str(tmp_path)!r}, "run.lock", "the experiment folder")\n'
+        'child = os.fork()\n'
+        'if child == 0:\n'
+        '    time.sleep(60)\n'
+        '    os._exit(0)\n'
+        'print(child, flush=True)\n'
+        'time.sleep(60)\n'
+    )
+    holder = subprocess.Popen([sys.executable, '-c', script], stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
+    try:
+        assert (tmp_path / 'run.lock').exists()
+        with pytest.raises(KDError):  # the holder is alive: refused
+            FolderLock(str(tmp_path), 'run.lock', 'the experiment folder')
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        os.kill(child, 0)  # the worker lingers
+        FolderLock(str(tmp_path), 'run.lock', 'the experiment folder').release()
+    finally:
+        holder.kill()
+        os.kill(child, signal.SIGKILL)
+
+
+def test_a_forked_child_neither_holds_nor_releases_its_parents_lock(tmp_path):
+    lock = FolderLock(str(tmp_path), 'run.lock', 'the experiment folder')
+    child = os.fork()
+    if child == 0:  # releasing here would unlock and remove the parent's file
+        lock.release()
+        os._exit(0)
+    os.waitpid(child, 0)
+    assert (tmp_path / 'run.lock').exists()
+    with pytest.raises(KDError):
+        FolderLock(str(tmp_path), 'run.lock', 'the experiment folder')
+    lock.release()

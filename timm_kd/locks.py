@@ -2,7 +2,10 @@
 
 The lock is an advisory `flock` on a file in the folder, which the kernel releases when its
 process dies however it dies; the file keeps the holder's pid and host so that the next holder can
-say whose lock it took over, and a refused run can say who holds it. A clean release removes the
+say whose lock it took over, and a refused run can say who holds it. A forked child (a DataLoader
+worker) inherits the locked descriptor, and a `flock` lasts while any copy of it is open: so each
+child closes its copies at once (`os.register_at_fork`), and the lock ends with its holder even
+while the killed holder's workers linger for a few seconds. A clean release removes the
 file (a finished experiment folder holds no lock file); a holder checks, once it has the lock, that
 the file it locked is still the one at the path, so a file removed under a waiting opener is never
 held twice.
@@ -13,11 +16,25 @@ import json
 import logging
 import os
 import socket
-from typing import Optional
+from typing import Dict, Optional
 
 from .errors import KDError
 
 _logger = logging.getLogger(__name__)
+_HELD: Dict[int, int] = {}  # descriptor of each lock this process holds -> the holder's pid
+
+
+def _close_inherited() -> None:
+    """In a forked child: close the lock descriptors the parent holds (the child holds none)."""
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited)
 
 
 class FolderLock:
@@ -33,6 +50,7 @@ class FolderLock:
                 f'Took over the lock of {what} {folder!r} from pid {previous["pid"]} on '
                 f'{previous["host"]}, which no longer holds it (it ended or was killed)'
             )
+        _HELD[self.fd] = os.getpid()
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, json.dumps({'pid': os.getpid(), 'host': _host()}).encode(), 0)
 
@@ -65,7 +83,8 @@ class FolderLock:
         return fd, previous
 
     def release(self) -> None:
-        if self.fd is not None:
+        if self.fd is not None and _HELD.get(self.fd) == os.getpid():  # never a forked copy
+            del _HELD[self.fd]
             try:
                 os.unlink(self.path)  # a clean end leaves no lock file, and no holder to take over
             except FileNotFoundError:
