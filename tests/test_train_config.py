@@ -159,13 +159,56 @@ def test_bad_loss_combinations(argv, message):
         ('warmup_epoch: 5\n', r'has: warmup_epoch \(did you mean warmup_epochs\?\); drop them'),
         ('opt: [unclosed\n', 'not valid YAML'),
         ('- a\n- b\n', 'must be a mapping'),
+        (b'\x89PNG\r\n\x1a\n\xff\xfe\x00', 'is not a text file; pass a YAML file'),
+        ('aa: randaug-m9\n', "--aa 'randaug-m9' is no AutoAugment policy timm knows"),
+        ('aa: v9\n', "--aa 'v9' is no AutoAugment policy timm knows"),
     ],
 )
 def test_bad_config_files(tmp_path, content, message):
     cfg = tmp_path / 'c.yaml'
-    cfg.write_text(content)
+    cfg.write_bytes(content) if isinstance(content, bytes) else cfg.write_text(content)
     with pytest.raises(KDError, match=message):
         parse_args(['/d', '--config', str(cfg)])
+
+
+def test_aa_none_written_as_a_word_means_no_policy(tmp_path):
+    """Hand-written configs say `aa: None` (YAML's string, not null): no AutoAugment."""
+    cfg = tmp_path / 'c.yaml'
+    cfg.write_text('aa: None\n')
+    assert parse_args(['/d', '--config', str(cfg)])[0].aa is None
+    assert parse_args(['/d', '--aa', 'rand-m9-mstd0.5-inc1'])[0].aa == 'rand-m9-mstd0.5-inc1'
+
+
+@pytest.mark.parametrize(
+    'extra, line',
+    [
+        (
+            ['--bn-momentum', '0.1'],
+            "error: --model 'test_vit' takes no keyword 'bn_momentum' (from --bn-momentum); drop "
+            '--bn-momentum for this model',
+        ),
+        (
+            ['--model-kwargs', 'no_such=1'],
+            "error: --model 'test_vit' takes no keyword 'no_such' (from no_such=... in "
+            '--model-kwargs); drop no_such=... in --model-kwargs for this model',
+        ),
+        (
+            ['--pretrained'],
+            "error: no pretrained weights for --model 'test_vit' (not in the local Hugging Face "
+            'cache, and the Hub is unreachable or HF_HUB_OFFLINE=1); download them once with '
+            'network access (cached under HF_HOME), or pass --pretrained-path PATH, or drop '
+            '--pretrained',
+        ),
+    ],
+)
+def test_a_student_that_cannot_be_built_as_asked_is_one_line(
+    image_folder, run_cli, tmp_path, extra, line
+):
+    from timm_kd.cli.train import cli
+
+    result = run_cli(cli, image_folder, '--model', 'test_vit', '--img-size', '32',
+                     '--output', tmp_path, *extra)  # fmt: skip
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == line
 
 
 def test_missing_config_unknown_loss_and_checkpoint_without_teacher(tmp_path):
@@ -230,6 +273,8 @@ def _value(flag: dict) -> list:
         default = 2
     if flag['dest'] == 'model_dtype':
         default = 'bfloat16'
+    if flag['dest'] == 'aa':
+        default = 'rand-m9-mstd0.5-inc1'
     values = default if isinstance(default, list) else [default]
     return [str(v) for v in values]
 

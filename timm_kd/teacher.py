@@ -227,9 +227,12 @@ HUB_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin', 'open_clip_model.s
                     'open_clip_pytorch_model.bin')  # fmt: skip
 
 
-def _check_hub_reachable(name: str) -> None:
+def check_hub_reachable(
+    name: str, what: str = 'teacher', fix: str = 'pass --teacher-checkpoint PATH'
+) -> None:
     """Weights from the Hugging Face Hub that are neither cached nor reachable are one line at
-    once: huggingface_hub would retry each file for about half a minute, logging every try."""
+    once: huggingface_hub would retry each file for about half a minute, logging every try.
+    `what` names the model in the line ('teacher', '--model'), `fix` the other way to weights."""
     from huggingface_hub import constants, try_to_load_from_cache
 
     source, _, _ = _parse_teacher_name(name)
@@ -247,10 +250,9 @@ def _check_hub_reachable(name: str) -> None:
         socket.create_connection((url.hostname, port), timeout=10).close()
     except OSError as e:
         raise KDError(
-            f'no pretrained weights for teacher {name!r}: not in the local Hugging Face cache, '
+            f'no pretrained weights for {what} {name!r}: not in the local Hugging Face cache, '
             f'and the Hub ({constants.ENDPOINT}) cannot be reached ({e.strerror or e}); download '
-            'them once with network access (cached under HF_HOME), or pass --teacher-checkpoint '
-            'PATH'
+            f'them once with network access (cached under HF_HOME), or {fix}'
         ) from None
 
 
@@ -301,7 +303,7 @@ def _create_teacher_model(
                 f'teacher {name!r} has no pretrained weights in timm; pass --teacher-checkpoint '
                 f'PATH or a name with a pretrained tag (timm.list_pretrained({arch + "*"!r}))'
             )
-        _check_hub_reachable(name)
+        check_hub_reachable(name)
         return create_model(name, pretrained=True, in_chans=in_chans, **model_kwargs)
     except KDError:
         raise
@@ -309,16 +311,26 @@ def _create_teacher_model(
         raise KDError(f'could not create teacher {name!r}: {flat(e, 200)}') from None
     # hub/network errors come in many types (LocalEntryNotFoundError, OSError, HTTPError)
     except Exception as e:
-        offline = type(e).__name__ == 'LocalEntryNotFoundError' or 'offline' in str(e).lower()
-        reason = (
-            'not in the local Hugging Face cache, and the Hub is unreachable or HF_HUB_OFFLINE=1'
-            if offline
-            else f'{type(e).__name__}: {flat(e, 120)}'
-        )
-        raise KDError(
-            f'no pretrained weights for teacher {name!r} ({reason}); download them once with '
-            f'network access (cached under HF_HOME), or pass --teacher-checkpoint PATH'
-        ) from None
+        raise KDError(hub_miss(e, 'teacher', name, 'pass --teacher-checkpoint PATH')) from None
+
+
+def is_hub_miss(e: Exception) -> bool:
+    """Whether `e` says weights were neither in the Hugging Face cache nor downloadable."""
+    return type(e).__name__ == 'LocalEntryNotFoundError' or 'offline' in str(e).lower()
+
+
+def hub_miss(e: Exception, what: str, name: str, fix: str) -> str:
+    """The one line for a failed download of pretrained weights (errors of many types:
+    LocalEntryNotFoundError, OSError, HTTPError)."""
+    reason = (
+        'not in the local Hugging Face cache, and the Hub is unreachable or HF_HUB_OFFLINE=1'
+        if is_hub_miss(e)
+        else f'{type(e).__name__}: {flat(e, 120)}'
+    )
+    return (
+        f'no pretrained weights for {what} {name!r} ({reason}); download them once with '
+        f'network access (cached under HF_HOME), or {fix}'
+    )
 
 
 def create_teacher(

@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import importlib
 import logging
+import re
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 
@@ -45,6 +46,7 @@ from ...run import (
 )
 from ...runtime import Process
 from ...stream import TrainingStream
+from ...teacher import check_hub_reachable, hub_miss, is_hub_miss
 from .kd_flags import TEACHER_OWN_FLAGS, loss_config
 
 _logger = logging.getLogger(__name__)
@@ -126,21 +128,26 @@ def model_dtype(args: argparse.Namespace) -> Optional[torch.dtype]:
     return DTYPES[args.model_dtype] if args.model_dtype else None
 
 
+# the keywords timm's create_model gets from a flag, for the line of a model that takes none
+MODEL_KEYWORD_FLAGS = {'drop_rate': '--drop', 'drop_path_rate': '--drop-path',
+                       'drop_block_rate': '--drop-block', 'global_pool': '--gp',
+                       'bn_momentum': '--bn-momentum', 'bn_eps': '--bn-eps'}  # fmt: skip
+_NO_WEIGHTS = 'pass --pretrained-path PATH, or drop --pretrained'
+
+
 def create_student(
     args: argparse.Namespace, in_chans: int, process: Process, num_classes: Optional[int]
 ) -> torch.nn.Module:
     """The student as timm's train.py creates it (pretrained
     path, BatchNorm overrides, head init, dtype, layout)."""
-    overlay = (
-        dict(pretrained_cfg_overlay=dict(file=args.pretrained_path, num_classes=-1))
-        if args.pretrained_path
-        else {}
-    )
+    overlay = dict(pretrained_cfg_overlay=dict(file=args.pretrained_path, num_classes=-1))
     if args.sync_bn and process.device.type != 'cuda':
         raise KDError(
             '--sync-bn needs CUDA devices (SyncBatchNorm has no CPU implementation); drop it, or '
             'run with --device cuda under torchrun'
         )
+    if args.pretrained and not args.pretrained_path:
+        check_hub_reachable(args.model, '--model', _NO_WEIGHTS)
     try:
         student = create_model(
             args.model,
@@ -154,7 +161,7 @@ def create_student(
             bn_momentum=args.bn_momentum,
             bn_eps=args.bn_eps,
             checkpoint_path=args.initial_checkpoint or None,
-            **overlay,
+            **(overlay if args.pretrained_path else {}),
             **args.model_kwargs,
         )
     except Exception as e:
@@ -162,6 +169,16 @@ def create_student(
             raise KDError(
                 f'unknown --model {args.model!r}; list names with python -c "import timm; '
                 f'print(timm.list_models())"'
+            ) from None
+        if args.pretrained and is_hub_miss(e):
+            raise KDError(hub_miss(e, '--model', args.model, _NO_WEIGHTS)) from None
+        keyword = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if isinstance(e, TypeError) and keyword:
+            name = keyword.group(1)
+            flag = MODEL_KEYWORD_FLAGS.get(name, f'{name}=... in --model-kwargs')
+            raise KDError(
+                f'--model {args.model!r} takes no keyword {name!r} (from {flag}); drop {flag} '
+                'for this model'
             ) from None
         # a missing, corrupt or unsafe file gets its own line;
         # checked only on failure, so a good file is read once

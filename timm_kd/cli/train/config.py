@@ -110,6 +110,11 @@ def _read_yaml(path: str) -> dict:
         ) from None
     except yaml.YAMLError as e:
         raise KDError(f'--config {path!r} is not valid YAML ({flat(e, 120)})') from None
+    except UnicodeDecodeError:
+        raise KDError(
+            f'--config {path!r} is not a text file; pass a YAML file of flag names and values '
+            '(an args.yaml)'
+        ) from None
     if not isinstance(cfg, dict):
         raise KDError(f'--config {path!r} must be a mapping of flag names to values')
     return cfg
@@ -243,6 +248,36 @@ def check_names(args: argparse.Namespace) -> None:
         )
     if args.sched not in SCHEDULERS:
         raise KDError(f'unknown --sched {args.sched!r}; choose one of {", ".join(SCHEDULERS)}')
+    check_aa(args)
+
+
+def check_aa(args: argparse.Namespace) -> None:
+    """`--aa` as timm's transforms read it, or one line. 'None' (the string, as configs written by
+    hand say it) means no policy."""
+    if args.aa in ('None', 'none'):
+        args.aa = None
+    if not args.aa:
+        return
+    from timm.data.auto_augment import (
+        augment_and_mix_transform,
+        auto_augment_transform,
+        rand_augment_transform,
+    )
+
+    make = (
+        rand_augment_transform
+        if args.aa.startswith('rand')
+        else augment_and_mix_transform
+        if args.aa.startswith('augmix')
+        else auto_augment_transform
+    )
+    try:
+        make(args.aa, dict(translate_const=100, img_mean=(124, 116, 104)))
+    except Exception as e:  # timm asserts, or fails to parse a number
+        raise KDError(
+            f'--aa {args.aa!r} is no AutoAugment policy timm knows ({flat(e, 80)}); pass e.g. '
+            'rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, original, v0 or 3a, or leave --aa out'
+        ) from None
 
 
 def check_kd_flags_have_a_teacher(args: argparse.Namespace) -> None:
