@@ -1,6 +1,7 @@
 """Teacher-output cache: a cached run equals the live one with K = C; bad use is one line."""
 
 import csv
+import json
 import logging
 import os
 import re
@@ -185,12 +186,39 @@ def test_the_build_feeds_the_teacher_the_batches_training_feeds_it(
         assert all(float(a[k]) == pytest.approx(float(b[k]), abs=1e-5) for k in a)
 
 
-def test_teacher_settings_equal_to_the_caches_and_amp_are_accepted(image_folder, built, tmp_path):
+def test_teacher_settings_equal_to_the_caches_and_amp_are_accepted(
+    image_folder, built, tmp_path, caplog
+):
     """--amp is the student's precision; a teacher setting the cache's teacher ran with is
-    consistent with it."""
+    consistent with it. A live teacher of this run would answer under the autocast: one line says
+    that the cached answers are the build's float32 ones."""
     flags = ['--teacher-kwargs', 'img_size=32', '--amp', '--epochs', '1', '--output', str(tmp_path)]
-    train_main([image_folder, *FAST, *VIEWS, *flags, '--teacher-cache', str(built)])
+    with caplog.at_level(logging.WARNING, logger='timm_kd.cache'):
+        train_main([image_folder, *FAST, *VIEWS, *flags, '--teacher-cache', str(built)])
     assert _rows(next(tmp_path.glob('*/summary.csv')))
+    said = [r.getMessage() for r in caplog.records if 'holds the teacher' in r.getMessage()]
+    assert len(said) == 1, said
+    live = 'a live teacher would answer at float32 under float16 autocast in this run'
+    assert 'answers at float32; ' + live in said[0], said
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger='timm_kd.cache'):
+        train_main([image_folder, *FAST, *VIEWS, '--epochs', '1', '--output', str(tmp_path),
+                    '--experiment', 'plain', '--teacher-cache', str(built)])  # fmt: skip
+    assert 'holds the teacher' not in caplog.text
+
+
+def test_the_build_compiles_the_teacher_as_training_does(
+    image_folder, vit_teacher, tmp_path, monkeypatch
+):
+    """--teacher-fast (or --teacher-compile) compiles the teacher of the build too."""
+    from timm_kd.teacher import Teacher
+
+    compiled = []
+    monkeypatch.setattr(Teacher, 'compile', lambda self, **kw: compiled.append(kw) or self)
+    out = tmp_path / 'c'
+    cache_main(['build', image_folder, *FAST, *vit_teacher, '--epochs', '1', '--top-k', '2',
+                '--teacher-compile', 'eager', '--out', str(out)])  # fmt: skip
+    assert compiled == [dict(backend='eager', mode=None)]
 
 
 def test_a_killed_build_resumes_at_the_first_missing_epoch(
@@ -236,8 +264,8 @@ def test_cached_runs_resume_exactly_and_serve_several_students(image_folder, bui
 def test_torchrun_builds_one_shard_per_rank_and_trains_from_them(
     image_folder, vit_teacher, tmp_path
 ):
-    """2 gloo processes build disjoint shards; a 2-process
-    run from the cache equals the live 2-process run."""
+    """2 gloo processes build disjoint shards; a build resumed after a kill between the two
+    ranks' commits completes; a 2-process run from the cache equals the live 2-process run."""
     import subprocess
     import sys
 
@@ -253,8 +281,20 @@ def test_torchrun_builds_one_shard_per_rank_and_trains_from_them(
     ]
     flags = [image_folder, *FAST, '-b', '4', *VIEWS, *vit_teacher, '--output', str(tmp_path)]
     env = dict(os.environ, OMP_NUM_THREADS='1')
+    build = [
+        *run,
+        'timm_kd.cache',
+        'build',
+        *flags,
+        '--top-k',
+        '3',
+        '--out',
+        str(tmp_path / 'cache'),
+    ]
     for cmd in (
-        [*run, 'timm_kd.cache', 'build', *flags, '--top-k', '3', '--out', str(tmp_path / 'cache')],
+        build,
+        ['rm', str(tmp_path / 'cache' / 'epoch-0001-rank-1.json')],  # killed between the ranks'
+        build,  # rank 0 has both epochs, rank 1 lacks epoch 1: they agree, no barrier hangs
         [*run, 'timm_kd.train', *flags, '--experiment', 'live'],
         [
             *run,
@@ -268,6 +308,8 @@ def test_torchrun_builds_one_shard_per_rank_and_trains_from_them(
     ):
         result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((tmp_path / 'cache' / 'manifest.json').read_text())
+    assert manifest['epochs'] == [0, 1]
     assert sorted(p.name for p in (tmp_path / 'cache').glob('*.values.npy')) == [
         f'epoch-000{e}-rank-{r}.values.npy' for e in (0, 1) for r in (0, 1)
     ]

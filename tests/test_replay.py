@@ -212,3 +212,20 @@ def test_other_streams_keep_timms_views_and_say_they_do_not_replay():
     assert replayable_views(stream, seed=0) is stream
     loader = torch.utils.data.DataLoader(stream, batch_size=2)
     assert not make_replayable(loader)
+
+
+def test_the_prefetchers_erasing_draws_the_same_noise_for_any_device(image_folder):
+    """timm's prefetcher erases on its device, drawing the noise from that device's generator,
+    whose stream differs between the CPU and CUDA: a cache built on one would answer for other
+    pixels on the other. The noise is drawn on the CPU, whatever the loader's device."""
+    from timm.data.random_erasing import RandomErasing
+
+    from timm_kd.replay import BatchErasing, resumable
+
+    slots = resumable(_stream(image_folder, [])[0].loader)
+    slots.set_epoch(1)
+    erased = []
+    for device in ('cpu', 'cuda'):  # a CUDA loader's erasing is only built here: nothing runs
+        erasing = BatchErasing(RandomErasing(1.0, mode='pixel', device=device), slots, seed=7)
+        erased.append(erasing(torch.zeros(4, 3, 32, 32)))
+    assert torch.equal(erased[0], erased[1]) and erased[0].abs().sum() > 0

@@ -62,3 +62,21 @@ def test_checkpoint_state_holds_the_student_not_the_teacher():
     student_keys = set(timm.create_model('test_resnet', num_classes=4).state_dict())
     assert set(state['state_dict']) == student_keys
     assert set(ema_state['state_dict_ema']) == student_keys
+
+
+def test_a_bfloat16_student_takes_feature_losses_and_deep_supervision():
+    """--model-dtype bfloat16: the shape probe feeds the student its own dtype, and projections
+    and auxiliary heads are built at it (a float32 probe failed at the first layer)."""
+    from timm_kd import create_kd_student
+    from timm_kd.run import LossSpec
+
+    torch.manual_seed(0)
+    student = timm.create_model('test_resnet', num_classes=4).to(torch.bfloat16)
+    teacher = Teacher(timm.create_model('test_vit', num_classes=4, img_size=32))
+    spec = LossSpec(names=('kd', 'fitnet'), weights=(1.0, 1.0), deep_supervision=(1,))
+    kd_student = create_kd_student(student, teacher, spec, input_size=(3, 32, 32), num_classes=4)
+    assert {p.dtype for p in kd_student.parameters()} == {torch.bfloat16}
+    task = DistillationTask(kd_student, nn.CrossEntropyLoss(), teacher=teacher)
+    out = task(torch.randn(2, 3, 32, 32, dtype=torch.bfloat16), torch.tensor([0, 1]))
+    out['loss'].float().backward()
+    assert torch.isfinite(out['loss'].float())

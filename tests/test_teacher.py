@@ -6,6 +6,7 @@ import timm
 import torch
 
 from timm_kd import InputAdapter, KDError, Teacher, TeacherSetup, TeacherSpec, create_teacher
+from timm_kd.teacher import DTYPES
 
 STUDENT = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=(3, 32, 32))
 
@@ -342,3 +343,28 @@ def test_timms_kd_model_name_feeds_the_teacher_at_the_students_resolution(caplog
     assert input_adapter(ours.members[0], model, student, False).size == (224, 224)
     given = TeacherSpec('resnet18.a1_in1k', input_size=(3, 96, 96), at_student_size=True)
     assert input_adapter(given, model, student, False).size == (96, 96)
+
+
+def _beit():
+    """A BEiT (the paper's teacher family) at test size: relative position bias, layer scale."""
+    return timm.create_model('beit_base_patch16_224', img_size=32, patch_size=8, embed_dim=32,
+                             depth=2, num_heads=2, num_classes=3)  # fmt: skip
+
+
+@pytest.mark.parametrize('arch', ['test_resnet', 'test_vit', 'beit'])
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16', 'float16'])
+@pytest.mark.parametrize('amp', [None, 'bfloat16', 'float16'])
+def test_the_teacher_runs_at_its_own_precision_under_any_autocast(arch, dtype, amp):
+    """Cast weights (--teacher-dtype, --teacher-fast) inside the student's autocast of another
+    dtype failed: BatchNorm run eagerly ('mixed dtype'), BEiT ('Unexpected floating ScalarType').
+    The teacher's answer is now the same whatever autocast its caller is in."""
+    torch.manual_seed(0)
+    size = {} if arch == 'test_resnet' else dict(img_size=32)
+    model = _beit() if arch == 'beit' else timm.create_model(arch, num_classes=3, **size)
+    teacher = Teacher(model, dtype=DTYPES[dtype], autocast=DTYPES[amp] if amp else None)
+    images = torch.randn(2, 3, 32, 32)
+    alone = teacher(images).logits
+    for outer in (torch.float16, torch.bfloat16):
+        with torch.autocast('cpu', dtype=outer):
+            inside = teacher(images).logits
+        assert torch.isfinite(inside.float()).all() and torch.equal(inside, alone)

@@ -227,10 +227,9 @@ def training_step(
 ) -> None:
     """One teacher pass, then each student's forward, backward and (on update batches) update."""
     teacher_outs = [None] * len(runs)
-    if teacher is not None:
-        with amp_autocast():
-            stages = [run.task.teacher_stages for run in runs]
-            teacher_outs = teacher.forward_many(batch.input, stages)
+    if teacher is not None:  # at the teacher's own precision (`timm_kd.teacher.Teacher`)
+        stages = [run.task.teacher_stages for run in runs]
+        teacher_outs = teacher.forward_many(batch.input, stages)
     for run, teacher_out in zip(runs, teacher_outs):
         with nullcontext() if need_update else run.task.no_sync():
             with amp_autocast():

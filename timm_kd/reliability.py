@@ -29,6 +29,8 @@ from typing import Optional
 import torch
 from timm.utils import random_seed
 
+from .runtime import Process, over_ranks
+
 
 def reseed(seed: int, epoch: int, rank: int = 0, step: Optional[int] = None) -> None:
     """Seed every generator from (seed, epoch, step, rank): distinct per rank, reproducible per
@@ -130,9 +132,8 @@ class Preemption:
         if self.distributed:
             if not check_ranks:
                 return 0
-            flag = torch.tensor([self.signum], device=self.device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            return int(flag.item())
+            place = Process(self.device, distributed=True)
+            return int(over_ranks(self.signum, place, 'max'))
         return self.signum
 
     def __enter__(self) -> 'Preemption':

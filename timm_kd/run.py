@@ -60,6 +60,11 @@ class TeacherSpec:
     at_student_size: bool = field(default=False, metadata=IF_SET)
 
 
+def teacher_precision(dtype: str, amp: bool, amp_dtype: str) -> str:
+    """'bfloat16', 'float32', or 'float32 under float16 autocast'."""
+    return f'{dtype} under {amp_dtype} autocast' if amp and dtype == 'float32' else dtype
+
+
 @dataclass(frozen=True)
 class TeacherSetup:
     """Who teaches and how: one teacher, an ensemble of several, or none; and how they run.
@@ -83,6 +88,11 @@ class TeacherSetup:
     # teacher settings given beside `cache` without a teacher's name (the cache fingerprint's key,
     # the flag, the value): compared with the cache's teacher (`timm_kd.cache.TeacherCache.check`)
     beside_cache: Tuple[Tuple[str, str, Any], ...] = field(default=(), metadata=NOT_IDENTITY)
+
+    def precision(self) -> str:
+        """The precision the teachers answer at (`timm_kd.teacher.Teacher`): cast weights run
+        without autocast, float32 weights under the training's --amp dtype."""
+        return teacher_precision(self.dtype, self.amp, self.amp_dtype)
 
     def target_identity(self) -> Dict[str, Any]:
         """What the teachers' target depends on beyond the teachers: an ensemble of probabilities

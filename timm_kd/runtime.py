@@ -59,6 +59,7 @@ def init_process(device: Optional[str] = None) -> Process:
             f'{torch.cuda.device_count()} GPU(s); pass --nproc_per_node '
             f'{torch.cuda.device_count()}, or --device cpu to train on the CPU'
         )
+    fast_cuda_math(torch.device(device))
     if not is_distributed_env():
         return Process(torch.device(device))
     local_rank, rank, world_size = join_process_group(device)
@@ -96,6 +97,19 @@ def join_process_group(device: str) -> Tuple[int, int, int]:
     return local_rank, rank, world_size
 
 
+def over_ranks(value: float, process: Process, op: str = 'sum') -> float:
+    """`value` summed (or its 'max') over the DDP processes; `value` itself in one process.
+
+    The tensor is built on the process's device: NCCL, the backend on CUDA, takes CUDA tensors
+    only (gloo takes CPU ones, so a CPU tensor passes every CPU test and fails on the GPU)."""
+    if not process.distributed:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=process.device)
+    reduce_op = torch.distributed.ReduceOp.MAX if op == 'max' else torch.distributed.ReduceOp.SUM
+    torch.distributed.all_reduce(tensor, op=reduce_op)
+    return tensor.item()
+
+
 def resolve_lr(
     lr: Optional[float],
     lr_base: float,
@@ -127,16 +141,25 @@ def resolve_lr(
 def amp_setup(
     amp: bool, amp_dtype: str, device: torch.device
 ) -> Tuple[Callable, Optional[NativeScaler]]:
-    """Autocast context factory and loss scaler (float16 on CUDA only) for --amp / --amp-dtype."""
+    """Autocast context factory and loss scaler for --amp / --amp-dtype.
+
+    float16 gradients underflow without loss scaling on any device, so float16 gets timm's
+    `NativeScaler` on the CPU too (timm's train.py scales on CUDA only): the CPU then runs the
+    path of every CUDA float16 run (scaled backward, a step skipped on overflow, the scaler's state
+    in checkpoints), and the tests hold it on a machine without a GPU."""
     if not amp:
         return nullcontext, None
     dtype = torch.bfloat16 if amp_dtype == 'bfloat16' else torch.float16
-    scaler = (
-        NativeScaler(device=device.type)
-        if device.type == 'cuda' and dtype == torch.float16
-        else None
-    )
+    scaler = NativeScaler(device=device.type) if dtype == torch.float16 else None
     return partial(torch.autocast, device_type=device.type, dtype=dtype), scaler
+
+
+def fast_cuda_math(device: torch.device) -> None:
+    """timm's train.py's switches on CUDA: cuDNN benchmarks the convolution algorithms for each
+    input shape, float32 matmuls use TF32 tensor cores. Nothing elsewhere."""
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
 
 
 def experiment_name(experiment: str, model: str, input_size: Sequence[int]) -> str:

@@ -159,8 +159,8 @@ def _probe(
 ) -> Tuple[FeatureSpec, Optional[FeatureSpec]]:
     """Feature shapes of student and teacher (None without `teacher_stages`: aux
     heads only) from one forward pass on a zero batch (student in eval mode)."""
-    device = next(student.parameters()).device
-    x = torch.zeros(2, *input_size, device=device)
+    weight = next(student.parameters())  # the batch training feeds: the student's dtype
+    x = torch.zeros(2, *input_size, device=weight.device, dtype=weight.dtype)
     was_training = student.training
     student.eval()
     _, f_s = forward_features(student, x, student_stages)
@@ -226,4 +226,6 @@ def create_kd_student(
         AuxHead(specs[0].map_shapes[len(s_stages) + i][0], num_classes)
         for i in range(len(a_stages))
     ]
-    return KDStudent(student, losses, s_stages, a_stages, heads, t_stages, token)
+    kd_student = KDStudent(student, losses, s_stages, a_stages, heads, t_stages, token)
+    # projections and heads at the student's dtype (--model-dtype), or they cannot read its maps
+    return kd_student.to(dtype=next(student.parameters()).dtype)

@@ -89,6 +89,12 @@ class Teacher(nn.Module):
     default), weights cast to `dtype` (bf16/fp16 halves weight memory and skips autocast's per-step
     weight casts), `channels_last`, and `compile()` (adapter, cast and model as one graph, the
     frozen weights folded in as constants).
+
+    The teacher runs at its own precision, whatever autocast its caller is in: `autocast`, the
+    dtype of the autocast it runs under (None: none). Weights cast to bfloat16/float16 run without
+    autocast (autocast would mix their dtype with another and fail: BatchNorm, BEiT's attention);
+    float32 weights run under the training's --amp dtype, as in timm. The training and the cache
+    build therefore get the same answers.
     """
 
     def __init__(
@@ -98,11 +104,13 @@ class Teacher(nn.Module):
         dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
         inference_mode: bool = True,
+        autocast: Optional[torch.dtype] = None,
     ):
         super().__init__()
         self.model = model.eval().requires_grad_(False).to(dtype=dtype)
         self.adapter = adapter if adapter is not None else nn.Identity()
         self.dtype = dtype
+        self.autocast = autocast if dtype == torch.float32 else None
         self.channels_last = channels_last
         self.inference_mode = inference_mode
         self._compiled = None
@@ -161,7 +169,13 @@ class Teacher(nn.Module):
         """Teacher logits for the student's batch; with
         `stages` also its `Features` at those stages."""
         stages = tuple(stages) if stages is not None else None
-        with torch.inference_mode() if self.inference_mode else torch.no_grad():
+        device = images.device.type
+        precision = (
+            torch.autocast(device, dtype=self.autocast)
+            if self.autocast is not None
+            else torch.autocast(device, enabled=False)
+        )
+        with torch.inference_mode() if self.inference_mode else torch.no_grad(), precision:
             out = (self._compiled or self._infer)(images, stages)
         # inference tensors cannot be saved for backward: hand out normal ones
         if self.inference_mode:
@@ -388,5 +402,6 @@ def create_teacher(
         dtype=DTYPES[dtype],
         channels_last=setup.channels_last,
         inference_mode=setup.inference_mode,
+        autocast=DTYPES[setup.amp_dtype] if setup.amp else None,
     )
     return teacher.to(device) if device is not None else teacher

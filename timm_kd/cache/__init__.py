@@ -45,7 +45,7 @@ from ..identity import identity
 from ..losses import create_kd_loss, get_kd_loss_class, list_kd_losses
 from ..reliability import write_bytes, write_text
 from ..replay import stream_readers
-from ..run import RunSpec, as_json
+from ..run import RunSpec, as_json, teacher_precision
 from ..teacher import TeacherOutput
 from .layout import Layout
 from .shards import ShardPrefetch, is_built, open_shard, shard_order
@@ -217,6 +217,8 @@ class TeacherCache:
                 for k, v in {'temperature': run.teachers.temperature}.items()
                 if k in built.get('target', {})
             }
+        if not run.teachers.members:
+            self._say_precision(run, built['teacher'])
         parts = ('views', 'teacher', 'target') if run.teachers.members else ('views', 'target')
         diff = first_difference(built, now, parts)
         if diff:
@@ -231,6 +233,22 @@ class TeacherCache:
                 f'--teacher-cache {self.root!r} lacks epoch {missing[0]} (it covers '
                 f'{len(self.manifest["epochs"])} epochs); build more with --epochs '
                 f'{max(epochs) + 1}, or train fewer epochs'
+            )
+
+    def _say_precision(self, run: RunSpec, built: Dict[str, Any]) -> None:
+        """One line when the cached answers are at another precision than a live teacher of this
+        run would give (--amp, --amp-dtype beside a cache built without them): the cached run
+        then trains on the cache's answers, which are that rounding away from the live run's."""
+        keys = ('dtype', 'amp', 'amp_dtype')
+        if not all(key in built for key in keys):  # an ensemble's members keep their own dtypes
+            return
+        cached, live = teacher_precision(*(built[k] for k in keys)), run.teachers.precision()
+        if cached != live:
+            _logger.warning(
+                f"--teacher-cache {self.root!r} holds the teacher's answers at {cached}; a live "
+                f'teacher would answer at {live} in this run, so the targets differ from a live '
+                f"run's by that rounding (build the cache with the same --amp/--amp-dtype to "
+                'match it)'
             )
 
     def _check_teacher_settings(self, given: Sequence[Tuple[str, str, Any]], built: Dict[str, Any]):

@@ -52,7 +52,7 @@ class ShardWriter:
 
     def __init__(self, root: str, epoch: int, rank: int, arrays: Dict[str, Tuple[Any, Tuple]]):
         """`arrays`: the dtype and shape of each part (`timm_kd.cache.layout.Layout.arrays`)."""
-        self.files = shard_files(root, epoch, rank)
+        self.root, self.files = root, shard_files(root, epoch, rank)
         self.place = {'epoch': epoch, 'rank': rank}
         self.arrays: Dict[str, np.ndarray] = {}
         try:

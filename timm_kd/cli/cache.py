@@ -44,7 +44,7 @@ from ..errors import KDError, one_line_errors
 from ..locks import FolderLock
 from ..replay import order_digest
 from ..run import RunSpec
-from ..runtime import amp_setup, init_process
+from ..runtime import Process, init_process, over_ranks
 from .train.build import setup_run, training_stream
 from .train.config import parse_args
 
@@ -78,30 +78,22 @@ def build(argv: Optional[List[str]] = None) -> str:
     slots = len(stream) * run.views.batch_size
     now = fingerprint(run, train_set, process.world_size, mtimes=mine.strict_files)
     manifest = _manifest(mine.out, now, layout, slots)
-    amp_autocast, _ = amp_setup(run.teachers.amp, run.teachers.amp_dtype, device)
+    if run.teachers.compile:  # as training compiles it (--teacher-compile, --teacher-fast)
+        teacher.compile(backend=run.teachers.compile, mode=run.teachers.compile_mode)
     if process.is_primary and 'loss_error' not in manifest:  # the card's table; rank 0 writes it
-        manifest['loss_error'] = _loss_error(stream, teacher, amp_autocast, layout)
-    answers = _TopKAnswers(teacher, amp_autocast, layout)
+        manifest['loss_error'] = _loss_error(stream, teacher, layout)
+    answers = _TopKAnswers(teacher, layout)
     with FolderLock(mine.out, f'build-rank-{process.rank}.lock', 'the cache folder --out'):
-        todo = [e for e in range(run.views.epochs) if not is_built(mine.out, e, process.rank)]
+        todo = _epochs_to_build(mine.out, run.views.epochs, process)
         built = [e for e in range(run.views.epochs) if e not in todo]  # a kill may have come before
         manifest['epochs'] = sorted(set(manifest['epochs']) | set(built))  # the manifest's update
         progress = _Progress(len(stream), slots * len(todo), args.log_interval)
         for epoch in todo:
-            shard = ShardWriter(mine.out, epoch, process.rank, layout.arrays(slots))
-            epoch_start = time.time()
-            try:
-                rows = _write_epoch(stream, epoch, answers, shard, progress)
-            except BaseException:
-                shard.abort()
-                raise
-            if images is not None:  # before the epoch counts as built: every sample it read
-                write_sample_checksums(mine.out, process.rank, images.recorded())
-            shard.commit(order_digest(stream.loader, epoch))
-            # the teacher pass with the writes, data loading included, of the last epoch built
-            manifest['build_images_per_s'] = rows / (time.time() - epoch_start)
-            if process.distributed:
-                torch.distributed.barrier()
+            if not is_built(mine.out, epoch, process.rank):  # else another rank's shard is missing
+                shard = ShardWriter(mine.out, epoch, process.rank, layout.arrays(slots))
+                rate = _build_shard(shard, stream, epoch, answers, images, progress)
+                manifest['build_images_per_s'] = rate  # of the last epoch built
+            _wait_for_ranks(process)
             manifest['epochs'] = sorted(set(manifest['epochs']) | {epoch})
             if process.is_primary:
                 write_manifest(mine.out, manifest)
@@ -112,6 +104,38 @@ def build(argv: Optional[List[str]] = None) -> str:
             f'samples, top-{layout.k} of {num_classes} classes, in {mine.out}'
         )
     return mine.out
+
+
+def _build_shard(shard: ShardWriter, stream, epoch: int, answers, images, progress) -> float:
+    """Write and commit one epoch's shard of this rank; returns the images per second of the
+    teacher pass with the writes, data loading included."""
+    start = time.time()
+    try:
+        rows = _write_epoch(stream, epoch, answers, shard, progress)
+    except BaseException:
+        shard.abort()
+        raise
+    if images is not None:  # before the epoch counts as built: every sample it read
+        write_sample_checksums(shard.root, shard.place['rank'], images.recorded())
+    shard.commit(order_digest(stream.loader, epoch))
+    return rows / (time.time() - start)
+
+
+def _epochs_to_build(out: str, epochs: int, process: Process) -> List[int]:
+    """The epochs some rank has not built, the same list on every rank: a build killed between two
+    ranks' commits leaves one rank's shard of an epoch without the other's, and ranks with lists
+    of their own would meet at different barriers (and hang until the collective's timeout)."""
+    return [
+        epoch
+        for epoch in range(epochs)
+        if over_ranks(float(not is_built(out, epoch, process.rank)), process, 'max')
+    ]
+
+
+def _wait_for_ranks(process: Process) -> None:
+    """Every rank has committed this epoch's shard (only then does rank 0 record it)."""
+    if process.distributed:
+        torch.distributed.barrier()
 
 
 def build_flags() -> argparse.ArgumentParser:
@@ -163,12 +187,11 @@ def _buildable(mine: Any, run: RunSpec, replayable: bool) -> Layout:
 class _TopKAnswers:
     """The teacher's top-K answers to a batch, encoded in the cache's layout."""
 
-    def __init__(self, teacher, amp_autocast, layout: Layout):
-        self.teacher, self.amp_autocast, self.layout = teacher, amp_autocast, layout
+    def __init__(self, teacher, layout: Layout):
+        self.teacher, self.layout = teacher, layout
 
     def __call__(self, images: torch.Tensor, epoch: int, batch_idx: int) -> dict:
-        with self.amp_autocast():
-            logits = self.teacher(images).logits.float()
+        logits = self.teacher(images).logits.float()  # at the teacher's own precision
         if not torch.isfinite(logits).all():
             raise KDError(
                 f'the teacher answered NaN or infinity in epoch {epoch}, batch {batch_idx}; '
@@ -246,12 +269,11 @@ def _manifest(out: str, now: dict, layout: Layout, slots: int) -> dict:
     return manifest
 
 
-def _loss_error(stream, teacher, amp_autocast, layout: Layout) -> list:
+def _loss_error(stream, teacher, layout: Layout) -> list:
     """The KD loss error of the stored answers against the full logits, on the first batch of
     epoch 0 (a fixed batch, whatever epochs this invocation builds), with a uniform student."""
     _, batch = next(iter(stream.epoch(0)))
-    with amp_autocast():
-        logits = teacher(batch.input).logits.float()
+    logits = teacher(batch.input).logits.float()
     student = torch.zeros_like(logits)
     return top_k_loss_error(logits, student, [layout.k], [1.0, 4.0], layout.name)
 

@@ -23,7 +23,7 @@ from ...locks import FolderLock
 from ...reliability import Preemption, append_summary, truncate_summary, write_text
 from ...replay import order_digest, stream_readers
 from ...run import RunSpec, run_record
-from ...runtime import Process, amp_setup, init_process
+from ...runtime import Process, amp_setup, init_process, over_ranks
 from ...stream import TrainingStream
 from ...student import create_kd_student
 from ...unlabeled import check_unlabeled_run
@@ -284,17 +284,15 @@ def _report_skipped(t: Training, epoch: int) -> None:
     if images is None:
         return
     new, t.skipped = images.skipped - t.skipped, images.skipped
-    count = torch.tensor(float(new))
-    if t.process.distributed:  # every rank takes part, so all decide alike
-        torch.distributed.all_reduce(count)
-    if not count.item():
+    count = over_ranks(float(new), t.process)  # every rank takes part, so all decide alike
+    if not count:
         return
     seen = len(t.stream) * t.run.views.batch_size * t.process.world_size
     line = (
-        f'epoch {epoch}: {int(count.item())} of {seen} training files could not be read (named '
+        f'epoch {epoch}: {int(count)} of {seen} training files could not be read (named '
         'above) and were replaced by the next sample'
     )
-    if count.item() > t.args.max_skipped_fraction * seen:
+    if count > t.args.max_skipped_fraction * seen:
         raise KDError(
             f'{line}: more than --max-skipped-fraction {t.args.max_skipped_fraction:g}; repair or '
             'remove them (the log names each), or raise --max-skipped-fraction'
