@@ -66,18 +66,26 @@ def _step_losses(caplog):
     return [[float(v) for v in re.findall(r'loss: ([0-9.]+)', line)] for line in lines]
 
 
-@pytest.mark.parametrize('live_workers,cached_workers', [(0, 0), (1, 2)])
+@pytest.mark.parametrize(
+    'live, cached',
+    [
+        ([], []),
+        (['-j', '1'], ['-j', '2']),  # the loader
+        (['--grad-accum-steps', '2'],) * 2,  # the step
+        (['--smoothing', '0.2'],) * 2,  # the targets
+        (['--crop-pct', '0.8', '--interpolation', 'bicubic'],) * 2,  # validation
+    ],
+)
 def test_a_cached_run_equals_the_live_run(
-    image_folder, vit_teacher, built, tmp_path, caplog, live_workers, cached_workers
+    image_folder, vit_teacher, built, tmp_path, caplog, live, cached
 ):
     """K = C (3 classes): every step's losses, the evaluation and the final weights of the cached
     run are the live run's (kd and dkd losses, deep supervision, mixup/cutmix, RandAugment, random
-    erasing, dropout), in both epochs, whatever the loader workers of the build (0), the live and
-    the cached run."""
+    erasing, dropout), in both epochs, with a cache built with 0 loader workers and without the
+    flags the cache accepts: other workers, accumulation, smoothing, validation's preprocessing."""
     kd = ['--kd-loss', 'kd', 'dkd', '--kd-deep-supervision', '2', '--output', str(tmp_path)]
     with caplog.at_level(logging.INFO, logger='timm_kd.engine'):
-        train_main([image_folder, *FAST, *VIEWS, *vit_teacher, *kd, '--experiment', 'live',
-                    '-j', str(live_workers)])  # fmt: skip
+        train_main([image_folder, *FAST, *VIEWS, *vit_teacher, *kd, '--experiment', 'live', *live])
         live_steps = _step_losses(caplog)
         train_main(
             [
@@ -90,8 +98,7 @@ def test_a_cached_run_equals_the_live_run(
                 str(built),
                 '--experiment',
                 'cached',
-                '-j',
-                str(cached_workers),
+                *cached,
             ]
         )
         cached_steps = _step_losses(caplog)

@@ -35,7 +35,8 @@ ROLES = flag_roles(PARSER)
 # Flips that the rule in `_flip` cannot write (a value of the right shape that differs)
 FLIPS = {
     'model': ['--model', 'resnet18'],
-    'aug_splits': ['--aug-splits', '2'],  # another data config (ImageNet mean/std)
+    'aug_splits': ['--aug-splits', '2'],
+    'aa': ['--aa', 'rand-m9-mstd0.5'],  # another data config (ImageNet mean/std)
     'teachers': ['--teacher', 'test_vit', '--teacher', 'test_resnet'],
     'teacher': ['--teacher', 'test_resnet'],
     'kd_model_name': ['--kd-model-name', 'test_resnet'],
@@ -137,11 +138,21 @@ def _run(argv):
     return args, run_spec(args, key[2], data_config, [args])
 
 
-def _stream_batches(argv, epoch=0):
-    args, _ = parse_args(argv)
+EPOCHS = 3
+
+
+def _stream_batches(argv):
+    """What the teacher sees of a run, batch by batch: its input (before the teacher's own
+    precision) in epochs 0-2 on one stream, as training reads them."""
+    args, _ = parse_args([*argv, '--epochs', str(EPOCHS)])
     setup = setup_run(args, [args], Process(torch.device('cpu')), with_eval=False)
     stream, _, _ = training_stream(setup, Process(torch.device('cpu')))
-    return [(b.input, b.target) for _, b in stream.epoch(epoch)]
+    return [b.input for epoch in range(EPOCHS) for _, b in stream.epoch(epoch)]
+
+
+@pytest.fixture(scope='module')
+def base_batches(image_folder):
+    return _stream_batches([image_folder, *BASE])
 
 
 def test_every_flag_of_the_parser_has_a_role_and_the_table_names_no_other():
@@ -174,22 +185,45 @@ def test_flipping_a_teacher_flag_is_refused_by_a_cache_built_without_it(dest, ca
     'dest', sorted(d for d, r in ROLES.items() if r in (STUDENT, NEITHER) and d not in NOT_FLIPPED)
 )
 def test_flipping_a_student_flag_is_accepted_and_the_teacher_sees_the_same_batches(
-    dest, cache, image_folder
+    dest, cache, image_folder, base_batches
 ):
+    """Accepted by the cache, and the teacher's input is the same in every batch of three
+    consecutive epochs (the targets may differ: --smoothing)."""
     base_args, base_run = _run([image_folder, *BASE, '--teacher-cache', cache.root])
     dataset = setup_run(base_args, [base_args], Process(torch.device('cpu')), False).train_set
     argv = [image_folder, *BASE, *_flip(dest), '--teacher-cache', cache.root]
     args, run = _run(argv)
     assert vars(args) != vars(base_args), f'{_flip(dest)} changed nothing'
     cache.check(run, dataset, 1, [0], 0)
-    # the stream is built from the run's data and teacher values alone: where a flip changes one
-    # that does not count (workers, layout, device, precision), the batches are compared
+    # the stream is built from the run's data and teacher values alone: where a flip leaves them
+    # as they were, the stream is the base run's by construction
     if dataclasses.replace(run, students=()) != dataclasses.replace(base_run, students=()):
-        base = _stream_batches([image_folder, *BASE])
         flipped = _stream_batches(argv)
-        assert len(base) == len(flipped)
-        for (x, y), (fx, fy) in zip(base, flipped):
-            assert torch.equal(x.float(), fx.float()) and torch.equal(y, fy)
+        assert len(base_batches) == len(flipped) == EPOCHS * 6
+        for i, (x, fx) in enumerate(zip(base_batches, flipped)):
+            assert torch.equal(x.float(), fx.float()), f'epoch {i // 6}, batch {i % 6}'
+
+
+@pytest.mark.parametrize(
+    'flags, flip',
+    [
+        (['--no-aug'], ['--interpolation', 'bicubic']),
+        (['--train-interpolation', ''], ['--interpolation', 'bicubic']),
+    ],
+)
+def test_the_interpolation_counts_where_the_training_views_resize_with_it(
+    image_folder, vit_teacher, tmp_path, flags, flip
+):
+    """--interpolation is validation's, except under --no-aug or without --train-interpolation,
+    where the training transform resizes with it: there a cache built without it refuses it."""
+    out = tmp_path / 'cache'
+    cache_main(['build', image_folder, *BASE, *flags, *vit_teacher, '--top-k', '3',
+                '--out', str(out)])  # fmt: skip
+    built = TeacherCache(str(out))
+    args, run = _run([image_folder, *BASE, *flags, *flip, '--teacher-cache', str(out)])
+    dataset = setup_run(args, [args], Process(torch.device('cpu')), False).train_set
+    with pytest.raises(KDError, match="student interpolation: the cache has 'bilinear'"):
+        built.check(run, dataset, 1, [0], 0)
 
 
 @pytest.mark.parametrize('dest', sorted(d for d, r in ROLES.items() if r == REFUSED))

@@ -55,7 +55,8 @@ class LoaderOptions:
     validation_batch_size: Optional[int] = field(default=None, metadata=NOT_IDENTITY)
     workers: int = field(default=4, metadata=NOT_IDENTITY)
     pin_mem: bool = field(default=False, metadata=NOT_IDENTITY)
-    worker_seeding: str = 'all'
+    # each sample is seeded by its slot (`timm_kd.replay`), whatever seeded the worker
+    worker_seeding: str = field(default='all', metadata=NOT_IDENTITY)
     # its views are timm's (not replayed; `timm_kd.replay.make_replayable`)
     use_multi_epochs_loader: bool = field(default=False, metadata=IF_SET)
     no_aug: bool = False
@@ -83,7 +84,7 @@ class LoaderOptions:
     mixup_switch_prob: float = 0.5
     mixup_mode: str = 'batch'
     mixup_off_epoch: int = field(default=0, metadata=IF_SET)  # from this epoch on, no mixing
-    smoothing: float = 0.1
+    smoothing: float = field(default=0.1, metadata=NOT_IDENTITY)  # the targets, not the images
     train_img_sizes: Optional[Sequence[int]] = None
     train_batch_sizes: Optional[Sequence[int]] = None
     train_size_probs: Optional[Sequence[float]] = None

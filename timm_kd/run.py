@@ -111,7 +111,8 @@ class ProcessSpec:
     model_dtype: Optional[str] = None
     channels_last: bool = field(default=False, metadata=NOT_IDENTITY)
     prefetcher: bool = True  # timm's prefetcher erases whole batches on the device
-    grad_accum_steps: int = 1  # counted to be safe; the views follow the batch alone
+    # the batches and their views follow the batch size alone (`timm_kd.stream`)
+    grad_accum_steps: int = field(default=1, metadata=NOT_IDENTITY)
 
 
 @dataclass(frozen=True)

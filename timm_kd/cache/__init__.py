@@ -98,7 +98,7 @@ def fingerprint(
     views.update(
         world_size=world_size,
         num_classes=run.num_classes,
-        **{f'student {k}': v for k, v in run.data_config},
+        **{f'student {k}': v for k, v in run.data_config if k in _views_config(run)},
     )
     parts = {
         'views': views,
@@ -106,6 +106,14 @@ def fingerprint(
         'target': run.teachers.target_identity(),
     }
     return as_json(parts)
+
+
+def _views_config(run: RunSpec) -> Tuple[str, ...]:
+    """The keys of the student's data config that fix the training views: the size and the
+    normalization; the interpolation only where the training transform resizes with it (--no-aug,
+    or no --train-interpolation). The crop fraction and the rest are validation's."""
+    uses_interpolation = run.views.no_aug or not run.views.train_interpolation
+    return ('input_size', 'mean', 'std') + (('interpolation',) if uses_interpolation else ())
 
 
 def first_difference(

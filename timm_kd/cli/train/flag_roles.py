@@ -7,7 +7,9 @@
 - `STUDENT`: the student's training alone (model, optimizer, schedule, losses, precision). A cached
   run that differs in it trains from the cache as the live run would.
 - `NEITHER`: where things go and how the run is driven (paths, logging, workers, speed switches,
-  settings of a refused loader).
+  settings of a refused loader), and validation's preprocessing (`--crop-pct`; `--interpolation`,
+  which the training views use only under --no-aug or without --train-interpolation: then it
+  counts, `timm_kd.cache.fingerprint`).
 - `REFUSED`: a flag of timm's train.py that cannot apply to distillation (`timm_flags.UNSUPPORTED`).
 
 `tests/test_flag_roles.py` flips every flag and checks the table against the cache's behaviour, so
@@ -26,12 +28,12 @@ _BY_ROLE = {
     TEACHER: """
         dataset train_split train_num_samples class_map input_img_mode input_key target_key
         epoch_repeats train_fraction unlabeled_data unlabeled_ratio
-        model num_classes img_size in_chans input_size crop_pct mean std interpolation
-        batch_size grad_accum_steps model_dtype seed worker_seeding no_prefetcher
+        model num_classes img_size in_chans input_size mean std
+        batch_size model_dtype seed no_prefetcher
         use_multi_epochs_loader no_aug train_crop_mode scale ratio hflip vflip color_jitter
         color_jitter_prob grayscale_prob gaussian_blur_prob aa aug_repeats reprob remode recount
         resplit aug_splits mixup cutmix cutmix_minmax mixup_prob mixup_switch_prob mixup_mode
-        mixup_off_epoch smoothing train_interpolation
+        mixup_off_epoch train_interpolation
         train_img_sizes train_batch_sizes train_size_probs train_size_schedule
         train_size_schedule_spread train_size_random_mix train_batches_per_epoch
         teacher teachers kd_model_name teacher_checkpoint teacher_weight teacher_kwargs
@@ -56,6 +58,7 @@ _BY_ROLE = {
         torchscript
         kd_loss kd_loss_weight ori_loss_weight kd_loss_kwargs kd_student_stages kd_teacher_stages
         kd_deep_supervision kd_deep_supervision_weight train_fraction_keep_steps
+        smoothing grad_accum_steps
     """,
     NEITHER: """
         help config config_ignore_unknown data data_dir val_split val_num_samples dataset_download
@@ -65,7 +68,8 @@ _BY_ROLE = {
         wandb_tags wandb_resume_id teacher_cache teacher_channels_last teacher_compile
         teacher_inference_mode allow_unsafe_pickle stop_epoch max_skipped_fraction
         naflex_train_seq_lens naflex_max_seq_len naflex_patch_sizes naflex_patch_size_probs
-        naflex_loss_scale naflex_patchify_channels_first tta
+        naflex_loss_scale naflex_patchify_channels_first tta worker_seeding
+        crop_pct interpolation
     """,
 }
 FLAG_ROLES: Dict[str, str] = {
