@@ -66,14 +66,18 @@ def _step_losses(caplog):
     return [[float(v) for v in re.findall(r'loss: ([0-9.]+)', line)] for line in lines]
 
 
+ACCEPTED = ['--grad-accum-steps', '2', '--smoothing', '0.2', '--crop-pct', '0.8',
+            '--interpolation', 'bicubic']  # fmt: skip
+
+
 @pytest.mark.parametrize(
     'live, cached',
     [
         ([], []),
-        (['-j', '1'], ['-j', '2']),  # the loader
-        (['--grad-accum-steps', '2'],) * 2,  # the step
-        (['--smoothing', '0.2'],) * 2,  # the targets
-        (['--crop-pct', '0.8', '--interpolation', 'bicubic'],) * 2,  # validation
+        (  # the loader's workers, the step, the targets, validation
+            ['-j', '1', *ACCEPTED],
+            ['-j', '2', *ACCEPTED],
+        ),
     ],
 )
 def test_a_cached_run_equals_the_live_run(
