@@ -126,3 +126,5 @@ def test_loader_reports_replay_against_timm_and_the_resume_start_up(bench):
     assert out['checked_vs_unchecked'] > 0 and out['workers_0']['checked_images_per_s'] > 0
     assert set(out['checksum_mb_per_s']) == {'crc32', 'adler32', 'jpeg_decode'}
     assert set(out['resume_first_batch_s']) == {'10%', '90%'}
+    paired = out['per_sample_same_draws']
+    assert paired['replay_vs_timm'] > 0 and paired['checked_vs_timm'] > 0 and paired['timm_us'] > 0

@@ -464,3 +464,28 @@ def test_resume_auto_passes_over_a_damaged_checkpoint_to_the_newest_that_loads(
     rows = _rows(folder / 'summary.csv')
     assert [row.split(',')[0] for row in rows[1:]] == ['0', '1', '2']  # epoch 1 trained again
     assert torch.load(last, weights_only=False)['epoch'] == 2
+
+
+def test_a_kill_mid_epoch_1_resumed_at_once_with_other_workers_is_the_uninterrupted_run(
+    image_folder, tmp_path
+):
+    """Killed with -9 in epoch 1, after a recovery checkpoint, while its loader workers live: a
+    resume started at once (the folder's lock is free) with another -j ends with the
+    uninterrupted run's summary.csv and weights (mixup, erasing, dropout on)."""
+    workers, resumed_workers = '2', '0'
+    flags = ['--epochs', '3', '-b', '4', '--mixup', '0.4', '--reprob', '0.25', '--drop', '0.2',
+             '--recovery-interval', '2']  # fmt: skip
+    code, err = _train(image_folder, tmp_path, 'whole', *flags, '-j', workers)
+    assert code == 0, err[-2000:]
+    cut = tmp_path / 'cut'
+    process = _start(image_folder, tmp_path, 'cut', *flags, '-j', workers)
+    _wait_for(lambda: any(cut.glob('recovery-1-*.pth.tar')), process)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    code, err = _train(image_folder, tmp_path, 'cut', *flags, '-j', resumed_workers,
+                       '--resume', 'auto')  # fmt: skip
+    assert code == 0, err[-2000:]
+    assert 'recovery-1-' in err  # it resumed mid-epoch 1
+    assert _rows(cut / 'summary.csv') == _rows(tmp_path / 'whole' / 'summary.csv')
+    whole, resumed = _weights(tmp_path / 'whole' / 'last.pth.tar'), _weights(cut / 'last.pth.tar')
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
