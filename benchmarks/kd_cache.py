@@ -50,7 +50,7 @@ from timm_kd.data import (
 )  # noqa
 from timm_kd.reliability import reseed  # noqa: E402
 from timm_kd.replay import ReplayableViews, make_replayable  # noqa: E402
-from timm_kd.run import TeacherSpec, freeze  # noqa: E402
+from timm_kd.run import TeacherSetup, TeacherSpec, freeze  # noqa: E402
 from timm_kd.runtime import Process  # noqa: E402
 from timm_kd.teacher import create_teacher  # noqa: E402
 
@@ -175,7 +175,8 @@ def bench_teacher(args, teacher_name, data, work, device):
     )
     make_replayable(loader)
     spec = TeacherSpec(teacher_name, weights, kwargs=freeze(kwargs))
-    teacher = create_teacher(spec, config, args.num_classes, device=device)
+    setup = TeacherSetup(amp=args.amp, amp_dtype='bfloat16')  # as training runs it
+    teacher = create_teacher(spec, config, args.num_classes, setup, device=device)
     cached = CachedTeacher(TeacherCache(out), 0, device)
 
     def task(t):

@@ -174,7 +174,8 @@ def ablation(args, teacher0, x, device, amp):
     ]
     teachers = {}
     for name, kwargs, compiled in configs:
-        teachers[name] = Teacher(copy.deepcopy(teacher0), **kwargs).to(device)
+        autocast = torch.bfloat16 if args.amp else None  # the training's, as timm's teacher
+        teachers[name] = Teacher(copy.deepcopy(teacher0), **kwargs, autocast=autocast).to(device)
         if compiled:
             teachers[name].compile(args.compile_backend, mode=args.compile_mode)
     reference = teachers['fp32, no_grad'](x).logits.float()  # float32 weights, no autocast
@@ -237,6 +238,7 @@ def main():
         dtype=teacher_dtype,
         channels_last=args.channels_last,
         inference_mode=not args.no_inference_mode,
+        autocast=torch.bfloat16 if args.amp else None,  # float32 weights: the run's autocast
     ).to(device)
     # float32, no autocast
     reference_logits = Teacher(copy.deepcopy(teacher0), adapter).to(device)(x).logits.float()

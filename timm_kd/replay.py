@@ -216,8 +216,8 @@ class BatchErasing:
     pass), its noise drawn on the CPU.
 
     timm draws the erased pixels from the device's generator, whose stream differs between the CPU
-    and CUDA (and between GPU models, whose kernels split the draw by their SM count): a cache
-    built on one device would then answer for other pixels on another. Drawn on the CPU and copied
+    and CUDA for one seed (CUDA's kernels may also split a draw by the GPU's size): a cache built
+    on one device would then answer for other pixels on another. Drawn on the CPU and copied
     into the device batch, the views are the same on every device.
     """
 
