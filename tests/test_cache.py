@@ -352,6 +352,15 @@ def test_top_k_loss_error_is_zero_with_every_class_and_matches_a_hand_computatio
         )
 
 
+def _refusal(image_folder, cache, tmp_path, capsys) -> str:
+    """The one line (exit 2) of a run from `cache` with the flags it was built with."""
+    with pytest.raises(SystemExit) as info:
+        cli([image_folder, *FAST, *VIEWS, '--teacher-cache', str(cache), '--output', str(tmp_path)])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert info.value.code == 2, line
+    return line
+
+
 def test_training_from_a_damaged_shard_is_one_line_before_it_trains(
     image_folder, built, tmp_path, capsys
 ):
@@ -363,19 +372,8 @@ def test_training_from_a_damaged_shard_is_one_line_before_it_trains(
     data = bytearray(path.read_bytes())
     data[-5] ^= 0xFF
     path.write_bytes(bytes(data))
-    flags = [
-        image_folder,
-        *FAST,
-        *VIEWS,
-        '--teacher-cache',
-        str(damaged),
-        '--output',
-        str(tmp_path),
-    ]
-    with pytest.raises(SystemExit) as info:
-        cli(flags)
-    line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert info.value.code == 2 and f'shard {path} is damaged' in line, line
+    line = _refusal(image_folder, damaged, tmp_path, capsys)
+    assert f'shard {path} is damaged' in line, line
 
 
 def test_shards_swapped_between_epochs_are_one_line_naming_both(
@@ -392,19 +390,7 @@ def test_shards_swapped_between_epochs_are_one_line_naming_both(
         a.rename(tmp_path / 'held')
         b.rename(a)
         (tmp_path / 'held').rename(b)
-    flags = [
-        image_folder,
-        *FAST,
-        *VIEWS,
-        '--teacher-cache',
-        str(swapped),
-        '--output',
-        str(tmp_path),
-    ]
-    with pytest.raises(SystemExit) as info:
-        cli(flags)
-    line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert info.value.code == 2, line
+    line = _refusal(image_folder, swapped, tmp_path, capsys)
     assert 'epoch-0000-rank-0.json' in line and 'belong at epoch-0001-rank-0.json' in line, line
 
 
@@ -417,11 +403,8 @@ def test_a_cached_run_whose_sample_order_differs_from_the_builds_is_one_line(
 
     order = SlotSampler.order
     monkeypatch.setattr(SlotSampler, 'order', lambda self: order(self)[::-1])
-    flags = [image_folder, *FAST, *VIEWS, '--teacher-cache', str(built), '--output', str(tmp_path)]
-    with pytest.raises(SystemExit) as info:
-        cli(flags)
-    line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert info.value.code == 2 and 'reads its samples in another order' in line, line
+    line = _refusal(image_folder, built, tmp_path, capsys)
+    assert 'reads its samples in another order' in line, line
 
 
 def test_a_build_killed_between_renames_is_repaired_by_the_rerun(
