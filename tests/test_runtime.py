@@ -39,7 +39,7 @@ def collectives(monkeypatch):
     return devices
 
 
-def _report_skipped():
+def _report_skipped(tmp_path):
     """The loop's count of unreadable files after each epoch (it died under NCCL: a CPU tensor)."""
     from timm_kd.cli.train.loop import _report_skipped
     from timm_kd.decoding import DecodedImages
@@ -54,13 +54,14 @@ def _report_skipped():
     _report_skipped(t, 0)
 
 
-def _preemption():
+def _preemption(tmp_path):
     from timm_kd.reliability import Preemption
 
-    Preemption(True, META).requested()
+    with Preemption(True, META) as preemption:  # its signal handlers restored on the way out
+        preemption.requested()
 
 
-def _sums_by_rank():
+def _sums_by_rank(tmp_path):
     from timm_kd.engine import StudentRun
 
     run = SimpleNamespace(sums={'loss': torch.zeros((), device=META)},
@@ -68,7 +69,7 @@ def _sums_by_rank():
     StudentRun.sums_by_rank(run, True)
 
 
-def _crd_normalizer():
+def _crd_normalizer(tmp_path):
     from timm_kd.losses.crd import ContrastiveRepresentationKD
 
     ContrastiveRepresentationKD._normalizer(
@@ -89,7 +90,7 @@ def test_every_collective_gets_a_tensor_on_the_processs_device(collectives, call
     """With the process's device made not-CPU (meta), each place that calls a collective hands it
     tensors on that device only."""
     with pytest.raises(_Collective):
-        caller(*([tmp_path] if caller is _cache_build_epochs else []))
+        caller(tmp_path)
     assert collectives and all(d == META for d in collectives), collectives
 
 
