@@ -16,12 +16,12 @@ import json
 import logging
 import os
 import socket
-from typing import Dict, Optional
+from typing import Optional, Set
 
 from .errors import KDError
 
 _logger = logging.getLogger(__name__)
-_HELD: Dict[int, int] = {}  # descriptor of each lock this process holds -> the holder's pid
+_HELD: Set[int] = set()  # the descriptors of the locks this process holds
 
 
 def _close_inherited() -> None:
@@ -50,7 +50,8 @@ class FolderLock:
                 f'Took over the lock of {what} {folder!r} from pid {previous["pid"]} on '
                 f'{previous["host"]}, which no longer holds it (it ended or was killed)'
             )
-        _HELD[self.fd] = os.getpid()
+        self.owner = os.getpid()  # a forked copy of this object holds nothing
+        _HELD.add(self.fd)
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, json.dumps({'pid': os.getpid(), 'host': _host()}).encode(), 0)
 
@@ -83,8 +84,8 @@ class FolderLock:
         return fd, previous
 
     def release(self) -> None:
-        if self.fd is not None and _HELD.get(self.fd) == os.getpid():  # never a forked copy
-            del _HELD[self.fd]
+        if self.fd is not None and self.owner == os.getpid():  # never a forked copy
+            _HELD.discard(self.fd)
             try:
                 os.unlink(self.path)  # a clean end leaves no lock file, and no holder to take over
             except FileNotFoundError:

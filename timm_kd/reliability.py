@@ -114,7 +114,7 @@ class Preemption:
 
     def __init__(self, distributed: bool = False, device: Optional[torch.device] = None):
         self.signum = 0
-        self.distributed, self.device = distributed, device
+        self.process = Process(device, distributed=distributed)  # where the ranks compare flags
         self._previous = {}
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -129,11 +129,10 @@ class Preemption:
     def requested(self, check_ranks: bool = True) -> int:
         """The signal number if any rank was signalled
         (ranks compared only when `check_ranks`), else 0."""
-        if self.distributed:
+        if self.process.distributed:
             if not check_ranks:
                 return 0
-            place = Process(self.device, distributed=True)
-            return int(over_ranks(self.signum, place, 'max'))
+            return int(over_ranks(self.signum, self.process, 'max'))
         return self.signum
 
     def __enter__(self) -> 'Preemption':
