@@ -137,9 +137,10 @@ TRANSLATION = {
     'timm_kd.cli.train.timm_flags': None,
     'timm_kd.cli.train.students': None,
     'timm_kd.cli.train.build': {
-        'options', 'dataset_options', 'loader_options', 'setup_process_flags', 'model_dtype',
-        'create_student', 'teacher_setup', 'student_spec', 'run_spec', 'setup_run',
+        'options', 'dataset_options', 'loader_options', 'setup_process_flags', 'teacher_setup',
+        'student_spec', 'run_spec', 'setup_run',
     },
+    'timm_kd.cli.train.student_model': {'model_dtype', 'create_student'},
 }  # fmt: skip
 # The loop's run control, which the run value does not hold: logging, validation and recovery
 # intervals, --stop-epoch, BatchNorm syncing, wandb (`test_the_loop_reads_no_run_value_from_flags`)

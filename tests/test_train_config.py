@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+import torch
 import yaml
 
 from timm_kd import KDError
@@ -573,18 +574,22 @@ def test_configs_of_earlier_timm_versions_load_with_their_meaning(
         parse_args(['--config', str(tmp_path / 'unknown.yaml')])
 
 
-def test_retired_amp_keys_keep_their_meaning_or_are_one_line(tmp_path):
-    """timm 0.4-0.6 wrote native_amp (today's amp) and apex_amp (NVIDIA apex, gone from timm)."""
+def test_retired_amp_keys_keep_their_meaning(tmp_path, caplog):
+    """timm 0.4-0.6 wrote native_amp (today's amp) and apex_amp (true where --amp found NVIDIA
+    apex, gone from timm): both train with torch's AMP, apex_amp with one note."""
+    import logging
+
     saved = yaml.safe_load(open(os.path.join(DATA, 'timm_args_0.4.12.yaml')))
     assert saved['native_amp'] is False and saved['apex_amp'] is False and saved['amp'] is False
-    for key, value in (('native_amp', True), ('apex_amp', False), ('native_amp', False)):
+    for key, value in (('native_amp', True), ('apex_amp', False), ('native_amp', False),
+                       ('apex_amp', True)):  # fmt: skip
         (tmp_path / 'c.yaml').write_text(yaml.safe_dump({**saved, key: value}))
-        assert parse_args(['--config', str(tmp_path / 'c.yaml')])[0].amp is (
-            value and key == 'native_amp'
-        )
-    (tmp_path / 'c.yaml').write_text(yaml.safe_dump({**saved, 'apex_amp': True}))
-    with pytest.raises(KDError, match=r'apex_amp: true asks for NVIDIA apex AMP.*set amp: true'):
-        parse_args(['--config', str(tmp_path / 'c.yaml')])
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert parse_args(['--config', str(tmp_path / 'c.yaml')])[0].amp is value
+        notes = [r.getMessage() for r in caplog.records if 'apex_amp' in r.getMessage()]
+        assert len(notes) == (key == 'apex_amp' and value)
+    assert "trains with torch's own AMP, as amp: true" in notes[0]
 
 
 def test_a_start_epoch_past_the_end_says_so(image_folder, tmp_path, run_cli, caplog):
@@ -661,6 +666,49 @@ def test_published_args_yaml_files_load_with_their_meaning(name, caplog):
     for key in sorted(set(saved) - skipped):  # every other key, at the file's value
         got = getattr(args, key)
         assert got == (tuple(saved[key]) if isinstance(got, tuple) else saved[key]), key
+
+
+@pytest.mark.parametrize(
+    'name, keys, note',
+    [
+        ('timm_args_0.4.12.yaml', {'apex_amp': True}, "trains with torch's own AMP"),
+        ('published/repghost_repghostnet_1_0x.yaml', {'sync_bn': True}, 'it does nothing, as'),
+        ('published/iformer_small.yaml', {'apex_amp': True, 'sync_bn': True}, 'apex_amp: true'),
+    ],
+)
+def test_what_timm_wrote_where_apex_or_sync_bn_was_asked_trains_with_one_note(
+    name, keys, note, image_folder, vit_teacher, tmp_path, run_cli, caplog
+):
+    """Real args.yaml files as timm's train.py writes them where --amp found NVIDIA apex (timm
+    0.4's apex_amp: true) or --sync-bn was given: timm's train.py trains them in one process
+    (apex aside, it ignores sync_bn outside distributed training), and so does timm-kd."""
+    import logging
+
+    from timm_kd.cli.train.loop import main
+
+    saved = yaml.safe_load(open(os.path.join(DATA, name)))
+    (tmp_path / 'c.yaml').write_text(yaml.safe_dump({**saved, **keys}))
+    with caplog.at_level(logging.WARNING):
+        result = run_cli(main, image_folder, '--config', tmp_path / 'c.yaml',
+                         '--config-ignore-unknown', '--model', 'test_resnet', '--num-classes', '3',
+                         '--input-size', '3', '32', '32', '--batch-size', '8', '--epochs', '1',
+                         '--cooldown-epochs', '0', '--val-split', 'validation', '-j', '0',
+                         '--device', 'cpu', '--output', tmp_path, '--experiment', 'run',
+                         *vit_teacher)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert len((tmp_path / 'run' / 'summary.csv').read_text().splitlines()) == 2
+    assert note in caplog.text
+
+
+def test_sync_bn_is_refused_only_where_it_cannot_run():
+    """Several processes off CUDA: one line; one process: a note (timm ignores it there)."""
+    from timm_kd.cli.train.student_model import _check_sync_bn
+    from timm_kd.runtime import Process
+
+    cpu = torch.device('cpu')
+    _check_sync_bn(True, Process(cpu))
+    with pytest.raises(KDError, match='^--sync-bn needs CUDA devices .*; drop it, or run with'):
+        _check_sync_bn(True, Process(cpu, world_size=2, distributed=True))
 
 
 @pytest.mark.parametrize('name', sorted(PUBLISHED))

@@ -290,7 +290,6 @@ BAD_INPUTS = [  # (flags, what the one line must name, the fix it must give)
         'cannot create the output folder',
         'an --output folder you can write to',
     ),
-    (['--sync-bn'], '--sync-bn needs CUDA', 'drop it'),
 ]
 
 

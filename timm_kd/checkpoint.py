@@ -105,12 +105,17 @@ def load_training_metadata(path: str) -> Dict[str, Any]:
 
 
 def checkpoint_num_classes(arch: str, state_dict: Dict[str, Any]) -> Optional[int]:
-    """Class count of a state_dict, read off the classifier
-    weight named in the architecture's pretrained cfg."""
+    """Class count of a state_dict, read off the classifier weight named in the architecture's
+    pretrained cfg: 0 when the state_dict has none (a headless model's, `num_classes=0`), None
+    when the cfg names no classifier."""
     cfg = get_pretrained_cfg(arch, allow_unregistered=True)
     classifier = cfg.classifier if cfg is not None else None
-    for name in classifier if isinstance(classifier, (list, tuple)) else [classifier]:
-        weight = state_dict.get(f'{name}.weight') if name else None
+    names = classifier if isinstance(classifier, (list, tuple)) else [classifier]
+    names = [n for n in names if n]
+    for name in names:
+        weight = state_dict.get(f'{name}.weight')
         if weight is not None:
             return weight.shape[0]
+    if names and not any(k.startswith(f'{n}.') for n in names for k in state_dict):
+        return 0
     return None

@@ -109,7 +109,9 @@ class StudentRun:
         for key, value in result.items():
             if key.endswith('loss'):
                 self.sums[key] = self.sums.get(key, 0.0) + value.detach().float() * n
-        if teacher_out is not None:
+        # only a teacher answering over the student's classes agrees or not (not a headless one,
+        # nor one of another label set teaching by features)
+        if teacher_out is not None and teacher_out.logits.shape == result['output'].shape:
             same = result['output'].detach().argmax(-1) == teacher_out.logits.argmax(-1)
             agree = same.sum() * 100.0
             self.sums['teacher_agreement'] = self.sums.get('teacher_agreement', 0.0) + agree

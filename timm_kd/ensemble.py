@@ -6,8 +6,9 @@
 
 `--teacher` may be given several times; the teacher flags that follow one (`--teacher-checkpoint`,
 `--teacher-kwargs`, `--teacher-no-ema`, `--teacher-mean`, `--teacher-std`, `--teacher-input-size`,
-`--teacher-dtype`, `--teacher-weight`) belong to it. Each teacher sees the student's batch through
-its own preprocessing (`InputAdapter`), one pass per teacher per batch, shared by all students. The
+`--teacher-dtype`, `--teacher-weight`, `--teacher-class-map`) belong to it. Each teacher sees the
+student's batch through its own preprocessing (`InputAdapter`) and answers over the student's
+classes (through its own class map), one pass per teacher per batch, shared by all students. The
 target (`--teacher-ensemble prob`, the default) is the weighted mean of the teachers' probabilities
 at the KD temperature T (`--kd-temperature`, 1 when unset): the ensemble hands out the logits T *
 log(sum_i w_i softmax(z_i / T)), whose softmax at T is exactly that mixture (big_vision's and
@@ -106,16 +107,22 @@ def create_teachers(
     in_chans: int,
     data_config: Dict[str, Any],
     device: torch.device,
+    class_names: Optional[Sequence[str]] = None,
+    reads_logits: bool = True,
 ) -> Optional[nn.Module]:
     """The `Teacher` of `setup`, an `EnsembleTeacher` when it has several members, or None.
 
     Each member sees the student's batch (normalized and sized by `data_config`) through its own
-    preprocessing."""
+    preprocessing, and answers over the student's classes (named `class_names`) through its own
+    class map. `reads_logits`: whether the losses read the logits (`teacher.create_teacher`)."""
     if not setup.members:
         return None
     # the student's channels, as its model has them
     config = {**data_config, 'input_size': (in_chans, *data_config['input_size'][1:])}
-    teachers = [create_teacher(spec, config, num_classes, setup, device) for spec in setup.members]
+    teachers = [
+        create_teacher(spec, config, num_classes, setup, device, class_names, reads_logits)
+        for spec in setup.members
+    ]
     if len(teachers) == 1:
         return teachers[0]
     weights = [spec.weight for spec in setup.members]

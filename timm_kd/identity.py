@@ -9,11 +9,14 @@ run that leaves it at the default. A new field is therefore covered by construct
 
 import dataclasses
 import hashlib
-from typing import Any, Dict
+import os
+from typing import Any, Dict, Optional
 
 NOT_IDENTITY = {'identity': False}
 FILE = {'identity': 'file'}
 IF_SET = {'identity': 'if-set'}
+# a file's content, counted when set; a value that names no file (a keyword such as 'auto') as is
+FILE_IF_SET = {'identity': 'file', 'if_set': True}
 
 
 def sha256(path: str) -> str:
@@ -22,6 +25,14 @@ def sha256(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b''):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_identity(path: Optional[str]) -> Optional[str]:
+    """How a `FILE` field counts: its file's content; unset as None; a value that names no file
+    (a keyword such as 'auto') as is."""
+    if not path:
+        return None
+    return sha256(path) if os.path.isfile(path) else path
 
 
 def identity(value: Any, prefix: str = '') -> Dict[str, Any]:
@@ -34,7 +45,7 @@ def identity(value: Any, prefix: str = '') -> Dict[str, Any]:
         if kind is False:
             continue
         v = getattr(value, f.name)
-        if kind == 'if-set' and v == f.default:
+        if (kind == 'if-set' or f.metadata.get('if_set')) and v == f.default:
             continue
         key = ' '.join(p for p in (prefix, f.metadata.get('label', f.name)) if p)
         if dataclasses.is_dataclass(v):
@@ -43,7 +54,7 @@ def identity(value: Any, prefix: str = '') -> Dict[str, Any]:
             for i, item in enumerate(v):
                 out.update(identity(item, key if len(v) == 1 else f'{key} {i + 1}'))
         elif kind == 'file':
-            out[key] = sha256(v) if v else None
+            out[key] = file_identity(v)
         else:
             out[key] = v
     return out

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .data import DatasetOptions, LoaderOptions
-from .identity import FILE, IF_SET, NOT_IDENTITY
+from .identity import FILE, FILE_IF_SET, IF_SET, NOT_IDENTITY
 from .losses import get_kd_loss_class
 
 
@@ -58,6 +58,9 @@ class TeacherSpec:
     # timm's --kd-model-name: the teacher sees the student's resolution, as timm's distillation
     # task feeds it (renormalized, never resized); --teacher: its own resolution
     at_student_size: bool = field(default=False, metadata=IF_SET)
+    # --teacher-class-map: a file naming each student class's teacher classes, or 'auto'
+    # (`timm_kd.class_map`); the file counts by content
+    class_map: Optional[str] = field(default=None, metadata=FILE_IF_SET)
 
 
 def teacher_precision(dtype: str, amp: bool, amp_dtype: str) -> str:
@@ -131,6 +134,12 @@ class LossSpec:
     deep_supervision_weight: float = 1.0
     ori_weight: float = 1.0
     distill_token: bool = False
+
+    def reads_teacher_logits(self) -> bool:
+        """Whether these terms read the teacher's logits (logit losses, deep supervision's
+        heads); feature losses alone take any teacher, headless ones included."""
+        kinds = {get_kd_loss_class(n).kind for n in self.names}
+        return 'logit' in kinds or bool(self.deep_supervision)
 
     def needs(self, what: str) -> List[str]:
         """The losses that declare `what` ('needs_labels', 'needs_index', 'needs_features')."""

@@ -7,9 +7,6 @@ in its place.
 """
 
 import logging
-import os
-import socket
-import urllib.parse
 from typing import (
     Any,
     List,
@@ -25,19 +22,13 @@ from typing import (
 
 import torch
 import torch.nn as nn
-from timm.models import (
-    create_model,
-    get_pretrained_cfg,
-    is_model,
-    parse_model_name,
-    split_model_name_tag,
-)
 
-from .checkpoint import checkpoint_num_classes, load_state_dict
-from .errors import KDError, flat
+from .class_map import ClassMap, teacher_class_map
+from .errors import KDError
 from .features import Features, forward_features
 from .run import TeacherSetup, TeacherSpec
 from .teacher_input import InputAdapter, input_adapter
+from .teacher_model import create_teacher_model, parse_teacher_name
 
 _logger = logging.getLogger(__name__)
 
@@ -88,7 +79,8 @@ class Teacher(nn.Module):
     The fast path, each part switchable: `inference_mode` (no autograd bookkeeping at all, on by
     default), weights cast to `dtype` (bf16/fp16 halves weight memory and skips autocast's per-step
     weight casts), `channels_last`, and `compile()` (adapter, cast and model as one graph, the
-    frozen weights folded in as constants).
+    frozen weights folded in as constants). A `class_map` answers over another label set
+    (`timm_kd.class_map`).
 
     The teacher runs at its own precision, whatever autocast its caller is in: `autocast`, the
     dtype of the autocast it runs under (None: none). Weights cast to bfloat16/float16 run without
@@ -105,10 +97,12 @@ class Teacher(nn.Module):
         channels_last: bool = False,
         inference_mode: bool = True,
         autocast: Optional[torch.dtype] = None,
+        class_map: Optional[ClassMap] = None,
     ):
         super().__init__()
         self.model = model.eval().requires_grad_(False).to(dtype=dtype)
         self.adapter = adapter if adapter is not None else nn.Identity()
+        self.class_map = class_map
         self.dtype = dtype
         self.autocast = autocast if dtype == torch.float32 else None
         self.channels_last = channels_last
@@ -119,7 +113,7 @@ class Teacher(nn.Module):
 
     @property
     def num_classes(self) -> int:
-        return self.model.num_classes
+        return self.class_map.num_classes if self.class_map is not None else self.model.num_classes
 
     def train(self, mode: bool = True) -> 'Teacher':
         """The teacher stays in eval mode whatever its
@@ -160,8 +154,12 @@ class Teacher(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if stages is not None:
-            return TeacherOutput(*forward_features(self.model, x, stages))
-        return TeacherOutput(self.model(x))
+            logits, features = forward_features(self.model, x, stages)
+        else:
+            logits, features = self.model(x), None
+        if self.class_map is not None:
+            logits = self.class_map(logits)
+        return TeacherOutput(logits, features)
 
     def forward(
         self, images: torch.Tensor, stages: Optional[Sequence[int]] = None
@@ -206,158 +204,24 @@ class Teacher(nn.Module):
         ]
 
 
-def _parse_teacher_name(name: str) -> Tuple[Optional[str], str, str]:
-    """(source, architecture, tag): source is
-    'hf-hub'/'local-dir' or None for a timm registry name."""
-    try:
-        source, model_name = parse_model_name(name)
-    except ValueError:  # timm's answer to a path or a repo id without a prefix
-        if os.path.isdir(name):
-            fix = f'pass --teacher local-dir:{name} (a folder with config.json and its weights)'
-        elif os.path.exists(name):
-            fix = f'pass the architecture as --teacher ARCH and --teacher-checkpoint {name}'
-        elif name.count('/') == 1 and not name.startswith(('.', '/', '~')):  # ORG/NAME
-            fix = f'pass hf-hub:{name} for a Hugging Face Hub repository, or check the path'
-        else:
-            fix = 'check the path, or pass a timm name, hf-hub:ORG/NAME or local-dir:PATH'
-        missing = '' if os.path.exists(name) else ': no such file or folder'
-        raise KDError(f'teacher {name!r} is not a timm model name{missing}; {fix}') from None
-    if source:
-        return source, name, ''
-    arch, tag = split_model_name_tag(model_name)
-    return None, arch, tag
-
-
-def _has_pretrained_source(name: str) -> bool:
-    source, _, _ = _parse_teacher_name(name)
-    if source:
-        return True
-    cfg = get_pretrained_cfg(name, allow_unregistered=True)
-    return cfg is not None and bool(cfg.hf_hub_id or cfg.url or cfg.file or cfg.state_dict)
-
-
-# what timm's pretrained loading asks the Hub for, in this order
-HUB_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin', 'open_clip_model.safetensors',
-                    'open_clip_pytorch_model.bin')  # fmt: skip
-
-
-def check_hub_reachable(
-    name: str, what: str = 'teacher', fix: str = 'pass --teacher-checkpoint PATH'
-) -> None:
-    """Weights from the Hugging Face Hub that are neither cached nor reachable are one line at
-    once: huggingface_hub would retry each file for about half a minute, logging every try.
-    `what` names the model in the line ('teacher', '--model'), `fix` the other way to weights."""
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    source, _, _ = _parse_teacher_name(name)
-    cfg = None if source else get_pretrained_cfg(name, allow_unregistered=True)
-    repo = name.split(':', 1)[1] if source == 'hf-hub' else cfg.hf_hub_id if cfg else None
-    if not repo or constants.HF_HUB_OFFLINE:  # offline: huggingface_hub answers at once
-        return
-    repo_id, _, revision = repo.partition('@')
-    for file in HUB_WEIGHT_FILES:
-        if isinstance(try_to_load_from_cache(repo_id, file, revision=revision or None), str):
-            return
-    url = urllib.parse.urlsplit(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == 'https' else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=10).close()
-    except OSError as e:
-        raise KDError(
-            f'no pretrained weights for {what} {name!r}: not in the local Hugging Face cache, '
-            f'and the Hub ({constants.ENDPOINT}) cannot be reached ({e.strerror or e}); download '
-            f'them once with network access (cached under HF_HOME), or {fix}'
-        ) from None
-
-
-def _create_teacher_model(
-    name: str,
-    checkpoint: Optional[str],
-    in_chans: int,
-    use_ema: bool,
-    allow_pickle: bool,
-    student_num_classes: int,
-    model_kwargs: dict,
-) -> nn.Module:
-    source, arch, _ = _parse_teacher_name(name)
-    if not source and not is_model(arch):
-        raise KDError(
-            f'unknown teacher model {name!r}; see timm.list_models() / timm.list_pretrained() '
-            f'for valid names'
-        )
-    try:
-        if checkpoint:
-            state_dict = load_state_dict(checkpoint, use_ema=use_ema, allow_pickle=allow_pickle)
-            num_classes = checkpoint_num_classes(arch, state_dict) or student_num_classes
-            model = create_model(
-                name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **model_kwargs
-            )
-            try:
-                missing, unexpected = model.load_state_dict(state_dict, strict=False)
-                problem = (
-                    f'{len(missing)} missing keys e.g. {missing[:2]}, {len(unexpected)} unexpected '
-                    f'e.g. {unexpected[:2]}'
-                    if missing or unexpected
-                    else ''
-                )
-            except RuntimeError as e:  # shape mismatches
-                problem = next(
-                    (line.strip() for line in str(e).splitlines() if 'size mismatch' in line),
-                    str(e),
-                )
-            if problem:
-                raise KDError(
-                    f'teacher checkpoint {checkpoint!r} does not fit architecture {name!r} '
-                    f'({problem[:200]}); pass the '
-                    f'--teacher architecture (and --teacher-kwargs) the checkpoint was trained with'
-                )
-            return model
-        if not _has_pretrained_source(name):
-            raise KDError(
-                f'teacher {name!r} has no pretrained weights in timm; pass --teacher-checkpoint '
-                f'PATH or a name with a pretrained tag (timm.list_pretrained({arch + "*"!r}))'
-            )
-        check_hub_reachable(name)
-        return create_model(name, pretrained=True, in_chans=in_chans, **model_kwargs)
-    except KDError:
-        raise
-    except RuntimeError as e:
-        raise KDError(f'could not create teacher {name!r}: {flat(e, 200)}') from None
-    # hub/network errors come in many types (LocalEntryNotFoundError, OSError, HTTPError)
-    except Exception as e:
-        raise KDError(hub_miss(e, 'teacher', name, 'pass --teacher-checkpoint PATH')) from None
-
-
-def is_hub_miss(e: Exception) -> bool:
-    """Whether `e` says weights were neither in the Hugging Face cache nor downloadable."""
-    return type(e).__name__ == 'LocalEntryNotFoundError' or 'offline' in str(e).lower()
-
-
-def hub_miss(e: Exception, what: str, name: str, fix: str) -> str:
-    """The one line for a failed download of pretrained weights (errors of many types:
-    LocalEntryNotFoundError, OSError, HTTPError)."""
-    reason = (
-        'not in the local Hugging Face cache, and the Hub is unreachable or HF_HUB_OFFLINE=1'
-        if is_hub_miss(e)
-        else f'{type(e).__name__}: {flat(e, 120)}'
-    )
-    return (
-        f'no pretrained weights for {what} {name!r} ({reason}); download them once with '
-        f'network access (cached under HF_HOME), or {fix}'
-    )
-
-
 def create_teacher(
     spec: Union[str, TeacherSpec],
     student_config: Mapping[str, Any],
     num_classes: int,
     setup: TeacherSetup = TeacherSetup(),
     device: Optional[torch.device] = None,
+    class_names: Optional[Sequence[str]] = None,
+    reads_logits: bool = True,
 ) -> Teacher:
     """Build a frozen teacher from a timm name (pretrained weights) or a `TeacherSpec`: a name
     plus a checkpoint, its own preprocessing and dtype. `student_config` is the student's data
     config (mean, std, input size: the batch the teacher is given); `setup` says how teachers run
     (dtype, channels_last, inference mode, whether pickled checkpoints may load).
+
+    Classes: a teacher of another label set answers over the student's `num_classes` classes
+    (named `class_names`, the dataset's) through its spec's `class_map` (`timm_kd.class_map`).
+    Where the run's losses do not read the logits (`reads_logits` False: feature losses only),
+    any teacher serves, headless ones (num_classes=0) included.
 
     Preprocessing: a pretrained teacher uses its pretrained cfg's mean/std/input size and
     interpolation. A teacher from a bare architecture plus a training checkpoint uses what the
@@ -378,23 +242,21 @@ def create_teacher(
                 f'the student); drop it from --teacher-kwargs'
             )
     in_chans = student_config['input_size'][0]
-    model = _create_teacher_model(
+    model = create_teacher_model(
         name, checkpoint, in_chans, not spec.no_ema, setup.allow_pickle, num_classes, model_kwargs
     )
-    if model.num_classes != num_classes:
-        raise KDError(
-            f'teacher {name!r} predicts {model.num_classes} classes but the student has '
-            f'{num_classes}; '
-            f'use a teacher trained on the same label set (or set --num-classes to match)'
-        )
+    class_map = teacher_class_map(
+        spec.class_map, model, class_names, num_classes, reads_logits, name
+    )
 
-    source, _, tag = _parse_teacher_name(name)
+    source, _, tag = parse_teacher_name(name)
     adapter = input_adapter(
         spec, model, student_config, from_record=bool(checkpoint) and not (source or tag)
     )
     _logger.info(
         f'Teacher {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, '
-        f'{num_classes} classes, dtype {dtype}): {adapter.extra_repr()}'
+        f'{model.num_classes} classes{f" mapped to {num_classes}" if class_map else ""}, '
+        f'dtype {dtype}): {adapter.extra_repr()}'
     )
     teacher = Teacher(
         model,
@@ -403,5 +265,6 @@ def create_teacher(
         channels_last=setup.channels_last,
         inference_mode=setup.inference_mode,
         autocast=DTYPES[setup.amp_dtype] if setup.amp else None,
+        class_map=class_map,
     )
     return teacher.to(device) if device is not None else teacher

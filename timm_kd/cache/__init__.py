@@ -26,6 +26,7 @@ checksums, written last: `shards`); training verifies each shard when it opens i
 resumes at the first epoch not completely built; under torchrun every rank builds its own shard.
 """
 
+import dataclasses
 import glob
 import hashlib
 import io
@@ -41,11 +42,11 @@ from torch import nn
 
 from ..dataset_views import dataset_targets
 from ..errors import KDError
-from ..identity import identity
+from ..identity import file_identity, identity
 from ..losses import create_kd_loss, get_kd_loss_class, list_kd_losses
 from ..reliability import write_bytes, write_text
 from ..replay import stream_readers
-from ..run import RunSpec, as_json, teacher_precision
+from ..run import RunSpec, TeacherSpec, as_json, teacher_precision
 from ..teacher import TeacherOutput
 from .layout import Layout
 from .shards import ShardPrefetch, is_built, open_shard, shard_order
@@ -263,14 +264,14 @@ class TeacherCache:
         """One line for a teacher setting (`--teacher-mean`, ...) given without a teacher's name
         that differs from how the cache's teacher ran: the cached answers are that teacher's."""
         for key, flag, value in given:
-            if key not in built:
+            if 'teacher' not in built:  # one teacher's name; an ensemble's are 'teacher 1', ...
                 raise KDError(
                     f'{flag} beside --teacher-cache {self.root!r}, whose answers are an '
                     "ensemble's: name its teachers with --teacher (each with its own flags) to "
                     f'compare, or drop {flag}'
                 )
-            cached = built[key]
-            if as_json(value) != cached:
+            cached = built.get(key)  # a setting counted only when set is absent at its default
+            if _counted(key, value) != cached:
                 ran = 'its own default' if cached is None else repr(cached)
                 raise KDError(
                     f'{flag} {value!r} beside --teacher-cache {self.root!r}, whose teacher ran '
@@ -363,6 +364,15 @@ class CachedTeacher(nn.Module):
 
 def _logit_losses() -> List[str]:
     return [n for n in list_kd_losses() if not get_kd_loss_class(n).needs_features]
+
+
+def _counted(key: str, value: Any) -> Any:
+    """A teacher setting (fingerprint key 'teacher checkpoint', its flag's value) as the
+    fingerprint counts it: a file by its content (`timm_kd.identity`)."""
+    kinds = {
+        f'teacher {f.name}': f.metadata.get('identity') for f in dataclasses.fields(TeacherSpec)
+    }
+    return file_identity(value) if kinds.get(key) == 'file' else as_json(value)
 
 
 def check_logit_losses_only(loss_names: Sequence[str]) -> None:

@@ -38,6 +38,7 @@ from ..cache import (
 )
 from ..cache.layout import LAYOUTS, Layout
 from ..cache.shards import ShardWriter, is_built
+from ..data import dataset_class_names
 from ..decoding import decoded_images
 from ..ensemble import create_teachers
 from ..errors import KDError, one_line_errors
@@ -72,7 +73,11 @@ def build(argv: Optional[List[str]] = None) -> str:
         images.start_recording()
     data_config = run.student_data_config
     del setup.models[:]  # the student only resolved the data config
-    teacher = create_teachers(run.teachers, num_classes, setup.in_chans, data_config, device)
+    # the cache stores logits: a headless teacher is one line here
+    class_names = dataset_class_names(train_set)
+    teacher = create_teachers(
+        run.teachers, num_classes, setup.in_chans, data_config, device, class_names
+    )
     stream, _, replayable = training_stream(setup, process)
     layout = _buildable(mine, run, replayable)
     slots = len(stream) * run.views.batch_size

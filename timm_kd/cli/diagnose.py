@@ -27,7 +27,7 @@ from timm.data import resolve_data_config
 from timm.models import create_model
 from timm.utils import ParseKwargs
 
-from ..data import create_eval_loader
+from ..data import create_eval_loader, dataset_class_names
 from ..errors import KDError, one_line_errors
 from ..features import forward_features, num_stages
 from ..hub import load_student
@@ -82,9 +82,11 @@ def diagnose(args: argparse.Namespace) -> Dict[str, Any]:
     loader = create_eval_loader(
         args.dataset, args.data, args.split, config, args.batch_size, args.workers
     )
-    spec = TeacherSpec(args.teacher, args.teacher_checkpoint, kwargs=freeze(args.teacher_kwargs))
+    spec = TeacherSpec(args.teacher, args.teacher_checkpoint, kwargs=freeze(args.teacher_kwargs),
+                       class_map=args.teacher_class_map)  # fmt: skip
     setup = TeacherSetup(allow_pickle=args.allow_unsafe_pickle)
-    teacher = create_teacher(spec, config, student.num_classes, setup, device)
+    names = dataset_class_names(loader.dataset)
+    teacher = create_teacher(spec, config, student.num_classes, setup, device, names)
     s_stages, t_stages = list(range(num_stages(student))), list(range(num_stages(teacher.model)))
     logits: Dict[str, List[torch.Tensor]] = {'student': [], 'teacher': [], 'target': []}
     pooled: Dict[str, List[List[torch.Tensor]]] = {
@@ -214,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('data', help='dataset root')
     p.add_argument('--teacher', required=True)
     p.add_argument('--teacher-checkpoint', default=None, help='weights for --teacher')
+    p.add_argument(
+        '--teacher-class-map', default=None, metavar='FILE|auto',
+        help="the teacher's classes that mean each of the data's (as in training)",
+    )  # fmt: skip
     p.add_argument(
         '--teacher-kwargs',
         nargs='*',

@@ -25,7 +25,7 @@ from timm.data import RealLabelsImagenet, resolve_data_config
 from timm.models import create_model
 from timm.utils import accuracy
 
-from ..data import create_eval_loader
+from ..data import create_eval_loader, dataset_class_names
 from ..errors import KDError, one_line_errors
 from ..hub import load_student
 from ..run import TeacherSetup, TeacherSpec
@@ -65,9 +65,10 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     )
     teacher = None
     if args.teacher:
-        spec = TeacherSpec(args.teacher, args.teacher_checkpoint)
+        spec = TeacherSpec(args.teacher, args.teacher_checkpoint, class_map=args.teacher_class_map)
         setup = TeacherSetup(allow_pickle=args.allow_unsafe_pickle)
-        teacher = create_teacher(spec, data_config, model.num_classes, setup, device)
+        names = dataset_class_names(loader.dataset)
+        teacher = create_teacher(spec, data_config, model.num_classes, setup, device, names)
     # top1, top5, teacher top1, agreement: summed on the device, read once
     sums = torch.zeros(4, device=device)
     count = 0
@@ -133,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
         '--teacher-checkpoint',
         default=None,
         help='weights for --teacher (its own preprocessing is read from them)',
+    )
+    p.add_argument(
+        '--teacher-class-map',
+        default=None,
+        metavar='FILE|auto',
+        help="the teacher's classes that mean each of the data's (as in training)",
     )
     p.add_argument('-b', '--batch-size', type=int, default=128, help='images per batch')
     p.add_argument('-j', '--workers', type=int, default=2, help='data loader workers')

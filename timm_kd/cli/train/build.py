@@ -5,19 +5,16 @@ import argparse
 import dataclasses
 import importlib
 import logging
-import re
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 
 import torch
 from timm.data import AugMixDataset, resolve_data_config
-from timm.layers import convert_splitbn_model, set_fast_norm
-from timm.models import create_model
+from timm.layers import set_fast_norm
 from timm.optim import optimizer_kwargs
 from timm.scheduler import scheduler_kwargs
 from timm.utils import set_jit_fuser
 
-from ...checkpoint import load_state_dict
 from ...data import (
     DatasetOptions,
     LoaderOptions,
@@ -27,7 +24,7 @@ from ...data import (
     mixup_args,
 )
 from ...dataset_views import IndexedTargets
-from ...errors import KDError, flat
+from ...errors import KDError
 from ...losses.config import loss_hyperparameters
 from ...replay import make_replayable, replayable_views
 from ...run import (
@@ -46,12 +43,11 @@ from ...run import (
 )
 from ...runtime import Process
 from ...stream import TrainingStream
-from ...teacher import check_hub_reachable, hub_miss, is_hub_miss
 from .kd_flags import TEACHER_OWN_FLAGS, loss_config
+from .student_model import DTYPES, create_student
 
 _logger = logging.getLogger(__name__)
 T = TypeVar('T')
-DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
 
 
 def options(cls: Type[T], args: argparse.Namespace, **overrides: Any) -> T:
@@ -119,140 +115,6 @@ def setup_process_flags(args: argparse.Namespace) -> None:
         set_fast_norm()
 
 
-def model_dtype(args: argparse.Namespace) -> Optional[torch.dtype]:
-    if args.model_dtype and args.amp and args.model_dtype != 'float32':
-        raise KDError(
-            f'--model-dtype {args.model_dtype} with --amp: AMP needs float32 weights; drop one of '
-            'them'
-        )
-    return DTYPES[args.model_dtype] if args.model_dtype else None
-
-
-# the keywords timm's create_model gets from a flag, for the line of a model that takes none
-MODEL_KEYWORD_FLAGS = {'drop_rate': '--drop', 'drop_path_rate': '--drop-path',
-                       'drop_block_rate': '--drop-block', 'global_pool': '--gp',
-                       'bn_momentum': '--bn-momentum', 'bn_eps': '--bn-eps'}  # fmt: skip
-_NO_WEIGHTS = 'pass --pretrained-path PATH, or drop --pretrained'
-
-
-def create_student(
-    args: argparse.Namespace, in_chans: int, process: Process, num_classes: Optional[int]
-) -> torch.nn.Module:
-    """The student as timm's train.py creates it (pretrained
-    path, BatchNorm overrides, head init, dtype, layout)."""
-    overlay = dict(pretrained_cfg_overlay=dict(file=args.pretrained_path, num_classes=-1))
-    if args.sync_bn and process.device.type != 'cuda':
-        raise KDError(
-            '--sync-bn needs CUDA devices (SyncBatchNorm has no CPU implementation); drop it, or '
-            'run with --device cuda under torchrun'
-        )
-    if args.pretrained and not args.pretrained_path:
-        check_hub_reachable(args.model, '--model', _NO_WEIGHTS)
-    try:
-        student = create_model(
-            args.model,
-            pretrained=args.pretrained,
-            in_chans=in_chans,
-            num_classes=num_classes,
-            drop_rate=args.drop,
-            drop_path_rate=args.drop_path,
-            drop_block_rate=args.drop_block,
-            global_pool=args.gp,
-            bn_momentum=args.bn_momentum,
-            bn_eps=args.bn_eps,
-            checkpoint_path=args.initial_checkpoint or None,
-            **(overlay if args.pretrained_path else {}),
-            **args.model_kwargs,
-        )
-    except Exception as e:
-        if isinstance(e, RuntimeError) and 'Unknown model' in str(e):
-            raise KDError(
-                f'unknown --model {args.model!r}; list names with python -c "import timm; '
-                f'print(timm.list_models())"'
-            ) from None
-        if args.pretrained and is_hub_miss(e):
-            raise KDError(hub_miss(e, '--model', args.model, _NO_WEIGHTS)) from None
-        keyword = re.search(r"unexpected keyword argument '(\w+)'", str(e))
-        if isinstance(e, TypeError) and keyword:
-            name = keyword.group(1)
-            flag = MODEL_KEYWORD_FLAGS.get(name, f'{name}=... in --model-kwargs')
-            raise KDError(
-                f'--model {args.model!r} takes no keyword {name!r} (from {flag}); drop {flag} '
-                'for this model'
-            ) from None
-        # a missing, corrupt or unsafe file gets its own line;
-        # checked only on failure, so a good file is read once
-        check_checkpoint('--initial-checkpoint', args.initial_checkpoint, args.allow_unsafe_pickle)
-        check_checkpoint('--pretrained-path', args.pretrained_path, args.allow_unsafe_pickle)
-        # the weights do not fit the architecture
-        if isinstance(e, RuntimeError) and 'state_dict' in str(e):
-            raise KDError(
-                f'--initial-checkpoint {args.initial_checkpoint!r} does not fit --model '
-                f'{args.model!r} '
-                f'({flat(e, 150)}); pass the checkpoint of a {args.model} or the --model it was '
-                f'trained with'
-            ) from None
-        raise
-    if args.head_init_scale is not None:
-        with torch.no_grad():
-            student.get_classifier().weight.mul_(args.head_init_scale)
-            student.get_classifier().bias.mul_(args.head_init_scale)
-    if args.head_init_bias is not None:
-        torch.nn.init.constant_(student.get_classifier().bias, args.head_init_bias)
-    if args.grad_checkpointing:
-        student.set_grad_checkpointing(True)
-    student = _split_bn(student, args.split_bn, args.aug_splits, args.resplit)
-    student.to(device=process.device, dtype=model_dtype(args))
-    if args.channels_last:
-        student.to(memory_format=torch.channels_last)
-    if process.distributed and args.sync_bn:
-        student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
-    if args.torchscript:
-        _check_torchscript(
-            bool(args.teacher or args.teacher_cache), args.torchcompile, args.sync_bn
-        )
-        student = torch.jit.script(student)
-    return student
-
-
-def _check_torchscript(teacher: bool, compile: Optional[str], sync_bn: bool) -> None:
-    """--torchscript as timm's train.py takes it: a plain run only (timm's distillation tasks read
-    the student's pretrained_cfg, which a scripted model lacks), without --torchcompile or
-    --sync-bn (timm asserts both)."""
-    if teacher:
-        raise KDError(
-            '--torchscript cannot distill: the distillation task reads the student as a timm model '
-            "(timm's own train.py fails there too); use --torchcompile, or drop the teacher"
-        )
-    if compile or sync_bn:
-        raise KDError(
-            f'--torchscript with --{"torchcompile" if compile else "sync-bn"}: timm scripts the '
-            'model only without them; give one'
-        )
-
-
-def _split_bn(student: torch.nn.Module, split_bn: bool, splits: int, resplit: bool):
-    """timm's --split-bn: BatchNorm statistics per AugMix split (or per random-erasing split with
-    --resplit), as timm's train.py converts the student."""
-    if not split_bn:
-        return student
-    if splits < 2 and not resplit:
-        raise KDError('--split-bn keeps BatchNorm statistics per AugMix split: add --aug-splits 2 '
-                      '(or more), or --resplit, or drop --split-bn')  # fmt: skip
-    return convert_splitbn_model(student, max(splits, 2))
-
-
-def check_checkpoint(flag: str, path: Optional[str], allow_pickle: bool = False) -> None:
-    """One line for a student checkpoint that is missing,
-    corrupt or runs code (nothing when it loads safely)."""
-    if not path:
-        return
-    try:
-        load_state_dict(path, allow_pickle=allow_pickle)
-    except KDError as e:
-        raise KDError(f'{flag}: {e}') from None
-
-
 def teacher_setup(args: argparse.Namespace) -> TeacherSetup:
     """Who teaches, from the flags: one --teacher with its --teacher-* flags, several (an
     ensemble, each with its own), or none."""
@@ -283,6 +145,7 @@ def teacher_setup(args: argparse.Namespace) -> TeacherSetup:
             input_size=freeze(spec['input_size']),
             dtype=spec['dtype'],
             at_student_size=spec.get('at_student_size', False),
+            class_map=spec['class_map'],
         )
         for spec in specs
     )

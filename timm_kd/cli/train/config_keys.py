@@ -61,13 +61,15 @@ IGNORE_UNKNOWN = '--config-ignore-unknown'
 
 def old_timm_keys(path: str, cfg: dict) -> None:
     """Keys of earlier timm versions, in place: timm 0.4's validation batch multiplier becomes the
-    validation batch size it meant, timm 0.4-0.6's native_amp becomes amp; apex AMP, which timm
-    dropped, is one line; keys that mean nothing today are dropped with one note."""
+    validation batch size it meant, timm 0.4-0.6's native_amp becomes amp, and so does apex_amp
+    (timm 0.4 wrote it where `--amp` found NVIDIA apex, which timm no longer has) with one note;
+    keys that mean nothing today are dropped with one note."""
     if cfg.pop('apex_amp', False):
-        raise KDError(
-            f'--config {path!r}: apex_amp: true asks for NVIDIA apex AMP, which timm no longer '
-            "has; set amp: true (torch's own AMP, what timm trains with today) and drop apex_amp"
+        _logger.warning(
+            f"--config {path!r}: apex_amp: true (timm 0.4's --amp through NVIDIA apex, which timm "
+            "no longer has) trains with torch's own AMP, as amp: true"
         )
+        cfg['amp'] = True
     if cfg.pop('native_amp', False):  # timm 0.4-0.6's --native-amp: today's --amp
         cfg['amp'] = True
     multiplier = cfg.pop('validation_batch_size_multiplier', 1)

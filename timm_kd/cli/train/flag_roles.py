@@ -38,7 +38,7 @@ _BY_ROLE = {
         train_size_schedule_spread train_size_random_mix train_batches_per_epoch
         teacher teachers kd_model_name teacher_checkpoint teacher_weight teacher_kwargs
         teacher_no_ema teacher_mean teacher_std teacher_input_size teacher_dtype teacher_ensemble
-        teacher_fast
+        teacher_fast teacher_class_map
     """,
     STUDENT: """
         pretrained pretrained_path initial_checkpoint no_resume_opt gp validation_batch_size

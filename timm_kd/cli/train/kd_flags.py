@@ -97,6 +97,17 @@ TEACHER_OWN_FLAGS = (
         ),
     ),
     (
+        'class_map',
+        ('--teacher-class-map',),
+        dict(
+            default=None,
+            metavar='FILE|auto',
+            help="map the teacher's label set onto the data's: a file of one line per class "
+            'naming its teacher classes (index, label name or description, several joined by |), '
+            "or auto (by name against the teacher's label names)",
+        ),
+    ),
+    (
         'dtype',
         ('--teacher-dtype',),
         dict(

@@ -128,8 +128,10 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
     else:
         with torch.random.fork_rng(devices=[]):  # the teacher's random init leaves training's alone
             teacher = create_teachers(
-                run.teachers, run.num_classes, setup.in_chans, run.student_data_config, device
-            )
+                run.teachers, run.num_classes, setup.in_chans, run.student_data_config, device,
+                dataset_class_names(setup.train_set),
+                reads_logits=any(spec.reads_teacher_logits() for spec in losses),
+            )  # fmt: skip
     if run.data.unlabeled_data:
         check_unlabeled_run(teacher is not None, losses)
     kd_students = [

@@ -21,7 +21,7 @@ from ...runtime import Process, amp_setup, experiment_name, output_dir, resolve_
 from ...saver import DurableCheckpointSaver, resume_candidates
 from ...task import DistillationTask
 from ...teacher import Teacher
-from .build import check_checkpoint
+from .student_model import check_checkpoint
 
 _logger = logging.getLogger(__name__)
 
