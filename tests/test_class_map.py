@@ -253,3 +253,22 @@ def test_a_cache_of_a_headless_teacher_is_one_line(image_folder, teachers, tmp_p
     out = run_cli(cache_main, 'build', image_folder, *FAST, '--teacher', teachers['headless'],
                   '--top-k', '3', '--out', tmp_path / 'c')  # fmt: skip
     assert out.returncode == 2 and 'a teacher-output cache' in out.stderr
+
+
+def test_a_teacher_that_names_the_datas_classes_in_another_order_says_so(caplog):
+    """Class i of the teacher is not class i of the data: one line pointing at auto, which fixes
+    it."""
+    from timm_kd.class_map import teacher_class_map
+
+    model = timm.create_model('test_vit', num_classes=3, img_size=32)
+    model.pretrained_cfg = {**model.pretrained_cfg, 'label_names': ['class2', 'class0', 'class1']}
+    data = ['class0', 'class1', 'class2']
+    with caplog.at_level(logging.WARNING):
+        assert teacher_class_map(None, model, data, 3, True, 't') is None
+    assert 'names its classes in another order than the data' in caplog.text
+    assert teacher_class_map('auto', model, data, 3, True, 't').groups == [(1,), (2,), (0,)]
+    caplog.clear()
+    model.pretrained_cfg['label_names'] = data
+    with caplog.at_level(logging.WARNING):
+        teacher_class_map(None, model, data, 3, True, 't')
+    assert caplog.text == ''

@@ -221,6 +221,22 @@ def resolve_class_map(
     return ClassMap(groups)
 
 
+def _say_other_names(model: nn.Module, student_names: Optional[Sequence[str]], name: str):
+    """One line when a teacher of the data's class count names its classes (its config's
+    `label_names`) otherwise than the data does: class i of one is then not class i of the other."""
+    names = list((getattr(model, 'pretrained_cfg', None) or {}).get('label_names') or [])
+    if not student_names or len(names) != len(student_names):
+        return
+    if [_norm(n) for n in names] != [_norm(n) for n in student_names]:
+        same_set = sorted(map(_norm, names)) == sorted(map(_norm, student_names))
+        _logger.warning(
+            f'teacher {name!r} names its classes '
+            + ('in another order than' if same_set else 'otherwise than')
+            + f' the data ({names[0]!r}, ... against {student_names[0]!r}, ...): its class i is '
+            "not the data's class i; pass --teacher-class-map auto to match them by name"
+        )
+
+
 def teacher_class_map(
     value: Optional[str],
     model: nn.Module,
@@ -243,7 +259,10 @@ def teacher_class_map(
         return None
     if value:
         return resolve_class_map(value, model, student_names, num_classes)
-    if model.num_classes == num_classes or not reads_logits:
+    if not reads_logits:
+        return None
+    if model.num_classes == num_classes:
+        _say_other_names(model, student_names, name)
         return None
     hint = ''
     if student_names and len(student_names) == num_classes:
