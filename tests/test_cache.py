@@ -133,7 +133,14 @@ def test_a_cached_run_equals_the_live_run(
             ['--no-prefetcher'],
             'other views (prefetcher: the cache has True, this run False)',
         ),
-        (['--epochs', '3'], 'lacks epoch 2'),
+        (
+            ['--epochs', '3'],
+            'lacks epoch 2 (it covers 2 epochs); build more with --epochs 3, '
+            'train fewer epochs, or cycle its views with --view-cycle 2',
+        ),
+        (['--view-cycle', '3', '--epochs', '4'], 'lacks epoch 2'),
+        (['--view-cycle', '2', '--mixup-off-epoch', '1'], 'mixing cannot stop at an epoch'),
+        (['--view-cycle', '-1'], '--view-cycle -1: pass the number of epochs'),
         (['--mixup-off-epoch', '1'], 'views (mixup_off_epoch: the cache has None, this run 1)'),
         (['--kd-loss', 'fitnet'], 'is a feature loss'),
         # a teacher's settings without its name: compared with the cache's teacher
@@ -538,3 +545,38 @@ def test_a_compact_cache_trains_within_its_rounding_of_the_live_run(
         cached = _step_losses(caplog)
     assert len(live) == len(cached) == 6
     assert all(a == pytest.approx(b, rel=1e-3) for a, b in zip(live, cached))
+
+
+def test_a_short_cache_serves_a_long_schedule_by_its_view_cycle(
+    image_folder, vit_teacher, built, tmp_path, caplog
+):
+    """4 epochs from the 2-epoch cache with --view-cycle 2 are the live run with the same flag:
+    every step's losses, the evaluation and the weights; the log says which epoch each replays."""
+    flags = [image_folder, *FAST, *VIEWS, '--epochs', '4', '--view-cycle', '2', '--kd-loss', 'kd',
+             'dkd', '--output', str(tmp_path)]  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        train_main([*flags, *vit_teacher, '--experiment', 'live'])
+        assert 'Epoch 3 replays the views of epoch 1 (--view-cycle 2)' in caplog.text
+        live_steps = _step_losses(caplog)
+        train_main([*flags, '--teacher-cache', str(built), '--experiment', 'cached'])
+        cached_steps = _step_losses(caplog)
+    assert len(live_steps) == len(cached_steps) == 24
+    assert all(a == pytest.approx(b, abs=1e-5) for a, b in zip(live_steps, cached_steps))
+    live, cached = (_rows(tmp_path / n / 'summary.csv') for n in ('live', 'cached'))
+    assert len(live) == len(cached) == 4
+    for a, b in zip(live, cached):
+        assert all(float(a[k]) == pytest.approx(float(b[k]), abs=1e-5) for k in a)
+    weights = [
+        torch.load(tmp_path / name / 'last.pth.tar', weights_only=False)['state_dict']
+        for name in ('live', 'cached')
+    ]
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-5) for k in weights[0])
+
+
+def test_a_build_with_a_view_cycle_builds_its_distinct_views_only(
+    image_folder, vit_teacher, tmp_path
+):
+    out = tmp_path / 'c'
+    cache_main(['build', image_folder, *FAST, '--epochs', '5', '--view-cycle', '2', *vit_teacher,
+                '--top-k', '3', '--out', str(out)])  # fmt: skip
+    assert json.loads((out / 'manifest.json').read_text())['epochs'] == [0, 1]

@@ -74,6 +74,7 @@ FLIPS = {
     'kd_teacher_stages': ['--kd-teacher-stages', '1'],
     'kd_deep_supervision': ['--kd-deep-supervision', '1'],
     'device': ['--device', 'cpu:0'],
+    'view_cycle': ['--view-cycle', '3'],  # as long as the 3 epochs compared: the same views
     'train_fraction': ['--train-fraction', '0.5'],
     'train_fraction_keep_steps': ['--train-fraction-keep-steps'],  # with a fraction below 1
     'experiment': ['--experiment', 'other'],

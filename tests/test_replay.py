@@ -43,8 +43,9 @@ def _stream(root, flags, workers=0, prefetcher=True, wrap=lambda dataset: datase
     )  # fmt: skip
     assert make_replayable(loader)
     return TrainingStream(
-        loader, mixup, device=torch.device('cpu'), process=ProcessSpec(seed=7)
-    ), train
+        loader, mixup, device=torch.device('cpu'), process=ProcessSpec(seed=7),
+        views=loader_options(args),
+    ), train  # fmt: skip
 
 
 def _epoch_batches(image_folder, workers, epoch, extra=(), prefetcher=False, between=0):
@@ -229,3 +230,30 @@ def test_the_prefetchers_erasing_draws_the_same_noise_for_any_device(image_folde
         erasing = BatchErasing(RandomErasing(1.0, mode='pixel', device=device), slots, seed=7)
         erased.append(erasing(torch.zeros(4, 3, 32, 32)))
     assert torch.equal(erased[0], erased[1]) and erased[0].abs().sum() > 0
+
+
+def test_a_view_cycle_replays_the_views_of_epoch_e_mod_n(image_folder):
+    """--view-cycle 2: epochs 2 and 3 are the batches of 0 and 1 (order, augmentation, mixing),
+    which are the uncycled run's; what a step draws after a batch still follows its own epoch.
+    A cycle at least as long as the run changes nothing."""
+
+    def epochs(flags, count):
+        stream = _stream(image_folder, ['--mixup', '0.5', '--cutmix', '1.0', *flags])[0]
+        out = []
+        for epoch in range(count):
+            drawn = [(b.input, b.target, torch.rand(1)) for _, b in stream.epoch(epoch)]
+            out.append(drawn)
+        return out
+
+    def same(a, b):
+        return all(torch.equal(x, y) for p, q in zip(a, b) for x, y in zip(p[:2], q[:2]))
+
+    plain, cycled = epochs([], 4), epochs(['--view-cycle', '2'], 4)
+    assert same(cycled[0], plain[0]) and same(cycled[1], plain[1])
+    assert same(cycled[2], cycled[0]) and same(cycled[3], cycled[1])
+    assert not same(cycled[2], plain[2]) and not same(cycled[1], cycled[0])
+    # the step's draws (dropout) are the epoch's own
+    assert not torch.equal(cycled[2][0][2], cycled[0][0][2])
+    assert torch.equal(cycled[2][0][2], plain[2][0][2])
+    long = epochs(['--view-cycle', '3'], 3)
+    assert all(same(a, b) for a, b in zip(long, plain[:3]))

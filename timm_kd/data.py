@@ -48,8 +48,7 @@ class DatasetOptions:
 
 @dataclass(frozen=True)
 class LoaderOptions:
-    """Batching, augmentation and mixup/cutmix of the
-    training stream, and the validation batch size."""
+    """Batching, augmentation and mixup/cutmix of the training stream; the validation batch size."""
 
     batch_size: int = 128
     validation_batch_size: Optional[int] = field(default=None, metadata=NOT_IDENTITY)
@@ -94,6 +93,8 @@ class LoaderOptions:
     train_batches_per_epoch: Optional[int] = None
     seed: int = 42
     epochs: int = field(default=300, metadata=NOT_IDENTITY)
+    # epoch e replays epoch e mod N's views; each view epoch's views are the same without it
+    view_cycle: int = field(default=0, metadata=NOT_IDENTITY)
 
 
 # The folder names timm's create_dataset also accepts for a train / an evaluation split.

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Optional, Tuple
 
 import torch
 
-from .data import set_loader_epoch, set_mixup_epoch
+from .data import LoaderOptions, set_loader_epoch, set_mixup_epoch
 from .reliability import reseed
 from .replay import resumable
 from .run import ProcessSpec
@@ -54,7 +54,7 @@ class TrainingStream:
 
     `process` gives the seed, the accumulation window, the layout and the input dtype; `labels` (a
     device tensor of every sample's class) says the loader yields sample indices; `unlabeled` says
-    a -1 marks an unlabeled image.
+    a -1 marks an unlabeled image; `views` gives the epoch mixing stops at and the view cycle.
     """
 
     def __init__(
@@ -67,14 +67,14 @@ class TrainingStream:
         process: ProcessSpec = ProcessSpec(),
         labels: Optional[torch.Tensor] = None,
         unlabeled: bool = False,
-        mixup_off_epoch: int = 0,
+        views: LoaderOptions = LoaderOptions(),
     ):
         self.loader, self.mixup_fn, self.device, self.rank = loader, mixup_fn, device, rank
         self.seed, self.grad_accum_steps = process.seed, process.grad_accum_steps
         self.channels_last = process.channels_last
         self.input_dtype = getattr(torch, process.model_dtype) if process.model_dtype else None
         self.labels, self.unlabeled = labels, unlabeled
-        self.mixup_off_epoch = mixup_off_epoch
+        self.mixup_off_epoch, self.view_cycle = views.mixup_off_epoch, views.view_cycle
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -83,29 +83,39 @@ class TrainingStream:
         """Whether the optimizer steps after this batch (the end of an accumulation window)."""
         return batch_idx + 1 == len(self.loader) or (batch_idx + 1) % self.grad_accum_steps == 0
 
+    def view_epoch(self, epoch: int) -> int:
+        """The epoch whose views `epoch` replays: itself, or epoch mod N under --view-cycle N."""
+        return epoch % self.view_cycle if self.view_cycle > 0 else epoch
+
     def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[Tuple[int, Batch]]:
         """(batch index, batch) of one epoch; its random streams start from (seed, epoch, rank) now.
+        Under --view-cycle N the views (order, augmentation, mixing) are those of epoch mod N; what
+        the step draws after (dropout) still follows the epoch itself.
 
         The first `skip_batches` (trained before a mid-epoch recovery checkpoint) are left out:
         a replayable loader's sampler starts after them (`timm_kd.replay.SlotSampler.start_at`)
         and nothing of them is loaded; any other loader yields them and they are dropped. Each
         batch is mixed after a reseed from (seed, epoch, rank, batch), so what loading drew, and
         what the consumer did between batches (a recovery checkpoint), changes nothing after."""
-        reseed(self.seed, epoch, self.rank)
-        set_loader_epoch(self.loader, epoch)
-        set_mixup_epoch(self.mixup_fn, epoch, self.mixup_off_epoch)
+        views = self.view_epoch(epoch)
+        reseed(self.seed, views, self.rank)
+        set_loader_epoch(self.loader, views)
+        set_mixup_epoch(self.mixup_fn, views, self.mixup_off_epoch)
         slots = resumable(self.loader)
         if slots is not None and skip_batches:
             slots.start_at(skip_batches)
             batches = enumerate(self.loader, start=skip_batches)
         else:
             batches = itertools.islice(enumerate(self.loader), skip_batches, None)
-        return self._batches(epoch, batches)
+        return self._batches(epoch, views, batches)
 
-    def _batches(self, epoch: int, batches: Iterator) -> Iterator[Tuple[int, Batch]]:
+    def _batches(self, epoch: int, views: int, batches: Iterator) -> Iterator[Tuple[int, Batch]]:
         for batch_idx, (input, target) in batches:
-            reseed(self.seed, epoch, self.rank, batch_idx)
-            yield batch_idx, self.prepare(input, target)
+            reseed(self.seed, views, self.rank, batch_idx)
+            batch = self.prepare(input, target)
+            if views != epoch:  # the step's own draws are the epoch's, not the replayed one's
+                reseed(self.seed, epoch, self.rank, batch_idx)
+            yield batch_idx, batch
 
     def prepare(self, input: torch.Tensor, target: torch.Tensor) -> Batch:
         """Device, dtype and layout; the loader's second tensor decoded; mixup/cutmix."""

@@ -238,10 +238,11 @@ class TeacherCache:
         self.fetch(epochs, rank)
         missing = [e for e in epochs if not is_built(self.root, e, rank)]
         if missing:
+            covered = len(self.manifest['epochs'])
+            cycle = f', or cycle its views with --view-cycle {covered}' if covered else ''
             raise KDError(
-                f'--teacher-cache {self.root!r} lacks epoch {missing[0]} (it covers '
-                f'{len(self.manifest["epochs"])} epochs); build more with --epochs '
-                f'{max(epochs) + 1}, or train fewer epochs'
+                f'--teacher-cache {self.root!r} lacks epoch {missing[0]} (it covers {covered} '
+                f'epochs); build more with --epochs {max(epochs) + 1}, train fewer epochs{cycle}'
             )
 
     def _say_precision(self, run: RunSpec, built: Dict[str, Any]) -> None:

@@ -99,6 +99,11 @@ def card(root: str, manifest: Dict[str, Any], repo_id: str) -> str:
         '```bash', f'timm-kd-train DATA ...the same data flags... --teacher-cache hf-hub:{repo_id}',
         '```',
         '', 'A run whose data, augmentation or teacher differs is refused in one line.', '',
+        f'A schedule longer than the {len(epochs)} epochs built trains with `--view-cycle '
+        f'{len(epochs)}`: epoch e replays the views of epoch e mod {len(epochs)}, so the student '
+        'sees fewer distinct views (its order, crops, augmentation and mixing repeat every '
+        f'{len(epochs)} epochs) and keeps exact targets (the stored answers are those for the '
+        'images it sees).', '',
         '| | |', '|---|---|',
         f'| teacher | `{json.dumps(teacher)}` |',
         f'| top-K | {manifest["top_k"]} of {manifest["num_classes"]} classes |',

@@ -89,8 +89,9 @@ def build(argv: Optional[List[str]] = None) -> str:
         manifest['loss_error'] = _loss_error(stream, teacher, layout)
     answers = _TopKAnswers(teacher, layout)
     with FolderLock(mine.out, f'build-rank-{process.rank}.lock', 'the cache folder --out'):
-        todo = _epochs_to_build(mine.out, run.views.epochs, process)
-        built = [e for e in range(run.views.epochs) if e not in todo]  # a kill may have come before
+        views = min(run.views.epochs, run.views.view_cycle or run.views.epochs)  # distinct views
+        todo = _epochs_to_build(mine.out, views, process)
+        built = [e for e in range(views) if e not in todo]  # a kill may have come before
         manifest['epochs'] = sorted(set(manifest['epochs']) | set(built))  # the manifest's update
         progress = _Progress(len(stream), slots * len(todo), args.log_interval)
         for epoch in todo:

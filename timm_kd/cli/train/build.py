@@ -100,7 +100,7 @@ def training_stream(
     stream = TrainingStream(
         loader, mixup_fn, device=process.device, rank=process.rank, process=run.process,
         labels=train_set.targets.to(process.device) if needs_index else None,
-        unlabeled=bool(run.data.unlabeled_data), mixup_off_epoch=run.views.mixup_off_epoch,
+        unlabeled=bool(run.data.unlabeled_data), views=run.views,
     )  # fmt: skip
     return stream, eval_loader, replayable
 

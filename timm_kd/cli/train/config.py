@@ -233,6 +233,21 @@ def check_numbers(args: argparse.Namespace) -> None:
         raise KDError(
             f'--lr {args.lr} is negative; pass a learning rate >= 0 (0 or unset: --lr-base)'
         )
+    check_view_cycle(args.view_cycle, args.mixup_off_epoch)
+
+
+def check_view_cycle(cycle: int, mixup_off_epoch: int) -> None:
+    """--view-cycle N: N >= 0; beside --mixup-off-epoch, one line (a replayed epoch mixes as the
+    epoch it replays, so mixing could not stop at its epoch)."""
+    if cycle < 0:
+        raise KDError(
+            f'--view-cycle {cycle}: pass the number of epochs whose views repeat (0: off)'
+        )
+    if cycle and mixup_off_epoch:
+        raise KDError(
+            f'--view-cycle {cycle} with --mixup-off-epoch {mixup_off_epoch}: a replayed epoch '
+            'mixes as the epoch it replays, so mixing cannot stop at an epoch; drop one of them'
+        )
 
 
 def check_names(args: argparse.Namespace) -> None:

@@ -7,9 +7,10 @@
 - `STUDENT`: the student's training alone (model, optimizer, schedule, losses, precision). A cached
   run that differs in it trains from the cache as the live run would.
 - `NEITHER`: where things go and how the run is driven (paths, logging, workers, speed switches,
-  settings of a refused loader), and validation's preprocessing (`--crop-pct`; `--interpolation`,
-  which the training views use only under --no-aug or without --train-interpolation: then it
-  counts, `timm_kd.cache.fingerprint`).
+  settings of a refused loader, `--view-cycle`: which built epoch's views an epoch replays, each
+  the same views with or without it), and validation's preprocessing (`--crop-pct`;
+  `--interpolation`, which the training views use only under --no-aug or without
+  --train-interpolation: then it counts, `timm_kd.cache.fingerprint`).
 - `REFUSED`: a flag of timm's train.py that cannot apply to distillation (`timm_flags.UNSUPPORTED`).
 
 `tests/test_flag_roles.py` flips every flag and checks the table against the cache's behaviour, so
@@ -69,7 +70,7 @@ _BY_ROLE = {
         teacher_inference_mode allow_unsafe_pickle stop_epoch max_skipped_fraction
         naflex_train_seq_lens naflex_max_seq_len naflex_patch_sizes naflex_patch_size_probs
         naflex_loss_scale naflex_patchify_channels_first tta worker_seeding
-        crop_pct interpolation
+        crop_pct interpolation view_cycle
     """,
 }
 FLAG_ROLES: Dict[str, str] = {

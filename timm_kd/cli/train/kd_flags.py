@@ -319,6 +319,14 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
         help='divide --epochs by F so the number of optimizer steps stays that of the full set',
     )
     g.add_argument(
+        '--view-cycle',
+        type=int,
+        default=0,
+        metavar='N',
+        help='epoch e trains on the views of epoch e mod N (order, augmentation, mixing): a '
+        'teacher-output cache of N epochs serves any schedule (0: every epoch its own views)',
+    )
+    g.add_argument(
         '--stop-epoch',
         type=int,
         default=None,

@@ -175,7 +175,8 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
     (start_epoch, skip_batches), num_epochs = check_same_start(jobs), jobs[0].num_epochs
     stop_epoch = min(num_epochs, args.stop_epoch) if args.stop_epoch else num_epochs
     if run.teachers.cache:
-        _check_cache(teacher, setup, replayable, range(start_epoch, stop_epoch), process)
+        views = sorted({stream.view_epoch(e) for e in range(start_epoch, stop_epoch)})
+        _check_cache(teacher, setup, replayable, views, process)
     if skip_batches and not replayable and process.is_primary:
         _logger.warning(
             f'Resuming mid-epoch on {run.data.dataset}, whose views timm draws (not replayed): the '
@@ -209,9 +210,9 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
                     num_epochs, run.num_classes, recovery_stream)  # fmt: skip
 
 
-def _check_cache(teacher, setup: Setup, replayable: bool, epochs: range, process: Process):
-    """One line for a run the cache cannot serve (views that do not replay, another run, epochs it
-    lacks); then each sample the loader reads is checked against the build's checksums."""
+def _check_cache(teacher, setup: Setup, replayable: bool, epochs: List[int], process: Process):
+    """One line for a run the cache cannot serve (views that do not replay, another run, view
+    epochs it lacks); then each sample the loader reads is checked against the build's checksums."""
     cache, run = teacher.cache, setup.run
     if not replayable:
         raise KDError(
@@ -230,9 +231,13 @@ def train_epoch(t: Training, epoch: int, preemption: Preemption) -> Dict[str, fl
     timm does. Returns the wandb row."""
     args = t.args
     skip = t.skip_batches if epoch == t.start_epoch else 0
+    views = t.stream.view_epoch(epoch)
+    if views != epoch and t.process.is_primary:
+        cycle = t.run.views.view_cycle
+        _logger.info(f'Epoch {epoch} replays the views of epoch {views} (--view-cycle {cycle})')
     if isinstance(t.teacher, CachedTeacher):
-        order = order_digest(t.stream.loader, epoch)
-        t.teacher.start_epoch(epoch, skip * t.run.views.batch_size, order)
+        order = order_digest(t.stream.loader, views)
+        t.teacher.start_epoch(views, skip * t.run.views.batch_size, order)
     train_metrics = train_one_epoch(
         epoch, [job.run for job in t.jobs], t.stream, teacher=t.teacher, settings=t.settings,
         after_update=lambda update: _after_update(t, epoch, update, preemption),
