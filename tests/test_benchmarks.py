@@ -128,3 +128,28 @@ def test_loader_reports_replay_against_timm_and_the_resume_start_up(bench):
     assert set(out['resume_first_batch_s']) == {'10%', '90%'}
     paired = out['per_sample_same_draws']
     assert paired['replay_vs_timm'] > 0 and paired['checked_vs_timm'] > 0 and paired['timm_us'] > 0
+
+
+def test_cache_tail_reports_each_tail_model_against_the_full_logits(bench, tmp_path):
+    """On 4 generated photos and random EfficientNet-Lite0 weights saved under the package's own
+    names (the script maps them onto timm's by order)."""
+    import numpy as np
+    import timm
+    import torch
+    from PIL import Image
+
+    model = timm.create_model('tf_efficientnet_lite0')
+    names = [f'_tensor{i}' for i in range(len(model.state_dict()))]
+    torch.save(dict(zip(names, model.state_dict().values())), tmp_path / 'lite0.pth')
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        pixels = (rng.random((48, 64, 3)) * 255).astype('uint8')
+        Image.fromarray(pixels).save(tmp_path / f'{i}.jpg')
+    out = bench('cache_tail.py', '--photos', str(tmp_path), '--teacher-weights',
+                str(tmp_path / 'lite0.pth'), '--views', '8', '--epochs', '2')  # fmt: skip
+    assert out['views_scored'] == 32
+    tails = {(r['k'], r['tail']) for r in out['rows']}
+    assert len(tails) == 16 and (10, 'flat') in tails
+    flat10 = next(r for r in out['rows'] if (r['k'], r['tail']) == (10, 'flat'))
+    assert flat10['bytes'] == 41 and flat10['imagenet_gb'] == 15.8
+    assert all(r['grad_t4'] >= 0 and r['loss_t1'] >= 0 for r in out['rows'])
