@@ -33,7 +33,9 @@ import glob
 import json
 import math
 import os
+import random
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -162,6 +164,8 @@ def main():
         image = Image.open(f).convert('RGB')
         image.thumbnail((args.max_side, args.max_side))
         photos.append(image)
+    random.seed(0)  # RandAugment draws from `random`, mixup from NumPy
+    np.random.seed(0)
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     teacher = teacher_model(args.teacher_weights or default_weights())

@@ -272,3 +272,27 @@ def test_a_teacher_that_names_the_datas_classes_in_another_order_says_so(caplog)
     with caplog.at_level(logging.WARNING):
         teacher_class_map(None, model, data, 3, True, 't')
     assert caplog.text == ''
+
+
+def test_an_ensembles_args_yaml_with_maps_trains_the_same_run_again(
+    image_folder, teachers, tmp_path
+):
+    """args.yaml records each teacher's map; --config of it trains the run again, figure for
+    figure; an args.yaml written before maps existed (no class_map key) still loads."""
+    import yaml
+
+    (tmp_path / 'map.txt').write_text('0\n1\n2\n')
+    flags = ['--teacher', teachers['wide'], '--teacher-class-map', 'auto',
+             '--teacher', teachers['narrow'], '--teacher-class-map', str(tmp_path / 'map.txt')]  # fmt: skip
+    common = [image_folder, *FAST, '--epochs', '1', '--output', str(tmp_path)]
+    train_main([*common, *flags, '--experiment', 'first'])
+    saved = tmp_path / 'first' / 'args.yaml'
+    train_main([image_folder, '--config', str(saved), '--experiment', 'again'])
+    _same_run(tmp_path / 'first', tmp_path / 'again')
+    old = yaml.safe_load(saved.read_text())
+    for member in old['teachers']:
+        del member['class_map']
+    old['teachers'] = old['teachers'][1:] * 2  # the narrow teacher twice, as before maps
+    (tmp_path / 'old.yaml').write_text(yaml.safe_dump(old))
+    train_main([image_folder, '--config', str(tmp_path / 'old.yaml'), '--experiment', 'old'])
+    assert len(_summary(tmp_path / 'old')) == 1

@@ -4,7 +4,8 @@ Every dataclass field counts unless its metadata says otherwise: `NOT_IDENTITY` 
 change what a run computes (worker counts, validation settings, paths, logging), `FILE` for a path
 whose file content counts rather than its name, `IF_SET` for a field added after runs were recorded:
 it counts when it differs from its default, so a record written before it existed still matches a
-run that leaves it at the default. A new field is therefore covered by construction.
+run that leaves it at the default; `FILE_IF_SET` both (a value naming no file, a keyword such as
+`--teacher-class-map auto`, counts as itself). A new field is therefore covered by construction.
 """
 
 import dataclasses

@@ -145,7 +145,7 @@ def teacher_setup(args: argparse.Namespace) -> TeacherSetup:
             input_size=freeze(spec['input_size']),
             dtype=spec['dtype'],
             at_student_size=spec.get('at_student_size', False),
-            class_map=spec['class_map'],
+            class_map=spec.get('class_map'),  # absent from ensembles' args.yaml before it
         )
         for spec in specs
     )
