@@ -282,8 +282,8 @@ def test_an_ensembles_args_yaml_with_maps_trains_the_same_run_again(
     import yaml
 
     (tmp_path / 'map.txt').write_text('0\n1\n2\n')
-    flags = ['--teacher', teachers['wide'], '--teacher-class-map', 'auto',
-             '--teacher', teachers['narrow'], '--teacher-class-map', str(tmp_path / 'map.txt')]  # fmt: skip
+    flags = ['--teacher', teachers['wide'], '--teacher-class-map', 'auto', '--teacher',
+             teachers['narrow'], '--teacher-class-map', str(tmp_path / 'map.txt')]  # fmt: skip
     common = [image_folder, *FAST, '--epochs', '1', '--output', str(tmp_path)]
     train_main([*common, *flags, '--experiment', 'first'])
     saved = tmp_path / 'first' / 'args.yaml'
