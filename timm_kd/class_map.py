@@ -112,19 +112,19 @@ class _Labels:
         return self.by_name.get(key) or self.by_synonym.get(key, [])
 
     def describe(self, j: int) -> str:
-        parts = [self.names[j] if self.names else '', (self.descriptions or [''] * (j + 1))[j]]
-        return f'{j} ({", ".join(p for p in parts if p)})' if any(parts) else str(j)
+        parts = [known[j] for known in (self.names, self.descriptions) if known and known[j]]
+        return f'{j} ({", ".join(parts)})' if parts else str(j)
 
 
 def match_by_names(
-    labels: '_Labels', student_names: Sequence[str]
+    labels: _Labels, student_names: Sequence[str]
 ) -> Tuple[List[List[int]], List[str]]:
     """Each student class's teacher classes by name, and the student classes that match none."""
     groups = [labels.find(name) for name in student_names]
     return groups, [n for n, g in zip(student_names, groups) if not g]
 
 
-def _read_file(path: str, labels: '_Labels', student_names: Sequence[str]) -> List[List[int]]:
+def _read_file(path: str, labels: _Labels, student_names: Sequence[str]) -> List[List[int]]:
     try:
         with open(path, encoding='utf-8') as f:
             lines = [line.rstrip('\n') for line in f if not line.lstrip().startswith('#')]
@@ -171,11 +171,10 @@ def resolve_class_map(
     """The `ClassMap` of `--teacher-class-map VALUE` (a file or `auto`) for a teacher `model`
     teaching a student of `num_classes` classes named `student_names` (the dataset's)."""
     labels = _Labels(model)
-    names = list(student_names) if student_names else [str(c) for c in range(num_classes)]
-    if len(names) != num_classes:
-        names = [str(c) for c in range(num_classes)]
+    named = bool(student_names) and len(student_names) == num_classes
+    names = list(student_names) if named else [str(c) for c in range(num_classes)]
     if value == AUTO:
-        if not student_names:
+        if not named:
             raise KDError(
                 '--teacher-class-map auto matches class names, but this dataset names no '
                 'classes; pass a file of one line per class naming its teacher classes'
