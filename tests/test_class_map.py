@@ -296,3 +296,21 @@ def test_an_ensembles_args_yaml_with_maps_trains_the_same_run_again(
     (tmp_path / 'old.yaml').write_text(yaml.safe_dump(old))
     train_main([image_folder, '--config', str(tmp_path / 'old.yaml'), '--experiment', 'old'])
     assert len(_summary(tmp_path / 'old')) == 1
+
+
+def test_diagnose_reads_the_mapped_teacher_as_the_teacher_of_the_datas_classes(
+    image_folder, teachers, tmp_path
+):
+    from timm_kd.cli.diagnose import main as diagnose_main
+
+    torch.save(
+        timm.create_model('test_resnet', num_classes=3).state_dict(), tmp_path / 'student.pth'
+    )
+    common = [image_folder, '--student', 'test_resnet', '--student-checkpoint',
+              str(tmp_path / 'student.pth'), '--input-size', '3', '32', '32', '-j', '0',
+              '--cka-images', '16', '-b', '8']  # fmt: skip
+    narrow = diagnose_main([*common, '--teacher', teachers['narrow'], '--out', str(tmp_path / 'n')])
+    wide = diagnose_main([*common, '--teacher', teachers['wide'], '--teacher-class-map', 'auto',
+                          '--out', str(tmp_path / 'w')])  # fmt: skip
+    assert wide['agreement_top1'] == narrow['agreement_top1']
+    assert wide['kl_teacher_student'] == pytest.approx(narrow['kl_teacher_student'], rel=1e-5)
