@@ -35,8 +35,8 @@ def main():
     p.add_argument('--output', default='demo_output', help='the folder `make demo` wrote')
     p.add_argument('--temperatures', type=float, nargs='+', default=[1.0, 4.0])
     args = p.parse_args()
-    teacher = load_student('resnet18', os.path.join(args.output, 'teacher', 'last.pth.tar'))
-    student = load_student('test_resnet', os.path.join(args.output, 'scratch', 'last.pth.tar'))
+    teacher = load_student(os.path.join(args.output, 'teacher', 'last.pth.tar'))
+    student = load_student(os.path.join(args.output, 'scratch', 'last.pth.tar'))
     config = resolve_data_config({}, model=teacher)
     loader = create_eval_loader(
         'torch/fashion_mnist', os.path.join(args.output, 'data'), 'test', config, 256, 1

@@ -11,7 +11,7 @@ import pytest
 import timm
 import torch
 import yaml
-from conftest import ROOT, fair_convnextv2_layout
+from conftest import ROOT, TINY, fair_convnextv2_layout
 from safetensors.torch import load_file
 
 from timm_kd.cli.hub import main
@@ -502,3 +502,20 @@ def test_a_local_teacher_is_named_not_located():
     assert meta['teacher'] == 'convnext_base' and '/home' not in json.dumps(meta)
     assert meta['kd_loss_hyperparameters'] == {'kd': {'temperature': 2.0}}
     assert meta['hard_label_loss_weight'] == 0.5
+
+
+def test_a_checkpoint_rebuilds_its_student_from_its_record_alone(image_folder, tmp_path):
+    """`timm_kd.load_student(checkpoint)`: the architecture, drop rates, pooling and
+    --model-kwargs the run recorded, the weights loaded strictly (a qkv without bias would not
+    load into the default model); the global pooling changes the output, not the weights."""
+    import timm_kd
+    from timm_kd.cli.train.loop import main as train_main
+
+    train_main([image_folder, '--model', 'test_vit', *TINY, '-b', '8', '--epochs', '1',
+                '--drop-path', '0.1', '--gp', 'avg', '--model-kwargs', 'img_size=32',
+                'qkv_bias=False', '--output', str(tmp_path), '--experiment', 's'])  # fmt: skip
+    model = timm_kd.load_student(str(tmp_path / 's' / 'last.pth.tar'))
+    assert type(model).__name__ == 'VisionTransformer' and model.global_pool == 'avg'
+    assert model.blocks[-1].attn.qkv.bias is None and model.num_classes == 3
+    assert model.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
+    assert not model.training

@@ -4,6 +4,7 @@ classifiers, with VanillaKD's recipes (Hao et al., 2023)."""
 from .compat import patch_timm_augmentations
 from .errors import KDError
 from .features import Features, FeatureSpec
+from .hub import load_student
 from .losses import create_kd_loss, list_kd_losses, register_kd_loss
 from .pretrained import add_pretrained_tag, register_vkd_checkpoints
 from .run import LossSpec, TeacherSetup, TeacherSpec, freeze
@@ -32,6 +33,7 @@ __all__ = [
     'Teacher',
     'TeacherOutput',
     'create_teacher',
+    'load_student',
     'TeacherSpec',
     'TeacherSetup',
     'LossSpec',

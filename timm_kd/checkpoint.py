@@ -7,7 +7,7 @@ nothing: PyTorch's weights-only unpickler rejects the unknown global before call
 
 import argparse
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 from timm.models import get_pretrained_cfg
@@ -101,6 +101,24 @@ def load_training_metadata(path: str) -> Dict[str, Any]:
         'epoch': checkpoint.get('epoch'),
         'metric': checkpoint.get('metric'),
         'saver': checkpoint.get('saver'),
+    }
+
+
+# the timm.create_model keyword each of timm's train.py flags (a recorded args key) sets
+MODEL_FLAGS = {'drop_rate': 'drop', 'drop_path_rate': 'drop_path', 'drop_block_rate': 'drop_block',
+               'global_pool': 'gp', 'bn_momentum': 'bn_momentum', 'bn_eps': 'bn_eps'}  # fmt: skip
+
+
+def model_keywords(flags: Mapping[str, Any]) -> Dict[str, Any]:
+    """The `timm.create_model` keywords of a student's flags (parsed, or as a checkpoint records
+    them in `args`), as timm's train.py passes them: the input channels, the model flags (drop
+    rates, --gp, BatchNorm overrides) and --model-kwargs. Unset ones are None, which timm drops."""
+    size = flags.get('input_size')
+    in_chans = flags.get('in_chans') or (size[0] if size else 3)
+    return {
+        'in_chans': in_chans,
+        **{keyword: flags.get(flag) for keyword, flag in MODEL_FLAGS.items()},
+        **(flags.get('model_kwargs') or {}),
     }
 
 

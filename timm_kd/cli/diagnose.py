@@ -73,7 +73,7 @@ def diagnose(args: argparse.Namespace) -> Dict[str, Any]:
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     if args.student_checkpoint:
         student = load_student(
-            args.student, args.student_checkpoint, allow_pickle=args.allow_unsafe_pickle
+            args.student_checkpoint, args.student, allow_pickle=args.allow_unsafe_pickle
         )
     else:
         student = create_model(args.student, pretrained=True, num_classes=args.num_classes or 1000)

@@ -34,7 +34,7 @@ from ..teacher import create_teacher
 
 def _create(model_name: str, checkpoint: Optional[str], allow_pickle: bool) -> torch.nn.Module:
     if checkpoint:
-        return load_student(model_name, checkpoint, allow_pickle=allow_pickle)
+        return load_student(checkpoint, model_name, allow_pickle=allow_pickle)
     try:
         return create_model(model_name, pretrained=True).eval()
     # a release-file tag that cannot be fetched: the message names the URL and the fix

@@ -20,32 +20,46 @@ from timm.models import create_model, get_pretrained_cfg, is_model, split_model_
 from timm.models._hub import save_for_hf
 
 from ..card import model_card
-from ..checkpoint import checkpoint_num_classes, load_state_dict, load_training_metadata
+from ..checkpoint import (
+    checkpoint_num_classes,
+    load_state_dict,
+    load_training_metadata,
+    model_keywords,
+)
 from ..errors import KDError, flat, hub_problem
 from ..losses.config import kd_loss_config, loss_hyperparameters
 from ..saver import non_finite_tensors
 
 
 def load_student(
-    model_name: str, checkpoint: str, use_ema: bool = True, allow_pickle: bool = False
+    checkpoint: str,
+    model_name: Optional[str] = None,
+    use_ema: bool = True,
+    allow_pickle: bool = False,
 ) -> torch.nn.Module:
-    """A timm model of `model_name` with the weights of
-    `checkpoint`, keys converted by timm's filter if needed.
+    """The timm model of `checkpoint`, keys converted by timm's filter if needed: the architecture
+    `model_name`, or the one a training checkpoint records (`--model`).
 
-    A training checkpoint's recorded flags shape the model (`--in-chans`, `--model-kwargs`) and its
-    preprocessing: the model's pretrained cfg gets the input size, crop, interpolation and mean/std
-    the student was trained and validated with, at train and test size alike, so `validate` and
-    `export` score and publish it as trained.
+    A training checkpoint's recorded flags build the model as training built it (`--in-chans`, the
+    drop rates, `--gp`, the BatchNorm overrides, `--model-kwargs`: `checkpoint.model_keywords`)
+    and set its preprocessing: the model's pretrained cfg gets the input size, crop, interpolation
+    and mean/std the student was trained and validated with, at train and test size alike, so
+    `validate` and `export` score and publish it as trained.
     """
+    args = load_training_metadata(checkpoint).get('args') or {}
+    model_name = model_name or args.get('model')
+    if not model_name:
+        raise KDError(
+            f'{checkpoint!r} records no --model (not a training checkpoint); pass the timm '
+            'architecture it holds'
+        )
     if not is_model(split_model_name_tag(model_name)[0]) and not model_name.startswith('hf-hub:'):
         raise KDError(
             f'unknown --model {model_name!r}; pass the timm architecture the checkpoint was '
             'trained with (python -c "import timm; print(timm.list_models())")'
         )
     state_dict = load_state_dict(checkpoint, use_ema=use_ema, allow_pickle=allow_pickle)
-    args = load_training_metadata(checkpoint).get('args') or {}
-    in_chans = args.get('in_chans') or (args['input_size'][0] if args.get('input_size') else 3)
-    kwargs = dict(args.get('model_kwargs') or {}, in_chans=in_chans)
+    kwargs = model_keywords(args)
     model = create_model(model_name, pretrained=False, **kwargs)
     if set(state_dict) != set(model.state_dict()):
         filter_fn = getattr(sys.modules[type(model).__module__], 'checkpoint_filter_fn', None)
@@ -183,7 +197,7 @@ def export(
     """Write `model.safetensors`, `config.json` and `README.md` for `checkpoint` into `out`; returns
     `out`. A folder that already holds an export is refused unless `overwrite`."""
     _check_out(out, overwrite)
-    model = load_student(model_name, checkpoint, use_ema=use_ema, allow_pickle=allow_pickle)
+    model = load_student(checkpoint, model_name, use_ema=use_ema, allow_pickle=allow_pickle)
     training = load_training_metadata(checkpoint)
     meta = kd_metadata(model_name, training, overrides)
     model_config: Dict[str, Any] = {'kd': meta}

@@ -108,12 +108,8 @@ def loss_error(
     from ...data import create_eval_loader
     from ...hub import load_student
 
-    teacher = load_student(
-        TEACHER[TEACHER.index('--model') + 1], os.path.join(output, 'teacher', 'last.pth.tar')
-    )
-    student = load_student(
-        STUDENT[STUDENT.index('--model') + 1], os.path.join(output, 'scratch', 'last.pth.tar')
-    )
+    teacher = load_student(os.path.join(output, 'teacher', 'last.pth.tar'))
+    student = load_student(os.path.join(output, 'scratch', 'last.pth.tar'))
     loader = create_eval_loader(
         '', pairs, 'validation', resolve_data_config({}, model=teacher), 256, 1
     )

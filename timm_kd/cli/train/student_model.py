@@ -10,7 +10,7 @@ import torch
 from timm.layers import convert_splitbn_model
 from timm.models import create_model
 
-from ...checkpoint import load_state_dict
+from ...checkpoint import MODEL_FLAGS, load_state_dict, model_keywords
 from ...errors import KDError, flat
 from ...runtime import Process
 from ...teacher_model import check_hub_reachable, hub_miss, is_hub_miss
@@ -28,10 +28,8 @@ def model_dtype(args: argparse.Namespace) -> Optional[torch.dtype]:
     return DTYPES[args.model_dtype] if args.model_dtype else None
 
 
-# the keywords timm's create_model gets from a flag, for the line of a model that takes none
-MODEL_KEYWORD_FLAGS = {'drop_rate': '--drop', 'drop_path_rate': '--drop-path',
-                       'drop_block_rate': '--drop-block', 'global_pool': '--gp',
-                       'bn_momentum': '--bn-momentum', 'bn_eps': '--bn-eps'}  # fmt: skip
+# the flag of each keyword timm's create_model gets, for the line of a model that takes none
+MODEL_KEYWORD_FLAGS = {kw: '--' + flag.replace('_', '-') for kw, flag in MODEL_FLAGS.items()}
 _NO_WEIGHTS = 'pass --pretrained-path PATH, or drop --pretrained'
 
 
@@ -48,17 +46,10 @@ def create_student(
         student = create_model(
             args.model,
             pretrained=args.pretrained,
-            in_chans=in_chans,
             num_classes=num_classes,
-            drop_rate=args.drop,
-            drop_path_rate=args.drop_path,
-            drop_block_rate=args.drop_block,
-            global_pool=args.gp,
-            bn_momentum=args.bn_momentum,
-            bn_eps=args.bn_eps,
             checkpoint_path=args.initial_checkpoint or None,
             **(overlay if args.pretrained_path else {}),
-            **args.model_kwargs,
+            **{**model_keywords(vars(args)), 'in_chans': in_chans},
         )
     except Exception as e:
         if isinstance(e, RuntimeError) and 'Unknown model' in str(e):
