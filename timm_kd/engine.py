@@ -109,9 +109,7 @@ class StudentRun:
         for key, value in result.items():
             if key.endswith('loss'):
                 self.sums[key] = self.sums.get(key, 0.0) + value.detach().float() * n
-        # only a teacher answering over the student's classes agrees or not (not a headless one,
-        # nor one of another label set teaching by features)
-        if teacher_out is not None and teacher_out.logits.shape == result['output'].shape:
+        if teacher_out is not None:
             same = result['output'].detach().argmax(-1) == teacher_out.logits.argmax(-1)
             agree = same.sum() * 100.0
             self.sums['teacher_agreement'] = self.sums.get('teacher_agreement', 0.0) + agree
@@ -241,7 +239,10 @@ def training_step(
             run.backward_and_step(loss, need_update)
         if need_update:
             run.finish_update()
-        run.add_to_sums(result, teacher_out, len(batch))
+        # agreement only with a teacher answering over the student's classes (not a headless one,
+        # nor one of another label set teaching by its features)
+        same_classes = teacher is not None and teacher.num_classes == result['output'].shape[-1]
+        run.add_to_sums(result, teacher_out if same_classes else None, len(batch))
 
 
 def _loss_scale(batch_idx, batch_size, num_batches, accum, batch_loss_scale, reference) -> float:

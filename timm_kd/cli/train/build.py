@@ -274,7 +274,7 @@ def setup_run(
     num_classes = args.num_classes or dataset_num_classes(train_set)
     models = []
     for sargs in student_flags:
-        models.append(create_student(sargs, in_chans, process, num_classes))
+        models.append(create_student(sargs, process, num_classes))
         num_classes = models[-1].num_classes
     data_config = resolve_data_config(vars(args), model=models[0], verbose=process.is_primary)
     run = run_spec(args, num_classes, data_config, student_flags)

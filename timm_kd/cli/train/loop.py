@@ -122,6 +122,7 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
     student's task and job, the stream, the start."""
     run, device = setup.run, process.device
     losses = [spec.losses for spec in run.students]
+    class_names = dataset_class_names(setup.train_set)
     if run.teachers.cache:  # no teacher runs: its answers were stored by `timm_kd.cache build`
         check_logit_losses_only([name for spec in losses for name in spec.names])
         teacher = CachedTeacher(open_cache(run.teachers.cache), process.rank, device)
@@ -129,7 +130,7 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
         with torch.random.fork_rng(devices=[]):  # the teacher's random init leaves training's alone
             teacher = create_teachers(
                 run.teachers, run.num_classes, setup.in_chans, run.student_data_config, device,
-                dataset_class_names(setup.train_set),
+                class_names,
                 reads_logits=any(spec.reads_teacher_logits() for spec in losses),
             )  # fmt: skip
     if run.data.unlabeled_data:
@@ -165,12 +166,11 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
         setup_student(spec, run, kd_student, teacher, place, process, record)
         for spec, kd_student, (record, _) in zip(run.students, kd_students, students)
     ]
-    label_names = dataset_class_names(setup.train_set)
     for index, (job, (_, text)) in enumerate(zip(jobs, students)):
         job.args_text = text
         job.run.name = os.path.basename(job.spec.output.experiment) if args.students else ''
         if job.saver is not None:
-            job.saver.label_names = label_names
+            job.saver.label_names = class_names
             job.saver.run_record = run_record(run, index)
     (start_epoch, skip_batches), num_epochs = check_same_start(jobs), jobs[0].num_epochs
     stop_epoch = min(num_epochs, args.stop_epoch) if args.stop_epoch else num_epochs

@@ -34,11 +34,15 @@ _NO_WEIGHTS = 'pass --pretrained-path PATH, or drop --pretrained'
 
 
 def create_student(
-    args: argparse.Namespace, in_chans: int, process: Process, num_classes: Optional[int]
+    args: argparse.Namespace, process: Process, num_classes: Optional[int]
 ) -> torch.nn.Module:
     """The student as timm's train.py creates it (pretrained
     path, BatchNorm overrides, head init, dtype, layout)."""
-    overlay = dict(pretrained_cfg_overlay=dict(file=args.pretrained_path, num_classes=-1))
+    overlay = (
+        dict(pretrained_cfg_overlay=dict(file=args.pretrained_path, num_classes=-1))
+        if args.pretrained_path
+        else {}
+    )
     _check_sync_bn(args.sync_bn, process)
     if args.pretrained and not args.pretrained_path:
         check_hub_reachable(args.model, '--model', _NO_WEIGHTS)
@@ -48,8 +52,8 @@ def create_student(
             pretrained=args.pretrained,
             num_classes=num_classes,
             checkpoint_path=args.initial_checkpoint or None,
-            **(overlay if args.pretrained_path else {}),
-            **{**model_keywords(vars(args)), 'in_chans': in_chans},
+            **overlay,
+            **model_keywords(vars(args)),  # the channels, model flags and --model-kwargs
         )
     except Exception as e:
         if isinstance(e, RuntimeError) and 'Unknown model' in str(e):
