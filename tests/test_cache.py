@@ -13,8 +13,8 @@ from conftest import TINY
 
 from timm_kd.cache import rebuild_logits, top_k_loss_error
 from timm_kd.cli.cache import main as cache_main
-from timm_kd.cli.train.loop import cli
-from timm_kd.cli.train.loop import main as train_main
+from timm_kd.cli.train import cli
+from timm_kd.cli.train import main as train_main
 
 FAST = ['--model', 'test_resnet', *TINY, '-b', '8', '--log-interval', '1', '--epochs', '2']
 VIEWS = [

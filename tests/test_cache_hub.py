@@ -8,8 +8,8 @@ import test_cache
 from huggingface_hub import constants
 
 from timm_kd.cli.cache import main as cache_main
-from timm_kd.cli.train.loop import cli
-from timm_kd.cli.train.loop import main as train_main
+from timm_kd.cli.train import cli
+from timm_kd.cli.train import main as train_main
 
 FAST, VIEWS = test_cache.FAST, test_cache.VIEWS
 

@@ -11,8 +11,8 @@ from timm.models._hub import save_for_hf
 
 from timm_kd.class_map import ClassMap, resolve_class_map
 from timm_kd.cli.cache import main as cache_main
-from timm_kd.cli.train.loop import cli
-from timm_kd.cli.train.loop import main as train_main
+from timm_kd.cli.train import cli
+from timm_kd.cli.train import main as train_main
 from timm_kd.cli.validate import main as validate_main
 from timm_kd.errors import KDError
 

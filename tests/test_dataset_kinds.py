@@ -10,8 +10,8 @@ import torch
 from conftest import TINY
 
 from timm_kd.cli.cache import main as cache_main
-from timm_kd.cli.train.loop import cli
-from timm_kd.cli.train.loop import main as train_main
+from timm_kd.cli.train import cli
+from timm_kd.cli.train import main as train_main
 
 FAST = ['--dataset', 'wds/tiny', '--model', 'test_resnet', *TINY, '-b', '8', '-j', '2',
         '--epochs', '2', '--mixup', '0.5', '--aa', 'rand-m9-mstd0.5', '--reprob', '0.25',
@@ -90,8 +90,8 @@ def test_a_streamed_position_counts_workers_and_zero_workers_read_as_one():
 
     from torch.utils.data import IterableDataset
 
-    from timm_kd.cli.train.student_job import stream_shape
     from timm_kd.replay import stream_readers
+    from timm_kd.training.student_job import stream_shape
 
     class Stream(IterableDataset):
         def __iter__(self):

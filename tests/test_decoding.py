@@ -10,9 +10,9 @@ from conftest import TINY
 from PIL import Image
 
 from timm_kd import KDError
-from timm_kd.cli.train.build import dataset_options
+from timm_kd.cli.train import main
 from timm_kd.cli.train.config import parse_args
-from timm_kd.cli.train.loop import main
+from timm_kd.cli.train.parse import dataset_options
 from timm_kd.data import create_datasets
 from timm_kd.decoding import DecodedImages
 

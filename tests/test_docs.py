@@ -110,7 +110,7 @@ def parse_only(name, argv):
 
 
 def run_command(name, argv, run_cli):
-    from timm_kd.cli.train.loop import main as train
+    from timm_kd.cli.train import main as train
 
     programs = {
         'train': (train, TRAINING),

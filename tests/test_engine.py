@@ -214,7 +214,7 @@ def test_second_order_optimizers_get_the_graph_of_the_gradients():
 def test_a_recovery_keeps_each_ranks_sums_and_each_rank_resumes_its_own():
     """A total restored on rank 0 would be added up in another order than the uninterrupted run's
     (((p0 + p1) + r0) + r1 against (p0 + r0) + (p1 + r1)), and round otherwise in float32."""
-    from timm_kd.cli.train.student_job import _partial_sums
+    from timm_kd.training.student_job import _partial_sums
 
     run = StudentRun(task=None, optimizer=None)
     run.sums = {'loss': torch.tensor(1.1), 'kd_loss': torch.tensor(0.3)}

@@ -9,9 +9,9 @@ import torch
 from conftest import TINY
 
 from timm_kd import InputAdapter, KDError, Teacher
+from timm_kd.cli.train import cli, main
 from timm_kd.cli.train.config import parse_args
 from timm_kd.cli.train.kd_flags import split_teachers
-from timm_kd.cli.train.loop import cli, main
 from timm_kd.ensemble import EnsembleTeacher
 
 FAST = ['--model', 'test_resnet', *TINY, '-b', '8', '--epochs', '1']

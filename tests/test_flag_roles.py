@@ -15,7 +15,6 @@ from timm.data import resolve_data_config
 
 from timm_kd.cache import TeacherCache
 from timm_kd.cli.cache import main as cache_main
-from timm_kd.cli.train.build import run_spec, setup_run, training_stream
 from timm_kd.cli.train.config import build_parser, parse_args
 from timm_kd.cli.train.flag_roles import (
     FLAG_ROLES,
@@ -25,8 +24,11 @@ from timm_kd.cli.train.flag_roles import (
     TEACHER,
     flag_roles,
 )
+from timm_kd.cli.train.parse import parse_run
 from timm_kd.errors import KDError
+from timm_kd.run import freeze
 from timm_kd.runtime import Process
+from timm_kd.training import setup_run, training_stream
 
 BASE = ['--model', 'test_resnet', *TINY, '-b', '8', '--epochs', '1']
 PARSER = build_parser()
@@ -130,13 +132,13 @@ _MODELS = {}
 def _run(argv):
     """The typed run of a command line, as the program translates it (the students' models only
     resolve the data config: one of each kind is made)."""
-    args, _ = parse_args(argv)
-    in_chans = args.in_chans or (args.input_size[0] if args.input_size else 3)
-    key = (args.model, in_chans, args.num_classes or 3)
+    run = parse_run(argv)
+    key = (run.students[0].model, run.in_chans, run.num_classes or 3)
     if key not in _MODELS:
-        _MODELS[key] = timm.create_model(args.model, in_chans=in_chans, num_classes=key[2])
-    data_config = resolve_data_config(vars(args), model=_MODELS[key])
-    return args, run_spec(args, key[2], data_config, [args])
+        _MODELS[key] = timm.create_model(key[0], in_chans=key[1], num_classes=key[2])
+    preprocess = dataclasses.asdict(run.preprocess)
+    data_config = resolve_data_config(preprocess, model=_MODELS[key])
+    return dataclasses.replace(run, num_classes=key[2], data_config=freeze(data_config))
 
 
 EPOCHS = 3
@@ -145,8 +147,8 @@ EPOCHS = 3
 def _stream_batches(argv):
     """What the teacher sees of a run, batch by batch: its input (before the teacher's own
     precision) in epochs 0-2 on one stream, as training reads them."""
-    args, _ = parse_args([*argv, '--epochs', str(EPOCHS)])
-    setup = setup_run(args, [args], Process(torch.device('cpu')), with_eval=False)
+    run = parse_run([*argv, '--epochs', str(EPOCHS)])
+    setup = setup_run(run, Process(torch.device('cpu')), with_eval=False)
     stream, _, _ = training_stream(setup, Process(torch.device('cpu')))
     return [b.input for epoch in range(EPOCHS) for _, b in stream.epoch(epoch)]
 
@@ -170,11 +172,11 @@ def test_a_flag_missing_from_the_table_fails_the_check():
 
 @pytest.mark.parametrize('dest', sorted(d for d, r in ROLES.items() if r == TEACHER))
 def test_flipping_a_teacher_flag_is_refused_by_a_cache_built_without_it(dest, cache, image_folder):
-    base_args, base_run = _run([image_folder, *BASE, '--teacher-cache', cache.root])
-    dataset = setup_run(base_args, [base_args], Process(torch.device('cpu')), False).train_set
+    base_run = _run([image_folder, *BASE, '--teacher-cache', cache.root])
+    dataset = setup_run(base_run, Process(torch.device('cpu')), False).train_set
     cache.check(base_run, dataset, 1, [0], 0)  # the base run fits
     try:
-        _, run = _run([image_folder, *BASE, *_flip(dest), '--teacher-cache', cache.root])
+        run = _run([image_folder, *BASE, *_flip(dest), '--teacher-cache', cache.root])
         cache.check(run, dataset, 1, [0], 0)
     except KDError as e:
         assert '\n' not in str(e) and '--teacher' in str(e), str(e)
@@ -190,15 +192,16 @@ def test_flipping_a_student_flag_is_accepted_and_the_teacher_sees_the_same_batch
 ):
     """Accepted by the cache, and the teacher's input is the same in every batch of three
     consecutive epochs (the targets may differ: --smoothing)."""
-    base_args, base_run = _run([image_folder, *BASE, '--teacher-cache', cache.root])
-    dataset = setup_run(base_args, [base_args], Process(torch.device('cpu')), False).train_set
+    base_run = _run([image_folder, *BASE, '--teacher-cache', cache.root])
+    dataset = setup_run(base_run, Process(torch.device('cpu')), False).train_set
     argv = [image_folder, *BASE, *_flip(dest), '--teacher-cache', cache.root]
-    args, run = _run(argv)
-    assert vars(args) != vars(base_args), f'{_flip(dest)} changed nothing'
+    run = _run(argv)
+    assert run != base_run, f'{_flip(dest)} changed nothing'
     cache.check(run, dataset, 1, [0], 0)
     # the stream is built from the run's data and teacher values alone: where a flip leaves them
     # as they were, the stream is the base run's by construction
-    if dataclasses.replace(run, students=()) != dataclasses.replace(base_run, students=()):
+    stream_part = dict(students=(), loop=base_run.loop)
+    if dataclasses.replace(run, **stream_part) != dataclasses.replace(base_run, **stream_part):
         flipped = _stream_batches(argv)
         assert len(base_batches) == len(flipped) == EPOCHS * 6
         for i, (x, fx) in enumerate(zip(base_batches, flipped)):
@@ -221,8 +224,8 @@ def test_the_interpolation_counts_where_the_training_views_resize_with_it(
     cache_main(['build', image_folder, *BASE, *flags, *vit_teacher, '--top-k', '3',
                 '--out', str(out)])  # fmt: skip
     built = TeacherCache(str(out))
-    args, run = _run([image_folder, *BASE, *flags, *flip, '--teacher-cache', str(out)])
-    dataset = setup_run(args, [args], Process(torch.device('cpu')), False).train_set
+    run = _run([image_folder, *BASE, *flags, *flip, '--teacher-cache', str(out)])
+    dataset = setup_run(run, Process(torch.device('cpu')), False).train_set
     with pytest.raises(KDError, match="student interpolation: the cache has 'bilinear'"):
         built.check(run, dataset, 1, [0], 0)
 
@@ -239,10 +242,10 @@ def test_the_build_and_training_construct_one_stream_epoch_by_epoch(image_folder
     --mixup-off-epoch and not after, at the scheduled resolutions of --train-img-sizes."""
     argv = [image_folder, *BASE, '--epochs', '3', '--mixup', '0.5', '--mixup-off-epoch', '1',
             '--train-img-sizes', '32', '48']  # fmt: skip
-    args, _ = parse_args(argv)
+    run = parse_run(argv)
     cpu = Process(torch.device('cpu'))
-    build, _, _ = training_stream(setup_run(args, [args], cpu, with_eval=False), cpu)
-    train, _, _ = training_stream(setup_run(args, [args], cpu), cpu)
+    build, _, _ = training_stream(setup_run(run, cpu, with_eval=False), cpu)
+    train, _, _ = training_stream(setup_run(run, cpu), cpu)
     sizes = set()
     for epoch in range(3):  # each read whole: timm's own views of scheduled sizes draw as they load
         pairs = list(zip(list(build.epoch(epoch)), list(train.epoch(epoch))))

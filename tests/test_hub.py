@@ -509,7 +509,7 @@ def test_a_checkpoint_rebuilds_its_student_from_its_record_alone(image_folder, t
     --model-kwargs the run recorded, the weights loaded strictly (a qkv without bias would not
     load into the default model); the global pooling changes the output, not the weights."""
     import timm_kd
-    from timm_kd.cli.train.loop import main as train_main
+    from timm_kd.cli.train import main as train_main
 
     train_main([image_folder, '--model', 'test_vit', *TINY, '-b', '8', '--epochs', '1',
                 '--drop-path', '0.1', '--gp', 'avg', '--model-kwargs', 'img_size=32',

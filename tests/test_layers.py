@@ -69,11 +69,14 @@ def _is_program(name):
 
 
 LIBRARY = sorted(m for m in MODULES if not _is_program(m))
+# The package's face re-exports the training program's parser, `timm_kd.parse_run(argv)`.
+FACE_EXPORTS = {'timm_kd': {'timm_kd.cli.train.parse'}}
 
 
 @pytest.mark.parametrize('name', LIBRARY)
 def test_the_library_imports_no_program_and_parses_no_flags(name):
-    assert not [m for m in _imports(name) if _is_program(m)], name
+    programs = {m for m in _imports(name) if _is_program(m)}
+    assert programs <= FACE_EXPORTS.get(name, set()), name
     tree, _ = MODULES[name]
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and node.attr == 'ArgumentParser':
@@ -116,7 +119,7 @@ def test_no_import_cycle_between_modules():
 
 def test_the_checker_sees_a_function_local_import():
     # a check that could not fail would prove nothing: the cache program's imports are found
-    assert 'timm_kd.cli.train.build' in _imports('timm_kd.cli.cache')
+    assert 'timm_kd.cli.train.parse' in _imports('timm_kd.cli.cache')
     assert 'timm_kd.dataset_views' in _imports('timm_kd.unlabeled')
 
 
@@ -129,22 +132,16 @@ def test_every_folder_of_python_files_is_a_package_the_wheel_ships():
 
 
 # The training program translates its flags into the typed run (`timm_kd.run.RunSpec`) here: the
-# parser and its checks, and the translation functions of `build`. Below them the stream, the
-# cache build, the fingerprint and the teachers take the run, never the flags.
+# parser, its checks and the translation (`parse`). Below them the trainer (`timm_kd.training`),
+# the stream, the cache build, the fingerprint and the teachers take the run, never the flags.
 TRANSLATION = {
-    'timm_kd.cli.train.config': None,  # None: every function of the module
-    'timm_kd.cli.train.kd_flags': None,
-    'timm_kd.cli.train.timm_flags': None,
-    'timm_kd.cli.train.students': None,
-    'timm_kd.cli.train.build': {
-        'options', 'dataset_options', 'loader_options', 'setup_process_flags', 'teacher_setup',
-        'student_spec', 'run_spec', 'setup_run',
-    },
-    'timm_kd.cli.train.student_model': {'model_dtype', 'create_student'},
-}  # fmt: skip
-# The loop's run control, which the run value does not hold: logging, validation and recovery
-# intervals, --stop-epoch, BatchNorm syncing, wandb (`test_the_loop_reads_no_run_value_from_flags`)
-RUN_CONTROL = {'timm_kd.cli.train.loop': {'build_training', '_init_wandb'}}
+    'timm_kd.cli.train.config',
+    'timm_kd.cli.train.kd_flags',
+    'timm_kd.cli.train.timm_flags',
+    'timm_kd.cli.train.students',
+    'timm_kd.cli.train.parse',
+    'timm_kd.cli.train.flag_roles',
+}
 
 
 def _takes_flags(node):
@@ -155,50 +152,45 @@ def _takes_flags(node):
     return False
 
 
-@pytest.mark.parametrize(
-    'name', sorted(m for m in MODULES if m.startswith(('timm_kd.cli.train', 'timm_kd.cli.cache')))
-)
-def test_below_the_translation_nothing_takes_the_flags(name):
-    allowed = {**TRANSLATION, **RUN_CONTROL}
-    if name in allowed and allowed[name] is None:
-        return
+def _functions_taking_flags(name):
     tree, _ = MODULES[name]
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _takes_flags(node):
-            assert node.name in allowed.get(name, ()), f'{name}.{node.name} takes the flags'
+    return [
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and not node.name.startswith('__')  # torch's __torch_dispatch__(func, types, args, ...)
+        and _takes_flags(node)
+    ]
+
+
+@pytest.mark.parametrize(
+    'name',
+    sorted(
+        m for m in MODULES
+        if m.startswith(('timm_kd.cli.train', 'timm_kd.cli.cache', 'timm_kd.training'))
+        or not _is_program(m)
+    ),
+)  # fmt: skip
+def test_below_the_translation_nothing_takes_the_flags(name):
+    if name in TRANSLATION:
+        return
+    assert not _functions_taking_flags(name), f'{name} takes the flags'
 
 
 def test_the_stream_and_the_cache_build_read_the_run():
-    tree, _ = MODULES['timm_kd.cli.train.build']
+    tree, _ = MODULES['timm_kd.training.build']
     stream = next(n for n in ast.walk(tree) if getattr(n, 'name', '') == 'training_stream')
     assert not _takes_flags(stream) and 'run.' in ast.unparse(stream)
     # a check that could fail: the translation itself takes them
-    run_spec = next(n for n in ast.walk(tree) if getattr(n, 'name', '') == 'run_spec')
-    assert _takes_flags(run_spec)
+    assert {'run_spec', 'student_spec', 'teacher_setup'} <= set(
+        _functions_taking_flags('timm_kd.cli.train.parse')
+    )
 
 
-def _run_fields(cls, out):
-    import dataclasses
-    import typing
-
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        out.add(f.name)
-        for kind in (hints[f.name], *typing.get_args(hints[f.name])):
-            if dataclasses.is_dataclass(kind):
-                _run_fields(kind, out)
-    return out
-
-
-def test_the_loop_reads_no_run_value_from_flags():
-    """Below `main` (which translates), the loop reads from the flags only what the run does not
-    hold; `students` there is the list of --student strings."""
-    from timm_kd.run import RunSpec
-
-    held = _run_fields(RunSpec, set()) - {'students'}
-    assert {'batch_size', 'seed', 'mixup_off_epoch', 'amp', 'grad_accum_steps'} <= held
-    tree, _ = MODULES['timm_kd.cli.train.loop']
-    for function in (n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name != 'main'):
-        for node in ast.walk(function):
-            if isinstance(node, ast.Attribute) and ast.unparse(node.value) in ('args', 't.args'):
-                assert node.attr not in held, f'{function.name} reads args.{node.attr}'
+def test_the_trainer_reads_no_namespace():
+    """`timm_kd.training` holds the whole trainer and reads the typed run alone: no `args`."""
+    for name in (m for m in MODULES if m.startswith('timm_kd.training')):
+        tree, _ = MODULES[name]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name):
+                assert node.id not in ('args', 'sargs'), f'{name} line {node.lineno}'

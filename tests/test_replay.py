@@ -6,8 +6,8 @@ import random
 import pytest
 import torch
 
-from timm_kd.cli.train.build import dataset_options, loader_options
 from timm_kd.cli.train.config import parse_args
+from timm_kd.cli.train.parse import dataset_options, loader_options
 from timm_kd.data import create_datasets, create_loaders, set_loader_epoch
 from timm_kd.dataset_views import DatasetView
 from timm_kd.reliability import reseed

@@ -138,8 +138,9 @@ def test_a_checkpoint_records_the_run_and_it_loads_back(
 
     from timm_kd.checkpoint import safe_globals
     from timm_kd.cli.cache import main as cache_main
-    from timm_kd.cli.train import loop
+    from timm_kd.cli.train import main
     from timm_kd.run import run_from_record
+    from timm_kd.training import loop
 
     flags = [image_folder, '--model', 'test_resnet', *TINY, '-b', '8', '--epochs', '1']
     resnet = ['--teacher', 'test_resnet', '--teacher-checkpoint', str(tmp_path / 'r.pth')]
@@ -163,9 +164,9 @@ def test_a_checkpoint_records_the_run_and_it_loads_back(
     seen = []
     build = loop.build_training
     monkeypatch.setattr(
-        loop, 'build_training', lambda *a: seen.append(a[2].run) or build(*a)
+        loop, 'build_training', lambda *a: seen.append(a[0].run) or build(*a)
     )  # fmt: skip
-    loop.main([*flags, *extra, '--output', str(tmp_path / 'out'), '--experiment', 'e'])
+    main([*flags, *extra, '--output', str(tmp_path / 'out'), '--experiment', 'e'])
     checkpoints = sorted((tmp_path / 'out').rglob('last.pth.tar'))
     assert len(checkpoints) == (2 if mode == 'students' else 1)
     for path in checkpoints:
@@ -174,13 +175,16 @@ def test_a_checkpoint_records_the_run_and_it_loads_back(
         record = saved['saver']['run']  # the saver's own state, beside timm's args
         assert record['student'] == (1 if path.parent.name == 's2' else 0)
         assert len(record['run']['students']) == len(checkpoints)
-        assert run_from_record(record) == seen[0]
+        typed = tuple(dataclasses.replace(s, flags='', args_yaml='') for s in seen[0].students)
+        assert run_from_record(record) == dataclasses.replace(seen[0], students=typed)
         assert saved['args'].model == 'test_resnet'  # timm's record stays
     # each experiment's args.yaml trains again, the same run (one student: the one it recorded)
     for i, path in enumerate(checkpoints):
         student = seen[0].students[1 if path.parent.name == 's2' else 0]
-        loop.main(['--config', str(path.parent / 'args.yaml'), '--output', str(tmp_path / 'again'),
+        main(['--config', str(path.parent / 'args.yaml'), '--output', str(tmp_path / 'again'),
                    '--experiment', f'again{i}'])  # fmt: skip
         again = seen[-1]
-        assert again.students == (dataclasses.replace(student, output=again.students[0].output),)
+        fields = ('output', 'flags', 'args_yaml', 'name')
+        records = {k: getattr(again.students[0], k) for k in fields}
+        assert again.students == (dataclasses.replace(student, **records),)
         assert dataclasses.replace(again, students=()) == dataclasses.replace(seen[0], students=())

@@ -41,8 +41,8 @@ def collectives(monkeypatch):
 
 def _report_skipped(tmp_path):
     """The loop's count of unreadable files after each epoch (it died under NCCL: a CPU tensor)."""
-    from timm_kd.cli.train.loop import _report_skipped
     from timm_kd.decoding import DecodedImages
+    from timm_kd.training.loop import _report_skipped
 
     class OneUnreadable(DecodedImages):
         skipped = 1
@@ -138,7 +138,7 @@ def test_a_float16_run_keeps_its_scaler_in_checkpoints_and_resumes_exactly(
     """--amp --amp-dtype float16 on the CPU, with a bfloat16 teacher (which float16 autocast would
     break): the checkpoints hold the scaler's state, and a run stopped after epoch 0 and resumed
     ends as the uninterrupted run."""
-    from timm_kd.cli.train.loop import main
+    from timm_kd.cli.train import main
 
     flags = [image_folder, '--model', 'test_resnet', *TINY, '-b', '8', '--epochs', '2',
              *vit_teacher, '--teacher-dtype', 'bfloat16', '--amp', '--amp-dtype', 'float16',

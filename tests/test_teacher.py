@@ -194,7 +194,7 @@ def test_a_checkpoint_that_records_its_training_decides_the_teachers_preprocessi
 
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    from timm_kd.cli.train.loop import main as train_main
+    from timm_kd.cli.train import main as train_main
 
     stats = ['--mean', '0.4', '0.4', '0.4', '--std', '0.2', '0.2', '0.2']
     train_main([image_folder, '--model', 'test_resnet', '--img-size', '32', *stats, '-b', '8',
@@ -329,7 +329,7 @@ def test_timms_kd_model_name_feeds_the_teacher_at_the_students_resolution(caplog
     import logging
 
     from timm_kd.cli.train import parse_args
-    from timm_kd.cli.train.build import teacher_setup
+    from timm_kd.cli.train.parse import teacher_setup
     from timm_kd.teacher_input import input_adapter
 
     timm_way = teacher_setup(parse_args(['/data', '--kd-model-name', 'resnet18.a1_in1k'])[0])

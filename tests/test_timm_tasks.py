@@ -11,7 +11,7 @@ from timm.task import FeatureDistillationTask, LogitDistillationTask, TokenDisti
 
 from timm_kd import DistillationTask, InputAdapter, Teacher, create_kd_student
 from timm_kd.cli.train import parse_args
-from timm_kd.cli.train.build import student_spec
+from timm_kd.cli.train.parse import student_spec
 
 # DeiT-Tiny distilled, at timm's test_* size: two tokens, two heads
 DEIT = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2)
@@ -134,7 +134,7 @@ def test_a_distilled_token_student_trains_live_and_from_the_cache(image_folder, 
     import csv
 
     from timm_kd.cli.cache import main as cache_main
-    from timm_kd.cli.train.loop import main as train
+    from timm_kd.cli.train import main as train
 
     teacher = tmp_path / 't.pth'
     torch.save(timm.create_model('test_resnet', num_classes=3).state_dict(), teacher)

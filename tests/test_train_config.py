@@ -597,7 +597,7 @@ def test_a_start_epoch_past_the_end_says_so(image_folder, tmp_path, run_cli, cap
 
     from conftest import TINY
 
-    from timm_kd.cli.train.loop import main
+    from timm_kd.cli.train import main
 
     (tmp_path / 'c.yaml').write_text('start_epoch: 5\nepochs: 2\n')
     with caplog.at_level(logging.WARNING, logger='timm_kd.train'):
@@ -684,7 +684,7 @@ def test_what_timm_wrote_where_apex_or_sync_bn_was_asked_trains_with_one_note(
     (apex aside, it ignores sync_bn outside distributed training), and so does timm-kd."""
     import logging
 
-    from timm_kd.cli.train.loop import main
+    from timm_kd.cli.train import main
 
     saved = yaml.safe_load(open(os.path.join(DATA, name)))
     (tmp_path / 'c.yaml').write_text(yaml.safe_dump({**saved, **keys}))
@@ -702,8 +702,8 @@ def test_what_timm_wrote_where_apex_or_sync_bn_was_asked_trains_with_one_note(
 
 def test_sync_bn_is_refused_only_where_it_cannot_run():
     """Several processes off CUDA: one line; one process: a note (timm ignores it there)."""
-    from timm_kd.cli.train.student_model import _check_sync_bn
     from timm_kd.runtime import Process
+    from timm_kd.training.student_model import _check_sync_bn
 
     cpu = torch.device('cpu')
     _check_sync_bn(True, Process(cpu))
@@ -717,7 +717,7 @@ def test_published_args_yaml_files_train_a_tiny_epoch(
 ):
     """Each file's recipe (optimizer, schedule, augmentation, EMA, AMP, ...) distills one epoch of
     a test model at 32 px: the model, the data, the sizes and the length are the command line's."""
-    from timm_kd.cli.train.loop import main
+    from timm_kd.cli.train import main
 
     path = os.path.join(DATA, 'published', name)
     result = run_cli(main, image_folder, '--config', path, '--config-ignore-unknown',

@@ -299,7 +299,7 @@ BAD_INPUTS = [  # (flags, what the one line must name, the fix it must give)
 def test_every_bad_input_is_one_line_exit_2_and_writes_nothing(
     flags, names, fix, bad_files, image_folder, tmp_path, capsys
 ):
-    from timm_kd.cli.train.loop import cli
+    from timm_kd.cli.train import cli
 
     flags = [f.replace('{root}', str(bad_files)) for f in flags]
     out = [] if '--output' in flags else ['--output', str(tmp_path / 'out')]
@@ -442,7 +442,7 @@ def test_resume_auto_passes_over_a_damaged_checkpoint_to_the_newest_that_loads(
     `--resume` of the damaged file is still one line."""
     import logging
 
-    from timm_kd.cli.train.loop import main
+    from timm_kd.cli.train import main
 
     flags = [image_folder, *FAST, '--epochs', '2', '--checkpoint-hist', '2',
              '--output', str(tmp_path), '--experiment', 'e']  # fmt: skip

@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from timm_kd import DistillationTask, KDError, LossSpec, Teacher, create_kd_student
-from timm_kd.cli.train.loop import cli, main
+from timm_kd.cli.train import cli, main
 from timm_kd.unlabeled import labeled_mask
 
 FAST = ['--model', 'test_resnet', *TINY, '-b', '8', '--epochs', '1']

@@ -10,7 +10,7 @@ epoch), honest records across crashes, and preemption by SIGTERM/SIGINT.
 - `truncate_summary(path, start_epoch)`: a resumed run drops the rows of `summary.csv` from the
   epoch it restarts at, so a kill between the row and the checkpoint never leaves two rows for one
   epoch.
-- `append_summary(path, epoch, train, eval, lr)`: a `summary.csv` row with timm's columns first,
+- `summary_row`, `append_summary(path, row)`: a `summary.csv` row with timm's columns first,
   in timm's order (`epoch, train_loss, eval_loss, eval_top1, eval_top5, lr`), then ours (each
   loss component, the teacher agreement), so that a script written for timm's file reads ours.
 - `Preemption`: the first SIGTERM or SIGINT sets a flag; the loop finishes the current step, writes
@@ -24,7 +24,7 @@ import io
 import os
 import signal
 import threading
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 from timm.utils import random_seed
@@ -84,15 +84,20 @@ def truncate_summary(path: str, start_epoch: int) -> None:
 TIMM_SUMMARY_COLUMNS = ('epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr')
 
 
-def append_summary(
-    path: str, epoch: int, train: dict, evaluation: Optional[dict], lr: Optional[float]
-) -> None:
-    """Append an epoch's row to `summary.csv`: timm's columns first in timm's order, then ours in
-    the order the run reports them. A file that exists keeps its own header's order."""
+def summary_row(
+    epoch: int, train: dict, evaluation: Optional[dict], lr: Optional[float]
+) -> Dict[str, float]:
+    """An epoch's row of `summary.csv`, as timm names its columns."""
     row = {'epoch': epoch, **{f'train_{k}': v for k, v in train.items()}}
     row.update({f'eval_{k}': v for k, v in (evaluation or {}).items()})
     if lr is not None:
         row['lr'] = lr
+    return row
+
+
+def append_summary(path: str, row: Dict[str, float]) -> None:
+    """Append an epoch's `summary_row` to `summary.csv`: timm's columns first in timm's order, then
+    ours in the order the run reports them. A file that exists keeps its own header's order."""
     columns = [c for c in TIMM_SUMMARY_COLUMNS if c in row]
     columns += [c for c in row if c not in columns]
     header = None

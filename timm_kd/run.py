@@ -107,7 +107,9 @@ class TeacherSetup:
 
 @dataclass(frozen=True)
 class ProcessSpec:
-    """How the stream is run in each process: seed, precision, layout, accumulation."""
+    """How the stream is run in each process: seed, precision, layout, accumulation, the students'
+    autocast and pickle policy, and timm's process-wide switches (backend modules, jit fuser, fast
+    norm). The teachers' own precision is the `TeacherSetup`'s, which counts for a cache."""
 
     seed: int = 42
     device: Optional[str] = field(default=None, metadata=NOT_IDENTITY)
@@ -116,6 +118,55 @@ class ProcessSpec:
     prefetcher: bool = True  # timm's prefetcher erases whole batches on the device
     # the batches and their views follow the batch size alone (`timm_kd.stream`)
     grad_accum_steps: int = field(default=1, metadata=NOT_IDENTITY)
+    amp: bool = field(default=False, metadata=NOT_IDENTITY)
+    amp_dtype: str = field(default='float16', metadata=NOT_IDENTITY)
+    allow_pickle: bool = field(default=False, metadata=NOT_IDENTITY)  # --allow-unsafe-pickle
+    device_modules: Tuple[str, ...] = field(default=(), metadata=NOT_IDENTITY)
+    fuser: str = field(default='', metadata=NOT_IDENTITY)
+    fast_norm: bool = field(default=False, metadata=NOT_IDENTITY)
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    """How the epochs are driven, as timm's train.py drives them: validation, logging and recovery
+    intervals, the tracked metric, where to stop, BatchNorm across processes, the skipped-file
+    limit, test-time augmentation, scheduled batch sizes' loss scale, wandb."""
+
+    val_interval: int = 1
+    log_interval: int = 50
+    recovery_interval: int = 0
+    eval_metric: str = 'top1'
+    stop_epoch: Optional[int] = None
+    dist_bn: str = 'reduce'
+    max_skipped_fraction: float = 0.01
+    synchronize_step: bool = False
+    save_images: bool = False
+    tta: int = 0
+    variable_batch_loss_scale: str = 'none'
+    log_wandb: bool = False
+    wandb_project: Optional[str] = None
+    wandb_tags: Tuple[str, ...] = ()
+    wandb_resume_id: str = ''
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """The preprocessing flags timm's `resolve_data_config` reads beside the student's pretrained
+    cfg; the resolved config is the run's `data_config`."""
+
+    input_size: Optional[Tuple[int, ...]] = None
+    img_size: Optional[int] = None
+    in_chans: Optional[int] = None
+    interpolation: str = ''
+    mean: Optional[Tuple[float, ...]] = None
+    std: Optional[Tuple[float, ...]] = None
+    crop_pct: Optional[float] = None
+    crop_mode: Optional[str] = None
+
+    @property
+    def channels(self) -> int:
+        """The input channels, as timm's train.py counts them."""
+        return self.in_chans or (self.input_size[0] if self.input_size else 3)
 
 
 @dataclass(frozen=True)
@@ -213,12 +264,43 @@ class OutputSpec:
 
 
 @dataclass(frozen=True)
+class ModelSpec:
+    """How a student's model is created, as timm's train.py creates it: weights to start from,
+    `create_model` keywords (input channels, drop rates, --gp, BatchNorm overrides,
+    --model-kwargs: `timm_kd.checkpoint.model_keywords`), head init, gradient checkpointing,
+    BatchNorm per AugMix split or synchronized, TorchScript."""
+
+    pretrained: bool = False
+    pretrained_path: Optional[str] = None
+    initial_checkpoint: str = ''
+    keywords: Tuple[Tuple[str, Any], ...] = ()
+    head_init_scale: Optional[float] = None
+    head_init_bias: Optional[float] = None
+    grad_checkpointing: bool = False
+    split_bn: bool = False
+    sync_bn: bool = False
+    torchscript: bool = False
+
+
+# StudentSpec fields that record the flags a student was parsed from, for timm's readers (the
+# checkpoints' `args`, args.yaml); the typed record (`run_record`) leaves them out
+FLAG_RECORDS = {'record': 'flags'}
+
+
+@dataclass(frozen=True)
 class StudentSpec:
-    """A student on the stream: its architecture, distillation terms, hard-label loss, optimizer,
-    schedule, EMA, compilation and output, each as timm's translators produce them from its flags.
+    """A student on the stream: its architecture and how it is created, distillation terms,
+    hard-label loss, optimizer, schedule, EMA, compilation and output, each as timm's translators
+    produce them from its flags.
+
+    `flags` and `args_yaml` record the flags it was parsed from (JSON of the parsed flags, which
+    its checkpoints store as timm's `args`; its args.yaml); a student built in code has none, and
+    its checkpoints then record the typed run alone.
     """
 
     model: str
+    create: ModelSpec = ModelSpec()
+    name: str = ''  # among students given by --student: its log suffix, its wandb prefix
     losses: LossSpec = LossSpec()
     criterion: CriterionSpec = CriterionSpec()
     optimizer: OptimizerSpec = OptimizerSpec()
@@ -228,40 +310,64 @@ class StudentSpec:
     compile: Optional[str] = None  # --torchcompile backend
     compile_mode: Optional[str] = None
     ddp_broadcast_buffers: bool = True  # not --no-ddp-bb
+    flags: str = field(default='', metadata=FLAG_RECORDS)
+    args_yaml: str = field(default='', metadata=FLAG_RECORDS)
+
+    @property
+    def keywords(self) -> Dict[str, Any]:
+        return dict(self.create.keywords)
 
 
 @dataclass(frozen=True)
 class RunSpec:
     """The data stream (where the images come from, their views, the process settings), the
-    teachers, the derived facts the stream needs (the class count and the first student's data
-    config: input size, mean/std, interpolation, crop), and the students on it."""
+    teachers, the students on it, and how the epochs are driven (`loop`).
+
+    Two facts are derived rather than given: the class count (`--num-classes`, else read from the
+    data) and the first student's data config (input size, mean/std, interpolation, crop: its
+    pretrained cfg under the `preprocess` flags). `timm_kd.fit` resolves them before it builds
+    anything (`resolved`); a run read from a checkpoint or a cache holds them resolved.
+    """
 
     data: DatasetOptions
     views: LoaderOptions
     process: ProcessSpec
     teachers: TeacherSetup
-    num_classes: int
+    num_classes: Optional[int] = None
     data_config: Tuple[Tuple[str, Any], ...] = ()
     students: Tuple[StudentSpec, ...] = field(default=(), metadata=NOT_IDENTITY)
+    preprocess: PreprocessSpec = field(default=PreprocessSpec(), metadata=NOT_IDENTITY)
+    loop: LoopSpec = field(default=LoopSpec(), metadata=NOT_IDENTITY)
 
     @property
     def student_data_config(self) -> Dict[str, Any]:
         return dict(self.data_config)
 
+    @property
+    def in_chans(self) -> int:
+        return self.preprocess.channels
 
-# The version of the run value a checkpoint records (`run_record`); `run_from_record` reads it.
-RUN_RECORD_FORMAT = 1
+    @property
+    def resolved(self) -> bool:
+        return self.num_classes is not None and bool(self.data_config)
+
+
+# The version of the run value a checkpoint records (`run_record`); `run_from_record` reads it
+# and the earlier ones (1: before the model, preprocessing and loop settings, which then read as
+# their defaults).
+RUN_RECORD_FORMAT = 2
 
 
 def run_record(run: RunSpec, student: int = 0) -> Dict[str, Any]:
     """The run value as a checkpoint records it beside timm's `args`: versioned, made of plain
     values only (so `torch.load(weights_only=True)` reads it), with the index of the checkpoint's
     student among the run's students."""
-    return {
-        'format': RUN_RECORD_FORMAT,
-        'student': student,
-        'run': as_json(dataclasses.asdict(run)),
-    }
+    value = as_json(dataclasses.asdict(run))
+    records = [f.name for f in dataclasses.fields(StudentSpec) if f.metadata.get('record')]
+    for spec in value['students']:
+        for name in records:
+            del spec[name]
+    return {'format': RUN_RECORD_FORMAT, 'student': student, 'run': value}
 
 
 def _value(kind: Any, data: Any) -> Any:
@@ -279,7 +385,7 @@ def _value(kind: Any, data: Any) -> Any:
 
 def run_from_record(record: Mapping[str, Any]) -> RunSpec:
     """The `RunSpec` a checkpoint recorded (`run_record`); a record of another format is refused."""
-    if record.get('format') != RUN_RECORD_FORMAT:
+    if record.get('format') not in (1, RUN_RECORD_FORMAT):
         raise ValueError(
             f'run record format {record.get("format")!r}; this timm-kd reads {RUN_RECORD_FORMAT}'
         )

@@ -46,8 +46,8 @@ from ..locks import FolderLock
 from ..replay import order_digest
 from ..run import RunSpec
 from ..runtime import Process, init_process, over_ranks
-from .train.build import setup_run, training_stream
-from .train.config import parse_args
+from ..training import setup_run, training_stream
+from .train.parse import parse_run
 
 _logger = logging.getLogger('timm_kd.cache')
 
@@ -57,15 +57,15 @@ def build(argv: Optional[List[str]] = None) -> str:
     answers for every slot of every epoch; returns DIR."""
     mine, rest = build_flags().parse_known_args(argv)
     setup_default_logging()
-    args, _ = parse_args(rest)
-    if not args.teacher:
+    run = parse_run(rest)
+    if not run.teachers.members:
         raise KDError(
             'cache build needs --teacher (and --teacher-checkpoint where it has no pretrained '
             'weights)'
         )
-    process = init_process(args.device)
+    process = init_process(run.process.device)
     device = process.device
-    setup = setup_run(args, [args], process, with_eval=False)  # as training sets up its stream
+    setup = setup_run(run, process, with_eval=False)  # as training sets up its stream
     run, train_set, num_classes = setup.run, setup.train_set, setup.run.num_classes
     _one_view_per_sample(run)  # before the teacher loads
     images = decoded_images(train_set)  # each sample's checksum, recorded as it is read
@@ -76,7 +76,7 @@ def build(argv: Optional[List[str]] = None) -> str:
     # the cache stores logits: a headless teacher is one line here
     class_names = dataset_class_names(train_set)
     teacher = create_teachers(
-        run.teachers, num_classes, setup.in_chans, data_config, device, class_names
+        run.teachers, num_classes, run.in_chans, data_config, device, class_names
     )
     stream, _, replayable = training_stream(setup, process)
     layout = _buildable(mine, run, replayable)
@@ -93,7 +93,7 @@ def build(argv: Optional[List[str]] = None) -> str:
         todo = _epochs_to_build(mine.out, views, process)
         built = [e for e in range(views) if e not in todo]  # a kill may have come before
         manifest['epochs'] = sorted(set(manifest['epochs']) | set(built))  # the manifest's update
-        progress = _Progress(len(stream), slots * len(todo), args.log_interval)
+        progress = _Progress(len(stream), slots * len(todo), run.loop.log_interval)
         for epoch in todo:
             if not is_built(mine.out, epoch, process.rank):  # else another rank's shard is missing
                 shard = ShardWriter(mine.out, epoch, process.rank, layout.arrays(slots))

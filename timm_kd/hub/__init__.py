@@ -151,28 +151,31 @@ def kd_metadata(
     return {k: v for k, v in meta.items() if v is not None}
 
 
-def _recipe_details(args: Dict[str, Any]) -> List[str]:
-    """The training settings a reader of the card needs to retrain it, as timm's cards list them."""
-    lr = f'lr {args["lr"]:g}' if args.get('lr') else (
-        f'lr {args.get("lr_base", 0.1):g} at a global batch of {args.get("lr_base_size", 256)}, '
-        'scaled to the batch trained with'
+def _recipe_details(recorded: Dict[str, Any]) -> List[str]:
+    """The training settings a reader of the card needs to retrain it, as timm's cards list them,
+    from the flags a checkpoint `recorded`."""
+    lr = f'lr {recorded["lr"]:g}' if recorded.get('lr') else (
+        f'lr {recorded.get("lr_base", 0.1):g} at a global batch of '
+        f'{recorded.get("lr_base_size", 256)}, scaled to the batch trained with'
     )  # fmt: skip
-    size = args.get('input_size') or ([args['img_size']] * 2 if args.get('img_size') else None)
+    size = recorded.get('input_size') or (
+        [recorded['img_size']] * 2 if recorded.get('img_size') else None
+    )
     details = [
-        f'optimizer {args.get("opt")}, {lr}, weight decay {args.get("weight_decay")}',
-        f'schedule {args.get("sched")}, {args.get("epochs")} epochs, '
-        f'{args.get("warmup_epochs")} warm-up',
-        f'batch size {args.get("batch_size")} per process'
+        f'optimizer {recorded.get("opt")}, {lr}, weight decay {recorded.get("weight_decay")}',
+        f'schedule {recorded.get("sched")}, {recorded.get("epochs")} epochs, '
+        f'{recorded.get("warmup_epochs")} warm-up',
+        f'batch size {recorded.get("batch_size")} per process'
         + (f', image size {size[-1]}' if size else ''),
     ]
     augment = [
-        f'{key} {args[key]}'
+        f'{key} {recorded[key]}'
         for key in ('aa', 'mixup', 'cutmix', 'reprob', 'smoothing', 'drop_path')
-        if args.get(key)
+        if recorded.get(key)
     ]
     if augment:
         details.append('augmentation and regularization: ' + ', '.join(augment))
-    if args.get('bce_loss'):
+    if recorded.get('bce_loss'):
         details.append('hard-label loss: binary cross-entropy')
     return details
 

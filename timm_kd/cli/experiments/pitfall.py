@@ -27,11 +27,10 @@ from .common import cell, kd_args, replace_flag
 
 def _train_size(data: str, dataset_args: List[str], fraction: float) -> int:
     from ...data import create_datasets
-    from ..train.build import dataset_options
-    from ..train.config import parse_args
+    from ..train.parse import parse_run
 
-    args, _ = parse_args([data, *dataset_args, '--train-fraction', str(fraction)])
-    return len(create_datasets(dataset_options(args))[0])
+    run = parse_run([data, *dataset_args, '--train-fraction', str(fraction)])
+    return len(create_datasets(run.data)[0])
 
 
 def summarize(rows: List[Dict], methods: List[str], output: str) -> str:

@@ -353,20 +353,14 @@ def finish_args(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def args_yaml(
-    text: str, args: argparse.Namespace, device: str, num_classes: Optional[int] = None
-) -> str:
+def args_yaml(text: str, args: argparse.Namespace) -> str:
     """args.yaml: the flags as given, with a value where timm's train.py needs one and ours were
     unset, so that timm can read the file (and train what we did) and it reloads here to the same
-    run: the device the run used, the class count read from the data, and the KD temperature
-    (unset: each loss at its own default, which is then written as that loss's flag,
-    `--ls-temperature 2.0`, and `kd_temperature` as the value the kd loss and an ensemble read:
-    1, or timm's 4 with --kd-model-name)."""
+    run: the KD temperature (unset: each loss at its own default, which is then written as that
+    loss's flag, `--ls-temperature 2.0`, and `kd_temperature` as the value the kd loss and an
+    ensemble read: 1, or timm's 4 with --kd-model-name). Training adds the device and the class
+    count it derived (`timm_kd.training.loop`)."""
     cfg = yaml.safe_load(text)
-    if cfg.get('device') is None:
-        cfg['device'] = device
-    if cfg.get('num_classes') is None and num_classes:  # read from the data: timm would take 1000
-        cfg['num_classes'] = num_classes
     if cfg.get('kd_temperature') is None:
         _, kwargs = loss_config(args)
         for name in args.kd_loss:

@@ -363,7 +363,6 @@ def resolve_timm_kd(args: argparse.Namespace) -> None:
                 f'teachers; give one'
             )
         args.teacher = args.kd_model_name
-        args.teacher_at_student_size = True  # as timm's task feeds it (run.TeacherSpec)
         if args.kd_temperature is None:
             args.kd_temperature = TIMM_KD_TEMPERATURE
     # without a teacher timm ignores its task flags, and so do we

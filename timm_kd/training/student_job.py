@@ -2,6 +2,8 @@
 from its checkpoint when there is one, all built from its typed `StudentSpec`. `build` makes what
 all students share; `loop` trains them."""
 
+import argparse
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -13,14 +15,14 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.task import load_task_ema_checkpoint, resume_task_checkpoint
 
-from ...checkpoint import load_state_dict, load_training_metadata, safe_globals
-from ...engine import StudentRun
-from ...errors import KDError, flat
-from ...run import OutputSpec, RunSpec, StudentSpec
-from ...runtime import Process, amp_setup, experiment_name, output_dir, resolve_lr
-from ...saver import DurableCheckpointSaver, resume_candidates
-from ...task import DistillationTask
-from ...teacher import Teacher
+from ..checkpoint import load_state_dict, load_training_metadata, safe_globals
+from ..engine import StudentRun
+from ..errors import KDError, flat
+from ..run import OutputSpec, RunSpec, StudentSpec
+from ..runtime import Process, amp_setup, experiment_name, output_dir, resolve_lr
+from ..saver import DurableCheckpointSaver, resume_candidates
+from ..task import DistillationTask
+from ..teacher import Teacher
 from .student_model import check_checkpoint
 
 _logger = logging.getLogger(__name__)
@@ -28,11 +30,10 @@ _logger = logging.getLogger(__name__)
 
 @dataclass
 class StudentJob:
-    """What the training script keeps per student besides its training state: its typed settings,
-    the record of its flags (timm's `args` in checkpoints, args.yaml), output, saver, best."""
+    """What training keeps per student besides its training state: its typed settings, output,
+    saver, best."""
 
     spec: StudentSpec
-    record: Any  # its parsed flags as timm records them (checkpoints' `args`, args.yaml)
     run: StudentRun
     start_epoch: int
     num_epochs: int
@@ -41,7 +42,6 @@ class StudentJob:
     best: Tuple[Optional[float], Optional[int]] = (None, None)
     # resumed from a mid-epoch recovery checkpoint: batches of start_epoch already trained
     skip_batches: int = 0
-    args_text: str = ''  # its args.yaml, written when the run is accepted
     resume: str = ''  # the checkpoint it resumed from
 
 
@@ -135,7 +135,7 @@ def resume_student(
         )
     except Exception as e:
         # a corrupt or unsafe file: its own line
-        check_checkpoint('--resume', resume, run.teachers.allow_pickle)
+        check_checkpoint('--resume', resume, run.process.allow_pickle)
         # weights or KD parts of another model / loss set
         if isinstance(e, (RuntimeError, KeyError, ValueError)):
             raise KDError(
@@ -194,10 +194,9 @@ def setup_student(
     teacher: Optional[Teacher],
     place: StreamPlace,
     process: Process,
-    record: Any,
 ) -> StudentJob:
     """One student's task, optimizer, schedule, EMA and (on the primary process) checkpoint saver,
-    from its `spec`; `record` (its parsed flags) is what its checkpoints store as timm's `args`."""
+    from its `spec`."""
     device, primary = process.device, process.is_primary
     task = _task(spec, run.views.aug_splits, kd_student, teacher, device, primary)
     opt = spec.optimizer
@@ -205,10 +204,10 @@ def setup_student(
         opt.lr, opt.lr_base, opt.lr_base_size, place.global_batch, opt.opt, opt.lr_base_scale
     )
     optimizer = create_optimizer_v2(kd_student, **{**dict(opt.kwargs), 'lr': lr})
-    _, loss_scaler = amp_setup(run.teachers.amp, run.teachers.amp_dtype, device)
+    _, loss_scaler = amp_setup(run.process.amp, run.process.amp_dtype, device)
     if primary:  # the start-up lines timm's train.py prints
         _log_start(spec, run, kd_student, optimizer, lr)
-    resume = resume_path(spec.output, run.teachers.allow_pickle)
+    resume = resume_path(spec.output, run.process.allow_pickle)
     start_epoch, skip_batches, partial = (
         resume_student(
             run, spec.output, resume, task, optimizer, loss_scaler, process.rank, place.shape
@@ -242,7 +241,7 @@ def setup_student(
         clip_mode=opt.clip_mode,
         partial=partial,
     )
-    job = StudentJob(spec, record, student_run, start_epoch, num_epochs, skip_batches=skip_batches)
+    job = StudentJob(spec, student_run, start_epoch, num_epochs, skip_batches=skip_batches)
     job.resume = resume
     if primary:
         job.out_dir = output_dir(
@@ -297,8 +296,8 @@ def _log_start(spec: StudentSpec, run: RunSpec, kd_student, optimizer, lr: float
         f'weight decay {dict(spec.optimizer.kwargs).get("weight_decay")}'
     )
     _logger.info(
-        f'Using native Torch AMP ({run.teachers.amp_dtype}). Training in mixed precision.'
-        if run.teachers.amp
+        f'Using native Torch AMP ({run.process.amp_dtype}). Training in mixed precision.'
+        if run.process.amp
         else f'AMP not enabled. Training in {run.process.model_dtype or "float32"}.'
     )
 
@@ -323,10 +322,11 @@ def _schedule(spec: StudentSpec, optimizer, place: StreamPlace, start_epoch: int
 
 def _saver(job: StudentJob, kd_student, optimizer, loss_scaler, task, decreasing: bool):
     """The student's checkpoint saver, restored from the checkpoint it resumes."""
+    flags = json.loads(job.spec.flags) if job.spec.flags else None
     saver = DurableCheckpointSaver(
         model=kd_student.student,
         optimizer=optimizer,
-        args=job.record,
+        args=argparse.Namespace(**flags) if flags else None,  # as timm's checkpoints hold them
         amp_scaler=loss_scaler,
         checkpoint_dir=job.out_dir,
         recovery_dir=job.out_dir,

@@ -1,36 +1,37 @@
-"""`main`: parse, build, and train epoch by epoch, with timm train.py's epoch logic (validation
-interval, summary.csv, best-checkpoint tracking, scheduler steps, mixup-off epoch, recovery
-checkpoints, wandb)."""
+"""`fit(run)`: build a typed run and train it epoch by epoch, with timm train.py's epoch logic
+(validation interval, summary.csv, best-checkpoint tracking, scheduler steps, mixup-off epoch,
+recovery checkpoints, wandb)."""
 
+import dataclasses
+import json
 import logging
 import os
 import signal
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import torch
 import torchvision
-from timm.utils import distribute_bn, random_seed, setup_default_logging
+import yaml
+from timm.utils import distribute_bn, random_seed
 
-from ...cache import CachedTeacher, check_logit_losses_only
-from ...cache.hub import open_cache
-from ...data import dataset_class_names
-from ...decoding import decoded_images
-from ...engine import LoopSettings, check_finite, train_one_epoch, validate
-from ...ensemble import create_teachers
-from ...errors import Interrupted, KDError, one_line_errors
-from ...locks import FolderLock
-from ...reliability import Preemption, append_summary, truncate_summary, write_text
-from ...replay import order_digest, stream_readers
-from ...run import RunSpec, run_record
-from ...runtime import Process, amp_setup, init_process, over_ranks
-from ...stream import TrainingStream
-from ...student import create_kd_student
-from ...unlabeled import check_unlabeled_run
-from .build import DTYPES, Setup, setup_process_flags, setup_run, training_stream
-from .config import args_yaml, check_kd_flags_have_a_teacher, parse_args
+from ..cache import CachedTeacher, check_logit_losses_only
+from ..cache.hub import open_cache
+from ..data import dataset_class_names
+from ..decoding import decoded_images
+from ..engine import LoopSettings, check_finite, train_one_epoch, validate
+from ..ensemble import create_teachers
+from ..errors import Interrupted, KDError
+from ..locks import FolderLock
+from ..reliability import Preemption, append_summary, summary_row, truncate_summary, write_text
+from ..replay import order_digest, stream_readers
+from ..run import RunSpec, StudentSpec, as_json, run_record
+from ..runtime import Process, amp_setup, init_process, over_ranks
+from ..stream import TrainingStream
+from ..student import create_kd_student
+from ..unlabeled import check_unlabeled_run
+from .build import DTYPES, Setup, setup_process, setup_run, training_stream
 from .student_job import StreamPlace, StudentJob, check_same_start, setup_student, stream_shape
-from .students import student_args
 
 _logger = logging.getLogger('timm_kd.train')
 
@@ -39,7 +40,6 @@ _logger = logging.getLogger('timm_kd.train')
 class Training:
     """Everything the epochs need, built once by `build_training`."""
 
-    args: Any  # the shared flags (logging, validation and checkpoint intervals, wandb)
     run: RunSpec
     process: Process
     jobs: List[StudentJob]
@@ -52,32 +52,34 @@ class Training:
     skip_batches: int
     stop_epoch: int
     num_epochs: int
-    num_classes: int
     recovery_stream: Dict[str, int]  # what a mid-epoch position is counted in (`stream_shape`)
     skipped: int = 0  # training files replaced because they could not be read, so far
 
 
-def main(argv: Optional[List[str]] = None) -> Any:
-    setup_default_logging()
-    args, args_text = parse_args(argv)
-    setup_process_flags(args)
-    process = init_process(args.device)
+def fit(run: RunSpec) -> List[Dict[str, Any]]:
+    """Train `run` (from `timm_kd.parse_run(argv)`, or built in code) as `timm-kd-train` trains
+    it: resumed where its students' `--resume` says, each student's folder written as the program
+    writes it. Returns the rows of summary.csv, in the order they were written (with several
+    students, each row names its student's experiment under 'student'), on every process.
+
+    Bad input raises `timm_kd.KDError` with one line that names the problem and the fix.
+    """
+    setup_process(run.process)
+    process = init_process(run.process.device)
     _logger.info(process.describe())
-    random_seed(args.seed, process.rank)
-    students = student_args(args, args_text)
-    for sargs, _ in students:
-        check_kd_flags_have_a_teacher(sargs)
-    setup = setup_run(args, [sargs for sargs, _ in students], process)
-    training = build_training(args, students, setup, process)
-    jobs = training.jobs
+    random_seed(run.process.seed, process.rank)
+    training = build_training(setup_run(run, process), process)
     locks = accept_run(training)
+    rows: List[Dict[str, Any]] = []
     try:
-        wandb_run = _init_wandb(args, jobs) if args.log_wandb and process.is_primary else None
+        loop = training.run.loop
+        wandb_run = _init_wandb(training) if loop.log_wandb and process.is_primary else None
         with Preemption(process.distributed, process.device) as preemption:  # SIGTERM/SIGINT
             for epoch in range(training.start_epoch, training.stop_epoch):
-                row = train_epoch(training, epoch, preemption)
-                if wandb_run is not None and row:
-                    wandb_run.log(row)
+                epoch_rows = train_epoch(training, epoch, preemption)
+                rows.extend(epoch_rows)
+                if wandb_run is not None and epoch_rows:
+                    wandb_run.log(_wandb_row(epoch_rows))
         if process.is_primary:
             _report(training)
         if wandb_run is not None:
@@ -88,7 +90,7 @@ def main(argv: Optional[List[str]] = None) -> Any:
     if process.distributed:
         torch.distributed.barrier()  # every rank ends together (a restarted group forms cleanly)
         torch.distributed.destroy_process_group()
-    return jobs[0].best if len(jobs) == 1 else [job.best for job in jobs]
+    return rows
 
 
 def accept_run(t: Training) -> List[FolderLock]:
@@ -108,8 +110,9 @@ def accept_run(t: Training) -> List[FolderLock]:
                 job.saver.finish_pending_save(job.resume)
             if t.start_epoch < t.stop_epoch:  # with nothing to train, the records stay as they are
                 truncate_summary(os.path.join(job.out_dir, 'summary.csv'), t.start_epoch)
-                text = args_yaml(job.args_text, job.record, t.process.device.type, t.num_classes)
-                write_text(os.path.join(job.out_dir, 'args.yaml'), text)
+                if job.spec.args_yaml:
+                    text = _args_yaml(job.spec, t.process.device.type, t.run.num_classes)
+                    write_text(os.path.join(job.out_dir, 'args.yaml'), text)
     except BaseException:
         for lock in locks:
             lock.release()
@@ -117,7 +120,20 @@ def accept_run(t: Training) -> List[FolderLock]:
     return locks
 
 
-def build_training(args, students, setup: Setup, process: Process) -> Training:
+def _args_yaml(spec: StudentSpec, device: str, num_classes: int) -> str:
+    """A student's args.yaml (its flags as given, `StudentSpec.args_yaml`) with what the run
+    derived where the flags left it unset, so that timm's train.py reads the file and trains what
+    this run did: the device it used and the class count read from the data (timm would take
+    1000)."""
+    cfg = yaml.safe_load(spec.args_yaml)
+    if cfg.get('device') is None:
+        cfg['device'] = device
+    if cfg.get('num_classes') is None and num_classes:
+        cfg['num_classes'] = num_classes
+    return yaml.safe_dump(cfg, default_flow_style=False)
+
+
+def build_training(setup: Setup, process: Process) -> Training:
     """The teacher (live, ensemble or cached), each
     student's task and job, the stream, the start."""
     run, device = setup.run, process.device
@@ -129,7 +145,7 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
     else:
         with torch.random.fork_rng(devices=[]):  # the teacher's random init leaves training's alone
             teacher = create_teachers(
-                run.teachers, run.num_classes, setup.in_chans, run.student_data_config, device,
+                run.teachers, run.num_classes, run.in_chans, run.student_data_config, device,
                 class_names,
                 reads_logits=any(spec.reads_teacher_logits() for spec in losses),
             )  # fmt: skip
@@ -158,22 +174,22 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
     )
     updates_per_epoch = (len(loader) + accum - 1) // accum
     global_batch = batch_reference * process.world_size * accum
-    eval_metric = args.eval_metric if eval_loader is not None else 'loss'
+    eval_metric = run.loop.eval_metric if eval_loader is not None else 'loss'
     readers = stream_readers(setup.train_set, run.views.workers)
     recovery_stream = stream_shape(run, process.world_size, readers)
     place = StreamPlace(updates_per_epoch, global_batch, eval_metric == 'loss', recovery_stream)
     jobs = [
-        setup_student(spec, run, kd_student, teacher, place, process, record)
-        for spec, kd_student, (record, _) in zip(run.students, kd_students, students)
+        setup_student(spec, run, kd_student, teacher, place, process)
+        for spec, kd_student in zip(run.students, kd_students)
     ]
-    for index, (job, (_, text)) in enumerate(zip(jobs, students)):
-        job.args_text = text
-        job.run.name = os.path.basename(job.spec.output.experiment) if args.students else ''
+    for index, job in enumerate(jobs):
+        job.run.name = job.spec.name
         if job.saver is not None:
             job.saver.label_names = class_names
             job.saver.run_record = run_record(run, index)
     (start_epoch, skip_batches), num_epochs = check_same_start(jobs), jobs[0].num_epochs
-    stop_epoch = min(num_epochs, args.stop_epoch) if args.stop_epoch else num_epochs
+    stop = run.loop.stop_epoch
+    stop_epoch = min(num_epochs, stop) if stop else num_epochs
     if run.teachers.cache:
         views = sorted({stream.view_epoch(e) for e in range(start_epoch, stop_epoch)})
         _check_cache(teacher, setup, replayable, views, process)
@@ -195,19 +211,18 @@ def build_training(args, students, setup: Setup, process: Process) -> Training:
             f'{num_epochs}); raise --epochs to train on'
             + ('' if given is None else ', or lower or drop start_epoch')
         )
-    amp_autocast, _ = amp_setup(run.teachers.amp, run.teachers.amp_dtype, device)
-    out_dir = jobs[0].out_dir
+    amp_autocast, _ = amp_setup(run.process.amp, run.process.amp_dtype, device)
+    out_dir, loop = jobs[0].out_dir, run.loop
     settings = LoopSettings(
         num_epochs=num_epochs, amp_autocast=amp_autocast, distributed=process.distributed,
-        is_primary=process.is_primary, log_interval=args.log_interval,
+        is_primary=process.is_primary, log_interval=loop.log_interval,
         on_log=(lambda i, x: _save_images(out_dir, i, x))
-        if args.save_images and process.is_primary else None,
-        batch_loss_scale=args.variable_batch_loss_scale if scheduled else 'none',
-        batch_size_reference=batch_reference, tta=args.tta,
+        if loop.save_images and process.is_primary else None,
+        batch_loss_scale=loop.variable_batch_loss_scale if scheduled else 'none',
+        batch_size_reference=batch_reference, tta=loop.tta,
     )  # fmt: skip
-    return Training(args, run, process, jobs, teacher, stream, eval_loader, settings,
-                    eval_metric, start_epoch, skip_batches, stop_epoch,
-                    num_epochs, run.num_classes, recovery_stream)  # fmt: skip
+    return Training(run, process, jobs, teacher, stream, eval_loader, settings, eval_metric,
+                    start_epoch, skip_batches, stop_epoch, num_epochs, recovery_stream)  # fmt: skip
 
 
 def _check_cache(teacher, setup: Setup, replayable: bool, epochs: List[int], process: Process):
@@ -226,10 +241,9 @@ def _check_cache(teacher, setup: Setup, replayable: bool, epochs: List[int], pro
         images.verify(expected, f'--teacher-cache {run.teachers.cache!r}')
 
 
-def train_epoch(t: Training, epoch: int, preemption: Preemption) -> Dict[str, float]:
+def train_epoch(t: Training, epoch: int, preemption: Preemption) -> List[Dict[str, Any]]:
     """One epoch: train every student on the stream, then validate, record and checkpoint each as
-    timm does. Returns the wandb row."""
-    args = t.args
+    timm does. Returns the summary rows it wrote (none between validation epochs)."""
     skip = t.skip_batches if epoch == t.start_epoch else 0
     views = t.stream.view_epoch(epoch)
     if views != epoch and t.process.is_primary:
@@ -244,23 +258,24 @@ def train_epoch(t: Training, epoch: int, preemption: Preemption) -> Dict[str, fl
         skip_batches=skip,
     )  # fmt: skip
     _report_skipped(t, epoch)
-    validating = (epoch + 1) % args.val_interval == 0 or epoch + 1 == t.num_epochs
-    row: Dict[str, float] = {}
+    validating = (epoch + 1) % t.run.loop.val_interval == 0 or epoch + 1 == t.num_epochs
+    rows: List[Dict[str, Any]] = []
     for job, metrics in zip(t.jobs, train_metrics):
         check_finite(metrics, epoch, len(t.stream) - 1, job.run)  # before anything is recorded
         _distribute_bn(t, job)
         if validating:
-            row.update(_end_of_epoch(t, job, epoch, metrics))
+            rows.append(_end_of_epoch(t, job, epoch, metrics))
         elif job.run.lr_scheduler is not None:
             job.run.lr_scheduler.step(epoch + 1, metric=None)
-    return row
+    return rows
 
 
-def _end_of_epoch(t: Training, job: StudentJob, epoch: int, metrics) -> Dict[str, float]:
+def _end_of_epoch(t: Training, job: StudentJob, epoch: int, metrics) -> Dict[str, Any]:
     """Validate (the EMA's result when there is one), then as timm: the summary row with the lr the
-    epoch trained with, the checkpoint, the scheduler step. Returns the student's wandb row."""
+    epoch trained with, the checkpoint, the scheduler step. Returns the row (with the student's
+    name when the run has several)."""
     run = job.run
-    eval_metrics, row = None, {}
+    eval_metrics = None
     if t.eval_loader is not None:
         process = t.run.process
         kwargs = dict(
@@ -273,14 +288,13 @@ def _end_of_epoch(t: Training, job: StudentJob, epoch: int, metrics) -> Dict[str
             kwargs['log_suffix'] += ' (EMA)'
             eval_metrics = validate(run.task, t.eval_loader, ema=True, **kwargs)
     metric = (eval_metrics or metrics)[t.eval_metric]
+    row = summary_row(epoch, metrics, eval_metrics, lr=run.mean_lr())
     if t.process.is_primary:
-        summary = os.path.join(job.out_dir, 'summary.csv')
-        append_summary(summary, epoch, metrics, eval_metrics, lr=run.mean_lr())
-        row = _wandb_row(run.name, epoch, metrics, eval_metrics, run.mean_lr())
+        append_summary(os.path.join(job.out_dir, 'summary.csv'), row)
         job.best = job.saver.save_checkpoint(epoch, metric=metric)
     if run.lr_scheduler is not None:
         run.lr_scheduler.step(epoch + 1, metric)
-    return row
+    return {**row, 'student': run.name} if run.name else row
 
 
 def _report_skipped(t: Training, epoch: int) -> None:
@@ -299,9 +313,10 @@ def _report_skipped(t: Training, epoch: int) -> None:
         f'epoch {epoch}: {int(count)} of {seen} training files could not be read (named '
         'above) and were replaced by the next sample'
     )
-    if count > t.args.max_skipped_fraction * seen:
+    limit = t.run.loop.max_skipped_fraction
+    if count > limit * seen:
         raise KDError(
-            f'{line}: more than --max-skipped-fraction {t.args.max_skipped_fraction:g}; repair or '
+            f'{line}: more than --max-skipped-fraction {limit:g}; repair or '
             'remove them (the log names each), or raise --max-skipped-fraction'
         )
     if t.process.is_primary:
@@ -310,10 +325,14 @@ def _report_skipped(t: Training, epoch: int) -> None:
 
 def _distribute_bn(t: Training, job: StudentJob) -> None:
     """timm's --dist-bn: BatchNorm statistics broadcast or averaged over ranks (the EMA's too)."""
-    args = t.args
-    if not t.process.distributed or args.dist_bn not in ('broadcast', 'reduce') or args.sync_bn:
+    dist_bn = t.run.loop.dist_bn
+    if (
+        not t.process.distributed
+        or dist_bn not in ('broadcast', 'reduce')
+        or job.spec.create.sync_bn
+    ):
         return
-    task, reduce = job.run.task, args.dist_bn == 'reduce'
+    task, reduce = job.run.task, dist_bn == 'reduce'
     distribute_bn(task.kd_student.student, t.process.world_size, reduce)
     if task.has_ema() and not job.spec.ema.force_cpu:
         distribute_bn(task.get_eval_model(ema=True), t.process.world_size, reduce)
@@ -322,11 +341,11 @@ def _distribute_bn(t: Training, job: StudentJob) -> None:
 def _after_update(t: Training, epoch: int, update: int, preemption: Preemption) -> None:
     """After each optimizer update: a recovery checkpoint every --recovery-interval updates, and on
     SIGTERM/SIGINT (the ranks agree at recovery and log intervals) one more, then stop."""
-    args, process = t.args, t.process
-    if args.synchronize_step and process.device.type == 'cuda':
+    loop, process = t.run.loop, t.process
+    if loop.synchronize_step and process.device.type == 'cuda':
         torch.cuda.synchronize()
-    recovery = bool(args.recovery_interval) and (update + 1) % args.recovery_interval == 0
-    signum = preemption.requested(check_ranks=recovery or (update + 1) % args.log_interval == 0)
+    recovery = bool(loop.recovery_interval) and (update + 1) % loop.recovery_interval == 0
+    signum = preemption.requested(check_ranks=recovery or (update + 1) % loop.log_interval == 0)
     if recovery or signum:
         for job in t.jobs:
             sums, counts = job.run.sums_by_rank(process.distributed)  # every rank takes part
@@ -373,8 +392,9 @@ def _report(t: Training) -> None:
         )
 
 
-def _init_wandb(args, jobs: List[StudentJob]):
-    """A wandb run for this training (timm's --log-wandb); a warning, as in timm, when wandb is not
+def _init_wandb(t: Training):
+    """A wandb run for this training (timm's --log-wandb), configured with the first student's
+    flags (the typed run when it was built in code); a warning, as in timm, when wandb is not
     installed."""
     try:
         import wandb
@@ -384,36 +404,22 @@ def _init_wandb(args, jobs: List[StudentJob]):
             'pip install "timm-kd[wandb]"'
         )
         return None
+    loop, spec = t.run.loop, t.jobs[0].spec
     return wandb.init(
-        project=args.wandb_project,
-        name=os.path.basename(jobs[0].out_dir),
-        config=vars(args),
-        tags=args.wandb_tags,
-        resume='must' if args.wandb_resume_id else None,
-        id=args.wandb_resume_id or None,
+        project=loop.wandb_project,
+        name=os.path.basename(t.jobs[0].out_dir),
+        config=json.loads(spec.flags) if spec.flags else as_json(dataclasses.asdict(t.run)),
+        tags=list(loop.wandb_tags),
+        resume='must' if loop.wandb_resume_id else None,
+        id=loop.wandb_resume_id or None,
     )
 
 
-def _wandb_row(
-    name: str,
-    epoch: int,
-    train: Dict[str, float],
-    evaluation: Optional[Dict[str, float]],
-    lr: float,
-) -> Dict[str, float]:
-    """summary.csv's row for wandb; with several students each key gets the student's name as
-    prefix."""
-    row = {
-        'epoch': epoch,
-        **{f'train_{k}': v for k, v in train.items()},
-        **{f'eval_{k}': v for k, v in (evaluation or {}).items()},
-        'lr': lr,
-    }
-    return {f'{name}/{k}' if name else k: v for k, v in row.items()}
-
-
-def cli(argv: Optional[List[str]] = None) -> None:
-    """Console entry point (`timm-kd-train`, `python -m timm_kd.train`): bad input is one line and
-    exit 2."""
-    with one_line_errors():
-        main(argv)
+def _wandb_row(rows: List[Dict[str, Any]]) -> Dict[str, float]:
+    """An epoch's summary rows as one wandb row; with several students each key gets the
+    student's name as prefix."""
+    out: Dict[str, float] = {}
+    for row in rows:
+        name = row.get('student', '')
+        out.update({f'{name}/{k}' if name else k: v for k, v in row.items() if k != 'student'})
+    return out

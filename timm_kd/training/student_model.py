@@ -1,7 +1,7 @@
-"""The student's model as timm's train.py creates it from its flags: pretrained weights, BatchNorm
-overrides, head init, dtype and layout, SyncBatchNorm, TorchScript; each bad input one line."""
+"""The student's model as timm's train.py creates it, from its typed `ModelSpec`: pretrained
+weights, BatchNorm overrides, head init, dtype and layout, SyncBatchNorm, TorchScript; each bad
+input one line."""
 
-import argparse
 import logging
 import re
 from typing import Optional
@@ -10,22 +10,23 @@ import torch
 from timm.layers import convert_splitbn_model
 from timm.models import create_model
 
-from ...checkpoint import MODEL_FLAGS, load_state_dict, model_keywords
-from ...errors import KDError, flat
-from ...runtime import Process
-from ...teacher_model import check_hub_reachable, hub_miss, is_hub_miss
+from ..checkpoint import MODEL_FLAGS, load_state_dict
+from ..errors import KDError, flat
+from ..run import ProcessSpec, RunSpec, StudentSpec
+from ..runtime import Process
+from ..teacher_model import check_hub_reachable, hub_miss, is_hub_miss
 
 _logger = logging.getLogger(__name__)
 DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
 
 
-def model_dtype(args: argparse.Namespace) -> Optional[torch.dtype]:
-    if args.model_dtype and args.amp and args.model_dtype != 'float32':
+def model_dtype(process: ProcessSpec) -> Optional[torch.dtype]:
+    if process.model_dtype and process.amp and process.model_dtype != 'float32':
         raise KDError(
-            f'--model-dtype {args.model_dtype} with --amp: AMP needs float32 weights; drop one of '
-            'them'
+            f'--model-dtype {process.model_dtype} with --amp: AMP needs float32 weights; drop one '
+            'of them'
         )
-    return DTYPES[args.model_dtype] if args.model_dtype else None
+    return DTYPES[process.model_dtype] if process.model_dtype else None
 
 
 # the flag of each keyword timm's create_model gets, for the line of a model that takes none
@@ -34,74 +35,73 @@ _NO_WEIGHTS = 'pass --pretrained-path PATH, or drop --pretrained'
 
 
 def create_student(
-    args: argparse.Namespace, process: Process, num_classes: Optional[int]
+    spec: StudentSpec, run: RunSpec, process: Process, num_classes: Optional[int]
 ) -> torch.nn.Module:
     """The student as timm's train.py creates it (pretrained
     path, BatchNorm overrides, head init, dtype, layout)."""
+    model, how, allow_pickle = spec.model, spec.create, run.process.allow_pickle
     overlay = (
-        dict(pretrained_cfg_overlay=dict(file=args.pretrained_path, num_classes=-1))
-        if args.pretrained_path
+        dict(pretrained_cfg_overlay=dict(file=how.pretrained_path, num_classes=-1))
+        if how.pretrained_path
         else {}
     )
-    _check_sync_bn(args.sync_bn, process)
-    if args.pretrained and not args.pretrained_path:
-        check_hub_reachable(args.model, '--model', _NO_WEIGHTS)
+    _check_sync_bn(how.sync_bn, process)
+    if how.pretrained and not how.pretrained_path:
+        check_hub_reachable(model, '--model', _NO_WEIGHTS)
     try:
         student = create_model(
-            args.model,
-            pretrained=args.pretrained,
+            model,
+            pretrained=how.pretrained,
             num_classes=num_classes,
-            checkpoint_path=args.initial_checkpoint or None,
+            checkpoint_path=how.initial_checkpoint or None,
             **overlay,
-            **model_keywords(vars(args)),  # the channels, model flags and --model-kwargs
+            **spec.keywords,  # the channels, model flags and --model-kwargs
         )
     except Exception as e:
         if isinstance(e, RuntimeError) and 'Unknown model' in str(e):
             raise KDError(
-                f'unknown --model {args.model!r}; list names with python -c "import timm; '
+                f'unknown --model {model!r}; list names with python -c "import timm; '
                 f'print(timm.list_models())"'
             ) from None
-        if args.pretrained and is_hub_miss(e):
-            raise KDError(hub_miss(e, '--model', args.model, _NO_WEIGHTS)) from None
+        if how.pretrained and is_hub_miss(e):
+            raise KDError(hub_miss(e, '--model', model, _NO_WEIGHTS)) from None
         keyword = re.search(r"unexpected keyword argument '(\w+)'", str(e))
         if isinstance(e, TypeError) and keyword:
             name = keyword.group(1)
             flag = MODEL_KEYWORD_FLAGS.get(name, f'{name}=... in --model-kwargs')
             raise KDError(
-                f'--model {args.model!r} takes no keyword {name!r} (from {flag}); drop {flag} '
+                f'--model {model!r} takes no keyword {name!r} (from {flag}); drop {flag} '
                 'for this model'
             ) from None
         # a missing, corrupt or unsafe file gets its own line;
         # checked only on failure, so a good file is read once
-        check_checkpoint('--initial-checkpoint', args.initial_checkpoint, args.allow_unsafe_pickle)
-        check_checkpoint('--pretrained-path', args.pretrained_path, args.allow_unsafe_pickle)
+        check_checkpoint('--initial-checkpoint', how.initial_checkpoint, allow_pickle)
+        check_checkpoint('--pretrained-path', how.pretrained_path, allow_pickle)
         # the weights do not fit the architecture
         if isinstance(e, RuntimeError) and 'state_dict' in str(e):
             raise KDError(
-                f'--initial-checkpoint {args.initial_checkpoint!r} does not fit --model '
-                f'{args.model!r} '
-                f'({flat(e, 150)}); pass the checkpoint of a {args.model} or the --model it was '
+                f'--initial-checkpoint {how.initial_checkpoint!r} does not fit --model {model!r} '
+                f'({flat(e, 150)}); pass the checkpoint of a {model} or the --model it was '
                 f'trained with'
             ) from None
         raise
-    if args.head_init_scale is not None:
+    if how.head_init_scale is not None:
         with torch.no_grad():
-            student.get_classifier().weight.mul_(args.head_init_scale)
-            student.get_classifier().bias.mul_(args.head_init_scale)
-    if args.head_init_bias is not None:
-        torch.nn.init.constant_(student.get_classifier().bias, args.head_init_bias)
-    if args.grad_checkpointing:
+            student.get_classifier().weight.mul_(how.head_init_scale)
+            student.get_classifier().bias.mul_(how.head_init_scale)
+    if how.head_init_bias is not None:
+        torch.nn.init.constant_(student.get_classifier().bias, how.head_init_bias)
+    if how.grad_checkpointing:
         student.set_grad_checkpointing(True)
-    student = _split_bn(student, args.split_bn, args.aug_splits, args.resplit)
-    student.to(device=process.device, dtype=model_dtype(args))
-    if args.channels_last:
+    student = _split_bn(student, how.split_bn, run.views.aug_splits, run.views.resplit)
+    student.to(device=process.device, dtype=model_dtype(run.process))
+    if run.process.channels_last:
         student.to(memory_format=torch.channels_last)
-    if process.distributed and args.sync_bn:
+    if process.distributed and how.sync_bn:
         student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
-    if args.torchscript:
-        _check_torchscript(
-            bool(args.teacher or args.teacher_cache), args.torchcompile, args.sync_bn
-        )
+    if how.torchscript:
+        has_teacher = bool(run.teachers.members or run.teachers.cache)
+        _check_torchscript(has_teacher, spec.compile, how.sync_bn)
         student = torch.jit.script(student)
     return student
 
