@@ -510,10 +510,11 @@ def test_distillation_flags_without_a_teacher_are_one_line(image_folder, run_cli
     ],
 )
 def test_our_args_yaml_is_read_by_timms_parser_and_reloads_to_the_same_run(tmp_path, argv):
-    from timm_kd.cli.train.config import args_yaml
+    from timm_kd.cli.train.parse import parse_run
+    from timm_kd.training.loop import _args_yaml
 
-    args, text = parse_args(['/data', *argv])
-    written = yaml.safe_load(args_yaml(text, args, 'cpu', num_classes=10))
+    args, _ = parse_args(['/data', *argv])
+    written = yaml.safe_load(_args_yaml(parse_run(['/data', *argv]).students[0], 'cpu', 10))
     timm_flags = json.load(
         open(os.path.join(os.path.dirname(__file__), 'data', 'timm_train_flags.json'))
     )

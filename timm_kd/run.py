@@ -390,3 +390,15 @@ def run_from_record(record: Mapping[str, Any]) -> RunSpec:
             f'run record format {record.get("format")!r}; this timm-kd reads {RUN_RECORD_FORMAT}'
         )
     return _value(RunSpec, record['run'])
+
+
+def recorded_student(
+    saver_state: Optional[Mapping[str, Any]],
+) -> Optional[Tuple[RunSpec, StudentSpec]]:
+    """The run and the student a checkpoint's typed record holds (its saver state's `run`, as
+    `load_training_metadata` returns it); None for a checkpoint without one."""
+    record = (saver_state or {}).get('run')
+    if not record:
+        return None
+    run = run_from_record(record)
+    return run, run.students[record.get('student', 0)]

@@ -28,6 +28,7 @@ from ..checkpoint import (
 )
 from ..errors import KDError, flat, hub_problem
 from ..losses.config import kd_loss_config, loss_hyperparameters
+from ..run import recorded_student
 from ..saver import non_finite_tensors
 
 
@@ -38,16 +39,19 @@ def load_student(
     allow_pickle: bool = False,
 ) -> torch.nn.Module:
     """The timm model of `checkpoint`, keys converted by timm's filter if needed: the architecture
-    `model_name`, or the one a training checkpoint records (`--model`).
+    `model_name`, or the one the checkpoint records (`--model`).
 
-    A training checkpoint's recorded flags build the model as training built it (`--in-chans`, the
-    drop rates, `--gp`, the BatchNorm overrides, `--model-kwargs`: `checkpoint.model_keywords`)
-    and set its preprocessing: the model's pretrained cfg gets the input size, crop, interpolation
-    and mean/std the student was trained and validated with, at train and test size alike, so
-    `validate` and `export` score and publish it as trained.
+    A training checkpoint's typed record (`timm_kd.run.run_record`) builds the model as training
+    built it (`ModelSpec.keywords`: the input channels, drop rates, `--gp`, BatchNorm overrides,
+    `--model-kwargs`) and sets its preprocessing: the model's pretrained cfg gets the data config
+    it was trained and validated with (input size, crop, interpolation, mean/std), at train and
+    test size alike, so `validate` and `export` score and publish it as trained. A checkpoint of
+    an earlier version without the typed record is read from timm's recorded `args` alike.
     """
-    args = load_training_metadata(checkpoint).get('args') or {}
-    model_name = model_name or args.get('model')
+    metadata = load_training_metadata(checkpoint)
+    args = metadata.get('args') or {}
+    typed = recorded_student(metadata.get('saver'))
+    model_name = model_name or (typed[1].model if typed else args.get('model'))
     if not model_name:
         raise KDError(
             f'{checkpoint!r} records no --model (not a training checkpoint); pass the timm '
@@ -59,7 +63,7 @@ def load_student(
             'trained with (python -c "import timm; print(timm.list_models())")'
         )
     state_dict = load_state_dict(checkpoint, use_ema=use_ema, allow_pickle=allow_pickle)
-    kwargs = model_keywords(args)
+    kwargs = typed[1].keywords if typed and typed[1].create.keywords else model_keywords(args)
     model = create_model(model_name, pretrained=False, **kwargs)
     if set(state_dict) != set(model.state_dict()):
         filter_fn = getattr(sys.modules[type(model).__module__], 'checkpoint_filter_fn', None)
@@ -85,8 +89,14 @@ def load_student(
             f'checkpoint {checkpoint!r} holds non-finite weights ({bad[0]} and {len(bad) - 1} '
             f'more): the run diverged; use an earlier checkpoint of it'
         )
-    if args:
-        config = resolve_data_config(args, model=model)  # as training resolved it
+    config = (
+        typed[0].student_data_config
+        if typed and typed[0].data_config
+        else resolve_data_config(args, model=model)  # as training resolved it
+        if args
+        else None
+    )
+    if config:
         model.pretrained_cfg = {
             **model.pretrained_cfg,
             **config,

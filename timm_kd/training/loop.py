@@ -2,8 +2,6 @@
 (validation interval, summary.csv, best-checkpoint tracking, scheduler steps, mixup-off epoch,
 recovery checkpoints, wandb)."""
 
-import dataclasses
-import json
 import logging
 import os
 import signal
@@ -11,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any, Dict, List
 
 import torch
-import torchvision
 import yaml
 from timm.utils import distribute_bn, random_seed
 
@@ -25,12 +22,13 @@ from ..errors import Interrupted, KDError
 from ..locks import FolderLock
 from ..reliability import Preemption, append_summary, summary_row, truncate_summary, write_text
 from ..replay import order_digest, stream_readers
-from ..run import RunSpec, StudentSpec, as_json, run_record
+from ..run import RunSpec, StudentSpec, run_record
 from ..runtime import Process, amp_setup, init_process, over_ranks
 from ..stream import TrainingStream
 from ..student import create_kd_student
 from ..unlabeled import check_unlabeled_run
 from .build import DTYPES, Setup, setup_process, setup_run, training_stream
+from .reporting import init_wandb, save_images, wandb_row
 from .student_job import StreamPlace, StudentJob, check_same_start, setup_student, stream_shape
 
 _logger = logging.getLogger('timm_kd.train')
@@ -64,6 +62,11 @@ def fit(run: RunSpec) -> List[Dict[str, Any]]:
 
     Bad input raises `timm_kd.KDError` with one line that names the problem and the fix.
     """
+    if not run.students:
+        raise KDError(
+            'the run has no student; give RunSpec.students a StudentSpec (timm_kd.parse_run '
+            'builds one from --model)'
+        )
     setup_process(run.process)
     process = init_process(run.process.device)
     _logger.info(process.describe())
@@ -73,13 +76,17 @@ def fit(run: RunSpec) -> List[Dict[str, Any]]:
     rows: List[Dict[str, Any]] = []
     try:
         loop = training.run.loop
-        wandb_run = _init_wandb(training) if loop.log_wandb and process.is_primary else None
+        wandb_run = (
+            init_wandb(training.run, training.jobs[0])
+            if loop.log_wandb and process.is_primary
+            else None
+        )
         with Preemption(process.distributed, process.device) as preemption:  # SIGTERM/SIGINT
             for epoch in range(training.start_epoch, training.stop_epoch):
                 epoch_rows = train_epoch(training, epoch, preemption)
                 rows.extend(epoch_rows)
                 if wandb_run is not None and epoch_rows:
-                    wandb_run.log(_wandb_row(epoch_rows))
+                    wandb_run.log(wandb_row(epoch_rows))
         if process.is_primary:
             _report(training)
         if wandb_run is not None:
@@ -216,7 +223,7 @@ def build_training(setup: Setup, process: Process) -> Training:
     settings = LoopSettings(
         num_epochs=num_epochs, amp_autocast=amp_autocast, distributed=process.distributed,
         is_primary=process.is_primary, log_interval=loop.log_interval,
-        on_log=(lambda i, x: _save_images(out_dir, i, x))
+        on_log=(lambda i, x: save_images(out_dir, i, x))
         if loop.save_images and process.is_primary else None,
         batch_loss_scale=loop.variable_batch_loss_scale if scheduled else 'none',
         batch_size_reference=batch_reference, tta=loop.tta,
@@ -372,11 +379,6 @@ def _after_update(t: Training, epoch: int, update: int, preemption: Preemption) 
         )
 
 
-def _save_images(out_dir: str, batch_idx: int, input: torch.Tensor) -> None:
-    path = os.path.join(out_dir, f'train-batch-{batch_idx}.jpg')
-    torchvision.utils.save_image(input.float(), path, padding=0, normalize=True)
-
-
 def _report(t: Training) -> None:
     for job in t.jobs:
         if job.best[0] is not None:
@@ -390,36 +392,3 @@ def _report(t: Training) -> None:
             f'Stopped before epoch {t.stop_epoch} of {t.num_epochs} (--stop-epoch); continue with '
             f'--resume {last}'
         )
-
-
-def _init_wandb(t: Training):
-    """A wandb run for this training (timm's --log-wandb), configured with the first student's
-    flags (the typed run when it was built in code); a warning, as in timm, when wandb is not
-    installed."""
-    try:
-        import wandb
-    except ImportError:
-        _logger.warning(
-            '--log-wandb: wandb is not installed, metrics are not logged to wandb; '
-            'pip install "timm-kd[wandb]"'
-        )
-        return None
-    loop, spec = t.run.loop, t.jobs[0].spec
-    return wandb.init(
-        project=loop.wandb_project,
-        name=os.path.basename(t.jobs[0].out_dir),
-        config=json.loads(spec.flags) if spec.flags else as_json(dataclasses.asdict(t.run)),
-        tags=list(loop.wandb_tags),
-        resume='must' if loop.wandb_resume_id else None,
-        id=loop.wandb_resume_id or None,
-    )
-
-
-def _wandb_row(rows: List[Dict[str, Any]]) -> Dict[str, float]:
-    """An epoch's summary rows as one wandb row; with several students each key gets the
-    student's name as prefix."""
-    out: Dict[str, float] = {}
-    for row in rows:
-        name = row.get('student', '')
-        out.update({f'{name}/{k}' if name else k: v for k, v in row.items() if k != 'student'})
-    return out

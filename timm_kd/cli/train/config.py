@@ -23,6 +23,7 @@ from ...hparams import find_recipe
 from ...losses import list_kd_losses
 from ...losses.config import loss_hyperparameters
 from .config_keys import CONFIG_ALIASES, IGNORE_UNKNOWN, RUNTIME_KEYS, foreign_keys, old_timm_keys
+from .declare import NEITHER, FlagParser
 from .kd_flags import (
     TIMM_KD_TEMPERATURE,
     add_kd_flags,
@@ -59,7 +60,7 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         prog='timm-kd-train',
         usage='timm-kd-train DATA [--config FILE|RECIPE] [--model MODEL] [--teacher NAME] [flags]\n'
         "       (every flag of timm's train.py, then timm-kd's own, are listed below)",
@@ -74,12 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=str,
         metavar='FILE',
         help='YAML file of defaults, or the name of a bundled recipe (python -m timm_kd.recipes)',
+        role=NEITHER,
+        shared=True,
     )
     parser.add_argument(
         IGNORE_UNKNOWN,
         action='store_true',
         help="drop the --config keys that no flag has (a fork of timm's train.py wrote them), with "
         "one note, as timm's train.py does; unset, they are refused in one line",
+        role=NEITHER,
     )
     add_timm_flags(parser)
     add_kd_flags(parser)

@@ -14,6 +14,7 @@ from timm.utils import ParseKwargs
 from ...errors import KDError
 from ...losses import list_kd_losses
 from ...losses.config import kd_loss_config, loss_hyperparameters
+from .declare import NEITHER, STUDENT, TEACHER
 
 TIMM_KD_TEMPERATURE = 4.0  # timm train.py's --kd-temperature default
 
@@ -149,6 +150,7 @@ def add_loss_hyperparameter_flags(p: argparse.ArgumentParser) -> None:
                 metavar='V',
                 type=_flag_type(default),
                 help=f"{name}'s {arg.replace('_', ' ')} (the loss's default: {default})",
+                role=STUDENT,
             )
 
 
@@ -159,18 +161,22 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar='NAME',
         help='teacher: timm name with tag, or hf-hub:org/name; none = plain training',
+        role=TEACHER,
+        shared=True,
     )
     for field, flags, options in TEACHER_OWN_FLAGS:
-        g.add_argument(*flags, dest=f'teacher_{field}', **options)
+        g.add_argument(*flags, dest=f'teacher_{field}', **options, role=TEACHER, shared=True)
     g.add_argument(
         '--teacher-ensemble',
         choices=('prob', 'logit'),
         default='prob',
         help='ensemble target: the weighted mean of probabilities at --kd-temperature, or of '
         'logits',
+        role=TEACHER,
+        shared=True,
     )
     # set from several --teacher (args.yaml)
-    g.add_argument('--teachers', default=None, help=argparse.SUPPRESS)
+    g.add_argument('--teachers', default=None, help=argparse.SUPPRESS, role=TEACHER, shared=True)
     g.add_argument(
         '--unlabeled-data',
         default='',
@@ -178,6 +184,8 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
         help='images with no labels, trained on with the KD terms only: a folder of images or a '
         'timm '
         'dataset spec read from the data root',
+        role=TEACHER,
+        shared=True,
     )
     g.add_argument(
         '--unlabeled-ratio',
@@ -185,6 +193,8 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar='R',
         help='unlabeled images per labeled one each epoch (default: all of them)',
+        role=TEACHER,
+        shared=True,
     )
     g.add_argument(
         '--teacher-cache',
@@ -193,12 +203,16 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
         help='train from the teacher outputs stored by `python -m timm_kd.cache build` (no teacher '
         'runs; '
         'logit losses and deep supervision only)',
+        role=NEITHER,
+        shared=True,
     )
     g.add_argument(
         '--teacher-channels-last',
         action='store_true',
         default=False,
         help='teacher in channels_last (implied by --channels-last)',
+        role=NEITHER,
+        shared=True,
     )
     g.add_argument(
         '--teacher-compile',
@@ -208,6 +222,8 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
         const='inductor',
         metavar='BACKEND',
         help='torch.compile the teacher only, its frozen weights folded into the graph',
+        role=NEITHER,
+        shared=True,
     )
     g.add_argument(
         '--no-teacher-inference-mode',
@@ -215,12 +231,16 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
         action='store_false',
         default=True,
         help='run the teacher under no_grad instead of inference_mode',
+        role=NEITHER,
+        shared=True,
     )
     g.add_argument(
         '--teacher-fast',
         action='store_true',
         default=False,
         help='--teacher-dtype bfloat16 --teacher-channels-last --teacher-compile',
+        role=TEACHER,
+        shared=True,
     )
     g.add_argument(
         '--student',
@@ -231,6 +251,8 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
         help='one more student on the same data stream and teacher pass: repeat, each a quoted '
         'string of '
         'its own flags, e.g. --student="--model resnet18 --lr 0.4"',
+        role=STUDENT,
+        shared=True,
     )
 
     g = p.add_argument_group('Distillation losses (timm-kd; the paper: kd, T=1, weights 1:1)')
@@ -240,6 +262,7 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
         default=['kd'],
         metavar='NAME',
         help=f'one or more distillation losses: {", ".join(list_kd_losses())}',
+        role=STUDENT,
     )
     g.add_argument(
         '--kd-loss-weight',
@@ -248,6 +271,7 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar='W',
         help='one weight per --kd-loss, or one for all (1 if unset)',
+        role=STUDENT,
     )
     g.add_argument(
         '--ori-loss-weight',
@@ -255,6 +279,7 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar='W',
         help='weight of the hard-label loss, 0 drops it (1 if unset)',
+        role=STUDENT,
     )
     g.add_argument(
         '--kd-loss-kwargs',
@@ -263,6 +288,7 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
         action=ParseKwargs,
         metavar='KEY=VALUE',
         help='loss hyperparameters: key=value (every chosen loss that takes it) or loss.key=value',
+        role=STUDENT,
     )
     g.add_argument(
         '--kd-student-stages',
@@ -271,6 +297,7 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
         default=[-1],
         metavar='I',
         help='student stages (feature_info indices, -1 the last) of the feature losses',
+        role=STUDENT,
     )
     g.add_argument(
         '--kd-teacher-stages',
@@ -279,6 +306,7 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
         default=[-1],
         metavar='I',
         help='teacher stages, paired one to one with --kd-student-stages',
+        role=STUDENT,
     )
     g.add_argument(
         '--kd-deep-supervision',
@@ -287,6 +315,7 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar='I',
         help='student stages that get an auxiliary head distilled by the first logit loss',
+        role=STUDENT,
     )
     g.add_argument(
         '--kd-deep-supervision-weight',
@@ -294,6 +323,7 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
         default=1.0,
         metavar='W',
         help='weight of the auxiliary heads',
+        role=STUDENT,
     )
     g.add_argument(
         '--allow-unsafe-pickle',
@@ -301,6 +331,8 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
         default=False,
         help='allow checkpoints that need arbitrary pickle (runs code from the file: trusted files '
         'only)',
+        role=NEITHER,
+        shared=True,
     )
     add_loss_hyperparameter_flags(p)
 
@@ -311,12 +343,16 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
         default=1.0,
         metavar='F',
         help='train on a stratified, seeded fraction F of the training set (VanillaKD Table 13)',
+        role=TEACHER,
+        shared=True,
     )
     g.add_argument(
         '--train-fraction-keep-steps',
         action='store_true',
         default=False,
         help='divide --epochs by F so the number of optimizer steps stays that of the full set',
+        role=STUDENT,
+        shared=True,
     )
     g.add_argument(
         '--view-cycle',
@@ -325,6 +361,7 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
         metavar='N',
         help='epoch e trains on the views of epoch e mod N (order, augmentation, mixing): a '
         'teacher-output cache of N epochs serves any schedule (0: every epoch its own views)',
+        role=NEITHER,
     )
     g.add_argument(
         '--stop-epoch',
@@ -332,6 +369,8 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar='N',
         help='stop before epoch N without shortening the schedule (resume later to continue)',
+        role=NEITHER,
+        shared=True,
     )
     g.add_argument(
         '--max-skipped-fraction',
@@ -340,6 +379,7 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
         metavar='F',
         help="stop when more than this fraction of an epoch's training files cannot be read (timm "
         "replaces each with the next sample; their count is logged at the epoch's end)",
+        role=NEITHER,
     )
 
 
@@ -389,7 +429,7 @@ def resolve_timm_kd(args: argparse.Namespace) -> None:
         args.kd_loss_weight = [args.distill_loss_weight]
     elif args.task_loss_weight is not None and args.kd_loss_weight is None:
         args.kd_loss_weight = [1.0 - args.task_loss_weight]
-    args.kd_model_name = args.task_loss_weight = args.distill_loss_weight = None
+    args.task_loss_weight = args.distill_loss_weight = None
     if args.ori_loss_weight is None:
         args.ori_loss_weight = 1.0
     if args.kd_loss_weight is None:

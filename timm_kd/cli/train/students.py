@@ -1,8 +1,8 @@
 """Several students on one data stream and one teacher pass: `--student "FLAGS"`, repeated.
 
 Each student's flags are parsed over the shared ones. What the students share (the data stream, the
-epochs, the teacher, the process setup) must not be set inside `--student`; everything else (model,
-optimizer, schedule, losses, EMA, output) may differ.
+epochs, the teacher, the process setup: each such flag is declared `shared=True`) must not be set
+inside `--student`; everything else (model, optimizer, schedule, losses, EMA, output) may differ.
 """
 
 import argparse
@@ -15,113 +15,7 @@ import yaml
 
 from ...errors import KDError
 from .config import build_parser, finish_args
-
-SHARED_BY_STUDENTS = {
-    'config',
-    'data',
-    'data_dir',
-    'dataset',
-    'train_split',
-    'val_split',
-    'dataset_download',
-    'class_map',
-    'train_num_samples',
-    'val_num_samples',
-    'input_img_mode',
-    'input_key',
-    'target_key',
-    'dataset_trust_remote_code',
-    'train_fraction',
-    'train_fraction_keep_steps',
-    'unlabeled_data',
-    'unlabeled_ratio',
-    'num_classes',
-    'img_size',
-    'in_chans',
-    'input_size',
-    'crop_pct',
-    'mean',
-    'std',
-    'interpolation',
-    'batch_size',
-    'aug_splits',
-    'validation_batch_size',
-    'channels_last',
-    'grad_accum_steps',
-    'torchcompile',
-    'torchcompile_mode',
-    'amp',
-    'amp_dtype',
-    'model_dtype',
-    'device',
-    'device_modules',
-    'sync_bn',
-    'dist_bn',
-    'no_ddp_bb',
-    'synchronize_step',
-    'fuser',
-    'fast_norm',
-    'epochs',
-    'epoch_repeats',
-    'start_epoch',
-    'stop_epoch',
-    'cooldown_epochs',
-    'no_aug',
-    'train_crop_mode',
-    'scale',
-    'ratio',
-    'hflip',
-    'vflip',
-    'color_jitter',
-    'color_jitter_prob',
-    'grayscale_prob',
-    'gaussian_blur_prob',
-    'aa',
-    'aug_repeats',
-    'reprob',
-    'remode',
-    'recount',
-    'resplit',
-    'mixup',
-    'cutmix',
-    'cutmix_minmax',
-    'mixup_prob',
-    'mixup_switch_prob',
-    'mixup_mode',
-    'mixup_off_epoch',
-    'train_interpolation',
-    'smoothing',
-    'seed',
-    'worker_seeding',
-    'workers',
-    'pin_mem',
-    'no_prefetcher',
-    'use_multi_epochs_loader',
-    'output',
-    'log_interval',
-    'val_interval',
-    'recovery_interval',
-    'save_images',
-    'local_rank',
-    'allow_unsafe_pickle',
-    'students',
-    'log_wandb',
-    'wandb_project',
-    'wandb_tags',
-    'wandb_resume_id',
-    'train_img_sizes',
-    'train_batch_sizes',
-    'train_size_probs',
-    'train_size_schedule',
-    'train_size_schedule_spread',
-    'train_size_random_mix',
-    'train_batches_per_epoch',
-    'variable_batch_loss_scale',
-}
-
-
-def _is_shared(dest: str) -> bool:
-    return dest in SHARED_BY_STUDENTS or dest.startswith('teacher') or dest == 'kd_model_name'
+from .declare import shared as declared_shared
 
 
 def student_args(args: argparse.Namespace, args_text: str) -> List[Tuple[argparse.Namespace, str]]:
@@ -138,6 +32,7 @@ def student_args(args: argparse.Namespace, args_text: str) -> List[Tuple[argpars
             '--resume with --student: give each student its own --resume inside its --student "..."'
         )
     parser = build_parser()
+    shared = {action.dest for action in parser._actions if declared_shared(action)}
     parser.set_defaults(**yaml.safe_load(args_text))
     parent = args.experiment or datetime.now().strftime('%Y%m%d-%H%M%S') + '-students'
     out = []
@@ -151,7 +46,7 @@ def student_args(args: argparse.Namespace, args_text: str) -> List[Tuple[argpars
         raw = dict(vars(ns))  # as parsed, for its args.yaml
         finish_args(ns)
         changed = sorted(
-            k for k in vars(args) if _is_shared(k) and getattr(ns, k) != getattr(args, k)
+            k for k in vars(args) if k in shared and getattr(ns, k) != getattr(args, k)
         )
         if changed:
             raise KDError(
