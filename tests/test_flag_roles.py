@@ -17,8 +17,8 @@ from timm_kd.cache import TeacherCache
 from timm_kd.cli.cache import main as cache_main
 from timm_kd.cli.train.config import build_parser, parse_args
 from timm_kd.cli.train.flag_roles import NEITHER, REFUSED, STUDENT, TEACHER, flag_roles
-from timm_kd.cli.train.timm_flags import UNSUPPORTED
 from timm_kd.cli.train.parse import parse_run
+from timm_kd.cli.train.timm_flags import UNSUPPORTED
 from timm_kd.errors import KDError
 from timm_kd.run import freeze
 from timm_kd.runtime import Process
