@@ -128,3 +128,19 @@ def test_fit_of_a_run_without_a_student_is_one_line(image_folder):
     with pytest.raises(KDError, match='no student') as e:
         timm_kd.fit(run)
     assert '\n' not in str(e.value)
+
+
+def test_validation_starts_at_val_start_epoch(image_folder, tmp_path):
+    """--val-start-epoch N: no validation, summary row or checkpoint before epoch N; from there
+    every --val-interval epochs, and after the last."""
+    argv = [image_folder, '--model', 'test_resnet', *TINY, '-b', '8', '--epochs', '4',
+            '--val-start-epoch', '1', '--val-interval', '2', '--output', str(tmp_path),
+            '--experiment', 'v']  # fmt: skip
+    run = timm_kd.parse_run(argv)
+    assert run.loop.val_start_epoch == 1
+    rows = timm_kd.fit(run)
+    assert [r['epoch'] for r in rows] == [1, 3] == [r['epoch'] for r in _summary(tmp_path / 'v')]
+    assert sorted(p.name for p in (tmp_path / 'v').glob('checkpoint-*')) == [
+        'checkpoint-1.pth.tar',
+        'checkpoint-3.pth.tar',
+    ]

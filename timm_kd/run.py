@@ -133,6 +133,7 @@ class LoopSpec:
     limit, test-time augmentation, scheduled batch sizes' loss scale, wandb."""
 
     val_interval: int = 1
+    val_start_epoch: int = 0
     log_interval: int = 50
     recovery_interval: int = 0
     eval_metric: str = 'top1'

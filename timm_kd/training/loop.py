@@ -265,7 +265,10 @@ def train_epoch(t: Training, epoch: int, preemption: Preemption) -> List[Dict[st
         skip_batches=skip,
     )  # fmt: skip
     _report_skipped(t, epoch)
-    validating = (epoch + 1) % t.run.loop.val_interval == 0 or epoch + 1 == t.num_epochs
+    loop = t.run.loop
+    validating = epoch + 1 == t.num_epochs or (
+        epoch >= loop.val_start_epoch and (epoch + 1) % loop.val_interval == 0
+    )
     rows: List[Dict[str, Any]] = []
     for job, metrics in zip(t.jobs, train_metrics):
         check_finite(metrics, epoch, len(t.stream) - 1, job.run)  # before anything is recorded

@@ -373,6 +373,16 @@ def add_kd_flags(p: argparse.ArgumentParser) -> None:
         shared=True,
     )
     g.add_argument(
+        '--val-start-epoch',
+        type=int,
+        default=0,
+        metavar='N',
+        help='validate (and write checkpoints) from epoch N on, every --val-interval epochs, and '
+        'always after the last; before it only --recovery-interval checkpoints are written',
+        role=NEITHER,
+        shared=True,
+    )
+    g.add_argument(
         '--max-skipped-fraction',
         type=float,
         default=0.01,
