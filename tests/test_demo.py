@@ -4,22 +4,7 @@ run, and a missing dataset, end in one line."""
 import pytest
 
 from timm_kd.cli import demo
-
-
-class _Run:
-    """Stands in for the training subprocess: `wait` answers from a script of outcomes."""
-
-    def __init__(self, outcomes):
-        self.outcomes = list(outcomes)
-
-    def __call__(self, cmd):
-        return self
-
-    def wait(self):
-        outcome = self.outcomes.pop(0)
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
+from timm_kd.errors import Interrupted, KDError
 
 
 @pytest.fixture
@@ -29,7 +14,10 @@ def prepared(monkeypatch, tmp_path):
 
 
 def test_ctrl_c_is_one_line_saying_how_to_continue(prepared, monkeypatch, capsys):
-    monkeypatch.setattr(demo.subprocess, 'Popen', _Run([KeyboardInterrupt(), 130]))
+    def interrupted(run):  # as fit ends on SIGINT, after its recovery checkpoint
+        raise Interrupted('stopped by SIGINT in epoch 0 after update 3; continue with ...', 2)
+
+    monkeypatch.setattr(demo, 'fit', interrupted)
     with pytest.raises(SystemExit) as info:
         demo.main(prepared)
     err = capsys.readouterr().err.strip().splitlines()
@@ -40,14 +28,16 @@ def test_ctrl_c_is_one_line_saying_how_to_continue(prepared, monkeypatch, capsys
     )
 
 
-def test_a_failed_run_is_one_line(prepared, monkeypatch, capsys):
-    monkeypatch.setattr(demo.subprocess, 'Popen', _Run([2]))
+def test_a_failed_run_is_its_one_line(prepared, monkeypatch, capsys):
+    def failed(run):
+        raise KDError('--resume auto: no checkpoint in ... loads; restore one')
+
+    monkeypatch.setattr(demo, 'fit', failed)
     with pytest.raises(SystemExit) as info:
         demo.main(prepared)
     err = capsys.readouterr().err.strip().splitlines()
     assert info.value.code == 2 and err == [
-        'error: the teacher run stopped with exit status 2 (its messages are above); run the same '
-        'command again to continue where it stopped'
+        'error: --resume auto: no checkpoint in ... loads; restore one'
     ]
 
 

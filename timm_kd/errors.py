@@ -24,7 +24,7 @@ class Interrupted(KDError):
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)
-        self.exit_code = 128 + signum
+        self.signum, self.exit_code = signum, 128 + signum
 
 
 def flat(e: BaseException, limit: Optional[int] = None) -> str:

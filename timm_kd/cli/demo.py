@@ -1,5 +1,5 @@
 """The embedded demo: teacher, scratch student and KD
-student on Fashion-MNIST, all through `timm_kd.train`.
+student on Fashion-MNIST, each trained by the library (`timm_kd.fit`) from `timm-kd-train` flags.
 
     python -m timm_kd.demo [--output demo_output] [--data DIR]
 
@@ -14,13 +14,14 @@ import gzip
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from typing import Dict, List
 
+from timm.utils import setup_default_logging
+
 from ..errors import Interrupted, KDError, flat, one_line_errors
+from ..training import fit
+from .train.parse import parse_run
 
 DEBIAN_DIR = '/usr/share/datasets/fashion-mnist'
 FILES = [
@@ -29,7 +30,6 @@ FILES = [
     't10k-images-idx3-ubyte',
     't10k-labels-idx1-ubyte',
 ]
-TRAIN = [sys.executable, '-m', 'timm_kd.train']  # the installed training entry (= timm-kd-train)
 
 # Shared by all three runs: 1-channel 32px input, Fashion-MNIST
 # statistics, light augmentation, SGD + cosine stepped per update.
@@ -144,15 +144,14 @@ def prepare_fashion_mnist(root: str) -> None:
 
 
 def run(name: str, args: List[str], data: str, output: str, workers: int) -> Dict[str, float]:
-    """Run one training (a subprocess of `python -m timm_kd.train`); returns the last epoch's test
+    """Run one training (`timm_kd.fit` of its `timm-kd-train` flags); returns the last epoch's test
     top-1 and the wall time.
 
     An interrupted run (killed, Ctrl-C) is resumed where it stopped, from its newest checkpoint:
     `last.pth.tar` at an epoch's end or a recovery checkpoint written mid-epoch; a finished run is
     reused.
     """
-    cmd = [
-        *TRAIN,
+    argv = [
         data,
         *COMMON,
         *args,
@@ -169,23 +168,16 @@ def run(name: str, args: List[str], data: str, output: str, workers: int) -> Dic
         '--recovery-interval',
         '200',
     ]
-    print(f'\n== {name}: timm-kd-train {" ".join(cmd[len(TRAIN) :])}', flush=True)
+    print(f'\n== {name}: timm-kd-train {" ".join(argv)}', flush=True)
     start = time.time()
-    process = subprocess.Popen(cmd)
     try:
-        code = process.wait()
-    except KeyboardInterrupt:  # the run got the Ctrl-C too: it writes a recovery checkpoint, exits
-        process.wait()
+        fit(parse_run(argv))
+    except Interrupted as e:  # Ctrl-C: the run wrote a recovery checkpoint
         raise Interrupted(
             f'the demo stopped during its {name} run; run the same command again to continue '
             'where it stopped',
-            signal.SIGINT,
+            e.signum,
         ) from None
-    if code != 0:
-        raise KDError(
-            f'the {name} run stopped with exit status {code} (its messages are above); run the '
-            'same command again to continue where it stopped'
-        )
     seconds = time.time() - start
     with open(os.path.join(output, name, 'summary.csv')) as f:
         last = list(csv.DictReader(f))[-1]
@@ -225,7 +217,7 @@ def run_demo(argv=None) -> Dict[str, Dict[str, float]]:
         for name in ('teacher', 'scratch', 'kd'):
             shutil.rmtree(os.path.join(output, name), ignore_errors=True)
     prepare_fashion_mnist(data)
-
+    setup_default_logging()
     results = {'teacher': run('teacher', TEACHER, data, output, args.workers)}
     results['scratch'] = run('scratch', STUDENT, data, output, args.workers)
     teacher_ckpt = os.path.join(output, 'teacher', 'last.pth.tar')
