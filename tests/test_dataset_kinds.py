@@ -179,3 +179,41 @@ def test_a_streamed_hugging_face_dataset_trains_live_and_its_cache_is_one_line(
     refused = run_cli(main, 'build', *flags, *teacher, '--top-k', '3', '--out', tmp_path / 'c')
     errors = [line for line in refused.stderr.splitlines() if line.startswith('error')]
     assert refused.returncode == 2 and len(errors) == 1 and 'hfds/, wds/' in errors[0]
+
+
+def test_each_kind_is_told_by_what_it_can_do(image_folder, wds_shards):
+    """`timm_kd.dataset_kinds`: a folder replays by index and decodes its files; a subclass that
+    keeps ImageDataset's reading decodes too, one with its own `__getitem__` does not (its reading
+    is its own); webdataset shards stream; another stream (hfids/, tfds/) does neither."""
+    from timm.data import ImageDataset, create_dataset
+    from torch.utils.data import IterableDataset
+
+    from timm_kd.dataset_kinds import decodes_files, replays_by_index, streams_shards
+
+    class Renamed(ImageDataset):
+        pass
+
+    class OwnReading(ImageDataset):
+        def __getitem__(self, index):
+            return super().__getitem__(index)
+
+    class OtherStream(IterableDataset):
+        reader = object()
+
+        def __iter__(self):
+            return iter(())
+
+    folder = f'{image_folder}/train'
+    for dataset, kinds in (
+        (ImageDataset(folder), (True, False, True)),
+        (Renamed(folder), (True, False, True)),
+        (OwnReading(folder), (True, False, False)),
+        (ImageDataset(folder, load_bytes=True), (True, False, False)),
+        (
+            create_dataset('wds/tiny', wds_shards, split='train', is_training=True),
+            (False, True, False),
+        ),
+        (OtherStream(), (False, False, False)),
+    ):
+        found = (replays_by_index(dataset), streams_shards(dataset), decodes_files(dataset))
+        assert found == kinds, type(dataset).__name__

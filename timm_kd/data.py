@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from timm.data import Mixup, create_dataset, create_loader
 
+from .dataset_kinds import decodes_files
 from .dataset_views import DatasetView, StratifiedSubset
 from .decoding import DecodedImages
 from .errors import KDError, flat
@@ -177,7 +178,7 @@ def create_datasets(opts: DatasetOptions, in_chans: int = 3) -> Tuple[Any, Optio
         raise KDError(f'the {opts.train_split!r} split at {opts.data_dir!r} holds no images')
     mode = common['input_img_mode']
     train, evaluation = (
-        DecodedImages(d, mode) if DecodedImages.applies_to(d) else d for d in (train, evaluation)
+        DecodedImages(d, mode) if decodes_files(d) else d for d in (train, evaluation)
     )
     if evaluation is not None and not opts.class_map:
         check_same_classes(train, evaluation, opts.train_split, opts.val_split)

@@ -91,16 +91,6 @@ class DecodedImages(DatasetView):
         """Check each sample read against `expected` (recorded by `against`: a cache build)."""
         self._expected, self.checked_against = expected, against
 
-    @staticmethod
-    def applies_to(dataset: Any) -> bool:
-        """Whether `dataset` is a timm `ImageDataset` this decodes as its own (image files, labels,
-        no extra features)."""
-        return (
-            type(dataset).__name__ == 'ImageDataset'
-            and not getattr(dataset, 'load_bytes', False)
-            and getattr(dataset, 'additional_features', None) is None
-        )
-
     @property
     def skipped(self) -> int:
         """Unreadable files replaced so far, in every process."""

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, RandomSampler, get_worker_info
 
+from .dataset_kinds import replays_by_index, streams_shards
 from .dataset_views import DatasetView
 from .decoding import decoded_images
 
@@ -241,16 +242,16 @@ def stream_readers(dataset: Any, workers: int) -> Optional[int]:
     """How many readers order an epoch of `dataset`: None for map-style input, which replays the
     same whatever `--workers`; for a stream, its loader workers (`ReplayableShards` deals the
     records to them), 0 counting as 1 because the main process then reads as one worker."""
-    return max(1, workers) if isinstance(dataset, IterableDataset) else None
+    return None if replays_by_index(dataset) else max(1, workers)
 
 
 def replayable_views(dataset: Any, seed: int, rank: int = 0) -> Any:
     """The training set as replayable views: `ReplayableViews` over a map-style dataset,
     `ReplayableShards` over webdataset shards, and any other stream (timm's hfids/, tfds/) as it is,
     with timm's views (`make_replayable` then says False)."""
-    if not isinstance(dataset, IterableDataset):
+    if replays_by_index(dataset):
         return ReplayableViews(dataset, seed)
-    if type(getattr(dataset, 'reader', None)).__name__ == 'ReaderWds':
+    if streams_shards(dataset):
         return ReplayableShards(dataset, seed, rank)
     return dataset
 
