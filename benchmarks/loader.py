@@ -43,11 +43,10 @@ import torch
 from PIL import Image
 from timm.data import ImageDataset, create_loader
 
-from timm_kd.data import set_loader_epoch
 from timm_kd.decoding import DecodedImages, checksum, read_bytes
 from timm_kd.replay import ReplayableViews, make_replayable, seed_all, slot_seed
 from timm_kd.run import ProcessSpec
-from timm_kd.stream import TrainingStream
+from timm_kd.stream import TrainingStream, set_loader_epoch
 
 
 def _write_images(root: str, count: int, classes: int) -> None:

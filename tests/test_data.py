@@ -7,9 +7,10 @@ import torch
 from timm_kd import KDError
 from timm_kd.cli.train import parse_args
 from timm_kd.cli.train.parse import dataset_options, loader_options
-from timm_kd.data import create_datasets, create_loaders, dataset_num_classes, set_mixup_epoch
+from timm_kd.data import create_datasets, create_loaders, dataset_num_classes
 from timm_kd.dataset_views import IndexedTargets, StratifiedSubset, dataset_targets
 from timm_kd.runtime import Process
+from timm_kd.stream import set_mixup_epoch
 
 
 class _Labels(torch.utils.data.Dataset):

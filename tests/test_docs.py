@@ -10,8 +10,11 @@ The rule for running a command, as CONTRIBUTING.md states it:
   --device cpu`.
 - the documents run in the order of the README's documentation map, each command in order, all in
   one working folder, so a guide may use what an earlier command wrote (`output/train/teacher`).
+- a Python block runs as a script in the same folder, after the commands before it: `'DATA'` is
+  that image folder and `timm_kd.parse_run` gets the extra flags a training command gets.
 A block whose first line is `# not run by the docs test: REASON` is not run; each of its commands
-of a timm-kd program is parsed by that program's parser instead, so a renamed flag still fails.
+of a timm-kd program is parsed by that program's parser instead, so a renamed flag still fails (a
+Python block marked so is compiled).
 """
 
 import os
@@ -48,20 +51,44 @@ def documents():
     ]
 
 
-def shell_blocks(path):
-    """(marked as not run, commands) of each fenced bash block; a command is its tokens, lines
-    joined at a trailing backslash, comments dropped."""
+def blocks(path):
+    """(marked as not run, commands) of each fenced bash block, in the document's order, and
+    (marked, 'python', its text) of each Python block; a command is its tokens, lines joined at a
+    trailing backslash, comments dropped."""
     blocks = []
     for match in FENCE.finditer(_read(path)):
-        if match.group(2).strip() not in ('bash', 'sh', 'shell'):
-            continue
-        text = match.group(3)
+        language, text = match.group(2).strip(), match.group(3)
         marked = text.startswith(NOT_RUN)
+        if language == 'python':
+            blocks.append((marked, 'python', text))
+            continue
+        if language not in ('bash', 'sh', 'shell'):
+            continue
         commands = [
             shlex.split(line, comments=True) for line in text.replace('\\\n', ' ').splitlines()
         ]
         blocks.append((marked, [c for c in commands if c]))
     return blocks
+
+
+def run_python(path, marked, text, image_folder, monkeypatch):
+    """A Python block as a script (compiled only when marked), with the docs test's rule."""
+    import timm_kd
+
+    code = compile(text, path, 'exec')
+    if marked:
+        return
+    parse_run = timm_kd.parse_run
+
+    def with_training_flags(argv):
+        extra = TRAINING + ([] if '--epochs' in argv else ['--epochs', '1'])
+        return parse_run([*with_data(argv, image_folder), *extra])
+
+    monkeypatch.setattr(timm_kd, 'parse_run', with_training_flags)
+    try:
+        exec(code, {'__name__': '__docs__'})
+    finally:
+        monkeypatch.setattr(timm_kd, 'parse_run', parse_run)
 
 
 def program(tokens):
@@ -151,8 +178,11 @@ def test_every_command_runs_or_is_marked(tmp_path, image_folder, run_cli, monkey
     order in one working folder (as separate tests, parallel workers would split them)."""
     monkeypatch.chdir(tmp_path)
     for path in documents():
-        for marked, commands in shell_blocks(path):
-            for tokens in commands:
+        for marked, *block in blocks(path):
+            if block[0] == 'python':
+                run_python(path, marked, block[1], image_folder, monkeypatch)
+                continue
+            for tokens in block[0]:
                 check_command(path, marked, tokens, image_folder, run_cli)
 
 

@@ -8,13 +8,13 @@ import torch
 
 from timm_kd.cli.train.config import parse_args
 from timm_kd.cli.train.parse import dataset_options, loader_options
-from timm_kd.data import create_datasets, create_loaders, set_loader_epoch
+from timm_kd.data import create_datasets, create_loaders
 from timm_kd.dataset_views import DatasetView
 from timm_kd.reliability import reseed
 from timm_kd.replay import ReplayableViews, make_replayable, replayable_views
 from timm_kd.run import ProcessSpec
 from timm_kd.runtime import Process
-from timm_kd.stream import TrainingStream
+from timm_kd.stream import TrainingStream, set_loader_epoch
 
 AUG = [
     '--aa',

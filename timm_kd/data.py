@@ -397,25 +397,3 @@ def create_eval_loader(
         num_workers=workers,
         use_prefetcher=False,
     )
-
-
-def set_loader_epoch(loader: Any, epoch: int) -> None:
-    """Tell the dataset and the (batch) sampler which epoch starts: distributed shuffling, repeated
-    augmentation and scheduled resolutions draw from it (any other iterable of batches: nothing)."""
-    dataset = getattr(loader, 'dataset', None)
-    if hasattr(dataset, 'set_epoch'):
-        dataset.set_epoch(epoch)
-    batch_sampler = getattr(loader, 'batch_sampler', None)
-    inner = getattr(batch_sampler, 'sampler', None)  # replay.SlotSampler, or timm's own
-    for sampler in (batch_sampler, inner, getattr(loader, 'sampler', None)):
-        if hasattr(sampler, 'set_epoch'):
-            sampler.set_epoch(epoch)
-            return
-
-
-def set_mixup_epoch(mixup_fn: Optional[Callable], epoch: int, off_epoch: int = 0) -> None:
-    """Mix in `epoch` unless timm's --mixup-off-epoch (`off_epoch` > 0) has come: from then on
-    the per-batch function keeps label smoothing only. Set at each epoch's start, so a stream that
-    starts at any epoch (a resume, a cache build) mixes exactly where training does."""
-    if mixup_fn is not None:
-        mixup_fn.mixup_enabled = not (off_epoch and epoch >= off_epoch)
