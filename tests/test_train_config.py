@@ -738,3 +738,24 @@ def test_published_args_yaml_files_train_a_tiny_epoch(
         saved['lr'],
         saved['sched'],
     )
+
+
+def test_every_field_of_a_part_filled_by_name_is_a_flag():
+    """`parse.options` fills these parts of the run by field name: each field is a flag of the
+    parser (or one of the few the translation sets itself), so a field without its flag, or a
+    renamed flag, fails here rather than silently keeping its default."""
+    import dataclasses
+
+    from timm_kd.cli.train.parse import options
+    from timm_kd.data import DatasetOptions, LoaderOptions
+    from timm_kd.run import LoopSpec, ModelSpec, OutputSpec, PreprocessSpec, ProcessSpec
+
+    dests = {a.dest for a in build_parser()._actions}
+    translated = {ProcessSpec: {'prefetcher', 'allow_pickle'}, ModelSpec: {'keywords'}}
+    for part in (DatasetOptions, LoaderOptions, LoopSpec, PreprocessSpec, ModelSpec, ProcessSpec,
+                 OutputSpec):  # fmt: skip
+        names = {f.name for f in dataclasses.fields(part)} - translated.get(part, set())
+        assert names <= dests, (part.__name__, sorted(names - dests))
+    args, _ = parse_args(['/d', '--val-start-epoch', '3', '--drop-path', '0.2'])
+    assert options(LoopSpec, args).val_start_epoch == 3
+    assert options(ModelSpec, args, keywords=()).initial_checkpoint == ''

@@ -162,7 +162,6 @@ class PreprocessSpec:
     mean: Optional[Tuple[float, ...]] = None
     std: Optional[Tuple[float, ...]] = None
     crop_pct: Optional[float] = None
-    crop_mode: Optional[str] = None
 
     @property
     def channels(self) -> int:
