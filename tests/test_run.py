@@ -188,3 +188,37 @@ def test_a_checkpoint_records_the_run_and_it_loads_back(
         records = {k: getattr(again.students[0], k) for k in fields}
         assert again.students == (dataclasses.replace(student, **records),)
         assert dataclasses.replace(again, students=()) == dataclasses.replace(seen[0], students=())
+
+
+def test_a_record_of_the_first_format_still_reads(tmp_path):
+    """Checkpoints written before the model, preprocessing and loop settings were typed (format 1)
+    read back with those at their defaults; the fields they held are as recorded. The fingerprint
+    of a run does not move with the new fields (they do not count), so older caches still serve."""
+    from timm_kd.run import (
+        LoopSpec,
+        ModelSpec,
+        PreprocessSpec,
+        StudentSpec,
+        run_from_record,
+        run_record,
+    )
+
+    run = dataclasses.replace(_run(tmp_path), students=(StudentSpec('test_resnet'),))
+    record = run_record(run)
+    old = {**record, 'format': 1}
+    for key in ('preprocess', 'loop'):
+        del old['run'][key]
+    for key in ('amp', 'amp_dtype', 'allow_pickle', 'device_modules', 'fuser', 'fast_norm'):
+        del old['run']['process'][key]
+    for key in ('create', 'name'):
+        del old['run']['students'][0][key]
+    back = run_from_record(old)
+    assert back == run and back.students[0].create == ModelSpec()
+    assert back.loop == LoopSpec() and back.preprocess == PreprocessSpec()
+    changed = dataclasses.replace(
+        run, loop=LoopSpec(val_interval=5), preprocess=PreprocessSpec(img_size=64),
+        process=dataclasses.replace(run.process, amp=True, fuser='te'),
+    )  # fmt: skip
+    assert fingerprint(changed, _Labels(), 1) == fingerprint(run, _Labels(), 1)
+    with pytest.raises(ValueError, match='format 3'):
+        run_from_record({**record, 'format': 3})
