@@ -41,17 +41,12 @@ from kd_step import sgd_step  # noqa: E402
 from timm_kd import DistillationTask, KDStudent, create_kd_loss  # noqa: E402
 from timm_kd.cache import CachedTeacher, TeacherCache
 from timm_kd.cli.cache import build  # noqa: E402
-from timm_kd.data import (
-    DatasetOptions,
-    LoaderOptions,
-    create_datasets,
-    create_loaders,
-    set_loader_epoch,
-)  # noqa
+from timm_kd.data import DatasetOptions, LoaderOptions, create_datasets, create_loaders  # noqa
 from timm_kd.reliability import reseed  # noqa: E402
 from timm_kd.replay import ReplayableViews, make_replayable  # noqa: E402
 from timm_kd.run import TeacherSetup, TeacherSpec, freeze  # noqa: E402
 from timm_kd.runtime import Process  # noqa: E402
+from timm_kd.stream import set_loader_epoch  # noqa: E402
 from timm_kd.teacher import create_teacher  # noqa: E402
 
 PRESETS = {

@@ -326,7 +326,7 @@ class RunSpec:
     Two facts are derived rather than given: the class count (`--num-classes`, else read from the
     data) and the first student's data config (input size, mean/std, interpolation, crop: its
     pretrained cfg under the `preprocess` flags). `timm_kd.fit` resolves them before it builds
-    anything (`resolved`); a run read from a checkpoint or a cache holds them resolved.
+    anything; a run read from a checkpoint holds them resolved.
     """
 
     data: DatasetOptions
@@ -346,10 +346,6 @@ class RunSpec:
     @property
     def in_chans(self) -> int:
         return self.preprocess.channels
-
-    @property
-    def resolved(self) -> bool:
-        return self.num_classes is not None and bool(self.data_config)
 
 
 # The version of the run value a checkpoint records (`run_record`); `run_from_record` reads it
