@@ -20,7 +20,6 @@ from timm_kd.run import (
     PreprocessSpec,
     ProcessSpec,
     RunSpec,
-    ScheduleSpec,
     StudentSpec,
     TeacherSetup,
 )
@@ -92,7 +91,6 @@ def test_a_run_built_in_code_trains_and_its_checkpoint_rebuilds_the_student(imag
                     keywords=(('drop_path_rate', 0.1), ('global_pool', 'avg'), ('img_size', 32))
                 ),
                 optimizer=OptimizerSpec(lr=0.01),
-                schedule=ScheduleSpec(kwargs=(('sched', 'cosine'), ('num_epochs', 1))),
                 output=OutputSpec(output=str(tmp_path), experiment='coded'),
             ),
         ),
@@ -123,10 +121,20 @@ def test_a_checkpoint_rebuilds_from_the_typed_record_without_timms_args(image_fo
     assert all(torch.equal(v, reference.state_dict()[k]) for k, v in model.state_dict().items())
 
 
-def test_fit_of_a_run_without_a_student_is_one_line(image_folder):
-    run = dataclasses.replace(timm_kd.parse_run([image_folder, *TINY]), students=())
+def test_fit_of_a_run_without_a_student_or_with_two_epoch_counts_is_one_line(
+    image_folder, tmp_path
+):
+    run = timm_kd.parse_run([image_folder, *TINY, '--output', str(tmp_path)])
     with pytest.raises(KDError, match='no student') as e:
-        timm_kd.fit(run)
+        timm_kd.fit(dataclasses.replace(run, students=()))
+    assert '\n' not in str(e.value)
+    # a schedule of its own length beside the stream's: which one trains would be a guess
+    student = run.students[0]
+    other = dataclasses.replace(student.schedule, kwargs=(('num_epochs', 7), ('sched', 'cosine')))
+    with pytest.raises(KDError, match='runs 7 epochs but the stream has 300') as e:
+        timm_kd.fit(
+            dataclasses.replace(run, students=(dataclasses.replace(student, schedule=other),))
+        )
     assert '\n' not in str(e.value)
 
 

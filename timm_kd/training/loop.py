@@ -184,7 +184,9 @@ def build_training(setup: Setup, process: Process) -> Training:
     eval_metric = run.loop.eval_metric if eval_loader is not None else 'loss'
     readers = stream_readers(setup.train_set, run.views.workers)
     recovery_stream = stream_shape(run, process.world_size, readers)
-    place = StreamPlace(updates_per_epoch, global_batch, eval_metric == 'loss', recovery_stream)
+    place = StreamPlace(
+        updates_per_epoch, global_batch, eval_metric == 'loss', recovery_stream, run.views.epochs
+    )
     jobs = [
         setup_student(spec, run, kd_student, teacher, place, process)
         for spec, kd_student in zip(run.students, kd_students)

@@ -48,13 +48,14 @@ class StudentJob:
 @dataclass(frozen=True)
 class StreamPlace:
     """What every student takes from the shared stream: its updates per epoch and global batch
-    (the lr rule, the schedule), whether the tracked metric decreases, and the `stream_shape` a
-    mid-epoch resume must match."""
+    (the lr rule, the schedule), whether the tracked metric decreases, the `stream_shape` a
+    mid-epoch resume must match, and its epochs (a schedule that names none runs them)."""
 
     updates_per_epoch: int
     global_batch: float
     decreasing: bool
     shape: Dict[str, int]
+    epochs: int
 
 
 def resume_path(out: OutputSpec, allow_pickle: bool = False) -> str:
@@ -305,7 +306,17 @@ def _log_start(spec: StudentSpec, run: RunSpec, kd_student, optimizer, lr: float
 def _schedule(spec: StudentSpec, optimizer, place: StreamPlace, start_epoch: int, primary: bool):
     """timm's scheduler of the student's schedule (plateau mode following the tracked metric),
     stepped to `start_epoch`; returns it and the epoch count."""
-    kwargs = {**dict(spec.schedule.kwargs), 'plateau_mode': 'min' if place.decreasing else 'max'}
+    kwargs = {
+        'num_epochs': place.epochs,
+        **dict(spec.schedule.kwargs),
+        'plateau_mode': 'min' if place.decreasing else 'max',
+    }
+    if kwargs['num_epochs'] != place.epochs:
+        raise KDError(
+            f'the schedule of student {spec.model!r} runs {kwargs["num_epochs"]} epochs but the '
+            f'stream has {place.epochs} (LoaderOptions.epochs); give both the same count, as '
+            '--epochs does'
+        )
     lr_scheduler, num_epochs = create_scheduler_v2(
         optimizer, **kwargs, updates_per_epoch=place.updates_per_epoch
     )
