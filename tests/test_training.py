@@ -119,6 +119,11 @@ def test_a_checkpoint_rebuilds_from_the_typed_record_without_timms_args(image_fo
     assert model.blocks[-1].attn.qkv.bias is None and model.global_pool == 'avg'
     reference = timm_kd.load_student(str(path))
     assert all(torch.equal(v, reference.state_dict()[k]) for k, v in model.state_dict().items())
+    checkpoint['saver']['run']['format'] = 99  # written by a later timm-kd
+    torch.save(checkpoint, tmp_path / 'later.pth.tar')
+    with pytest.raises(KDError, match='format 99; this timm-kd reads 1 to 2') as e:
+        timm_kd.load_student(str(tmp_path / 'later.pth.tar'))
+    assert '\n' not in str(e.value)
 
 
 def test_fit_of_a_run_without_a_student_or_with_two_epoch_counts_is_one_line(

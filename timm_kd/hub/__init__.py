@@ -50,7 +50,10 @@ def load_student(
     """
     metadata = load_training_metadata(checkpoint)
     args = metadata.get('args') or {}
-    typed = recorded_student(metadata.get('saver'))
+    try:
+        typed = recorded_student(metadata.get('saver'))
+    except ValueError as e:  # a record of a later version
+        raise KDError(f'{checkpoint!r}: {e}; load it with the timm-kd that wrote it') from None
     model_name = model_name or (typed[1].model if typed else args.get('model'))
     if not model_name:
         raise KDError(
