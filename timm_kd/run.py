@@ -383,7 +383,8 @@ def run_from_record(record: Mapping[str, Any]) -> RunSpec:
     """The `RunSpec` a checkpoint recorded (`run_record`); a record of another format is refused."""
     if record.get('format') not in (1, RUN_RECORD_FORMAT):
         raise ValueError(
-            f'run record format {record.get("format")!r}; this timm-kd reads 1 to {RUN_RECORD_FORMAT}'
+            f'run record format {record.get("format")!r}; this timm-kd reads 1 to '
+            f'{RUN_RECORD_FORMAT}'
         )
     return _value(RunSpec, record['run'])
 
