@@ -149,7 +149,10 @@ def test_cache_tail_reports_each_tail_model_against_the_full_logits(bench, tmp_p
                 str(tmp_path / 'lite0.pth'), '--views', '8', '--epochs', '2')  # fmt: skip
     assert out['views_scored'] == 32
     tails = {(r['k'], r['tail']) for r in out['rows']}
-    assert len(tails) == 16 and (10, 'flat') in tails
-    flat10 = next(r for r in out['rows'] if (r['k'], r['tail']) == (10, 'flat'))
-    assert flat10['bytes'] == 41 and flat10['imagenet_gb'] == 15.8
+    assert len(tails) == 20 and (10, 'flat') in tails
+    rows = {(r['k'], r['tail']): r for r in out['rows']}
+    assert rows[10, 'flat']['bytes'] == 41 and rows[10, 'flat']['imagenet_gb'] == 15.8
+    # the per-image prior: the same bytes per sample-epoch, plus 500 B per image stored once
+    assert rows[10, 'per-image prior']['bytes'] == 41
+    assert rows[10, 'per-image prior']['imagenet_gb'] == 16.4
     assert all(r['grad_t4'] >= 0 and r['loss_t1'] >= 0 for r in out['rows'])
