@@ -4,7 +4,6 @@ stream. `student_job` sets up each student's training state; `loop` trains them.
 
 import dataclasses
 import importlib
-import logging
 from dataclasses import dataclass, replace
 from typing import Any, List, Optional, Tuple
 
@@ -21,8 +20,6 @@ from ..run import ProcessSpec, RunSpec, freeze
 from ..runtime import Process
 from ..stream import TrainingStream
 from .student_model import DTYPES, create_student
-
-_logger = logging.getLogger(__name__)
 
 
 def setup_process(spec: ProcessSpec) -> None:
