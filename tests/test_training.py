@@ -157,3 +157,20 @@ def test_validation_starts_at_val_start_epoch(image_folder, tmp_path):
         'checkpoint-1.pth.tar',
         'checkpoint-3.pth.tar',
     ]
+
+
+def test_with_several_students_each_row_names_its_student(image_folder, vit_teacher, tmp_path):
+    argv = [image_folder, '--model', 'test_resnet', *TINY, '-b', '8', '--epochs', '2',
+            *vit_teacher, '--output', str(tmp_path), '--experiment', 'e',
+            '--student=--lr 0.02 --experiment s1',
+            '--student=--lr 0.05 --experiment s2']  # fmt: skip
+    rows = timm_kd.fit(timm_kd.parse_run(argv))
+    assert [(r['epoch'], r['student']) for r in rows] == [
+        (0, 's1'),
+        (0, 's2'),
+        (1, 's1'),
+        (1, 's2'),
+    ]
+    for name in ('s1', 's2'):
+        mine = [r for r in rows if r['student'] == name]
+        assert _floats(mine) == _summary(tmp_path / 'e' / name)
