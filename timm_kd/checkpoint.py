@@ -7,7 +7,7 @@ nothing: PyTorch's weights-only unpickler rejects the unknown global before call
 
 import argparse
 import os
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 from timm.models import get_pretrained_cfg
@@ -109,14 +109,18 @@ MODEL_FLAGS = {'drop_rate': 'drop', 'drop_path_rate': 'drop_path', 'drop_block_r
                'global_pool': 'gp', 'bn_momentum': 'bn_momentum', 'bn_eps': 'bn_eps'}  # fmt: skip
 
 
+def input_channels(in_chans: Optional[int], input_size: Optional[Sequence[int]]) -> int:
+    """The input channels as timm's train.py counts them: --in-chans, else the first of
+    --input-size, else 3."""
+    return in_chans or (input_size[0] if input_size else 3)
+
+
 def model_keywords(flags: Mapping[str, Any]) -> Dict[str, Any]:
     """The `timm.create_model` keywords of a student's flags (parsed, or as a checkpoint records
     them in `args`), as timm's train.py passes them: the input channels, the model flags (drop
     rates, --gp, BatchNorm overrides) and --model-kwargs. Unset ones are None, which timm drops."""
-    size = flags.get('input_size')
-    in_chans = flags.get('in_chans') or (size[0] if size else 3)
     return {
-        'in_chans': in_chans,
+        'in_chans': input_channels(flags.get('in_chans'), flags.get('input_size')),
         **{keyword: flags.get(flag) for keyword, flag in MODEL_FLAGS.items()},
         **(flags.get('model_kwargs') or {}),
     }

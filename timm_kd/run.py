@@ -21,6 +21,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from .checkpoint import input_channels
 from .data import DatasetOptions, LoaderOptions
 from .identity import FILE, FILE_IF_SET, IF_SET, NOT_IDENTITY
 from .losses import get_kd_loss_class
@@ -162,11 +163,6 @@ class PreprocessSpec:
     mean: Optional[Tuple[float, ...]] = None
     std: Optional[Tuple[float, ...]] = None
     crop_pct: Optional[float] = None
-
-    @property
-    def channels(self) -> int:
-        """The input channels, as timm's train.py counts them."""
-        return self.in_chans or (self.input_size[0] if self.input_size else 3)
 
 
 @dataclass(frozen=True)
@@ -345,7 +341,7 @@ class RunSpec:
 
     @property
     def in_chans(self) -> int:
-        return self.preprocess.channels
+        return input_channels(self.preprocess.in_chans, self.preprocess.input_size)
 
 
 # The version of the run value a checkpoint records (`run_record`); `run_from_record` reads it
