@@ -92,13 +92,12 @@ def load_student(
             f'checkpoint {checkpoint!r} holds non-finite weights ({bad[0]} and {len(bad) - 1} '
             f'more): the run diverged; use an earlier checkpoint of it'
         )
-    config = (
-        typed[0].student_data_config
-        if typed and typed[0].data_config
-        else resolve_data_config(args, model=model)  # as training resolved it
-        if args
-        else None
-    )
+    if typed and typed[0].data_config:  # the data config it trained and validated with
+        config = typed[0].student_data_config
+    elif args:  # an earlier checkpoint: resolved from its flags as training resolved it
+        config = resolve_data_config(args, model=model)
+    else:
+        config = None
     if config:
         model.pretrained_cfg = {
             **model.pretrained_cfg,
