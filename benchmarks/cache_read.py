@@ -1,6 +1,7 @@
 """What verifying the teacher-cache shards costs the reading of them.
 
     python benchmarks/cache_read.py [--epochs 4 --samples 500000 --top-k 10 --classes 1000]
+        [--layout exact|compact|dense]
 
 Writes synthetic shards (one per epoch) with the cache's writer (`timm_kd.cache.shards`), then
 reads every epoch as training does (`CachedTeacher`: each batch's rows copied off the memory map
@@ -20,7 +21,7 @@ from functools import partial
 
 import torch
 
-from timm_kd.cache import CachedTeacher
+from timm_kd.cache import CachedTeacher, top_k_logits
 from timm_kd.cache.layout import LAYOUTS, Layout
 from timm_kd.cache.shards import ShardWriter, open_shard
 
@@ -62,13 +63,14 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as root:
         torch.manual_seed(0)
+        k = args.classes if args.layout == 'dense' else args.top_k  # dense: every class
+        layout = Layout(args.layout, k, args.classes)
         for epoch in range(args.epochs):
-            layout = Layout(args.layout, args.top_k, args.classes)
             shard = ShardWriter(root, epoch, 0, layout.arrays(args.samples))
-            n = args.samples
-            shard.write(slice(0, n), layout.encode(
-                torch.randn(n, args.top_k).sort(1, descending=True).values,
-                torch.randint(0, args.classes, (n, args.top_k)), torch.randn(n)))  # fmt: skip
+            for start in range(0, args.samples, 16384):
+                rows = slice(start, min(start + 16384, args.samples))
+                logits = torch.randn(rows.stop - rows.start, args.classes) * 3
+                shard.write(rows, layout.encode(*top_k_logits(logits, k)))
             shard.commit()
         size = sum(os.path.getsize(os.path.join(root, f)) for f in os.listdir(root))
         rates = {key: [] for key in ('plain', 'verified', 'plain_1', 'verified_1')}
@@ -81,7 +83,7 @@ def main() -> None:
                 rates[name + '_1'].append(read(verify, 1))
     rate = {key: statistics.median(values) for key, values in rates.items()}
     print(json.dumps({
-        'epochs': args.epochs, 'samples_per_epoch': args.samples, 'top_k': args.top_k,
+        'epochs': args.epochs, 'samples_per_epoch': args.samples, 'top_k': layout.k,
         'layout': args.layout, 'bytes_per_sample': layout.bytes_per_sample(),
         'shards_mb': round(size / 2**20, 1), 'plain_samples_per_s': round(rate['plain']),
         'verified_samples_per_s': round(rate['verified']),

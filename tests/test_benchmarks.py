@@ -115,7 +115,10 @@ def test_cache_read_reports_what_verification_costs(bench):
     out = bench('cache_read.py', '--epochs', '2', '--samples', '2048', '--repeats', '1')
     compact = bench('cache_read.py', '--epochs', '1', '--samples', '2048', '--repeats', '1',
                     '--layout', 'compact')  # fmt: skip
+    dense = bench('cache_read.py', '--epochs', '1', '--samples', '2048', '--repeats', '1',
+                  '--layout', 'dense')  # fmt: skip
     assert compact['bytes_per_sample'] == 41 < out['bytes_per_sample'] == 64
+    assert dense['bytes_per_sample'] == 1508 and dense['plain_samples_per_s'] > 0
     assert out['epochs'] == 2 and out['verified_vs_plain'] > 0 and out['first_epoch_vs_plain'] > 0
 
 
@@ -149,10 +152,14 @@ def test_cache_tail_reports_each_tail_model_against_the_full_logits(bench, tmp_p
                 str(tmp_path / 'lite0.pth'), '--views', '8', '--epochs', '2')  # fmt: skip
     assert out['views_scored'] == 32
     tails = {(r['k'], r['tail']) for r in out['rows']}
-    assert len(tails) == 20 and (10, 'flat') in tails
+    assert len(tails) == 26 and (10, 'flat') in tails
     rows = {(r['k'], r['tail']): r for r in out['rows']}
     assert rows[10, 'flat']['bytes'] == 41 and rows[10, 'flat']['imagenet_gb'] == 15.8
     # the per-image prior: the same bytes per sample-epoch, plus 500 B per image stored once
     assert rows[10, 'per-image prior']['bytes'] == 41
     assert rows[10, 'per-image prior']['imagenet_gb'] == 16.4
     assert all(r['grad_t4'] >= 0 and r['loss_t1'] >= 0 for r in out['rows'])
+    dense, cycled = rows[1000, 'dense (12-bit, the layout)'], rows[1000, 'dense, --view-cycle 8']
+    assert dense['bytes'] == cycled['bytes'] == 1508 and cycled['imagenet_gb'] == 15.5
+    assert dense['imagenet_gb'] == 579.6
+    assert max(dense[e] for e in ('loss_t1', 'grad_t1', 'loss_t4', 'grad_t4')) < 1e-2

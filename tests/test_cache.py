@@ -526,6 +526,14 @@ def test_bad_build_targets_are_one_line(image_folder, vit_teacher, tmp_path, cap
                     '--out', str(tmp_path / 'nan')])  # fmt: skip
     assert 'the teacher answered NaN or infinity in epoch 0' in capsys.readouterr().err
     assert not list((tmp_path / 'nan').glob('*.npy*'))
+    for layout, line in (
+        (['--layout', 'dense', '--top-k', '2'], 'dense stores all 3 classes; drop --top-k 2'),
+        ([], 'pass --top-k K, the logits to keep per sample, or --layout dense (all)'),
+        (['--layout', 'dense', '--value-dtype', 'float16'], "--value-dtype is the exact layout's"),
+    ):
+        with pytest.raises(SystemExit):
+            cache_main([*flags[:-2], *layout, '--out', str(tmp_path / 'bad')])
+        assert line in capsys.readouterr().err
 
 
 def test_a_compact_cache_trains_within_its_rounding_of_the_live_run(
@@ -545,6 +553,27 @@ def test_a_compact_cache_trains_within_its_rounding_of_the_live_run(
         cached = _step_losses(caplog)
     assert len(live) == len(cached) == 6
     assert all(a == pytest.approx(b, rel=1e-3) for a, b in zip(live, cached))
+
+
+def test_a_dense_cache_of_two_epochs_trains_four_within_its_rounding_of_the_live_run(
+    image_folder, vit_teacher, tmp_path, caplog
+):
+    """--layout dense with --view-cycle 2: every class at 12 bits, no indices, and the 4 epochs
+    it serves follow the live run with the same flag step by step."""
+    flags = [*FAST, *VIEWS, '--epochs', '4', '--view-cycle', '2', '--output', str(tmp_path)]
+    out = tmp_path / 'dense'
+    cache_main(['build', image_folder, *flags, *vit_teacher, '--layout', 'dense',
+                '--out', str(out)])  # fmt: skip
+    assert not list(out.glob('*.indices.npy'))
+    shards = [f for f in out.glob('*.npy') if not f.name.startswith('samples-')]
+    assert sum(f.stat().st_size - 128 for f in shards) == 2 * 48 * (3 * 2 + 8)  # 3 classes
+    with caplog.at_level(logging.INFO, logger='timm_kd.engine'):
+        train_main([image_folder, *flags, *vit_teacher, '--experiment', 'live'])
+        live = _step_losses(caplog)
+        train_main([image_folder, *flags, '--teacher-cache', str(out), '--experiment', 'cached'])
+        cached = _step_losses(caplog)
+    assert len(live) == len(cached) == 24  # logged to 4 decimals; 12-bit logits move a few
+    assert all(a == pytest.approx(b, abs=5e-4) for a, b in zip(live, cached))
 
 
 def test_a_short_cache_serves_a_long_schedule_by_its_view_cycle(

@@ -95,3 +95,23 @@ def test_the_compact_layout_packs_indices_exactly_and_rounds_values_finely():
     v, i, t = compact.decode(arrays)
     assert torch.equal(i, indices) and torch.equal(t, tail)
     assert (v - values).abs().max() < 4e-3 and torch.equal(v[:, 0], values[:, 0])
+
+
+def test_the_dense_layout_keeps_every_class_within_its_rows_range_over_8190():
+    import torch
+
+    from timm_kd.cache import rebuild_logits, top_k_logits
+
+    torch.manual_seed(0)
+    logits = torch.randn(64, 1001) * 4  # an odd class count: the last code pads its three bytes
+    logits[0] = 2.5  # a constant row
+    dense = Layout('dense', 1001, 1001)
+    assert Layout('dense', 1000, 1000).bytes_per_sample() == 1508
+    arrays = dense.encode(*top_k_logits(logits, 1001))
+    assert set(arrays) == {'values', 'tail'} and arrays['values'].shape == (64, 1503)
+    rebuilt = rebuild_logits(*dense.decode(arrays), 1001)
+    span = logits.max(1).values - logits.min(1).values
+    assert ((rebuilt - logits).abs().max(1).values <= span / 8190 + 1e-5).all()
+    assert torch.equal(rebuilt[0], logits[0])
+    for end in (torch.amax, torch.amin):  # the row's ends are stored exactly
+        assert torch.allclose(end(rebuilt, 1), end(logits, 1), rtol=0, atol=1e-5)

@@ -17,14 +17,14 @@ import json
 import os
 import threading
 import zlib
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..errors import KDError
 from ..reliability import fsync_path, write_text
 
-PARTS = ('values', 'indices', 'tail')
+PARTS = ('values', 'indices', 'tail')  # a layout stores some of them (`Layout.arrays`)
 
 
 def shard_files(root: str, epoch: int, rank: int) -> Dict[str, str]:
@@ -44,7 +44,17 @@ def crc32(path: str, value: int = 0) -> int:
 def is_built(root: str, epoch: int, rank: int) -> bool:
     """Whether the shard was committed (its sidecar written after every array was in place)."""
     files = shard_files(root, epoch, rank)
-    return os.path.isfile(files['sidecar']) and all(os.path.isfile(files[p]) for p in PARTS)
+    try:
+        parts = stored_parts(files['sidecar'])
+    except (OSError, ValueError, KeyError):  # no sidecar yet, or not one the build wrote
+        return False
+    return all(os.path.isfile(files[p]) for p in parts)
+
+
+def stored_parts(sidecar: str) -> List[str]:
+    """The arrays a committed shard holds, as its sidecar lists them."""
+    with open(sidecar) as f:
+        return [p for p in json.load(f)['size'] if p in PARTS]
 
 
 class ShardWriter:
@@ -84,8 +94,9 @@ class ShardWriter:
                 sidecar['size'][part] = os.path.getsize(tmp)
                 sidecar['crc32'][part] = crc32(tmp, seed)
                 fsync_path(tmp)
+            parts = list(self.arrays)
             self.arrays.clear()  # the maps close before the renames
-            for part in PARTS:
+            for part in parts:
                 os.replace(self.files[part] + '.tmp', self.files[part])
             write_text(self.files['sidecar'], json.dumps(sidecar, indent=1))
         except OSError as e:
@@ -95,7 +106,7 @@ class ShardWriter:
     def abort(self) -> None:
         """Remove what this shard wrote (its temporary arrays)."""
         self.arrays.clear()
-        for part in PARTS:
+        for part in PARTS:  # whichever this layout wrote
             if os.path.exists(self.files[part] + '.tmp'):
                 os.remove(self.files[part] + '.tmp')
 
@@ -157,7 +168,7 @@ def verify_shard(root: str, epoch: int, rank: int) -> None:
             'back under its own name, or rebuild the cache'
         )
     seed = _binding(sidecar)
-    for part in PARTS:
+    for part in stored_parts(files['sidecar']):
         problem = _damage(files[part], sidecar['size'][part], sidecar['crc32'][part], seed)
         if problem:
             raise KDError(
@@ -179,7 +190,8 @@ def open_shard(root: str, epoch: int, rank: int, verify: bool = True) -> Dict[st
         verify_shard(root, epoch, rank)
     files = shard_files(root, epoch, rank)
     try:
-        return {part: np.load(files[part], mmap_mode='r') for part in PARTS}
+        parts = stored_parts(files['sidecar'])
+        return {part: np.load(files[part], mmap_mode='r') for part in parts}
     except (OSError, ValueError) as e:  # missing, or a header that does not parse
         raise KDError(
             f'--teacher-cache shard of epoch {epoch} cannot be read ({e}); '

@@ -4,6 +4,7 @@ every epoch, and a cache published on (and fetched from) the Hugging Face Hub.
     python -m timm_kd.cache build DATA [timm-kd-train flags: --model, --teacher, data, augmentation,
         --epochs, ...] --top-k K --out DIR [--value-dtype float32|float16] [--layout exact|compact]
         [--strict-files]
+    python -m timm_kd.cache build DATA [...] --layout dense --out DIR  (every class, 12 bits each)
 
     python -m timm_kd.cache push DIR ORG/NAME [--private] [--revision BRANCH]
     python -m timm_kd.cache pull ORG/NAME[@REVISION] [--epochs E ...] [--ranks R ...]
@@ -148,7 +149,7 @@ def build_flags() -> argparse.ArgumentParser:
     """The build's own flags, beside the training flags."""
     own = argparse.ArgumentParser(prog='python -m timm_kd.cache build', add_help=False)
     own.add_argument(
-        '--top-k', type=int, required=True, help='teacher logits stored per sample (K = C: exact)'
+        '--top-k', type=int, help='teacher logits stored per sample (K = C: exact; dense: C)'
     )
     own.add_argument('--out', required=True, help='the cache folder (a killed build resumes)')
     own.add_argument(
@@ -175,7 +176,12 @@ def _one_view_per_sample(run: RunSpec) -> None:
 
 def _buildable(mine: Any, run: RunSpec, replayable: bool) -> Layout:
     """The cache's layout, or one line for a run the cache cannot serve."""
-    k = min(mine.top_k, run.num_classes)
+    classes = run.num_classes
+    if mine.layout == 'dense' and mine.top_k not in (None, classes):
+        raise KDError(f'--layout dense stores all {classes} classes; drop --top-k {mine.top_k}')
+    if mine.top_k is None and mine.layout != 'dense':
+        raise KDError('pass --top-k K, the logits to keep per sample, or --layout dense (all)')
+    k = min(mine.top_k or classes, classes)
     if k < 1:
         raise KDError(f'--top-k {mine.top_k}: keep at least one logit per sample')
     if run.views.train_img_sizes is not None:
@@ -185,9 +191,9 @@ def _buildable(mine: Any, run: RunSpec, replayable: bool) -> Layout:
             'the teacher cache needs replayable views: map-style or webdataset input (ImageFolder, '
             f'hfds/, wds/; not {run.data.dataset or "--use-multi-epochs-loader"})'
         )
-    if mine.layout == 'compact' and mine.value_dtype != 'float32':
-        raise KDError("--value-dtype is the exact layout's; --layout compact stores float16 always")
-    return Layout(mine.layout, k, run.num_classes, mine.value_dtype)
+    if mine.layout != 'exact' and mine.value_dtype != 'float32':
+        raise KDError(f"--value-dtype is the exact layout's; --layout {mine.layout} sets its own")
+    return Layout(mine.layout, k, classes, mine.value_dtype)
 
 
 class _TopKAnswers:
