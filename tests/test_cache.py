@@ -555,11 +555,12 @@ def test_a_compact_cache_trains_within_its_rounding_of_the_live_run(
     assert all(a == pytest.approx(b, rel=1e-3) for a, b in zip(live, cached))
 
 
-def test_a_dense_cache_of_two_epochs_trains_four_within_its_rounding_of_the_live_run(
+def test_a_dense_cache_of_two_epochs_serves_four_within_its_rounding_of_the_live_teacher(
     image_folder, vit_teacher, tmp_path, caplog
 ):
-    """--layout dense with --view-cycle 2: every class at 12 bits, no indices, and the 4 epochs
-    it serves follow the live run with the same flag step by step."""
+    """--layout dense with --view-cycle 2: every class at 12 bits, no indices, and in each of the 4
+    epochs it serves, every step's KD loss is the live teacher's to the log's 4 decimals (at lr 0,
+    so that the student stays the same and the losses differ by the targets alone)."""
     flags = [*FAST, *VIEWS, '--epochs', '4', '--view-cycle', '2', '--output', str(tmp_path)]
     out = tmp_path / 'dense'
     cache_main(['build', image_folder, *flags, *vit_teacher, '--layout', 'dense',
@@ -568,12 +569,14 @@ def test_a_dense_cache_of_two_epochs_trains_four_within_its_rounding_of_the_live
     shards = [f for f in out.glob('*.npy') if not f.name.startswith('samples-')]
     assert sum(f.stat().st_size - 128 for f in shards) == 2 * 48 * (3 * 2 + 8)  # 3 classes
     with caplog.at_level(logging.INFO, logger='timm_kd.engine'):
-        train_main([image_folder, *flags, *vit_teacher, '--experiment', 'live'])
+        train_main([image_folder, *flags, '--lr', '0', *vit_teacher, '--experiment', 'live'])
         live = _step_losses(caplog)
-        train_main([image_folder, *flags, '--teacher-cache', str(out), '--experiment', 'cached'])
+        train_main([image_folder, *flags, '--lr', '0', '--teacher-cache', str(out),
+                    '--experiment', 'cached'])  # fmt: skip
         cached = _step_losses(caplog)
-    assert len(live) == len(cached) == 24  # logged to 4 decimals; 12-bit logits move a few
-    assert all(a == pytest.approx(b, abs=5e-4) for a, b in zip(live, cached))
+    assert len(live) == len(cached) == 24
+    assert all(a == pytest.approx(b, abs=2e-4) for a, b in zip(live, cached))
+    assert len({tuple(a) for a in live}) > 12  # the steps differ: each is its own check
 
 
 def test_a_short_cache_serves_a_long_schedule_by_its_view_cycle(

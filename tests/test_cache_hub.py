@@ -51,7 +51,9 @@ def test_a_pushed_cache_trains_another_copy_of_the_data_as_the_live_run(
         assert all(float(a[k]) == pytest.approx(float(b[k]), abs=1e-5) for k in a)
 
 
+@pytest.mark.parametrize('layout', [['--top-k', '2', '--layout', 'compact'], ['--layout', 'dense']])
 def test_pull_then_offline_training_and_a_missing_repo_is_one_line(
+    layout,
     image_folder,
     vit_teacher,
     hub_endpoint,
@@ -62,8 +64,7 @@ def test_pull_then_offline_training_and_a_missing_repo_is_one_line(
 ):
     built = tmp_path / 'built'
     one = [*FAST, '--epochs', '1']
-    cache_main(['build', image_folder, *one, *vit_teacher, '--top-k', '2', '--layout', 'compact',
-                '--out', str(built)])  # fmt: skip
+    cache_main(['build', image_folder, *one, *vit_teacher, *layout, '--out', str(built)])
     cache_main(['push', str(built), 'me/c'])
     capsys.readouterr()
     cache_main(['pull', 'me/c'])

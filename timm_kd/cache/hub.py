@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..errors import KDError, hub_problem
 from . import TeacherCache
-from .shards import shard_files
+from .shards import PARTS, shard_files
 
 HUB_PREFIX = 'hf-hub:'
 REPO_TYPE = 'dataset'
@@ -37,13 +37,16 @@ def parse_hub_spec(spec: str) -> Tuple[str, Optional[str]]:
     return repo, revision or None
 
 
-def shard_patterns(epochs: Iterable[int], ranks: Iterable[int]) -> List[str]:
-    """The file names of the shards of `epochs` x `ranks` (arrays and sidecars)."""
+def shard_patterns(
+    epochs: Iterable[int], ranks: Iterable[int], parts: Sequence[str] = PARTS
+) -> List[str]:
+    """The file names of the shards of `epochs` x `ranks` (the arrays of `parts`, by default any
+    layout's, and the sidecars)."""
     return [
         os.path.basename(path)
         for epoch in epochs
         for rank in ranks
-        for path in shard_files('', epoch, rank).values()
+        for path in shard_files('', epoch, rank, parts).values()
     ]
 
 
@@ -135,14 +138,15 @@ def push(root: str, repo_id: str, private: bool = False, revision: Optional[str]
             f'{root!r} holds no manifest.json: push the --out folder of a finished python -m '
             'timm_kd.cache build'
         )
-    manifest = TeacherCache(root).manifest
-    names = ['manifest.json', *shard_patterns(manifest['epochs'], range(world_size(manifest)))]
+    cache = TeacherCache(root)
+    epochs, ranks = cache.manifest['epochs'], range(world_size(cache.manifest))
+    names = ['manifest.json', *shard_patterns(epochs, ranks, cache.layout.parts)]
     missing = [n for n in names if not os.path.isfile(os.path.join(root, n))]
     if missing:
         raise KDError(f'{root!r} lacks {missing[0]}; complete the build before pushing')
     names += sorted(n for n in os.listdir(root) if re.fullmatch(r'samples-rank-\d+\.npy', n))
     ops = [huggingface_hub.CommitOperationAdd(n, os.path.join(root, n)) for n in names]
-    text = card(root, manifest, repo_id).encode()
+    text = card(root, cache.manifest, repo_id).encode()
     ops.append(huggingface_hub.CommitOperationAdd('README.md', text))
     try:
         api = huggingface_hub.HfApi(library_name='timm-kd')

@@ -61,6 +61,11 @@ class Layout:
                 'indices': (np.dtype(index), (slots, k)),
                 'tail': (np.dtype(np.float32), (slots,))}  # fmt: skip
 
+    @property
+    def parts(self) -> Tuple[str, ...]:
+        """The arrays a shard of this layout holds."""
+        return tuple(self.arrays(1))
+
     def bytes_per_sample(self) -> int:
         return sum(dtype.itemsize * int(np.prod(shape[1:])) for dtype, shape in
                    self.arrays(1).values())  # fmt: skip

@@ -17,7 +17,7 @@ import json
 import os
 import threading
 import zlib
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -27,10 +27,13 @@ from ..reliability import fsync_path, write_text
 PARTS = ('values', 'indices', 'tail')  # a layout stores some of them (`Layout.arrays`)
 
 
-def shard_files(root: str, epoch: int, rank: int) -> Dict[str, str]:
-    """The arrays of one shard, and its sidecar ('sidecar')."""
+def shard_files(
+    root: str, epoch: int, rank: int, parts: Sequence[str] = PARTS
+) -> Dict[str, str]:
+    """The arrays of one shard (those of `parts`, by default any a layout may have), and its
+    sidecar ('sidecar')."""
     stem = os.path.join(root, f'epoch-{epoch:04d}-rank-{rank}')
-    return {**{part: f'{stem}.{part}.npy' for part in PARTS}, 'sidecar': f'{stem}.json'}
+    return {**{part: f'{stem}.{part}.npy' for part in parts}, 'sidecar': f'{stem}.json'}
 
 
 def crc32(path: str, value: int = 0) -> int:
