@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 LAYOUTS = ('exact', 'compact', 'dense')
-DENSE_BITS = 12
+DENSE_STEPS = 4095  # the dense layout's codes: 12 bits, two in three bytes
 
 
 @dataclass(frozen=True)
@@ -125,10 +125,9 @@ def encode_dense(values: np.ndarray, indices: np.ndarray) -> Dict[str, np.ndarra
     logits = np.empty_like(values)
     np.put_along_axis(logits, indices, values, axis=1)
     low, high = logits.min(1, keepdims=True), logits.max(1, keepdims=True)
-    scale = (1 << DENSE_BITS) - 1
     span = np.where(high > low, high - low, 1.0)
     codes = np.zeros((n, classes + classes % 2), np.uint16)
-    codes[:, :classes] = np.rint((logits - low) / span * scale)
+    codes[:, :classes] = np.rint((logits - low) / span * DENSE_STEPS)
     first, second = codes[:, 0::2], codes[:, 1::2]
     packed = np.stack([first & 0xFF, (first >> 8) | ((second & 0xF) << 4), second >> 4], axis=2)
     return {
@@ -144,4 +143,4 @@ def decode_dense(arrays: Dict[str, np.ndarray], classes: int) -> np.ndarray:
     second = (packed[..., 1] >> 4) | (packed[..., 2] << 4)
     codes = np.stack([first, second], axis=2).reshape(len(packed), -1)[:, :classes]
     low, high = arrays['tail'][:, :1], arrays['tail'][:, 1:]
-    return low + codes.astype(np.float32) * ((high - low) / ((1 << DENSE_BITS) - 1))
+    return low + codes.astype(np.float32) * ((high - low) / DENSE_STEPS)
