@@ -27,9 +27,7 @@ from ..reliability import fsync_path, write_text
 PARTS = ('values', 'indices', 'tail')  # a layout stores some of them (`Layout.arrays`)
 
 
-def shard_files(
-    root: str, epoch: int, rank: int, parts: Sequence[str] = PARTS
-) -> Dict[str, str]:
+def shard_files(root: str, epoch: int, rank: int, parts: Sequence[str] = PARTS) -> Dict[str, str]:
     """The arrays of one shard (those of `parts`, by default any a layout may have), and its
     sidecar ('sidecar')."""
     stem = os.path.join(root, f'epoch-{epoch:04d}-rank-{rank}')
