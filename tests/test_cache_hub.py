@@ -66,6 +66,9 @@ def test_pull_then_offline_training_and_a_missing_repo_is_one_line(
     one = [*FAST, '--epochs', '1']
     cache_main(['build', image_folder, *one, *vit_teacher, *layout, '--out', str(built)])
     cache_main(['push', str(built), 'me/c'])
+    card = hub_endpoint.repos[('dataset', 'me/c')]['README.md'].decode()
+    top_k = '2 of 3 classes' if 'compact' in layout else 'every one of 3 classes, 12 bits each'
+    assert f'| top-K | {top_k} |' in card
     capsys.readouterr()
     cache_main(['pull', 'me/c'])
     local = capsys.readouterr().out.strip().splitlines()[-1]

@@ -97,19 +97,22 @@ def card(root: str, manifest: Dict[str, Any], repo_id: str) -> str:
     lines = [
         '---', 'tags:', '- timm-kd', '- knowledge-distillation', '- teacher-cache', '---', '',
         f'# {repo_id}: a timm-kd teacher-output cache', '',
-        'The top-K answers of a teacher for every augmented view of a training run, built with '
-        '`python -m timm_kd.cache build`. Train from it with', '',
+        "A teacher's answers (its top-K logits, or every logit in the dense layout) for every "
+        'augmented view of a training run, built with `python -m timm_kd.cache build`. Train '
+        'from it with', '',
         '```bash', f'timm-kd-train DATA ...the same data flags... --teacher-cache hf-hub:{repo_id}',
         '```',
         '', 'A run whose data, augmentation or teacher differs is refused in one line.', '',
         f'A schedule longer than the {len(epochs)} epochs built trains with `--view-cycle '
         f'{len(epochs)}`: epoch e replays the views of epoch e mod {len(epochs)}, so the student '
         'sees fewer distinct views (its order, crops, augmentation and mixing repeat every '
-        f'{len(epochs)} epochs) and keeps exact targets (the stored answers are those for the '
+        f'{len(epochs)} epochs) and keeps its targets (the stored answers are those for the '
         'images it sees).', '',
         '| | |', '|---|---|',
         f'| teacher | `{json.dumps(teacher)}` |',
-        f'| top-K | {manifest["top_k"]} of {manifest["num_classes"]} classes |',
+        f'| top-K | {manifest["top_k"]} of {manifest["num_classes"]} classes |'
+        if manifest.get('layout') != 'dense' else
+        f'| top-K | every one of {manifest["num_classes"]} classes, 12 bits each |',
         f'| layout | {manifest.get("layout", "exact")}, {manifest.get("bytes_per_sample", "?")} B '
         'per sample-epoch |',
         f'| epochs | {len(epochs)} ({epochs[0]}-{epochs[-1]}) |' if epochs else '| epochs | none |',
