@@ -31,7 +31,8 @@ def test_a_pushed_cache_trains_another_copy_of_the_data_as_the_live_run(
     cache_main(['push', str(built), 'me/tiny-cache'])
     files = hub_endpoint.repos[('dataset', 'me/tiny-cache')]
     card = files['README.md'].decode()
-    assert 'test_vit' in card and '| top-K | 3 of 3 classes |' in card and 'relative error' in card
+    assert 'test_vit' in card and 'relative error' in card
+    assert '| stored | top-3 of 3 classes |' in card
     assert {'manifest.json', 'epoch-0001-rank-0.values.npy', 'epoch-0001-rank-0.json'} <= set(files)
 
     elsewhere = tmp_path / 'elsewhere' / 'data'  # the same files under another root
@@ -67,8 +68,8 @@ def test_pull_then_offline_training_and_a_missing_repo_is_one_line(
     cache_main(['build', image_folder, *one, *vit_teacher, *layout, '--out', str(built)])
     cache_main(['push', str(built), 'me/c'])
     card = hub_endpoint.repos[('dataset', 'me/c')]['README.md'].decode()
-    top_k = '2 of 3 classes' if 'compact' in layout else 'every one of 3 classes, 12 bits each'
-    assert f'| top-K | {top_k} |' in card
+    stored = 'top-2 of 3 classes' if 'compact' in layout else 'every one of 3 classes, 12 bits each'
+    assert f'| stored | {stored} |' in card
     capsys.readouterr()
     cache_main(['pull', 'me/c'])
     local = capsys.readouterr().out.strip().splitlines()[-1]

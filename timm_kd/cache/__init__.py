@@ -209,9 +209,7 @@ class TeacherCache:
             )
         self.root = root
         m = self.manifest
-        self.layout = Layout(
-            m.get('layout', 'exact'), m['top_k'], m['num_classes'], m['value_dtype']
-        )
+        self.layout = Layout.of_manifest(m)
 
     def check(self, run: RunSpec, dataset: Any, world_size: int, epochs: Sequence[int], rank: int):
         """One line for a run whose views, teachers or targets differ from the cache's, or whose

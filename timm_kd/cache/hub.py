@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..errors import KDError, hub_problem
 from . import TeacherCache
+from .layout import Layout
 from .shards import PARTS, shard_files
 
 HUB_PREFIX = 'hf-hub:'
@@ -110,9 +111,7 @@ def card(root: str, manifest: Dict[str, Any], repo_id: str) -> str:
         'images it sees).', '',
         '| | |', '|---|---|',
         f'| teacher | `{json.dumps(teacher)}` |',
-        f'| top-K | {manifest["top_k"]} of {manifest["num_classes"]} classes |'
-        if manifest.get('layout') != 'dense' else
-        f'| top-K | every one of {manifest["num_classes"]} classes, 12 bits each |',
+        f'| stored | {Layout.of_manifest(manifest).describe()} |',
         f'| layout | {manifest.get("layout", "exact")}, {manifest.get("bytes_per_sample", "?")} B '
         'per sample-epoch |',
         f'| epochs | {len(epochs)} ({epochs[0]}-{epochs[-1]}) |' if epochs else '| epochs | none |',

@@ -25,7 +25,7 @@ and the log-sum-exp of the other C - K (`timm_kd.cache.top_k_logits`), in three 
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 import torch
@@ -60,6 +60,18 @@ class Layout:
         return {'values': (np.dtype(self.value_dtype), (slots, k)),
                 'indices': (np.dtype(index), (slots, k)),
                 'tail': (np.dtype(np.float32), (slots,))}  # fmt: skip
+
+    @classmethod
+    def of_manifest(cls, manifest: Dict[str, Any]) -> 'Layout':
+        """The layout a cache's manifest records (caches older than layouts are exact)."""
+        m = manifest
+        return cls(m.get('layout', 'exact'), m['top_k'], m['num_classes'], m['value_dtype'])
+
+    def describe(self) -> str:
+        """What a row holds, in words."""
+        if self.name == 'dense':
+            return f'every one of {self.num_classes} classes, 12 bits each'
+        return f'top-{self.k} of {self.num_classes} classes'
 
     @property
     def parts(self) -> Tuple[str, ...]:

@@ -108,7 +108,7 @@ def build(argv: Optional[List[str]] = None) -> str:
         write_manifest(mine.out, manifest)
         _logger.info(
             f'Teacher cache: {len(manifest["epochs"])} epochs x {slots * process.world_size} '
-            f'samples, top-{layout.k} of {num_classes} classes, in {mine.out}'
+            f'samples, {layout.describe()}, in {mine.out}'
         )
     return mine.out
 
