@@ -529,6 +529,7 @@ def test_bad_build_targets_are_one_line(image_folder, vit_teacher, tmp_path, cap
     for layout, line in (
         (['--layout', 'dense', '--top-k', '2'], 'dense stores all 3 classes; drop --top-k 2'),
         ([], 'pass --top-k K, the logits to keep per sample, or --layout dense (all)'),
+        (['--top-k', '0'], '--top-k 0: keep at least one logit per sample'),
         (['--layout', 'dense', '--value-dtype', 'float16'], "--value-dtype is the exact layout's"),
     ):
         with pytest.raises(SystemExit):

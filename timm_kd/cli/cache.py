@@ -181,7 +181,7 @@ def _buildable(mine: Any, run: RunSpec, replayable: bool) -> Layout:
         raise KDError(f'--layout dense stores all {classes} classes; drop --top-k {mine.top_k}')
     if mine.top_k is None and mine.layout != 'dense':
         raise KDError('pass --top-k K, the logits to keep per sample, or --layout dense (all)')
-    k = min(mine.top_k or classes, classes)
+    k = classes if mine.top_k is None else min(mine.top_k, classes)
     if k < 1:
         raise KDError(f'--top-k {mine.top_k}: keep at least one logit per sample')
     if run.views.train_img_sizes is not None:
