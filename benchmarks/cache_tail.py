@@ -233,6 +233,16 @@ def main():
     print('| K | tail | bytes per sample-epoch | ImageNet-1k x 300 (GB) | loss T=1 | grad T=1 | '
           'loss T=4 | grad T=4 |\n|---|---|---|---|---|---|---|---|')  # fmt: skip
     rows = []
+
+    def report(k: int, name: str, size: int, disk: int, rebuilt: torch.Tensor) -> None:
+        """One row: `size` bytes per sample-epoch, `disk` bytes for ImageNet-1k x 300 epochs."""
+        measured = [e for t in (1.0, 4.0) for e in errors(rebuilt, full, student, t)]
+        rows.append(dict(k=k, tail=name, bytes=size, imagenet_gb=round(disk / 1e9, 1),
+                         loss_t1=measured[0], grad_t1=measured[1], loss_t4=measured[2],
+                         grad_t4=measured[3]))  # fmt: skip
+        print(f'| {k} | {name} | {size} | {rows[-1]["imagenet_gb"]} | '
+              + ' | '.join(f'{100 * m:.2f}%' for m in measured) + ' |')  # fmt: skip
+
     for k in (5, 10, 20, 100):
         layout = Layout('compact', k, CLASSES)
         stored = layout.decode(layout.encode(*top_k_logits(full.float(), k)))
@@ -251,14 +261,7 @@ def main():
         for name, (shape, extra) in tails.items():
             size = layout.bytes_per_sample() + extra
             once = IMAGENET_IMAGES * CLASSES // 2 if name == 'per-image prior' else 0
-            measured = [e for t in (1.0, 4.0) for e in errors(rebuild(stored, shape), full,
-                                                               student, t)]  # fmt: skip
-            rows.append(dict(k=k, tail=name, bytes=size,
-                             imagenet_gb=round((size * IMAGENET_SAMPLE_EPOCHS + once) / 1e9, 1),
-                             loss_t1=measured[0], grad_t1=measured[1], loss_t4=measured[2],
-                             grad_t4=measured[3]))  # fmt: skip
-            print(f'| {k} | {name} | {size} | {rows[-1]["imagenet_gb"]} | '
-                  + ' | '.join(f'{100 * m:.2f}%' for m in measured) + ' |')  # fmt: skip
+            report(k, name, size, size * IMAGENET_SAMPLE_EPOCHS + once, rebuild(stored, shape))
     dense = Layout('dense', CLASSES, CLASSES)
     stored = dense.decode(dense.encode(*top_k_logits(full.float(), CLASSES)))
     every_class = {
@@ -268,13 +271,7 @@ def main():
         'dense, --view-cycle 8': (stored[0].double(), dense.bytes_per_sample(), 8),
     }
     for name, (rebuilt, size, epochs) in every_class.items():
-        measured = [e for t in (1.0, 4.0) for e in errors(rebuilt, full, student, t)]
-        rows.append(dict(k=CLASSES, tail=name, bytes=size,
-                         imagenet_gb=round(size * IMAGENET_IMAGES * epochs / 1e9, 1),
-                         loss_t1=measured[0], grad_t1=measured[1], loss_t4=measured[2],
-                         grad_t4=measured[3]))  # fmt: skip
-        print(f'| {CLASSES} | {name} | {size} | {rows[-1]["imagenet_gb"]} | '
-              + ' | '.join(f'{100 * m:.2f}%' for m in measured) + ' |')  # fmt: skip
+        report(CLASSES, name, size, size * IMAGENET_IMAGES * epochs, rebuilt)
     print(json.dumps({'photos': len(photos), 'views_scored': len(full), 'gradient_scale': scale,
                       'rows': rows}))  # fmt: skip
 

@@ -46,16 +46,20 @@ def is_built(root: str, epoch: int, rank: int) -> bool:
     """Whether the shard was committed (its sidecar written after every array was in place)."""
     files = shard_files(root, epoch, rank)
     try:
-        parts = stored_parts(files['sidecar'])
+        parts = stored_parts(read_sidecar(files['sidecar']))
     except (OSError, ValueError, KeyError):  # no sidecar yet, or not one the build wrote
         return False
     return all(os.path.isfile(files[p]) for p in parts)
 
 
-def stored_parts(sidecar: str) -> List[str]:
+def read_sidecar(path: str) -> Dict[str, Any]:
+    with open(path) as f:
+        return json.load(f)
+
+
+def stored_parts(sidecar: Dict[str, Any]) -> List[str]:
     """The arrays a committed shard holds, as its sidecar lists them."""
-    with open(sidecar) as f:
-        return [p for p in json.load(f)['size'] if p in PARTS]
+    return [p for p in sidecar['size'] if p in PARTS]
 
 
 class ShardWriter:
@@ -156,8 +160,7 @@ def verify_shard(root: str, epoch: int, rank: int) -> None:
             f'--teacher-cache {root!r}: epoch {epoch} of rank {rank} was not completely built; '
             f'rerun the same python -m timm_kd.cache build ... --out {root} to complete it'
         )
-    with open(files['sidecar']) as f:
-        sidecar = json.load(f)
+    sidecar = read_sidecar(files['sidecar'])
     if (sidecar.get('epoch'), sidecar.get('rank')) != (epoch, rank):
         found = os.path.basename(
             shard_files(root, sidecar.get('epoch'), sidecar.get('rank'))['sidecar']
@@ -169,7 +172,7 @@ def verify_shard(root: str, epoch: int, rank: int) -> None:
             'back under its own name, or rebuild the cache'
         )
     seed = _binding(sidecar)
-    for part in stored_parts(files['sidecar']):
+    for part in stored_parts(sidecar):
         problem = _damage(files[part], sidecar['size'][part], sidecar['crc32'][part], seed)
         if problem:
             raise KDError(
@@ -180,8 +183,7 @@ def verify_shard(root: str, epoch: int, rank: int) -> None:
 
 def shard_order(root: str, epoch: int, rank: int) -> Optional[str]:
     """The digest of the sample order a committed shard answers (None for a stream's)."""
-    with open(shard_files(root, epoch, rank)['sidecar']) as f:
-        return json.load(f).get('order')
+    return read_sidecar(shard_files(root, epoch, rank)['sidecar']).get('order')
 
 
 def open_shard(root: str, epoch: int, rank: int, verify: bool = True) -> Dict[str, np.ndarray]:
@@ -191,7 +193,7 @@ def open_shard(root: str, epoch: int, rank: int, verify: bool = True) -> Dict[st
         verify_shard(root, epoch, rank)
     files = shard_files(root, epoch, rank)
     try:
-        parts = stored_parts(files['sidecar'])
+        parts = stored_parts(read_sidecar(files['sidecar']))
         return {part: np.load(files[part], mmap_mode='r') for part in parts}
     except (OSError, ValueError) as e:  # missing, or a header that does not parse
         raise KDError(
